@@ -1,0 +1,63 @@
+"""Default Celery configuration for eventbus apps (``app.config_from_object("celeryconfig")``).
+
+Lowercase Celery settings; every value a deployment changes comes from the
+environment. Settings named ``eventbus_*`` are eventbus's own defaults,
+overridable per handler in ``subscribe(...)``.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return default if value in (None, "") else int(value)
+
+
+# -- broker ------------------------------------------------------------------
+broker_url = (
+    os.environ.get("EVENTBUS_BROKER_URL")
+    or os.environ.get("CELERY_BROKER_URL")
+    or "redis://127.0.0.1:6379/0"
+)
+broker_connection_retry_on_startup = True
+# Redis re-delivers an unacked message after visibility_timeout seconds. Handler
+# tasks ack late and retries wait up to eventbus_retry_backoff_max, which must
+# stay below this value (EventBus refuses a handler that would not).
+broker_transport_options = {
+    "visibility_timeout": _env_int("EVENTBUS_VISIBILITY_TIMEOUT", 3600),
+}
+
+# -- wire format: JSON only, never pickle --------------------------------------
+task_serializer = "json"
+result_serializer = "json"
+event_serializer = "json"
+accept_content = ["json"]
+result_accept_content = ["json"]
+
+# -- delivery ----------------------------------------------------------------
+task_acks_late = True  # ack after the handler ran: a crash re-delivers
+task_reject_on_worker_lost = True  # a killed worker's message goes back to the queue
+worker_prefetch_multiplier = _env_int("EVENTBUS_PREFETCH", 4)
+task_publish_retry = True
+task_publish_retry_policy = {
+    "max_retries": 3,
+    "interval_start": 0,
+    "interval_step": 0.5,
+    "interval_max": 2,
+}
+task_ignore_result = True  # handlers are side effects; no result backend needed
+
+# -- visibility: Flower needs task events and task-sent events ----------------
+worker_send_task_events = True
+task_send_sent_event = True
+task_track_started = True
+
+# -- eventbus defaults (see eventbus.options) --------------------------------
+eventbus_default_queue = os.environ.get("EVENTBUS_QUEUE", "eventbus")
+eventbus_dead_letter_queue = os.environ.get("EVENTBUS_DLQ", "eventbus.dlq")
+eventbus_max_retries = _env_int("EVENTBUS_MAX_RETRIES", 5)
+eventbus_retry_backoff = _env_int("EVENTBUS_RETRY_BACKOFF", 2)  # seconds, doubled per retry
+eventbus_retry_backoff_max = _env_int("EVENTBUS_RETRY_BACKOFF_MAX", 600)
+eventbus_retry_jitter = os.environ.get("EVENTBUS_RETRY_JITTER", "1") not in ("0", "false", "no")

@@ -1,0 +1,251 @@
+"""What every bus does: keep subscriptions, build envelopes, count, replay.
+
+:class:`BaseEventBus` is the template; a concrete bus implements
+``_attach`` (make a subscription runnable) and ``_dispatch`` (deliver one
+envelope to some subscriptions) and provides a dead-letter store.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar, overload
+
+from eventbus.deadletter.queue import DeadLetterQueue
+from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.store import DeadLetterStore
+from eventbus.envelope import Envelope, wrap
+from eventbus.errors import EventBusError, ReplayError, SubscriptionError
+from eventbus.events import Event, EventRegistry, EventTypeRef, registry, resolve_event_type
+from eventbus.options import HandlerOptions
+
+__all__ = ["BaseEventBus", "Handler", "Subscription"]
+
+#: A handler is a callable taking the envelope, or an object with ``handle(envelope)``.
+Handler = Callable[[Envelope[Any]], object]
+H = TypeVar("H")
+
+
+@dataclass(eq=False)
+class Subscription:
+    """One handler and the event types it receives."""
+
+    name: str
+    handler: object
+    call: Handler
+    options: HandlerOptions
+    event_types: set[str] = field(default_factory=set)
+    task: Any = None  # the Celery task, on the Celery bus
+
+    def describe(self) -> dict[str, Any]:
+        return {"handler": self.name, "event_types": sorted(self.event_types),
+                **self.options.describe()}
+
+
+class BaseEventBus(ABC):
+    """Subscribe handlers to event types and publish events to them.
+
+    Hooks for subclasses: ``_attach(subscription)``, ``_dispatch(envelope,
+    subscriptions)``, ``_resolve_options(given)`` and ``dead_letter_store``.
+    """
+
+    def __init__(self, *, event_registry: EventRegistry | None = None) -> None:
+        self.event_registry = event_registry or registry
+        self._subscriptions: dict[str, Subscription] = {}
+        self._by_type: dict[str, tuple[Subscription, ...]] = {}
+        self._lock = threading.RLock()
+        #: Events published per type, including those that had no subscriber.
+        self.published: Counter[str] = Counter()
+
+    # -- subscribing -------------------------------------------------------
+
+    @overload
+    def subscribe(self, *event_types: EventTypeRef, handler: None = None,
+                  name: str | None = None, **options: Any) -> Callable[[H], H]: ...
+
+    @overload
+    def subscribe(self, *event_types: EventTypeRef, handler: H,
+                  name: str | None = None, **options: Any) -> H: ...
+
+    def subscribe(self, *event_types: EventTypeRef, handler: Any = None,
+                  name: str | None = None, **options: Any) -> Any:
+        """Subscribe a handler to one or more event types.
+
+        As a decorator::
+
+            @bus.subscribe(TodoCreated, max_retries=3)
+            def notify(envelope: Envelope[TodoCreated]) -> None: ...
+
+        or as a call, for an object with a ``handle`` method::
+
+            bus.subscribe("user.registered", handler=AuditLog())
+
+        The handler is returned unchanged, so it stays a plain function you
+        can call in a test. Options are those of :class:`HandlerOptions`.
+        """
+        if not event_types:
+            raise SubscriptionError("subscribe() needs at least one event type")
+        classes = [resolve_event_type(ref, self.event_registry) for ref in event_types]
+
+        def register(target: H) -> H:
+            self._register(target, classes, name, options)
+            return target
+
+        return register(handler) if handler is not None else register
+
+    def _register(self, target: object, classes: Sequence[type[Event]], name: str | None,
+                  given: Mapping[str, Any]) -> Subscription:
+        call = _callable_of(target)
+        sub_name = name or _handler_name(target)
+        with self._lock:
+            options = self._resolve_options(given)
+            sub = self._subscriptions.get(sub_name)
+            if sub is None:
+                sub = Subscription(name=sub_name, handler=target, call=call, options=options)
+                self._attach(sub)
+                self._subscriptions[sub_name] = sub
+            elif sub.handler is not target:
+                raise SubscriptionError(
+                    f"handler name {sub_name!r} is already taken by {sub.handler!r}; "
+                    "pass name=... to tell them apart"
+                )
+            elif sub.options != options:
+                raise SubscriptionError(
+                    f"{sub_name!r} is already subscribed with other options; "
+                    "subscribe it once with all its event types"
+                )
+            for cls in classes:
+                if cls.event_type not in sub.event_types:
+                    sub.event_types.add(cls.event_type)
+                    self._by_type[cls.event_type] = (*self._by_type.get(cls.event_type, ()), sub)
+        return sub
+
+    def _resolve_options(self, given: Mapping[str, Any]) -> HandlerOptions:
+        return HandlerOptions.resolve(given, {})
+
+    @abstractmethod
+    def _attach(self, subscription: Subscription) -> None:
+        """Make a new subscription runnable (the Celery bus creates its task)."""
+
+    # -- publishing --------------------------------------------------------
+
+    def publish(
+        self,
+        event: Event | Envelope[Any],
+        *,
+        aggregate_id: object = None,
+        aggregate_type: str | None = None,
+        correlation_id: object = None,
+        causation_id: object = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> Envelope[Any]:
+        """Send ``event`` to every handler subscribed to its type; return its envelope.
+
+        ``event`` is an :class:`Event` (wrapped in a new envelope with the
+        keyword fields) or an envelope from :func:`~eventbus.create_event`.
+        Data is validated before anything is sent. With no subscriber nothing
+        is sent, but the event is counted in :attr:`published`.
+        """
+        if isinstance(event, Envelope):
+            if any(v is not None for v in (aggregate_id, aggregate_type, correlation_id,
+                                           causation_id, metadata)):
+                raise TypeError("publish(envelope) takes no envelope fields; set them in create_event()")
+            envelope = event
+            if envelope.event_type not in self.event_registry:
+                resolve_event_type(envelope.event_type, self.event_registry)  # raises UnknownEventType
+        elif isinstance(event, Event):
+            resolve_event_type(type(event), self.event_registry)
+            envelope = wrap(event, aggregate_id=aggregate_id, aggregate_type=aggregate_type,
+                            correlation_id=correlation_id, causation_id=causation_id,
+                            metadata=metadata)
+        else:
+            raise TypeError(
+                f"publish() takes an Event or an Envelope, got {type(event).__name__}; "
+                "use create_event(type_name, data) for a dict"
+            )
+        subscriptions = self._by_type.get(envelope.event_type, ())
+        if subscriptions:
+            self._dispatch(envelope, subscriptions)
+        self.published[envelope.event_type] += 1
+        return envelope
+
+    @abstractmethod
+    def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
+        """Deliver one envelope to these subscriptions (one message each)."""
+
+    # -- introspection -----------------------------------------------------
+
+    def subscriptions(self, event_type: EventTypeRef | None = None) -> list[Subscription]:
+        """All subscriptions, or those of one event type, sorted by handler name."""
+        if event_type is None:
+            subs: Iterable[Subscription] = self._subscriptions.values()
+        else:
+            subs = self._by_type.get(resolve_event_type(event_type, self.event_registry).event_type, ())
+        return sorted(subs, key=lambda s: s.name)
+
+    def subscription(self, name: str) -> Subscription:
+        try:
+            return self._subscriptions[name]
+        except KeyError:
+            raise SubscriptionError(f"no handler named {name!r} is subscribed") from None
+
+    # -- dead letters ------------------------------------------------------
+
+    @property
+    @abstractmethod
+    def dead_letter_store(self) -> DeadLetterStore: ...
+
+    @property
+    def dead_letters(self) -> DeadLetterQueue:
+        """List, inspect, replay and purge this bus's dead letters."""
+        return DeadLetterQueue(self.dead_letter_store, self._redeliver)
+
+    def _redeliver(self, record: DeadLetter) -> Envelope[Any]:
+        sub = self._subscriptions.get(record.handler or "")
+        if sub is None:
+            raise ReplayError(f"handler {record.handler!r} is not subscribed on this bus")
+        try:
+            envelope = Envelope.from_wire(record.envelope, self.event_registry)
+        except EventBusError as exc:
+            raise ReplayError(str(exc)) from exc
+        replays = int(envelope.metadata.get("eventbus_replays", 0)) + 1
+        envelope = envelope.with_metadata(
+            eventbus_replays=replays,
+            eventbus_replayed_at=datetime.now(UTC).isoformat(),
+            eventbus_dead_letter_id=record.id,
+        )
+        try:
+            self._dispatch(envelope, (sub,))
+        except EventBusError as exc:
+            raise ReplayError(f"re-publish of {record.id} failed, record kept: {exc}") from exc
+        return envelope
+
+
+def _callable_of(target: object) -> Handler:
+    if isinstance(target, type):
+        raise SubscriptionError(
+            f"{target.__qualname__} is a class; subscribe an instance (or a function)"
+        )
+    handle = getattr(target, "handle", None)
+    if callable(handle):
+        return handle  # type: ignore[no-any-return]
+    if callable(target):
+        return target  # type: ignore[return-value]
+    raise SubscriptionError(
+        f"a handler must be callable or have a handle(envelope) method, got {target!r}"
+    )
+
+
+def _handler_name(target: object) -> str:
+    if callable(getattr(target, "handle", None)) or not hasattr(target, "__qualname__"):
+        cls = type(target)
+        name = f"{cls.__module__}.{cls.__qualname__}"
+    else:
+        name = f"{getattr(target, '__module__', '?')}.{target.__qualname__}"  # type: ignore[attr-defined]
+    if "<lambda>" in name:
+        raise SubscriptionError("a lambda has no stable name; pass name=... to subscribe()")
+    return name

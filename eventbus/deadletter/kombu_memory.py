@@ -1,0 +1,73 @@
+"""Dead letters on kombu's ``memory://`` transport (the embedded demo broker).
+
+That transport keeps each queue as a ``queue.Queue`` shared by the process;
+browsing copies its deque under the queue's own lock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator
+from queue import Queue as ThreadQueue
+from typing import Any
+
+from kombu.transport.memory import Channel as MemoryChannel
+
+from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.redis import _message_body
+from eventbus.deadletter.store import BrokerDeadLetterStore, decode_record
+
+__all__ = ["KombuMemoryDeadLetterStore"]
+
+
+class KombuMemoryDeadLetterStore(BrokerDeadLetterStore):
+    def _queue(self) -> ThreadQueue[Any] | None:
+        return MemoryChannel.queues.get(self.queue_name)
+
+    def _snapshot(self) -> list[Any]:
+        queue = self._queue()
+        if queue is None:
+            return []
+        with queue.mutex:
+            return list(queue.queue)
+
+    def __iter__(self) -> Iterator[DeadLetter]:
+        for message in self._snapshot():
+            yield _decode(message)
+
+    def remove(self, record_ids: Collection[str]) -> int:
+        queue = self._queue()
+        if queue is None:
+            return 0
+        wanted = set(record_ids)
+        removed = 0
+        with queue.mutex:
+            for message in list(queue.queue):
+                if _decode(message).id in wanted:
+                    queue.queue.remove(message)
+                    removed += 1
+        return removed
+
+    def count(self) -> int:
+        queue = self._queue()
+        return 0 if queue is None else queue.qsize()
+
+    def purge(self) -> int:
+        queue = self._queue()
+        if queue is None:
+            return 0
+        with queue.mutex:
+            count = len(queue.queue)
+            queue.queue.clear()
+        return count
+
+
+def _decode(message: Any) -> DeadLetter:
+    if isinstance(message, dict):
+        return decode_record(_message_body(_json_bytes(message)))
+    return decode_record(message)
+
+
+def _json_bytes(message: dict[str, Any]) -> bytes:
+    import json
+
+    return json.dumps(message).encode()

@@ -1,0 +1,41 @@
+"""Dead letters in a Python list: the store of :class:`~eventbus.InMemoryEventBus`."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Iterator
+
+from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.store import DeadLetterStore
+
+__all__ = ["InMemoryDeadLetterStore"]
+
+
+class InMemoryDeadLetterStore(DeadLetterStore):
+    def __init__(self) -> None:
+        self._records: list[DeadLetter] = []
+        self._lock = threading.Lock()
+
+    def append(self, record: DeadLetter) -> None:
+        with self._lock:
+            self._records.append(record)
+
+    def __iter__(self) -> Iterator[DeadLetter]:
+        with self._lock:
+            return iter(list(self._records))
+
+    def remove(self, record_ids: Collection[str]) -> int:
+        wanted = set(record_ids)
+        with self._lock:
+            before = len(self._records)
+            self._records = [r for r in self._records if r.id not in wanted]
+            return before - len(self._records)
+
+    def count(self) -> int:
+        return len(self._records)
+
+    def purge(self) -> int:
+        with self._lock:
+            count = len(self._records)
+            self._records.clear()
+        return count

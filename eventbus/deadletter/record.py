@@ -1,0 +1,107 @@
+"""The dead-letter record: everything an operator needs to understand a failure."""
+
+from __future__ import annotations
+
+import traceback as tb
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["DeadLetter", "DeadLetterReason", "MAX_RAW_BODY"]
+
+#: Why a message was dead-lettered.
+DeadLetterReason = Literal[
+    "retries_exhausted",  # the handler kept failing with a retryable error
+    "permanent_error",  # the handler raised a never-retry error
+    "undecodable",  # the message is not a valid envelope (or not JSON at all)
+    "time_limit",  # the handler overran its hard time limit
+    "worker_lost",  # the worker died and the message was not re-queued
+    "rejected",  # the worker rejected the message (invalid task message)
+]
+
+MAX_RAW_BODY = 64 * 1024  #: bytes of an undecodable body kept in its record
+
+
+class DeadLetter(BaseModel):
+    """One failed delivery of one event to one handler.
+
+    ``envelope`` is the event exactly as it was sent (the wire dict), so the
+    record survives even if the event class changed since; ``raw_body`` is set
+    instead when the message could not be decoded at all.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    handler: str | None
+    reason: DeadLetterReason
+    attempts: int
+    exception_type: str
+    exception_message: str
+    traceback: str | None = None
+    task_id: str | None = None
+    queue: str | None = None
+    worker: str | None = None
+    failed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    event_id: str | None = None
+    event_type: str | None = None
+    envelope: dict[str, Any] | None = None
+    raw_body: str | None = None
+    raw_size: int | None = None
+
+    @property
+    def replayable(self) -> bool:
+        return self.envelope is not None and self.handler is not None
+
+    @property
+    def group(self) -> tuple[str, str]:
+        """The failure group: (handler, exception type)."""
+        return (self.handler or "?", self.exception_type)
+
+    @classmethod
+    def from_exception(
+        cls,
+        exc: BaseException,
+        *,
+        handler: str | None,
+        reason: DeadLetterReason,
+        attempts: int,
+        envelope: object = None,
+        traceback: str | None = None,
+        **fields: Any,
+    ) -> DeadLetter:
+        """Build a record for ``exc``; ``envelope`` is kept only if it is a dict."""
+        env = envelope if isinstance(envelope, dict) else None
+        if traceback is None and exc.__traceback__ is not None:
+            traceback = "".join(tb.format_exception(type(exc), exc, exc.__traceback__))
+        if env is None and envelope is not None and "raw_body" not in fields:
+            text = repr(envelope)
+            fields["raw_body"] = text[:MAX_RAW_BODY]
+            fields["raw_size"] = len(text)
+        return cls(
+            handler=handler,
+            reason=reason,
+            attempts=attempts,
+            exception_type=_qualified_name(type(exc)),
+            exception_message=str(exc),
+            traceback=traceback,
+            event_id=_str_or_none(env.get("event_id")) if env else None,
+            event_type=_str_or_none(env.get("event_type")) if env else None,
+            envelope=env,
+            **fields,
+        )
+
+    def summary(self) -> str:
+        what = f"{self.event_type}#{self.event_id}" if self.event_type else "<undecodable>"
+        return f"{self.id} {self.handler or '?'} {what} {self.exception_type}: {self.exception_message}"
+
+
+def _qualified_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _str_or_none(value: object) -> str | None:
+    return None if value is None else str(value)

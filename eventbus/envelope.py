@@ -1,0 +1,178 @@
+"""The envelope: one published event with its identity, time and lineage.
+
+The wire format is JSON only. One handler's task message carries the envelope
+as its single positional argument, as this object::
+
+    {
+      "event_id": "6f1c…",                 # UUID, stable across retries and replays
+      "event_type": "todo.created",
+      "version": 1,                        # schema version of "data"
+      "occurred_at": "2026-11-26T15:00:00.123456Z",
+      "aggregate_id": "42", "aggregate_type": "Todo",
+      "sequence": null,                    # per-aggregate position, when known
+      "correlation_id": "…", "causation_id": null,
+      "metadata": {},
+      "data": {"title": "Buy milk", "priority": "high"}
+    }
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from eventbus.errors import EnvelopeDecodeError, EventBusError
+from eventbus.events import Event, EventRegistry, EventTypeRef, registry, resolve_event_type
+
+__all__ = ["Envelope", "create_event"]
+
+EventT = TypeVar("EventT", bound=Event)
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel, Generic[EventT]):
+    """An event as it travels: ``data`` is the typed :class:`Event` payload.
+
+    Handlers receive an ``Envelope``; annotate them as ``Envelope[TodoCreated]``
+    for typed access to ``envelope.data``.
+    """
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    event_id: UUID = Field(default_factory=uuid4)
+    event_type: str
+    version: int
+    occurred_at: datetime = Field(default_factory=_utcnow)
+    aggregate_id: str | None = None
+    aggregate_type: str | None = None
+    sequence: int | None = None
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    data: EventT
+
+    @field_validator("occurred_at")
+    @classmethod
+    def _as_utc(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("occurred_at must be timezone-aware")
+        return value.astimezone(UTC)
+
+    @field_validator("aggregate_id", "correlation_id", "causation_id", mode="before")
+    @classmethod
+    def _ids_as_str(cls, value: object) -> object:
+        # UUIDs and ints are common ids; the wire keeps them as strings.
+        return str(value) if isinstance(value, (UUID, int)) and not isinstance(value, bool) else value
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON-ready dict sent to handlers (see the module docstring)."""
+        return {
+            "event_id": str(self.event_id),
+            "event_type": self.event_type,
+            "version": self.version,
+            "occurred_at": self.occurred_at.isoformat().replace("+00:00", "Z"),
+            "aggregate_id": self.aggregate_id,
+            "aggregate_type": self.aggregate_type,
+            "sequence": self.sequence,
+            "correlation_id": self.correlation_id,
+            "causation_id": self.causation_id,
+            "metadata": self.metadata,
+            "data": self.data.model_dump(mode="json"),
+        }
+
+    @classmethod
+    def from_wire(
+        cls, payload: object, event_registry: EventRegistry | None = None
+    ) -> Envelope[Any]:
+        """Rebuild an envelope from its wire dict, or raise :class:`EnvelopeDecodeError`."""
+        if not isinstance(payload, Mapping):
+            raise EnvelopeDecodeError(
+                f"envelope must be a JSON object, got {type(payload).__name__}"
+            )
+        event_type = payload.get("event_type")
+        if not isinstance(event_type, str):
+            raise EnvelopeDecodeError("envelope has no 'event_type' string")
+        try:
+            event_class = (event_registry or registry).get(event_type)
+            data = event_class.parse_data(payload.get("data") or {})
+            fields = {k: v for k, v in payload.items() if k != "data"}
+            return cls.model_validate({**fields, "data": data})
+        except (EventBusError, ValidationError) as exc:
+            raise EnvelopeDecodeError(f"invalid envelope for {event_type!r}: {exc}") from exc
+
+    def with_metadata(self, **items: Any) -> Envelope[EventT]:
+        """A copy with ``items`` merged into ``metadata`` (the event id is kept)."""
+        return self.model_copy(update={"metadata": {**self.metadata, **items}})
+
+
+def create_event(
+    event_type: EventTypeRef,
+    data: Mapping[str, Any] | Event,
+    *,
+    aggregate_id: object = None,
+    aggregate_type: str | None = None,
+    correlation_id: object = None,
+    causation_id: object = None,
+    metadata: Mapping[str, Any] | None = None,
+    event_registry: EventRegistry | None = None,
+) -> Envelope[Any]:
+    """Validate ``data`` against the event type and wrap it in a new envelope.
+
+    ``event_type`` is the class, its name or a string enum member::
+
+        event = create_event(EventTypes.TODO_CREATED, {"title": "Buy milk"},
+                             aggregate_id=todo_id, aggregate_type="Todo")
+        bus.publish(event)
+
+    Raises :class:`~eventbus.errors.EventValidationError` naming each bad field,
+    :class:`~eventbus.errors.UnknownEventType` for a name nobody registered.
+    """
+    event_class = resolve_event_type(event_type, event_registry)
+    if isinstance(data, Event):
+        if not isinstance(data, event_class):
+            raise TypeError(
+                f"data is a {type(data).__qualname__}, not a {event_class.__qualname__}"
+            )
+        event = data
+    else:
+        event = event_class.parse_data(data)
+    return wrap(
+        event,
+        aggregate_id=aggregate_id,
+        aggregate_type=aggregate_type,
+        correlation_id=correlation_id,
+        causation_id=causation_id,
+        metadata=metadata,
+    )
+
+
+def wrap(
+    event: Event,
+    *,
+    aggregate_id: object = None,
+    aggregate_type: str | None = None,
+    correlation_id: object = None,
+    causation_id: object = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Envelope[Any]:
+    """Wrap an already validated event in a fresh envelope."""
+    event_id = uuid4()
+    return Envelope(
+        event_id=event_id,
+        event_type=event.event_type,
+        version=event.event_version,
+        aggregate_id=aggregate_id,  # type: ignore[arg-type]
+        aggregate_type=aggregate_type,
+        # A new event with no correlation starts its own conversation.
+        correlation_id=correlation_id if correlation_id is not None else str(event_id),  # type: ignore[arg-type]
+        causation_id=causation_id,  # type: ignore[arg-type]
+        metadata=dict(metadata or {}),
+        data=event,
+    )

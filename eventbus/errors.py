@@ -1,0 +1,119 @@
+"""The eventbus error family: catch :class:`EventBusError` to catch them all.
+
+::
+
+    EventBusError
+    ├── EventError                  an event type or event data is wrong
+    │   ├── EventValidationError    payload failed its pydantic schema (at publish)
+    │   ├── UnknownEventType        no event class is registered under that name
+    │   └── DuplicateEventType      two classes claim the same type name
+    ├── SubscriptionError           a handler cannot be subscribed
+    ├── PublishError                the broker did not take the message(s)
+    ├── EnvelopeDecodeError         a message body is not a valid envelope (worker side)
+    ├── PermanentHandlerError       raise it from a handler: no retry, straight to the DLQ
+    └── DeadLetterError             a dead-letter operation failed
+        ├── DeadLetterNotFound      no record with that id
+        └── ReplayError             a record could not be replayed
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DeadLetterError",
+    "DeadLetterNotFound",
+    "DuplicateEventType",
+    "EnvelopeDecodeError",
+    "EventBusError",
+    "EventError",
+    "EventValidationError",
+    "PermanentHandlerError",
+    "PublishError",
+    "ReplayError",
+    "SubscriptionError",
+    "UnknownEventType",
+]
+
+
+class EventBusError(Exception):
+    """Root of every error eventbus raises on purpose."""
+
+
+class EventError(EventBusError):
+    """An event type or an event's data is wrong."""
+
+
+class EventValidationError(EventError, ValueError):
+    """Event data failed validation against its event class.
+
+    Raised by ``publish``/``create_event`` before anything is sent. The message
+    names the event type and every failing field; ``errors`` holds pydantic's
+    structured list.
+    """
+
+    def __init__(self, event_type: str, errors: list[dict[str, object]]) -> None:
+        self.event_type = event_type
+        self.errors = errors
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in err.get('loc', ())) or '<root>'}: {err.get('msg')}"  # type: ignore[union-attr]
+            for err in errors
+        )
+        super().__init__(f"invalid data for event {event_type!r}: {details}")
+
+
+class UnknownEventType(EventError, LookupError):
+    """No event class is registered under this type name."""
+
+    def __init__(self, event_type: str, known: list[str] | None = None) -> None:
+        self.event_type = event_type
+        hint = f" (registered: {', '.join(sorted(known))})" if known else ""
+        super().__init__(f"unknown event type {event_type!r}{hint}")
+
+
+class DuplicateEventType(EventError):
+    """Two different event classes declare the same type name and version."""
+
+
+class SubscriptionError(EventBusError):
+    """A handler cannot be subscribed: not callable, name clash, bad option."""
+
+
+class PublishError(EventBusError):
+    """The broker did not accept a message after the publish retry policy.
+
+    Some handlers of the event may have received their message already
+    (``sent`` names them); the event as a whole was not delivered.
+    """
+
+    def __init__(self, message: str, *, sent: tuple[str, ...] = ()) -> None:
+        self.sent = sent
+        super().__init__(message)
+
+
+class EnvelopeDecodeError(EventBusError):
+    """A message on a handler queue is not a valid eventbus envelope.
+
+    It is never retried: the message goes to the dead-letter queue.
+    """
+
+
+class PermanentHandlerError(EventBusError):
+    """Raise from a handler when retrying cannot help (bad input, business rule).
+
+    The failure skips the remaining retries and is dead-lettered at once.
+    """
+
+
+class DeadLetterError(EventBusError):
+    """A dead-letter queue operation failed."""
+
+
+class DeadLetterNotFound(DeadLetterError, LookupError):
+    """No dead-letter record has this id."""
+
+    def __init__(self, record_id: str) -> None:
+        self.record_id = record_id
+        super().__init__(f"no dead letter with id {record_id!r}")
+
+
+class ReplayError(DeadLetterError):
+    """A dead letter could not be replayed; the record is kept."""
