@@ -1,0 +1,169 @@
+"""One contract, three buses: in-memory, Celery on Redis, Celery on RabbitMQ.
+
+Each test reads: given handlers subscribed, when an event is published, then
+the user sees the same outcome whatever the bus.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import pytest
+
+from eventbus import (
+    BaseEventBus,
+    EventBus,
+    EventValidationError,
+    InMemoryEventBus,
+    PermanentHandlerError,
+    create_event,
+)
+from tests.contract.events import ItemAdded, ItemRemoved
+from tests.support import delete_queues, make_app, require_broker, running_worker, unique, wait_for
+
+
+class Harness:
+    """A bus plus the means to run its handlers and wait for them."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.calls: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        if kind == "memory":
+            self.bus: BaseEventBus = InMemoryEventBus()
+            self.app = None
+        else:
+            url = require_broker(kind)
+            self.queue, self.dlq = unique("contract"), unique("contract-dlq")
+            self.app = make_app(url)
+            self.bus = EventBus(self.app, default_queue=self.queue, dead_letter_queue=self.dlq)
+
+    def record(self, handler: str, envelope: Any) -> None:
+        with self.lock:
+            self.calls.append((handler, str(envelope.event_id)))
+
+    def count(self, handler: str) -> int:
+        with self.lock:
+            return sum(1 for name, _ in self.calls if name == handler)
+
+    def worker(self) -> AbstractContextManager[None]:
+        if self.app is None:
+            return nullcontext()
+        return running_worker(self.app, [self.queue])
+
+    def wait(self, predicate: Any, what: str) -> None:
+        wait_for(predicate, timeout=30, what=what)
+
+    def close(self) -> None:
+        if self.app is not None:
+            delete_queues(self.app, self.queue, self.dlq)
+
+
+@pytest.fixture(params=["memory", "redis", "rabbitmq"])
+def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    h = Harness(request.param)
+    yield h
+    h.close()
+
+
+def test_each_subscribed_handler_receives_the_event_once(harness: Harness) -> None:
+    # Given two handlers of ItemAdded and one of ItemRemoved
+    bus = harness.bus
+    bus.subscribe(ItemAdded, handler=lambda env: harness.record("a", env), name="t.a")
+    bus.subscribe(ItemAdded, handler=lambda env: harness.record("b", env), name="t.b")
+    bus.subscribe(ItemRemoved, handler=lambda env: harness.record("c", env), name="t.c")
+    with harness.worker():
+        # When one ItemAdded is published
+        envelope = bus.publish(ItemAdded(sku="X1", quantity=2), aggregate_id="cart-1")
+        # Then a and b ran once each with that event; c did not run
+        harness.wait(lambda: harness.count("a") and harness.count("b"), "both handlers")
+    assert sorted(harness.calls) == [("a", str(envelope.event_id)), ("b", str(envelope.event_id))]
+    assert envelope.aggregate_id == "cart-1" and envelope.event_type == "contract.item_added"
+
+
+def test_failing_handler_is_dead_lettered_after_its_retries(harness: Harness) -> None:
+    # Given a handler that always fails, with 2 retries and no backoff
+    def broken(envelope: Any) -> None:
+        harness.record("broken", envelope)
+        raise RuntimeError("disk full")
+
+    harness.bus.subscribe(ItemAdded, handler=broken, name="t.broken", max_retries=2,
+                          retry_backoff=0)
+    with harness.worker():
+        # When an event is published
+        envelope = harness.bus.publish(ItemAdded(sku="X2", quantity=1))
+        # Then it was tried 3 times and exactly one dead letter describes the failure
+        harness.wait(lambda: len(harness.bus.dead_letters) == 1, "the dead letter")
+    assert harness.count("broken") == 3
+    [record] = harness.bus.dead_letters.list()
+    assert record.handler == "t.broken"
+    assert record.attempts == 3
+    assert record.reason == "retries_exhausted"
+    assert record.exception_type == "RuntimeError" and record.exception_message == "disk full"
+    assert record.event_id == str(envelope.event_id)
+    assert record.envelope is not None and record.envelope["data"] == {"sku": "X2", "quantity": 1}
+    assert "disk full" in (record.traceback or "")
+
+
+def test_permanent_error_skips_retries(harness: Harness) -> None:
+    def picky(envelope: Any) -> None:
+        harness.record("picky", envelope)
+        raise PermanentHandlerError("sku X3 is discontinued")
+
+    harness.bus.subscribe(ItemAdded, handler=picky, name="t.picky", max_retries=5,
+                          retry_backoff=0)
+    with harness.worker():
+        harness.bus.publish(ItemAdded(sku="X3", quantity=1))
+        harness.wait(lambda: len(harness.bus.dead_letters) == 1, "the dead letter")
+    [record] = harness.bus.dead_letters.list()
+    assert harness.count("picky") == 1
+    assert (record.attempts, record.reason) == (1, "permanent_error")
+
+
+def test_replay_after_fix_delivers_the_same_event_once_and_removes_the_record(
+    harness: Harness,
+) -> None:
+    # Given a handler that fails until it is "fixed", and a dead letter from it
+    fixed = threading.Event()
+
+    def flaky(envelope: Any) -> None:
+        if not fixed.is_set():
+            raise PermanentHandlerError("bug #123")
+        harness.record("flaky", envelope)
+
+    other_calls: list[str] = []
+    harness.bus.subscribe(ItemAdded, handler=flaky, name="t.flaky")
+    harness.bus.subscribe(ItemAdded, handler=lambda env: other_calls.append("x"), name="t.other")
+    with harness.worker():
+        envelope = harness.bus.publish(ItemAdded(sku="X4", quantity=1))
+        harness.wait(lambda: len(harness.bus.dead_letters) == 1 and other_calls, "dead letter")
+        [record] = harness.bus.dead_letters.list()
+        # When the fix is deployed and the record replayed
+        fixed.set()
+        replayed = harness.bus.dead_letters.replay(record.id)
+        harness.wait(lambda: harness.count("flaky") == 1, "the replayed event")
+    # Then the fixed handler saw the same event, the other handler was not re-run,
+    # and the record is gone
+    assert replayed.event_id == envelope.event_id
+    assert replayed.metadata["eventbus_replays"] == 1
+    assert harness.calls == [("flaky", str(envelope.event_id))]
+    assert other_calls == ["x"]
+    assert len(harness.bus.dead_letters) == 0
+
+
+def test_invalid_data_raises_before_any_handler_runs(harness: Harness) -> None:
+    harness.bus.subscribe(ItemAdded, handler=lambda env: harness.record("a", env), name="t.v")
+    with pytest.raises(EventValidationError) as err:
+        harness.bus.publish(create_event("contract.item_added", {"sku": "X5", "quantity": "many"}))
+    assert "quantity" in str(err.value)
+    assert harness.calls == []
+    assert sum(harness.bus.published.values()) == 0
+
+
+def test_event_without_subscribers_is_counted_not_sent(harness: Harness) -> None:
+    envelope = harness.bus.publish(ItemRemoved(sku="nobody-listens"))
+    assert harness.bus.published["contract.item_removed"] == 1
+    assert envelope.event_type == "contract.item_removed"
