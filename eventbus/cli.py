@@ -99,12 +99,14 @@ def handle_errors(func: F) -> F:
 @click.command()
 @click.option("--broker", envvar="EVENTBUS_BROKER_URL", default=None,
               help="Broker URL (default: EVENTBUS_BROKER_URL, else embedded memory://).")
+@click.option("--queue", default="eventbus.demo", show_default=True,
+              help="Handler queue of the demo's own worker (dead letters: EVENTBUS_DLQ).")
 @handle_errors
-def demo(broker: str | None) -> None:
+def demo(broker: str | None, queue: str) -> None:
     """Run the example handlers on an in-process worker and narrate what happens."""
     from eventbus.demo import run_demo
 
-    sys.exit(run_demo(broker, echo=click.echo))
+    sys.exit(run_demo(broker, echo=click.echo, queue=queue))
 
 
 @click.command()
@@ -314,3 +316,7 @@ def celery_command() -> None:
 
 for _command in _COMMANDS:
     celery_command.add_command(_command)
+
+
+if __name__ == "__main__":  # python -m eventbus.cli
+    main()

@@ -132,12 +132,12 @@ def redact(url: str) -> str:
     return str(maybe_sanitize_url(url))
 
 
-def run_demo(broker_url: str | None = None, echo: Echo = print) -> int:
+def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEMO_QUEUE) -> int:
     """Run the whole story; returns a process exit code."""
     url = broker_url or os.environ.get("EVENTBUS_BROKER_URL") or "memory://"
     # The example app reads its configuration from the environment on import.
     os.environ["EVENTBUS_BROKER_URL"] = url
-    os.environ["EVENTBUS_QUEUE"] = DEMO_QUEUE
+    os.environ["EVENTBUS_QUEUE"] = queue
     import handlers
     from handlers.events import EventTypes, TodoCreated, UserRegistered
 
