@@ -42,8 +42,11 @@ class Subscription:
     task: Any = None  # the Celery task, on the Celery bus
 
     def describe(self) -> dict[str, Any]:
-        return {"handler": self.name, "event_types": sorted(self.event_types),
-                **self.options.describe()}
+        return {
+            "handler": self.name,
+            "event_types": sorted(self.event_types),
+            **self.options.describe(),
+        }
 
 
 class BaseEventBus(ABC):
@@ -64,15 +67,26 @@ class BaseEventBus(ABC):
     # -- subscribing -------------------------------------------------------
 
     @overload
-    def subscribe(self, *event_types: EventTypeRef, handler: None = None,
-                  name: str | None = None, **options: Any) -> Callable[[H], H]: ...
+    def subscribe(
+        self,
+        *event_types: EventTypeRef,
+        handler: None = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> Callable[[H], H]: ...
 
     @overload
-    def subscribe(self, *event_types: EventTypeRef, handler: H,
-                  name: str | None = None, **options: Any) -> H: ...
+    def subscribe(
+        self, *event_types: EventTypeRef, handler: H, name: str | None = None, **options: Any
+    ) -> H: ...
 
-    def subscribe(self, *event_types: EventTypeRef, handler: Any = None,
-                  name: str | None = None, **options: Any) -> Any:
+    def subscribe(
+        self,
+        *event_types: EventTypeRef,
+        handler: Any = None,
+        name: str | None = None,
+        **options: Any,
+    ) -> Any:
         """Subscribe a handler to one or more event types.
 
         As a decorator::
@@ -97,8 +111,13 @@ class BaseEventBus(ABC):
 
         return register(handler) if handler is not None else register
 
-    def _register(self, target: object, classes: Sequence[type[Event]], name: str | None,
-                  given: Mapping[str, Any]) -> Subscription:
+    def _register(
+        self,
+        target: object,
+        classes: Sequence[type[Event]],
+        name: str | None,
+        given: Mapping[str, Any],
+    ) -> Subscription:
         call = _callable_of(target)
         sub_name = name or _handler_name(target)
         with self._lock:
@@ -151,17 +170,28 @@ class BaseEventBus(ABC):
         is sent, but the event is counted in :attr:`published`.
         """
         if isinstance(event, Envelope):
-            if any(v is not None for v in (aggregate_id, aggregate_type, correlation_id,
-                                           causation_id, metadata)):
-                raise TypeError("publish(envelope) takes no envelope fields; set them in create_event()")
+            if any(
+                v is not None
+                for v in (aggregate_id, aggregate_type, correlation_id, causation_id, metadata)
+            ):
+                raise TypeError(
+                    "publish(envelope) takes no envelope fields; set them in create_event()"
+                )
             envelope = event
             if envelope.event_type not in self.event_registry:
-                resolve_event_type(envelope.event_type, self.event_registry)  # raises UnknownEventType
+                resolve_event_type(
+                    envelope.event_type, self.event_registry
+                )  # raises UnknownEventType
         elif isinstance(event, Event):
             resolve_event_type(type(event), self.event_registry)
-            envelope = wrap(event, aggregate_id=aggregate_id, aggregate_type=aggregate_type,
-                            correlation_id=correlation_id, causation_id=causation_id,
-                            metadata=metadata)
+            envelope = wrap(
+                event,
+                aggregate_id=aggregate_id,
+                aggregate_type=aggregate_type,
+                correlation_id=correlation_id,
+                causation_id=causation_id,
+                metadata=metadata,
+            )
         else:
             raise TypeError(
                 f"publish() takes an Event or an Envelope, got {type(event).__name__}; "
@@ -184,7 +214,9 @@ class BaseEventBus(ABC):
         if event_type is None:
             subs: Iterable[Subscription] = self._subscriptions.values()
         else:
-            subs = self._by_type.get(resolve_event_type(event_type, self.event_registry).event_type, ())
+            subs = self._by_type.get(
+                resolve_event_type(event_type, self.event_registry).event_type, ()
+            )
         return sorted(subs, key=lambda s: s.name)
 
     def subscription(self, name: str) -> Subscription:
@@ -234,7 +266,7 @@ def _callable_of(target: object) -> Handler:
     if callable(handle):
         return handle  # type: ignore[no-any-return]
     if callable(target):
-        return target  # type: ignore[return-value]
+        return target
     raise SubscriptionError(
         f"a handler must be callable or have a handle(envelope) method, got {target!r}"
     )
@@ -245,7 +277,7 @@ def _handler_name(target: object) -> str:
         cls = type(target)
         name = f"{cls.__module__}.{cls.__qualname__}"
     else:
-        name = f"{getattr(target, '__module__', '?')}.{target.__qualname__}"  # type: ignore[attr-defined]
+        name = f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
     if "<lambda>" in name:
         raise SubscriptionError("a lambda has no stable name; pass name=... to subscribe()")
     return name

@@ -34,7 +34,7 @@ from eventbus.options import HandlerOptions
 
 if TYPE_CHECKING:
     from celery import Celery
-    from kombu import Message
+    from kombu.message import Message
 
 __all__ = ["EventBus", "bus_for_app"]
 
@@ -86,19 +86,24 @@ class EventBus(BaseEventBus):
     @property
     def default_queue(self) -> str:
         conf = self.app.conf
-        return str(self._default_queue or conf.get("eventbus_default_queue")
-                   or conf.task_default_queue)
+        return str(
+            self._default_queue or conf.get("eventbus_default_queue") or conf.task_default_queue
+        )
 
     @property
     def dead_letter_queue(self) -> str:
-        return str(self._dead_letter_queue or self.app.conf.get("eventbus_dead_letter_queue")
-                   or DEFAULT_DEAD_LETTER_QUEUE)
+        return str(
+            self._dead_letter_queue
+            or self.app.conf.get("eventbus_dead_letter_queue")
+            or DEFAULT_DEAD_LETTER_QUEUE
+        )
 
     @property
     def queues(self) -> list[str]:
         """The handler queues a worker must consume (``celery worker -Q ...``)."""
-        return sorted({sub.options.queue or self.default_queue
-                       for sub in self._subscriptions.values()})
+        return sorted(
+            {sub.options.queue or self.default_queue for sub in self._subscriptions.values()}
+        )
 
     @property
     def dead_letter_store(self) -> DeadLetterStore:
@@ -177,13 +182,12 @@ class EventBus(BaseEventBus):
         while True:
             sent: list[str] = []
             try:
-                with self.app.producer_or_acquire() as producer:
-                    # On Redis all K messages (and their task-sent events) go
-                    # out in one pipeline; other transports publish at once.
-                    with producer.batch():
-                        for sub in subscriptions:
-                            sub.task.apply_async(args, producer=producer)
-                            sent.append(sub.name)
+                # On Redis all K messages (and their task-sent events) go out
+                # in one pipeline; other transports publish at once.
+                with self.app.producer_or_acquire() as producer, producer.batch():
+                    for sub in subscriptions:
+                        sub.task.apply_async(args, producer=producer)
+                        sent.append(sub.name)
                 return
             except self._retryable_publish_errors() as exc:
                 # Celery already retried each message by its policy; a batch
@@ -212,9 +216,15 @@ class EventBus(BaseEventBus):
         sub = self._subscriptions.get(getattr(sender, "name", None) or "")
         return sub
 
-    def _on_task_failure(self, sender: Any = None, task_id: str | None = None,
-                         exception: BaseException | None = None, args: Any = None,
-                         einfo: Any = None, **_: Any) -> None:
+    def _on_task_failure(
+        self,
+        sender: Any = None,
+        task_id: str | None = None,
+        exception: BaseException | None = None,
+        args: Any = None,
+        einfo: Any = None,
+        **_: Any,
+    ) -> None:
         sub = self._owns_task(sender)
         if sub is None or exception is None:
             return
@@ -258,8 +268,9 @@ class EventBus(BaseEventBus):
         routing_key = (message.delivery_info or {}).get("routing_key")
         return routing_key in self.queues
 
-    def dead_letter_message(self, message: Message, exc: BaseException,
-                            reason: DeadLetterReason = "undecodable") -> None:
+    def dead_letter_message(
+        self, message: Message, exc: BaseException, reason: DeadLetterReason = "undecodable"
+    ) -> None:
         """Record a raw message the worker could not turn into a task run."""
         if not self._is_handler_queue(message):
             return
@@ -270,19 +281,32 @@ class EventBus(BaseEventBus):
         record = _raw_record(exc, message, body, reason, handler)
         self._write_dead_letter(record)
 
-    def _on_message_rejected(self, sender: Any = None, message: Message | None = None,
-                             exc: BaseException | None = None, **_: Any) -> None:
+    def _on_message_rejected(
+        self,
+        sender: Any = None,
+        message: Message | None = None,
+        exc: BaseException | None = None,
+        **_: Any,
+    ) -> None:
         if message is not None:
             self.dead_letter_message(
-                message, exc or EnvelopeDecodeError("not a task message"), "rejected")
+                message, exc or EnvelopeDecodeError("not a task message"), "rejected"
+            )
 
-    def _on_unknown_task(self, sender: Any = None, message: Message | None = None,
-                         exc: BaseException | None = None, name: str | None = None,
-                         **_: Any) -> None:
+    def _on_unknown_task(
+        self,
+        sender: Any = None,
+        message: Message | None = None,
+        exc: BaseException | None = None,
+        name: str | None = None,
+        **_: Any,
+    ) -> None:
         if message is not None:
             self.dead_letter_message(
-                message, EnvelopeDecodeError(f"no handler task named {name!r} on this worker"),
-                "rejected")
+                message,
+                EnvelopeDecodeError(f"no handler task named {name!r} on this worker"),
+                "rejected",
+            )
 
     def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
         app = getattr(sender, "app", None)
@@ -297,8 +321,9 @@ class EventBus(BaseEventBus):
                     queues.select_add(name)
 
 
-def _raw_record(exc: BaseException, message: Message, body: bytes,
-                reason: DeadLetterReason, handler: str | None) -> DeadLetter:
+def _raw_record(
+    exc: BaseException, message: Message, body: bytes, reason: DeadLetterReason, handler: str | None
+) -> DeadLetter:
     headers = message.headers if isinstance(message.headers, dict) else {}
     return DeadLetter(
         handler=handler,
@@ -316,7 +341,7 @@ def _raw_record(exc: BaseException, message: Message, body: bytes,
 def _dead_letter_undecodable_step(bus: EventBus) -> type[bootsteps.StartStopStep]:
     """A consumer step that sends undecodable messages to the DLQ before Celery acks them."""
 
-    class DeadLetterUndecodable(bootsteps.StartStopStep):
+    class DeadLetterUndecodable(bootsteps.StartStopStep):  # type: ignore[misc]
         name = f"eventbus.DeadLetterUndecodable.{id(bus)}"
 
         def __init__(self, consumer: Any, **kwargs: Any) -> None:

@@ -97,10 +97,18 @@ def handle_errors(func: F) -> F:
 
 
 @click.command()
-@click.option("--broker", envvar="EVENTBUS_BROKER_URL", default=None,
-              help="Broker URL (default: EVENTBUS_BROKER_URL, else embedded memory://).")
-@click.option("--queue", default="eventbus.demo", show_default=True,
-              help="Handler queue of the demo's own worker (dead letters: EVENTBUS_DLQ).")
+@click.option(
+    "--broker",
+    envvar="EVENTBUS_BROKER_URL",
+    default=None,
+    help="Broker URL (default: EVENTBUS_BROKER_URL, else embedded memory://).",
+)
+@click.option(
+    "--queue",
+    default="eventbus.demo",
+    show_default=True,
+    help="Handler queue of the demo's own worker (dead letters: EVENTBUS_DLQ).",
+)
 @handle_errors
 def demo(broker: str | None, queue: str) -> None:
     """Run the example handlers on an in-process worker and narrate what happens."""
@@ -117,8 +125,14 @@ def demo(broker: str | None, queue: str) -> None:
 @click.option("--correlation-id", default=None, help="Correlation id to carry along.")
 @click.pass_context
 @handle_errors
-def publish(ctx: click.Context, event_type: str, data: str, aggregate_id: str | None,
-            aggregate_type: str | None, correlation_id: str | None) -> None:
+def publish(
+    ctx: click.Context,
+    event_type: str,
+    data: str,
+    aggregate_id: str | None,
+    aggregate_type: str | None,
+    correlation_id: str | None,
+) -> None:
     """Publish EVENT_TYPE with DATA, a JSON object, to every subscribed handler."""
     from eventbus.envelope import create_event
 
@@ -129,13 +143,20 @@ def publish(ctx: click.Context, event_type: str, data: str, aggregate_id: str | 
     if not isinstance(payload, dict):
         raise click.BadParameter("must be a JSON object", param_hint="DATA")
     bus = _bus(ctx)
-    envelope = create_event(event_type, payload, aggregate_id=aggregate_id,
-                            aggregate_type=aggregate_type, correlation_id=correlation_id,
-                            event_registry=bus.event_registry)
+    envelope = create_event(
+        event_type,
+        payload,
+        aggregate_id=aggregate_id,
+        aggregate_type=aggregate_type,
+        correlation_id=correlation_id,
+        event_registry=bus.event_registry,
+    )
     bus.publish(envelope)
     handlers = [s.name for s in bus.subscriptions(event_type)]
-    click.echo(f"published {event_type} {envelope.event_id} to {len(handlers)} handler(s)"
-               + (": " + ", ".join(handlers) if handlers else ""))
+    click.echo(
+        f"published {event_type} {envelope.event_id} to {len(handlers)} handler(s)"
+        + (": " + ", ".join(handlers) if handlers else "")
+    )
 
 
 @click.command()
@@ -148,10 +169,16 @@ def events(ctx: click.Context, as_json: bool) -> None:
     registry = bus.event_registry
     if as_json:
         schemas = registry.json_schemas()
-        out = [{"event_type": cls.event_type, "version": cls.event_version,
+        out = [
+            {
+                "event_type": cls.event_type,
+                "version": cls.event_version,
                 "class": f"{cls.__module__}.{cls.__qualname__}",
                 "handlers": [s.describe() for s in bus.subscriptions(cls)],
-                "schema": schemas[cls.event_type]} for cls in registry]
+                "schema": schemas[cls.event_type],
+            }
+            for cls in registry
+        ]
         click.echo(json.dumps(out, indent=2))
         return
     for cls in registry:
@@ -159,9 +186,11 @@ def events(ctx: click.Context, as_json: bool) -> None:
         click.echo(f"{cls.event_type} (v{cls.event_version}, {cls.__module__}.{cls.__qualname__})")
         for sub in subs:
             opts = sub.options
-            click.echo(f"  → {sub.name}  [queue={opts.queue or getattr(bus, 'default_queue', '-')}"
-                       f" max_retries={opts.max_retries} backoff={opts.retry_backoff}s"
-                       f" jitter={'on' if opts.retry_jitter else 'off'}]")
+            click.echo(
+                f"  → {sub.name}  [queue={opts.queue or getattr(bus, 'default_queue', '-')}"
+                f" max_retries={opts.max_retries} backoff={opts.retry_backoff}s"
+                f" jitter={'on' if opts.retry_jitter else 'off'}]"
+            )
         if not subs:
             click.echo("  (no handlers)")
 
@@ -172,11 +201,13 @@ def dlq() -> None:
 
 
 def _filters(func: F) -> F:
-    for option in reversed([
-        click.option("--handler", help="Handler name (shell pattern, e.g. 'handlers.todo.*')."),
-        click.option("--event-type", help="Event type (shell pattern)."),
-        click.option("--exception", "exception_type", help="Exception type, short or dotted."),
-    ]):
+    for option in reversed(
+        [
+            click.option("--handler", help="Handler name (shell pattern, e.g. 'handlers.todo.*')."),
+            click.option("--event-type", help="Event type (shell pattern)."),
+            click.option("--exception", "exception_type", help="Exception type, short or dotted."),
+        ]
+    ):
         func = option(func)
     return func
 
@@ -188,17 +219,26 @@ def _filters(func: F) -> F:
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
 @click.pass_context
 @handle_errors
-def dlq_list(ctx: click.Context, handler: str | None, event_type: str | None,
-             exception_type: str | None, since: datetime | None, limit: int | None,
-             as_json: bool) -> None:
+def dlq_list(
+    ctx: click.Context,
+    handler: str | None,
+    event_type: str | None,
+    exception_type: str | None,
+    since: datetime | None,
+    limit: int | None,
+    as_json: bool,
+) -> None:
     """List dead letters without consuming them (oldest first)."""
     from datetime import UTC
 
     bus = _bus(ctx)
     records = bus.dead_letters.filter(
-        handler=handler, event_type=event_type, exception_type=exception_type,
+        handler=handler,
+        event_type=event_type,
+        exception_type=exception_type,
         since=since.replace(tzinfo=UTC) if since and since.tzinfo is None else since,
-        limit=limit)
+        limit=limit,
+    )
     count = 0
     for record in records:
         count += 1
@@ -206,21 +246,28 @@ def dlq_list(ctx: click.Context, handler: str | None, event_type: str | None,
             click.echo(record.model_dump_json())
         else:
             if count == 1:
-                click.echo(f"{'ID':<32}  {'HANDLER':<34} {'EVENT':<18} {'EXCEPTION':<24} "
-                           f"{'ATT':>3}  FAILED AT")
+                click.echo(
+                    f"{'ID':<32}  {'HANDLER':<34} {'EVENT':<18} {'EXCEPTION':<24} "
+                    f"{'ATT':>3}  FAILED AT"
+                )
             click.echo(_row(record))
     if count == 0:
         if not as_json:
-            click.echo("no dead letters" + (" match" if any(
-                (handler, event_type, exception_type, since)) else ""), err=True)
+            click.echo(
+                "no dead letters"
+                + (" match" if any((handler, event_type, exception_type, since)) else ""),
+                err=True,
+            )
         sys.exit(1)
 
 
 def _row(record: DeadLetter) -> str:
     exc = record.exception_type.rsplit(".", 1)[-1]
-    return (f"{record.id:<32}  {(record.handler or '?')[:34]:<34} "
-            f"{(record.event_type or '<undecodable>')[:18]:<18} {exc[:24]:<24} "
-            f"{record.attempts:>3}  {record.failed_at:%Y-%m-%d %H:%M:%S}")
+    return (
+        f"{record.id:<32}  {(record.handler or '?')[:34]:<34} "
+        f"{(record.event_type or '<undecodable>')[:18]:<18} {exc[:24]:<24} "
+        f"{record.attempts:>3}  {record.failed_at:%Y-%m-%d %H:%M:%S}"
+    )
 
 
 @dlq.command("show")
@@ -234,8 +281,18 @@ def dlq_show(ctx: click.Context, record_id: str, as_json: bool) -> None:
     if as_json:
         click.echo(record.model_dump_json(indent=2))
         return
-    for name in ("id", "handler", "reason", "attempts", "event_type", "event_id", "task_id",
-                 "queue", "worker", "failed_at"):
+    for name in (
+        "id",
+        "handler",
+        "reason",
+        "attempts",
+        "event_type",
+        "event_id",
+        "task_id",
+        "queue",
+        "worker",
+        "failed_at",
+    ):
         click.echo(f"{name + ':':<12} {getattr(record, name)}")
     click.echo(f"{'exception:':<12} {record.exception_type}: {record.exception_message}")
     if record.envelope is not None:
@@ -252,8 +309,14 @@ def dlq_show(ctx: click.Context, record_id: str, as_json: bool) -> None:
 @_filters
 @click.pass_context
 @handle_errors
-def dlq_replay(ctx: click.Context, record_ids: tuple[str, ...], replay_all: bool,
-               handler: str | None, event_type: str | None, exception_type: str | None) -> None:
+def dlq_replay(
+    ctx: click.Context,
+    record_ids: tuple[str, ...],
+    replay_all: bool,
+    handler: str | None,
+    event_type: str | None,
+    exception_type: str | None,
+) -> None:
     """Re-publish dead letters to the handler that failed; each is removed once sent."""
     filters = (handler, event_type, exception_type)
     if record_ids and (replay_all or any(filters)):
@@ -266,8 +329,9 @@ def dlq_replay(ctx: click.Context, record_ids: tuple[str, ...], replay_all: bool
             envelope = dead_letters.replay(record_id)
             click.echo(f"replayed {record_id} (event {envelope.event_id})")
         return
-    count = dead_letters.replay_all(handler=handler, event_type=event_type,
-                                    exception_type=exception_type)
+    count = dead_letters.replay_all(
+        handler=handler, event_type=event_type, exception_type=exception_type
+    )
     click.echo(f"replayed {count} dead letter(s)")
     if count == 0:
         sys.exit(1)
@@ -296,8 +360,15 @@ _COMMANDS = (demo, publish, events, dlq)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("-A", "--app", "app_spec", envvar="EVENTBUS_APP", default=DEFAULT_APP,
-              show_default=True, help="module[:attr] holding your EventBus or Celery app.")
+@click.option(
+    "-A",
+    "--app",
+    "app_spec",
+    envvar="EVENTBUS_APP",
+    default=DEFAULT_APP,
+    show_default=True,
+    help="module[:attr] holding your EventBus or Celery app.",
+)
 @click.pass_context
 def main(ctx: click.Context, app_spec: str) -> None:
     """eventbus: typed domain events on Celery, with retries and a dead-letter queue."""

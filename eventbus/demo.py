@@ -7,6 +7,7 @@ transport, so it works on a machine with nothing installed; with
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
@@ -85,20 +86,27 @@ class Observer:
             when = getattr(reason, "when", None)
             exc = getattr(reason, "exc", reason)
             run.outcome, run.detail = "retry", f"{type(exc).__name__}: {exc}"
-            self.echo(f"   ↻ {_short(run.handler):<28} attempt {run.attempt}  {run.detail}"
-                      f" → retry in {when}s")
+            self.echo(
+                f"   ↻ {_short(run.handler):<28} attempt {run.attempt}  {run.detail}"
+                f" → retry in {when}s"
+            )
 
     def _failure(self, sender: Any = None, exception: Any = None, **_: Any) -> None:
         run = self._current(sender)
         if run:
             run.outcome, run.detail = "failed", f"{type(exception).__name__}: {exception}"
-            self.echo(f"   ✗ {_short(run.handler):<28} attempt {run.attempt}  {run.detail}"
-                      " → dead-lettered")
+            self.echo(
+                f"   ✗ {_short(run.handler):<28} attempt {run.attempt}  {run.detail}"
+                " → dead-lettered"
+            )
 
     def count(self, outcome: str, handler: str | None = None) -> int:
         with self.lock:
-            return sum(1 for r in self.runs if r.outcome == outcome
-                       and (handler is None or r.handler == handler))
+            return sum(
+                1
+                for r in self.runs
+                if r.outcome == outcome and (handler is None or r.handler == handler)
+            )
 
     def settled(self) -> bool:
         """Every handler run reached its end: succeeded or dead-lettered."""
@@ -144,25 +152,37 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
     app, bus = handlers.app, handlers.bus
     app.conf.broker_url = url
     embedded = url.startswith("memory://")
-    echo(f"eventbus demo — broker {redact(url)}"
-         + (" (embedded; set EVENTBUS_BROKER_URL=redis://… or amqp://… for a real one)"
-            if embedded else ""))
+    echo(
+        f"eventbus demo — broker {redact(url)}"
+        + (
+            " (embedded; set EVENTBUS_BROKER_URL=redis://… or amqp://… for a real one)"
+            if embedded
+            else ""
+        )
+    )
     names = {sub.name for sub in bus.subscriptions()}
     observer = Observer(echo, names)
     # The narration says what the worker log would; keep the log itself quiet.
     logging.getLogger("eventbus").setLevel(logging.CRITICAL)
     observer.connect()
     worker = app.WorkController(
-        pool_cls="threads", concurrency=4, queues=bus.queues, loglevel="ERROR",
-        without_heartbeat=True, without_mingle=True, without_gossip=True,
+        pool_cls="threads",
+        concurrency=4,
+        queues=bus.queues,
+        loglevel="ERROR",
+        without_heartbeat=True,
+        without_mingle=True,
+        without_gossip=True,
     )
     # The pool resolves tasks through Celery's *current* app, which is
     # thread-local: make the example app the default for every thread.
     app.set_default()
     thread = threading.Thread(target=worker.start, name="eventbus-demo-worker", daemon=True)
     thread.start()
-    echo(f"worker: in-process, threads x4, consuming {', '.join(bus.queues)}; "
-         f"dead letters go to {bus.dead_letter_queue}\n")
+    echo(
+        f"worker: in-process, threads x4, consuming {', '.join(bus.queues)}; "
+        f"dead letters go to {bus.dead_letter_queue}\n"
+    )
     try:
         return _story(bus, observer, echo, EventTypes, TodoCreated, UserRegistered)
     finally:
@@ -171,8 +191,9 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
         thread.join(timeout=10)
 
 
-def _story(bus: Any, observer: Observer, echo: Echo, EventTypes: Any, TodoCreated: Any,
-           UserRegistered: Any) -> int:
+def _story(
+    bus: Any, observer: Observer, echo: Echo, EventTypes: Any, TodoCreated: Any, UserRegistered: Any
+) -> int:
     from handlers import todo
 
     todo.search_index.accept_marked = False
@@ -187,41 +208,62 @@ def _story(bus: Any, observer: Observer, echo: Echo, EventTypes: Any, TodoCreate
 
     echo("\n2. Retries: notify_assignee's gateway times out twice; Celery autoretry backs off")
     todo_id = str(uuid.uuid4())[:8]
-    milk = create_event(EventTypes.TODO_CREATED,
-                        {"title": "Buy milk", "priority": "high", "assignee": "ada"},
-                        aggregate_id=todo_id, aggregate_type="Todo")
+    milk = create_event(
+        EventTypes.TODO_CREATED,
+        {"title": "Buy milk", "priority": "high", "assignee": "ada"},
+        aggregate_id=todo_id,
+        aggregate_type="Todo",
+    )
     bus.publish(milk)
-    echo(f"   published todo.created {milk.event_id} → "
-         f"{len(bus.subscriptions(TodoCreated))} handler tasks")
+    echo(
+        f"   published todo.created {milk.event_id} → "
+        f"{len(bus.subscriptions(TodoCreated))} handler tasks"
+    )
     notify = "handlers.todo.notify_assignee"
-    wait_until(lambda: any(r.outcome == "ok" for r in observer.attempts_of(notify, str(milk.event_id))),
-               "notify_assignee to succeed after its retries")
+    wait_until(
+        lambda: any(r.outcome == "ok" for r in observer.attempts_of(notify, str(milk.event_id))),
+        "notify_assignee to succeed after its retries",
+    )
     wait_until(lambda: observer.count("ok", "handlers.todo.index_for_search") >= 1, "indexing")
     attempts = observer.attempts_of(notify, str(milk.event_id))
-    gaps = [b.started - a.started for a, b in zip(attempts, attempts[1:], strict=False)]
-    echo(f"   notify_assignee: {len(attempts)} attempts, observed backoff delays "
-         + ", ".join(f"{g:.1f}s" for g in gaps))
+    gaps = [b.started - a.started for a, b in itertools.pairwise(attempts)]
+    echo(
+        f"   notify_assignee: {len(attempts)} attempts, observed backoff delays "
+        + ", ".join(f"{g:.1f}s" for g in gaps)
+    )
 
     echo("\n3. Dead letter: index_for_search refuses a marked title (a permanent error)")
     before = len(bus.dead_letters)
-    poison = bus.publish(TodoCreated(title="Fix the #poison pill"),
-                         aggregate_id=str(uuid.uuid4())[:8], aggregate_type="Todo")
+    poison = bus.publish(
+        TodoCreated(title="Fix the #poison pill"),
+        aggregate_id=str(uuid.uuid4())[:8],
+        aggregate_type="Todo",
+    )
     wait_until(lambda: len(bus.dead_letters) > before, "the dead letter")
-    record = next(r for r in bus.dead_letters.list(handler="handlers.todo.index_for_search")
-                  if r.event_id == str(poison.event_id))
-    echo(f"   dead letter {record.id}: handler={record.handler} reason={record.reason} "
-         f"attempts={record.attempts}")
+    record = next(
+        r
+        for r in bus.dead_letters.list(handler="handlers.todo.index_for_search")
+        if r.event_id == str(poison.event_id)
+    )
+    echo(
+        f"   dead letter {record.id}: handler={record.handler} reason={record.reason} "
+        f"attempts={record.attempts}"
+    )
     echo(f"   {record.exception_type}: {record.exception_message}")
 
     echo("\n4. Replay: deploy the fix, replay the dead letter to the one handler that failed")
     todo.search_index.accept_marked = True
     ok_before = observer.count("ok", "handlers.todo.index_for_search")
     replayed = bus.dead_letters.replay(record.id)
-    wait_until(lambda: observer.count("ok", "handlers.todo.index_for_search") > ok_before,
-               "the replayed event")
-    echo(f"   replayed {replayed.event_id} (same event id), replays="
-         f"{replayed.metadata.get('eventbus_replays')}; record removed: "
-         f"{all(r.id != record.id for r in bus.dead_letters)}")
+    wait_until(
+        lambda: observer.count("ok", "handlers.todo.index_for_search") > ok_before,
+        "the replayed event",
+    )
+    echo(
+        f"   replayed {replayed.event_id} (same event id), replays="
+        f"{replayed.metadata.get('eventbus_replays')}; record removed: "
+        f"{all(r.id != record.id for r in bus.dead_letters)}"
+    )
 
     wait_until(observer.settled, "the remaining handler runs and retries")
 
@@ -231,7 +273,9 @@ def _story(bus: Any, observer: Observer, echo: Echo, EventTypes: Any, TodoCreate
     except Exception as exc:  # the demo shows the error a caller gets
         echo(f"   {type(exc).__name__}: {exc}")
 
-    echo(f"\nDone: published {sum(bus.published.values())} events, "
-         f"{observer.count('ok')} handler runs ok, {observer.count('retry')} retries, "
-         f"{observer.count('failed')} dead-lettered, 1 replayed.")
+    echo(
+        f"\nDone: published {sum(bus.published.values())} events, "
+        f"{observer.count('ok')} handler runs ok, {observer.count('retry')} retries, "
+        f"{observer.count('failed')} dead-lettered, 1 replayed."
+    )
     return 0

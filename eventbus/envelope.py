@@ -69,7 +69,9 @@ class Envelope(BaseModel, Generic[EventT]):
     @classmethod
     def _ids_as_str(cls, value: object) -> object:
         # UUIDs and ints are common ids; the wire keeps them as strings.
-        return str(value) if isinstance(value, (UUID, int)) and not isinstance(value, bool) else value
+        return (
+            str(value) if isinstance(value, (UUID, int)) and not isinstance(value, bool) else value
+        )
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON-ready dict sent to handlers (see the module docstring)."""
@@ -168,11 +170,11 @@ def wrap(
         event_id=event_id,
         event_type=event.event_type,
         version=event.event_version,
-        aggregate_id=aggregate_id,  # type: ignore[arg-type]
+        aggregate_id=aggregate_id,
         aggregate_type=aggregate_type,
         # A new event with no correlation starts its own conversation.
-        correlation_id=correlation_id if correlation_id is not None else str(event_id),  # type: ignore[arg-type]
-        causation_id=causation_id,  # type: ignore[arg-type]
+        correlation_id=correlation_id if correlation_id is not None else str(event_id),
+        causation_id=causation_id,
         metadata=dict(metadata or {}),
         data=event,
     )

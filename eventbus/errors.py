@@ -53,11 +53,14 @@ class EventValidationError(EventError, ValueError):
     def __init__(self, event_type: str, errors: list[dict[str, object]]) -> None:
         self.event_type = event_type
         self.errors = errors
-        details = "; ".join(
-            f"{'.'.join(str(p) for p in err.get('loc', ())) or '<root>'}: {err.get('msg')}"  # type: ignore[union-attr]
-            for err in errors
-        )
+        details = "; ".join(_describe(err) for err in errors)
         super().__init__(f"invalid data for event {event_type!r}: {details}")
+
+
+def _describe(error: dict[str, object]) -> str:
+    loc = error.get("loc", ())
+    where = ".".join(str(part) for part in loc) if isinstance(loc, (tuple, list)) else str(loc)
+    return f"{where or '<root>'}: {error.get('msg')}"
 
 
 class UnknownEventType(EventError, LookupError):

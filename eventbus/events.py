@@ -152,7 +152,9 @@ def resolve_event_type(ref: object, event_registry: EventRegistry | None = None)
     reg = event_registry or registry
     if isinstance(ref, type) and issubclass(ref, Event):
         if "event_type" not in ref.__dict__:
-            raise SubscriptionError(f"{ref.__qualname__} declares no event_type; it is not an event")
+            raise SubscriptionError(
+                f"{ref.__qualname__} declares no event_type; it is not an event"
+            )
         return ref
     if isinstance(ref, Enum):
         ref = ref.value

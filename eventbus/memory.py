@@ -13,7 +13,7 @@ from typing import Any
 
 from eventbus.bus import BaseEventBus, Subscription
 from eventbus.deadletter.memory import InMemoryDeadLetterStore
-from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.record import DeadLetter, DeadLetterReason
 from eventbus.envelope import Envelope
 from eventbus.errors import EnvelopeDecodeError
 from eventbus.events import EventRegistry
@@ -33,8 +33,9 @@ class InMemoryEventBus(BaseEventBus):
     exception re-raised from ``publish`` instead of only recorded.
     """
 
-    def __init__(self, *, event_registry: EventRegistry | None = None,
-                 raise_errors: bool = False) -> None:
+    def __init__(
+        self, *, event_registry: EventRegistry | None = None, raise_errors: bool = False
+    ) -> None:
         super().__init__(event_registry=event_registry)
         self.raise_errors = raise_errors
         self._store = InMemoryDeadLetterStore()
@@ -61,15 +62,28 @@ class InMemoryEventBus(BaseEventBus):
                 return
             except Exception as exc:
                 permanent = isinstance(exc, options.permanent_errors) or not isinstance(
-                    exc, options.retry_on)
+                    exc, options.retry_on
+                )
                 if not permanent and attempt <= options.max_retries:
                     logger.info("retrying %s (attempt %d): %r", sub.name, attempt, exc)
                     continue
-                reason = "retries_exhausted" if not permanent else (
-                    "undecodable" if isinstance(exc, EnvelopeDecodeError) else "permanent_error")
-                self._store.append(DeadLetter.from_exception(
-                    exc, handler=sub.name, reason=reason, attempts=attempt,
-                    envelope=wire, worker="in-memory"))
+                reason: DeadLetterReason = (
+                    "retries_exhausted"
+                    if not permanent
+                    else (
+                        "undecodable" if isinstance(exc, EnvelopeDecodeError) else "permanent_error"
+                    )
+                )
+                self._store.append(
+                    DeadLetter.from_exception(
+                        exc,
+                        handler=sub.name,
+                        reason=reason,
+                        attempts=attempt,
+                        envelope=wire,
+                        worker="in-memory",
+                    )
+                )
                 logger.warning("dead-lettered %s after %d attempt(s): %r", sub.name, attempt, exc)
                 if self.raise_errors:
                     raise

@@ -60,8 +60,9 @@ gateway = FlakyGateway()
 
 # Retry only what a retry can fix; backoff 1s, 2s, 4s... without jitter so the
 # demo shows the doubling (production handlers keep the jitter default).
-@bus.subscribe(TodoCreated, retry_on=(ConnectionError,), max_retries=4, retry_backoff=1,
-               retry_jitter=False)
+@bus.subscribe(
+    TodoCreated, retry_on=(ConnectionError,), max_retries=4, retry_backoff=1, retry_jitter=False
+)
 def notify_assignee(envelope: Envelope[TodoCreated]) -> None:
     """Push a notification about a new todo to its assignee."""
     todo = envelope.data

@@ -88,11 +88,19 @@ def delete_queues(app: Celery, *names: str) -> None:
 
 
 @contextmanager
-def running_worker(app: Celery, queues: list[str], pool: str = "threads",
-                   concurrency: int = 2) -> Iterator[None]:
+def running_worker(
+    app: Celery, queues: list[str], pool: str = "threads", concurrency: int = 2
+) -> Iterator[None]:
     """A real Celery worker consuming ``queues``, in this process."""
     from celery.contrib.testing.worker import start_worker
 
-    with start_worker(app, pool=pool, concurrency=concurrency, queues=queues,
-                      perform_ping_check=False, loglevel="WARNING", shutdown_timeout=10):
+    with start_worker(
+        app,
+        pool=pool,
+        concurrency=concurrency,
+        queues=queues,
+        perform_ping_check=False,
+        loglevel="WARNING",
+        shutdown_timeout=10,
+    ):
         yield

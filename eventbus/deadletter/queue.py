@@ -51,8 +51,15 @@ class DeadLetterQueue:
         patterns (``handlers.todo.*``); an exception type also matches by its
         short name (``ValueError``).
         """
-        return list(self.filter(handler=handler, event_type=event_type,
-                                exception_type=exception_type, since=since, limit=limit))
+        return list(
+            self.filter(
+                handler=handler,
+                event_type=event_type,
+                exception_type=exception_type,
+                since=since,
+                limit=limit,
+            )
+        )
 
     def filter(
         self,
@@ -81,8 +88,11 @@ class DeadLetterQueue:
 
     def get(self, record_id: str) -> DeadLetter:
         """The record with this id (a unique prefix of 6+ characters also works)."""
-        matches = [r for r in self.store if r.id == record_id or (
-            len(record_id) >= 6 and r.id.startswith(record_id))]
+        matches = [
+            r
+            for r in self.store
+            if r.id == record_id or (len(record_id) >= 6 and r.id.startswith(record_id))
+        ]
         exact = [r for r in matches if r.id == record_id]
         if exact:
             return exact[0]
@@ -118,8 +128,7 @@ class DeadLetterQueue:
         failures: list[str] = []
         # Materialise the selection first: on RabbitMQ a browse holds the
         # records unacked, so removing while still browsing would miss them.
-        selected = self.list(handler=handler, event_type=event_type,
-                             exception_type=exception_type)
+        selected = self.list(handler=handler, event_type=event_type, exception_type=exception_type)
         for record in selected:
             try:
                 self._replay_one(record)

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DeadLetter", "DeadLetterReason", "MAX_RAW_BODY"]
+__all__ = ["MAX_RAW_BODY", "DeadLetter", "DeadLetterReason"]
 
 #: Why a message was dead-lettered.
 DeadLetterReason = Literal[
@@ -95,7 +95,8 @@ class DeadLetter(BaseModel):
 
     def summary(self) -> str:
         what = f"{self.event_type}#{self.event_id}" if self.event_type else "<undecodable>"
-        return f"{self.id} {self.handler or '?'} {what} {self.exception_type}: {self.exception_message}"
+        failure = f"{self.exception_type}: {self.exception_message}"
+        return f"{self.id} {self.handler or '?'} {what} {failure}"
 
 
 def _qualified_name(cls: type) -> str:

@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Collection, Iterator
 from typing import TYPE_CHECKING, Any
 
-from kombu import Exchange, Queue
+from kombu.entity import Exchange, Queue
 
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
 from eventbus.errors import DeadLetterError

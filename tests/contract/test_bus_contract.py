@@ -90,8 +90,9 @@ def test_failing_handler_is_dead_lettered_after_its_retries(harness: Harness) ->
         harness.record("broken", envelope)
         raise RuntimeError("disk full")
 
-    harness.bus.subscribe(ItemAdded, handler=broken, name="t.broken", max_retries=2,
-                          retry_backoff=0)
+    harness.bus.subscribe(
+        ItemAdded, handler=broken, name="t.broken", max_retries=2, retry_backoff=0
+    )
     with harness.worker():
         # When an event is published
         envelope = harness.bus.publish(ItemAdded(sku="X2", quantity=1))
@@ -113,8 +114,7 @@ def test_permanent_error_skips_retries(harness: Harness) -> None:
         harness.record("picky", envelope)
         raise PermanentHandlerError("sku X3 is discontinued")
 
-    harness.bus.subscribe(ItemAdded, handler=picky, name="t.picky", max_retries=5,
-                          retry_backoff=0)
+    harness.bus.subscribe(ItemAdded, handler=picky, name="t.picky", max_retries=5, retry_backoff=0)
     with harness.worker():
         harness.bus.publish(ItemAdded(sku="X3", quantity=1))
         harness.wait(lambda: len(harness.bus.dead_letters) == 1, "the dead letter")

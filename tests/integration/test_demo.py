@@ -17,7 +17,11 @@ def run_demo(env_extra: dict[str, str], queue: str) -> subprocess.CompletedProce
     env.update(env_extra)
     return subprocess.run(
         [sys.executable, "-m", "eventbus.cli", "demo", "--queue", queue],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
 
 

@@ -28,8 +28,17 @@ def run(*args: str) -> tuple[int, str]:
 
 
 def test_every_command_has_help() -> None:
-    for command in ([], ["demo"], ["publish"], ["events"], ["dlq"], ["dlq", "list"],
-                    ["dlq", "show"], ["dlq", "replay"], ["dlq", "purge"]):
+    for command in (
+        [],
+        ["demo"],
+        ["publish"],
+        ["events"],
+        ["dlq"],
+        ["dlq", "list"],
+        ["dlq", "show"],
+        ["dlq", "replay"],
+        ["dlq", "purge"],
+    ):
         code, output = run(*command, "--help")
         assert code == 0 and "Usage:" in output, command
 
@@ -42,14 +51,17 @@ def test_events_lists_types_and_their_handlers() -> None:
     code, output = run("events", "--json")
     item = next(e for e in json.loads(output) if e["event_type"] == "contract.item_added")
     assert {h["handler"] for h in item["handlers"]} == {
-        "tests.unit.cli_app.record", "tests.unit.cli_app.reserve_stock"}
+        "tests.unit.cli_app.record",
+        "tests.unit.cli_app.reserve_stock",
+    }
     assert item["schema"]["required"] == ["sku", "quantity"]
 
 
 def test_publish_then_list_show_replay_a_dead_letter() -> None:
     # Given a published event whose stock handler fails
-    code, output = run("publish", "contract.item_added", '{"sku": "A1", "quantity": 2}',
-                       "--aggregate-id", "cart-9")
+    code, output = run(
+        "publish", "contract.item_added", '{"sku": "A1", "quantity": 2}', "--aggregate-id", "cart-9"
+    )
     assert code == 0 and "to 2 handler(s)" in output
     # When the operator lists the DLQ
     code, output = run("dlq", "list")
@@ -84,17 +96,21 @@ def test_purge_refuses_without_yes_off_a_terminal() -> None:
     assert code == 0 and "purged 1" in output
 
 
-@pytest.mark.parametrize("args, code, message", [
-    (["publish", "contract.item_added", "{not json"], 2, "not valid JSON"),
-    (["publish", "contract.item_added", "[1, 2]"], 2, "must be a JSON object"),
-    (["publish", "contract.nope", "{}"], 1, "unknown event type 'contract.nope'"),
-    (["publish", "contract.item_added", '{"sku": "A"}'], 1, "quantity: Field required"),
-    (["dlq", "show", "does-not-exist"], 1, "no dead letter with id 'does-not-exist'"),
-    (["dlq", "replay"], 2, "name record ids, or use --all"),
-    (["dlq", "replay", "abc", "--all"], 2, "not both"),
-])
-def test_misuse_exits_non_zero_with_a_one_line_reason(args: list[str], code: int,
-                                                       message: str) -> None:
+@pytest.mark.parametrize(
+    "args, code, message",
+    [
+        (["publish", "contract.item_added", "{not json"], 2, "not valid JSON"),
+        (["publish", "contract.item_added", "[1, 2]"], 2, "must be a JSON object"),
+        (["publish", "contract.nope", "{}"], 1, "unknown event type 'contract.nope'"),
+        (["publish", "contract.item_added", '{"sku": "A"}'], 1, "quantity: Field required"),
+        (["dlq", "show", "does-not-exist"], 1, "no dead letter with id 'does-not-exist'"),
+        (["dlq", "replay"], 2, "name record ids, or use --all"),
+        (["dlq", "replay", "abc", "--all"], 2, "not both"),
+    ],
+)
+def test_misuse_exits_non_zero_with_a_one_line_reason(
+    args: list[str], code: int, message: str
+) -> None:
     exit_code, output = run(*args)
     assert exit_code == code
     assert message in output

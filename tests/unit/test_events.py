@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
 
@@ -10,8 +11,8 @@ import pytest
 
 from eventbus import (
     DuplicateEventType,
-    EnvelopeDecodeError,
     Envelope,
+    EnvelopeDecodeError,
     Event,
     EventRegistry,
     EventValidationError,
@@ -39,8 +40,12 @@ def test_defining_an_event_registers_it_by_type_name() -> None:
 
 
 def test_create_event_accepts_the_seed_style_with_a_string_enum() -> None:
-    envelope = create_event(Types.ORDER_PLACED, {"order_id": 7, "total_cents": 1250},
-                            aggregate_id=7, aggregate_type="Order")
+    envelope = create_event(
+        Types.ORDER_PLACED,
+        {"order_id": 7, "total_cents": 1250},
+        aggregate_id=7,
+        aggregate_type="Order",
+    )
     assert isinstance(envelope.data, OrderPlaced)
     assert envelope.data.order_id == 7
     assert (envelope.event_type, envelope.version) == ("unit.order_placed", 2)
@@ -59,12 +64,12 @@ def test_invalid_data_names_every_bad_field() -> None:
 
 
 def test_unknown_type_name_lists_what_is_registered() -> None:
-    with pytest.raises(UnknownEventType, match="unit.order_placd"):
+    with pytest.raises(UnknownEventType, match=re.escape("unit.order_placd")):
         create_event("unit.order_placd", {})
 
 
 def test_a_second_class_cannot_claim_a_taken_type_name() -> None:
-    with pytest.raises(DuplicateEventType, match="unit.order_placed"):
+    with pytest.raises(DuplicateEventType, match=re.escape("unit.order_placed")):
 
         class Impostor(Event):
             event_type = "unit.order_placed"
@@ -79,8 +84,9 @@ def test_a_private_registry_is_independent() -> None:
 
 
 def test_the_wire_format_is_plain_json_and_round_trips() -> None:
-    envelope = create_event(OrderPlaced, {"order_id": 1, "total_cents": 99},
-                            metadata={"tenant": "acme"})
+    envelope = create_event(
+        OrderPlaced, {"order_id": 1, "total_cents": 99}, metadata={"tenant": "acme"}
+    )
     wire = json.loads(json.dumps(envelope.to_wire()))
     assert wire["data"] == {"order_id": 1, "total_cents": 99}
     assert wire["occurred_at"].endswith("Z")
@@ -97,12 +103,15 @@ def test_occurred_at_is_normalised_to_utc_and_naive_times_are_refused() -> None:
         Envelope.from_wire(wire)
 
 
-@pytest.mark.parametrize("payload, reason", [
-    ("not a dict", "JSON object"),
-    ({"data": {}}, "event_type"),
-    ({"event_type": "unit.nope", "data": {}}, "unknown event type"),
-    ({"event_type": "unit.order_placed", "version": 2, "data": {"order_id": 1}}, "total_cents"),
-])
+@pytest.mark.parametrize(
+    "payload, reason",
+    [
+        ("not a dict", "JSON object"),
+        ({"data": {}}, "event_type"),
+        ({"event_type": "unit.nope", "data": {}}, "unknown event type"),
+        ({"event_type": "unit.order_placed", "version": 2, "data": {"order_id": 1}}, "total_cents"),
+    ],
+)
 def test_bad_wire_payloads_raise_a_decode_error_that_says_why(payload: object, reason: str) -> None:
     with pytest.raises(EnvelopeDecodeError, match=reason):
         Envelope.from_wire(payload)

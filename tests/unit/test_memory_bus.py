@@ -27,8 +27,9 @@ def test_retries_only_what_retry_on_names() -> None:
         attempts.append("x")
         raise KeyError("not retryable here")
 
-    bus.subscribe(ItemAdded, handler=handler, name="t.h", retry_on=(ConnectionError,),
-                  max_retries=3)
+    bus.subscribe(
+        ItemAdded, handler=handler, name="t.h", retry_on=(ConnectionError,), max_retries=3
+    )
     bus.publish(ItemAdded(sku="a", quantity=1))
     [record] = bus.dead_letters.list()
     assert len(attempts) == 1 and record.reason == "permanent_error"
@@ -63,8 +64,10 @@ def test_dead_letter_queue_filters_groups_and_finds_by_prefix() -> None:
     assert len(dlq) == 6
     assert len(dlq.list(handler="shop.*")) == 3
     assert len(dlq.list(exception_type="ConnectionError")) == 3
-    assert dlq.groups() == {("shop.fails", "ValueError"): 3,
-                            ("mail.also_fails", "ConnectionError"): 3}
+    assert dlq.groups() == {
+        ("shop.fails", "ValueError"): 3,
+        ("mail.also_fails", "ConnectionError"): 3,
+    }
     first = dlq.list(limit=1)[0]
     assert dlq.get(first.id[:8]) == first
     assert dlq.purge() == 6 and len(dlq) == 0
@@ -86,9 +89,16 @@ def test_replay_all_keeps_what_cannot_be_replayed_and_says_so() -> None:
     # an undecodable record, as a hand-pushed message would give
     from eventbus import DeadLetter
 
-    bus.dead_letter_store.append(DeadLetter(handler=None, reason="undecodable", attempts=1,
-                                            exception_type="DecodeError",
-                                            exception_message="garbage", raw_body="%%%"))
+    bus.dead_letter_store.append(
+        DeadLetter(
+            handler=None,
+            reason="undecodable",
+            attempts=1,
+            exception_type="DecodeError",
+            exception_message="garbage",
+            raw_body="%%%",
+        )
+    )
     broken = False
     with pytest.raises(ReplayError, match="replayed 2; 1 record"):
         bus.dead_letters.replay_all()

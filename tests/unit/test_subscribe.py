@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -45,15 +46,17 @@ def test_subscribing_the_same_handler_again_adds_event_types() -> None:
     bus.subscribe(ItemAdded)(on_item)
     bus.subscribe(ItemRemoved)(on_item)
     assert bus.subscriptions()[0].event_types == {"contract.item_added", "contract.item_removed"}
-    assert [s.name for s in bus.subscriptions(ItemRemoved)] == [
-        "tests.unit.test_subscribe.on_item"]
+    assert [s.name for s in bus.subscriptions(ItemRemoved)] == ["tests.unit.test_subscribe.on_item"]
 
 
-@pytest.mark.parametrize("target, message", [
-    (42, "callable"),
-    (Projector, "is a class"),
-    (lambda env: None, "lambda"),
-])
+@pytest.mark.parametrize(
+    "target, message",
+    [
+        (42, "callable"),
+        (Projector, "is a class"),
+        (lambda env: None, "lambda"),
+    ],
+)
 def test_bad_handlers_are_refused_at_subscribe_time(target: object, message: str) -> None:
     with pytest.raises(SubscriptionError, match=message):
         InMemoryEventBus().subscribe(ItemAdded, handler=target)
@@ -67,7 +70,7 @@ def test_two_handlers_cannot_share_a_name() -> None:
 
 
 def test_unknown_event_type_name_is_refused() -> None:
-    with pytest.raises(UnknownEventType, match="contract.nope"):
+    with pytest.raises(UnknownEventType, match=re.escape("contract.nope")):
         InMemoryEventBus().subscribe("contract.nope")(on_item)
 
 
@@ -76,14 +79,18 @@ def test_subscribe_needs_an_event_type() -> None:
         InMemoryEventBus().subscribe()(on_item)
 
 
-@pytest.mark.parametrize("options, message", [
-    ({"max_retries": -1}, "max_retries"),
-    ({"retry_backoff": 0.5}, "whole seconds"),
-    ({"retry_on": ("nope",)}, "exception classes"),
-    ({"time_limit": 0}, "time_limit"),
-    ({"retries": 3}, "unknown subscribe option"),
-])
-def test_bad_options_are_refused_with_the_option_named(options: dict[str, Any],
-                                                        message: str) -> None:
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"max_retries": -1}, "max_retries"),
+        ({"retry_backoff": 0.5}, "whole seconds"),
+        ({"retry_on": ("nope",)}, "exception classes"),
+        ({"time_limit": 0}, "time_limit"),
+        ({"retries": 3}, "unknown subscribe option"),
+    ],
+)
+def test_bad_options_are_refused_with_the_option_named(
+    options: dict[str, Any], message: str
+) -> None:
     with pytest.raises(SubscriptionError, match=message):
         InMemoryEventBus().subscribe(ItemAdded, **options)(on_item)
