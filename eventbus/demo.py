@@ -7,6 +7,7 @@ transport, so it works on a machine with nothing installed; with
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import signals
+from celery.worker import state as worker_state
 
 from eventbus.envelope import create_event
 
@@ -151,6 +153,9 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
 
     app, bus = handlers.app, handlers.bus
     app.conf.broker_url = url
+    # AMQP heartbeats wake the worker's event loop every second, so it sees
+    # the stop request at the end promptly.
+    app.conf.broker_heartbeat = 2
     embedded = url.startswith("memory://")
     echo(
         f"eventbus demo — broker {redact(url)}"
@@ -160,6 +165,7 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
             else ""
         )
     )
+    _purge_leftovers(app, bus.queues)
     names = {sub.name for sub in bus.subscriptions()}
     observer = Observer(echo, names)
     # The narration says what the worker log would; keep the log itself quiet.
@@ -187,8 +193,19 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
         return _story(bus, observer, echo, EventTypes, TodoCreated, UserRegistered)
     finally:
         observer.disconnect()
-        worker.stop(in_sighandler=False)
-        thread.join(timeout=10)
+        # Ask the worker's own loop to stop: closing its AMQP channels from
+        # this thread would race the loop that reads them.
+        worker_state.should_terminate = 0
+        thread.join(timeout=15)
+        worker_state.should_terminate = None
+
+
+def _purge_leftovers(app: Any, queues: list[str]) -> None:
+    """Drop what an interrupted earlier demo left in the demo's own queues."""
+    with app.connection_for_write() as conn:
+        for name in queues:
+            with contextlib.suppress(*conn.channel_errors):  # not declared yet: nothing to drop
+                conn.channel().queue_purge(name)
 
 
 def _story(
