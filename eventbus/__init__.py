@@ -16,27 +16,81 @@
     bus.publish(TodoCreated(title="Buy milk"), aggregate_id=42, aggregate_type="Todo")
 """
 
-from eventbus.bus import BaseEventBus, Subscription
-from eventbus.celery_bus import EventBus, bus_for_app
-from eventbus.deadletter import DeadLetter, DeadLetterQueue
-from eventbus.envelope import Envelope, create_event
-from eventbus.errors import (
-    DeadLetterError,
-    DeadLetterNotFound,
-    DuplicateEventType,
-    EnvelopeDecodeError,
-    EventBusError,
-    EventError,
-    EventValidationError,
-    PermanentHandlerError,
-    PublishError,
-    ReplayError,
-    SubscriptionError,
-    UnknownEventType,
-)
-from eventbus.events import Event, EventRegistry, registry
-from eventbus.memory import InMemoryEventBus
-from eventbus.options import HandlerOptions
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from eventbus.bus import BaseEventBus, Subscription
+    from eventbus.celery_bus import EventBus, bus_for_app
+    from eventbus.deadletter import DeadLetter, DeadLetterQueue
+    from eventbus.envelope import Envelope, create_event
+    from eventbus.errors import (
+        DeadLetterError,
+        DeadLetterNotFound,
+        DuplicateEventType,
+        EnvelopeDecodeError,
+        EventBusError,
+        EventError,
+        EventValidationError,
+        PermanentHandlerError,
+        PublishError,
+        ReplayError,
+        SubscriptionError,
+        UnknownEventType,
+    )
+    from eventbus.events import Event, EventRegistry, registry
+    from eventbus.memory import InMemoryEventBus
+    from eventbus.options import HandlerOptions
+
+# Submodules load on first use (PEP 562): `celery` imports this package for
+# its `celery eventbus` sub-command in every worker of the environment, and
+# those that never touch an event should not pay for pydantic.
+_EXPORTS = {
+    "BaseEventBus": "eventbus.bus",
+    "Subscription": "eventbus.bus",
+    "EventBus": "eventbus.celery_bus",
+    "bus_for_app": "eventbus.celery_bus",
+    "DeadLetter": "eventbus.deadletter",
+    "DeadLetterQueue": "eventbus.deadletter",
+    "Envelope": "eventbus.envelope",
+    "create_event": "eventbus.envelope",
+    "Event": "eventbus.events",
+    "EventRegistry": "eventbus.events",
+    "registry": "eventbus.events",
+    "InMemoryEventBus": "eventbus.memory",
+    "HandlerOptions": "eventbus.options",
+    **{
+        name: "eventbus.errors"
+        for name in (
+            "DeadLetterError",
+            "DeadLetterNotFound",
+            "DuplicateEventType",
+            "EnvelopeDecodeError",
+            "EventBusError",
+            "EventError",
+            "EventValidationError",
+            "PermanentHandlerError",
+            "PublishError",
+            "ReplayError",
+            "SubscriptionError",
+            "UnknownEventType",
+        )
+    },
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'eventbus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # next lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
 
 __version__ = "0.1.0"
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
 from celery.exceptions import TimeLimitExceeded, WorkerLostError
+from celery.utils.saferepr import saferepr
 from kombu.exceptions import KombuError
 
 from eventbus.bus import BaseEventBus, Subscription
@@ -155,6 +156,7 @@ class EventBus(BaseEventBus):
             "acks_late": True,
             "reject_on_worker_lost": True,
             "ignore_result": True,
+            "typing": False,  # run() checks its own argument (and dead-letters a bad one)
             "queue": options.queue or self.default_queue,
             "time_limit": options.time_limit,
             "soft_time_limit": options.soft_time_limit,
@@ -169,6 +171,11 @@ class EventBus(BaseEventBus):
     def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
         payload = envelope.to_wire()
         args = (payload,)
+        # Celery formats each message's arguments for Flower and the logs;
+        # the K messages of one event carry the same envelope: format it once.
+        argsrepr = saferepr(
+            args, self.app.amqp.argsrepr_maxsize, maxlevels=self.app.conf.task_repr_maxlevels
+        )
         if self.app.conf.task_always_eager:
             for sub in subscriptions:
                 sub.task.apply(args)
@@ -186,7 +193,9 @@ class EventBus(BaseEventBus):
                 # in one pipeline; other transports publish at once.
                 with self.app.producer_or_acquire() as producer, producer.batch():
                     for sub in subscriptions:
-                        sub.task.apply_async(args, producer=producer)
+                        sub.task.apply_async(
+                            args, producer=producer, argsrepr=argsrepr, kwargsrepr="{}"
+                        )
                         sent.append(sub.name)
                 return
             except self._retryable_publish_errors() as exc:
