@@ -1,0 +1,155 @@
+"""Run every benchmark (publish, end to end, worker RSS) and print a summary table.
+
+Each benchmark runs as its own subprocess (``bench/bench_*.py``, whose exact
+command is printed) and hands its figures back as JSON. ``--broker``,
+``--events`` and ``--reps``, when given, are passed to every benchmark;
+otherwise each uses its own defaults (sized so the whole suite takes a few
+minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import (
+    PYTHON,
+    REPO,
+    command_line,
+    fmt_num,
+    fmt_ratio,
+    install_signal_handlers,
+    table,
+)
+
+BENCHMARKS = {
+    "publish": "bench/bench_publish.py",
+    "e2e": "bench/bench_e2e.py",
+    "rss": "bench/bench_rss.py",
+}
+TIMEOUT = 900  # seconds per benchmark; then SIGTERM (the benchmark cleans up)
+
+
+def run_benchmark(name: str, args: argparse.Namespace, out: Path) -> tuple[int, float]:
+    cmd = [PYTHON, BENCHMARKS[name], "--broker", args.broker, "--json", str(out)]
+    if args.events:
+        cmd += ["--events", str(args.events)]
+    if args.reps:
+        cmd += ["--reps", str(args.reps)]
+    print(f"\n$ cd {REPO} && {shlex.join(cmd)}", flush=True)
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO)
+    try:
+        rc = proc.wait(TIMEOUT)
+    except BaseException:
+        proc.terminate()  # the benchmark stops its workers and cleans up on SIGTERM
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    return rc, time.monotonic() - start
+
+
+def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
+    values = {
+        (r["bench"], r["broker"], r["setting"], r["contender"]): r
+        for r in results
+        if "contender" in r
+    }
+    rows = []
+    for r in results:
+        if "ratio" not in r:
+            continue
+        key = (r["bench"], r["broker"], r["setting"])
+        if r["bench"] == "rss":
+            eb = f"{r['handlers_mib']:.1f} MiB"
+            raw = f"{r['raw_mib']:.1f} MiB"
+            ps = "-"
+        else:
+
+            def best(contender: str, key: tuple[str, str, str] = key) -> str:
+                found = values.get((*key, contender))
+                return fmt_num(found["best"]) if found else "n/a"
+
+            eb, raw, ps = best("eventbus"), best("raw"), best("celery-pubsub")
+        rows.append(
+            [
+                r["bench"],
+                r["broker"],
+                r["setting"],
+                eb,
+                raw,
+                ps,
+                r["ratio"],
+                fmt_ratio(r["value"]),
+                r["target"],
+                r["ok"],
+            ]
+        )
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--broker", choices=("redis", "rabbitmq", "both"), default="both")
+    p.add_argument("--events", type=int, help="events per run for every benchmark")
+    p.add_argument("--reps", type=int, help="repetitions per contender for every benchmark")
+    p.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=list(BENCHMARKS))
+    args = p.parse_args()
+    install_signal_handlers()
+    print(f"command: {command_line()}", flush=True)
+
+    results: list[dict[str, Any]] = []
+    timings: list[str] = []
+    failed: list[str] = []
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        for name in args.only:
+            out = Path(tmp) / f"{name}.json"
+            rc, took = run_benchmark(name, args, out)
+            timings.append(f"{name} {took:.0f}s")
+            if rc != 0:
+                failed.append(f"{name} (exit {rc})")
+            if out.exists():
+                results += json.loads(out.read_text())
+
+    print("\n" + "=" * 100)
+    print(
+        "SUMMARY (events/s, best run; 1 event = 5 handler messages/executions; "
+        "rss: peak MiB, median)"
+    )
+    print(
+        table(
+            [
+                "bench",
+                "broker",
+                "setting",
+                "eventbus",
+                "raw",
+                "celery-pubsub",
+                "ratio",
+                "value",
+                "target",
+                "result",
+            ],
+            summary_rows(results),
+        )
+    )
+    print(f"\ntook {time.monotonic() - start:.0f}s ({', '.join(timings)})")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
