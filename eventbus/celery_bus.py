@@ -75,10 +75,10 @@ class EventBus(BaseEventBus):
         self._store: DeadLetterStore | None = None
         self._publish_errors: tuple[type[BaseException], ...] | None = None
         uid = f"eventbus-{id(self)}"
-        signals.task_failure.connect(self._on_task_failure, weak=False, dispatch_uid=uid)
-        signals.task_rejected.connect(self._on_message_rejected, weak=False, dispatch_uid=uid)
-        signals.task_unknown.connect(self._on_unknown_task, weak=False, dispatch_uid=uid)
-        signals.worker_init.connect(self._on_worker_init, weak=False, dispatch_uid=uid)
+        signals.task_failure.connect(self._on_task_failure, dispatch_uid=uid)
+        signals.task_rejected.connect(self._on_message_rejected, dispatch_uid=uid)
+        signals.task_unknown.connect(self._on_unknown_task, dispatch_uid=uid)
+        signals.worker_init.connect(self._on_worker_init, dispatch_uid=uid)
         app.steps["consumer"].add(_dead_letter_undecodable_step(self))
         _BUSES[app] = self
 
@@ -222,8 +222,10 @@ class EventBus(BaseEventBus):
     # -- worker side: dead-lettering ---------------------------------------
 
     def _owns_task(self, sender: object) -> Subscription | None:
-        sub = self._subscriptions.get(getattr(sender, "name", None) or "")
-        return sub
+        # Signals are process-wide: two apps may each have a handler of this name.
+        if getattr(sender, "app", None) is not self.app:
+            return None
+        return self._subscriptions.get(getattr(sender, "name", None) or "")
 
     def _on_task_failure(
         self,
@@ -297,7 +299,7 @@ class EventBus(BaseEventBus):
         exc: BaseException | None = None,
         **_: Any,
     ) -> None:
-        if message is not None:
+        if message is not None and getattr(sender, "app", None) is self.app:
             self.dead_letter_message(
                 message, exc or EnvelopeDecodeError("not a task message"), "rejected"
             )
@@ -310,7 +312,7 @@ class EventBus(BaseEventBus):
         name: str | None = None,
         **_: Any,
     ) -> None:
-        if message is not None:
+        if message is not None and getattr(sender, "app", None) is self.app:
             self.dead_letter_message(
                 message,
                 EnvelopeDecodeError(f"no handler task named {name!r} on this worker"),

@@ -84,7 +84,7 @@ def delete_queues(app: Celery, *names: str) -> None:
         if conn.transport.driver_type == "redis":
             client = channel.client
             for name in names:
-                client.delete(name, f"_kombu.binding.{name}")
+                client.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
 
 
 @contextmanager

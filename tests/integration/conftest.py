@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
+from celery import _state as celery_state
 from celery.contrib.testing.worker import start_worker
 from celery.worker import state as worker_state
 from kombu import Connection, Exchange, Queue
@@ -28,8 +29,8 @@ from kombu import Connection, Exchange, Queue
 from eventbus import EventBus
 
 BROKER_URLS = {
-    "redis": os.environ.get("EVENTBUS_IT_REDIS_URL", "redis://127.0.0.1:6379/9"),
-    "rabbitmq": os.environ.get("EVENTBUS_IT_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+    "redis": os.environ.get("EVENTBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"),
+    "rabbitmq": os.environ.get("EVENTBUS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
 }
 
 #: Brokers that refuse connections at once: nothing listens on port 1.
@@ -98,7 +99,10 @@ def make_app(broker_url: str, *, default_queue: str, **overrides: Any) -> Celery
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
         task_publish_retry_policy={
-            "max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5,
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
         },
     )
     app.conf.update(overrides)
@@ -119,8 +123,9 @@ class Env:
         stack.callback(self._delete_broker_objects)
         self.app = make_app(broker_url, default_queue=self.queue)
         stack.callback(self.app.close)
-        self.bus = EventBus(self.app, default_queue=self.queue,
-                            dead_letter_queue=self.dead_letter_queue)
+        self.bus = EventBus(
+            self.app, default_queue=self.queue, dead_letter_queue=self.dead_letter_queue
+        )
         self.worker: Any = None
 
     def name(self, short: str) -> str:
@@ -130,16 +135,18 @@ class Env:
     def start_worker(self, pool: str = "solo", **kwargs: Any) -> Any:
         """Start a real worker in a thread of this process, consuming the bus's queues."""
         assert self.worker is None, "one worker per Env"
-        self.worker = self._stack.enter_context(_running_worker(
-            self.app,
-            pool=pool,
-            concurrency=kwargs.pop("concurrency", 1),
-            perform_ping_check=False,
-            queues=self.bus.queues,
-            loglevel="WARNING",
-            shutdown_timeout=15,
-            **kwargs,
-        ))
+        self.worker = self._stack.enter_context(
+            _running_worker(
+                self.app,
+                pool=pool,
+                concurrency=kwargs.pop("concurrency", 1),
+                perform_ping_check=False,
+                queues=self.bus.queues,
+                loglevel="WARNING",
+                shutdown_timeout=15,
+                **kwargs,
+            )
+        )
         return self.worker
 
     def connection(self) -> Connection:
@@ -163,15 +170,20 @@ class Env:
     def declare_handler_queue(self) -> None:
         """Declare the handler queue as Celery routes to it (exchange = routing key = name)."""
         with self.connection() as conn:
-            Queue(self.queue, Exchange(self.queue, type="direct"),
-                  routing_key=self.queue)(conn.default_channel).declare()
+            Queue(self.queue, Exchange(self.queue, type="direct"), routing_key=self.queue)(
+                conn.default_channel
+            ).declare()
 
     def publish_raw(self, body: Any, *, headers: dict[str, Any], **kwargs: Any) -> None:
         """Publish a message straight onto the handler queue, bypassing Celery."""
         with self.connection() as conn:
             conn.Producer().publish(
-                body, exchange=self.queue, routing_key=self.queue, headers=headers,
-                retry=True, **kwargs,
+                body,
+                exchange=self.queue,
+                routing_key=self.queue,
+                headers=headers,
+                retry=True,
+                **kwargs,
             )
 
     def _delete_broker_objects(self) -> None:
@@ -206,14 +218,21 @@ def _running_worker(app: Celery, **kwargs: Any) -> Iterator[Any]:
     event loop only looks at that request between two polls, and an idle AMQP
     connection polls for up to 10 s. Ask, then wake the loop (thread-safe).
     """
-    with start_worker(app, **kwargs) as worker:
-        try:
-            yield worker
-        finally:
-            worker_state.should_terminate = 0
-            hub = getattr(worker, "hub", None)
-            if hub is not None:
-                hub.call_soon(lambda: None)
+    previous_default = celery_state.default_app
+    previous_current = getattr(celery_state._tls, "current_app", None)
+    try:
+        with start_worker(app, **kwargs) as worker:
+            try:
+                yield worker
+            finally:
+                worker_state.should_terminate = 0
+                hub = getattr(worker, "hub", None)
+                if hub is not None:
+                    hub.call_soon(lambda: None)
+    finally:
+        # start_worker made this app the process default; do not leak it to later tests.
+        celery_state.set_default_app(previous_default)
+        celery_state._set_current_app(previous_current)
 
 
 @pytest.fixture

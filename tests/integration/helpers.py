@@ -104,8 +104,11 @@ class Recorder:
 
     def record(self, handler: str, envelope: Envelope[Any]) -> None:
         with self._lock:
-            self._calls.append(Call(handler, str(envelope.event_id), envelope.event_type,
-                                    time.monotonic(), envelope))
+            self._calls.append(
+                Call(
+                    handler, str(envelope.event_id), envelope.event_type, time.monotonic(), envelope
+                )
+            )
 
     def calls(self, handler: str | None = None) -> list[Call]:
         with self._lock:
@@ -118,9 +121,10 @@ class Recorder:
         """How often each (handler, event_id) ran."""
         return Counter((c.handler, c.event_id) for c in self.calls())
 
-    def handler(self, label: str, fail: Callable[[Call], BaseException | None] | None = None
-                ) -> Callable[[Envelope[Any]], None]:
-        """A handler that records each run as ``label``; ``fail(call)`` may return an error to raise."""
+    def handler(
+        self, label: str, fail: Callable[[Call], BaseException | None] | None = None
+    ) -> Callable[[Envelope[Any]], None]:
+        """A handler recording each run as ``label``; ``fail(call)`` may return an error."""
 
         def handle(envelope: Envelope[Any]) -> None:
             self.record(label, envelope)

@@ -6,6 +6,7 @@ import json
 import uuid
 
 import pytest
+from kombu import Queue
 
 from eventbus import EventValidationError, create_event
 
@@ -16,8 +17,10 @@ from .helpers import UNPICKLED, OrderPlaced, Recorder, Tripwire, wait_for
 def _worker_still_handles_events(env: Env, recorder: Recorder, name: str) -> None:
     """Publish a good event and see the handler run it."""
     envelope = env.bus.publish(OrderPlaced(order_id="after-the-bad-one", quantity=1))
-    wait_for(lambda: str(envelope.event_id) in {c.event_id for c in recorder.calls(name)},
-             message="the worker to handle the good event published after the bad message")
+    wait_for(
+        lambda: str(envelope.event_id) in {c.event_id for c in recorder.calls(name)},
+        message="the worker to handle the good event published after the bad message",
+    )
 
 
 def test_invalid_event_data_is_refused_before_sending(env: Env) -> None:
@@ -75,8 +78,12 @@ def test_non_json_body_is_dead_lettered_and_worker_keeps_running(env: Env) -> No
     env.start_worker()
 
     # When a message claiming to be JSON but holding garbage lands on the handler queue
-    env.publish_raw(b"{not json at all", headers={"task": name, "id": "x"},
-                    content_type="application/json", content_encoding="utf-8")
+    env.publish_raw(
+        b"{not json at all",
+        headers={"task": name, "id": "x"},
+        content_type="application/json",
+        content_encoding="utf-8",
+    )
 
     # Then it is dead-lettered with its raw body, and the handler never ran for it
     wait_for(lambda: len(env.bus.dead_letters) >= 1, message="a dead letter")
@@ -98,7 +105,7 @@ def test_pickled_message_is_never_unpickled_and_is_dead_lettered(env: Env) -> No
     recorder = Recorder()
     name = env.name("orders")
     env.bus.subscribe(OrderPlaced, name=name, handler=recorder.handler(name))
-    worker = env.start_worker()
+    env.start_worker()
     token = uuid.uuid4().hex
 
     # When a pickle-serialized task message (that would run code when unpickled) arrives
@@ -106,10 +113,20 @@ def test_pickled_message_is_never_unpickled_and_is_dead_lettered(env: Env) -> No
     env.publish_raw(
         ((Tripwire(token),), {}, {"callbacks": None, "errbacks": None, "chain": None}),
         serializer="pickle",
-        headers={"lang": "py", "task": name, "id": task_id, "root_id": task_id,
-                 "parent_id": None, "group": None, "retries": 0, "eta": None,
-                 "expires": None, "argsrepr": "(...)", "kwargsrepr": "{}",
-                 "origin": "attacker@host"},
+        headers={
+            "lang": "py",
+            "task": name,
+            "id": task_id,
+            "root_id": task_id,
+            "parent_id": None,
+            "group": None,
+            "retries": 0,
+            "eta": None,
+            "expires": None,
+            "argsrepr": "(...)",
+            "kwargsrepr": "{}",
+            "origin": "attacker@host",
+        },
     )
 
     # Then it is dead-lettered, never deserialized, and the handler never ran
@@ -124,7 +141,6 @@ def test_pickled_message_is_never_unpickled_and_is_dead_lettered(env: Env) -> No
     assert recorder.count(name) == 0
     # And the worker goes on with the next good event
     _worker_still_handles_events(env, recorder, name)
-    assert worker.hostname
     assert len(env.bus.dead_letters) == 1
     assert token not in UNPICKLED
 
@@ -141,8 +157,6 @@ def test_wire_payload_is_plain_json(env: Env) -> None:
     # Then the message waiting on the queue is JSON holding the envelope as its one argument
     wait_for(lambda: env.queue_length() == 1, message="the message to wait in the queue")
     with env.connection() as conn:
-        from kombu import Queue
-
         message = Queue(env.queue)(conn.default_channel).get(no_ack=True)
     assert message is not None
     assert message.content_type == "application/json"
@@ -150,3 +164,27 @@ def test_wire_payload_is_plain_json(env: Env) -> None:
     args, kwargs, _ = json.loads(message.body)
     assert kwargs == {}
     assert args == [json.loads(json.dumps(envelope.to_wire()))]
+
+
+def test_message_for_an_unknown_task_is_dead_lettered(env: Env) -> None:
+    # Given a handler and a running worker
+    recorder = Recorder()
+    name = env.name("orders")
+    env.bus.subscribe(OrderPlaced, name=name, handler=recorder.handler(name))
+    env.start_worker()
+
+    # When a task message for a handler this worker does not have lands on its queue
+    unknown = env.name("removed_handler")
+    env.app.send_task(unknown, args=({"event_type": "it.order.placed"},), queue=env.queue)
+
+    # Then it is dead-lettered as rejected, with its body kept for inspection
+    wait_for(lambda: len(env.bus.dead_letters) >= 1, message="a dead letter")
+    [record] = env.bus.dead_letters.list()
+    assert record.reason == "rejected"
+    assert record.handler is None
+    assert unknown in record.exception_message
+    assert record.raw_body and "it.order.placed" in record.raw_body
+    assert not record.replayable
+    # And the worker goes on with the next good event
+    _worker_still_handles_events(env, recorder, name)
+    assert len(env.bus.dead_letters) == 1

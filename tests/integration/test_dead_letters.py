@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-import pytest
-
 from eventbus import PermanentHandlerError
 
 from .conftest import Env
@@ -15,8 +13,10 @@ from .helpers import OrderPlaced, Recorder, assert_stays, wait_for
 
 def _dead_letters(env: Env, count: int = 1) -> list:
     """Wait until the bus's DLQ holds ``count`` records; return them."""
-    wait_for(lambda: len(env.bus.dead_letters) >= count,
-             message=lambda: f"{len(env.bus.dead_letters)}/{count} dead letters")
+    wait_for(
+        lambda: len(env.bus.dead_letters) >= count,
+        message=lambda: f"{len(env.bus.dead_letters)}/{count} dead letters",
+    )
     return env.bus.dead_letters.list()
 
 
@@ -24,19 +24,30 @@ def test_exhausted_retries_leave_a_complete_record(env: Env) -> None:
     # Given a handler that always fails, with one retry
     recorder = Recorder()
     name = env.name("always_fails")
-    env.bus.subscribe(OrderPlaced, name=name, max_retries=1, retry_backoff=1,
-                      retry_jitter=False,
-                      handler=recorder.handler(name, fail=lambda call: ValueError("boom")))
+    env.bus.subscribe(
+        OrderPlaced,
+        name=name,
+        max_retries=1,
+        retry_backoff=1,
+        retry_jitter=False,
+        handler=recorder.handler(name, fail=lambda call: ValueError("boom")),
+    )
     worker = env.start_worker()
     started = datetime.now(UTC)
 
     # When an event is published
-    envelope = env.bus.publish(OrderPlaced(order_id="o-42", quantity=3),
-                               aggregate_id="o-42", aggregate_type="Order")
+    envelope = env.bus.publish(
+        OrderPlaced(order_id="o-42", quantity=3), aggregate_id="o-42", aggregate_type="Order"
+    )
 
     # Then exactly one record lands in the DLQ, after two attempts
     records = _dead_letters(env)
     assert len(records) == 1
+    assert_stays(
+        lambda: len(env.bus.dead_letters) == 1,
+        duration=0.3,
+        message=lambda: f"{len(env.bus.dead_letters)} dead letters",
+    )
     record = records[0]
     assert recorder.count(name) == 2
     # And it carries the full envelope as it was sent
@@ -77,7 +88,11 @@ def test_permanent_error_is_dead_lettered_without_retry(env: Env) -> None:
     recorder = Recorder()
     name = env.name("refuses")
     env.bus.subscribe(
-        OrderPlaced, name=name, max_retries=2, retry_backoff=1, retry_jitter=False,
+        OrderPlaced,
+        name=name,
+        max_retries=2,
+        retry_backoff=1,
+        retry_jitter=False,
         handler=recorder.handler(name, fail=lambda call: PermanentHandlerError("bad order")),
     )
     env.start_worker()
@@ -93,14 +108,18 @@ def test_permanent_error_is_dead_lettered_without_retry(env: Env) -> None:
     assert record.exception_type == "eventbus.errors.PermanentHandlerError"
     assert record.exception_message == "bad order"
     # And the handler is not retried (a retry would come after ~1 s)
-    assert_stays(lambda: recorder.count(name) == 1, duration=1.5,
-                 message=lambda: f"{recorder.count(name)} attempts")
+    assert_stays(
+        lambda: recorder.count(name) == 1,
+        duration=1.5,
+        message=lambda: f"{recorder.count(name)} attempts",
+    )
     assert len(env.bus.dead_letters) == 1
 
 
 def _failing_while(broken: dict[str, bool], recorder: Recorder, name: str) -> Callable:
     return recorder.handler(
-        name, fail=lambda call: RuntimeError("index offline") if broken["yes"] else None)
+        name, fail=lambda call: RuntimeError("index offline") if broken["yes"] else None
+    )
 
 
 def test_replay_after_fix_delivers_the_same_event_to_the_failed_handler(env: Env) -> None:
@@ -108,8 +127,9 @@ def test_replay_after_fix_delivers_the_same_event_to_the_failed_handler(env: Env
     recorder = Recorder()
     broken = {"yes": True}
     flaky, healthy = env.name("indexer"), env.name("healthy")
-    env.bus.subscribe(OrderPlaced, name=flaky, max_retries=0,
-                      handler=_failing_while(broken, recorder, flaky))
+    env.bus.subscribe(
+        OrderPlaced, name=flaky, max_retries=0, handler=_failing_while(broken, recorder, flaky)
+    )
     env.bus.subscribe(OrderPlaced, name=healthy, handler=recorder.handler(healthy))
     env.start_worker()
     envelope = env.bus.publish(OrderPlaced(order_id="o-1", quantity=1))
@@ -122,8 +142,10 @@ def test_replay_after_fix_delivers_the_same_event_to_the_failed_handler(env: Env
     sent = env.bus.dead_letters.replay(record.id)
 
     # Then the failed handler runs again, successfully, with the same event id
-    wait_for(lambda: recorder.count(flaky) >= 2,
-             message=lambda: f"{recorder.count(flaky)}/2 runs of the fixed handler")
+    wait_for(
+        lambda: recorder.count(flaky) >= 2,
+        message=lambda: f"{recorder.count(flaky)}/2 runs of the fixed handler",
+    )
     rerun = recorder.calls(flaky)[-1]
     assert sent.event_id == envelope.event_id
     assert rerun.event_id == str(envelope.event_id)
@@ -133,8 +155,11 @@ def test_replay_after_fix_delivers_the_same_event_to_the_failed_handler(env: Env
     # And the DLQ is empty, and the other subscriber did not get the event again
     assert len(env.bus.dead_letters) == 0
     assert env.bus.dead_letters.list() == []
-    assert_stays(lambda: recorder.count(healthy) == 1 and recorder.count(flaky) == 2,
-                 duration=0.5, message=lambda: f"runs: {recorder.pairs()}")
+    assert_stays(
+        lambda: recorder.count(healthy) == 1 and recorder.count(flaky) == 2,
+        duration=0.5,
+        message=lambda: f"runs: {recorder.pairs()}",
+    )
 
 
 def test_replay_all_redelivers_every_record(env: Env) -> None:
@@ -142,8 +167,9 @@ def test_replay_all_redelivers_every_record(env: Env) -> None:
     recorder = Recorder()
     broken = {"yes": True}
     name = env.name("indexer")
-    env.bus.subscribe(OrderPlaced, name=name, max_retries=0,
-                      handler=_failing_while(broken, recorder, name))
+    env.bus.subscribe(
+        OrderPlaced, name=name, max_retries=0, handler=_failing_while(broken, recorder, name)
+    )
     env.start_worker()
     envelopes = [env.bus.publish(OrderPlaced(order_id=f"o-{i}", quantity=1)) for i in range(3)]
     records = _dead_letters(env, 3)
@@ -155,29 +181,30 @@ def test_replay_all_redelivers_every_record(env: Env) -> None:
 
     # Then each event runs once more, successfully, and the DLQ is empty
     assert replayed == 3
-    wait_for(lambda: recorder.count(name) >= 6,
-             message=lambda: f"{recorder.count(name)}/6 runs")
+    wait_for(lambda: recorder.count(name) >= 6, message=lambda: f"{recorder.count(name)}/6 runs")
     reruns = [c for c in recorder.calls(name) if c.envelope.metadata.get("eventbus_replays")]
     assert sorted(c.event_id for c in reruns) == sorted(str(e.event_id) for e in envelopes)
     assert {c.envelope.metadata["eventbus_replays"] for c in reruns} == {1}
     assert len(env.bus.dead_letters) == 0
-    assert_stays(lambda: recorder.count(name) == 6, duration=0.5,
-                 message=lambda: f"{recorder.count(name)} runs")
+    assert_stays(
+        lambda: recorder.count(name) == 6,
+        duration=0.5,
+        message=lambda: f"{recorder.count(name)} runs",
+    )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: EventBus._on_task_failure matches tasks by name only, so every "
-           "bus in the process whose handler has that name dead-letters the failure too",
-)
 def test_failure_is_dead_lettered_only_by_the_bus_that_owns_the_task(make_env) -> None:
     # Given two apps in one process, each with its own bus, DLQ and a handler of the same name
     first, second = make_env("owner1"), make_env("owner2")
     shared_name = f"it.{first.uid}.same_name"
     recorder = Recorder()
     first.bus.subscribe(OrderPlaced, name=shared_name, handler=recorder.handler("first"))
-    second.bus.subscribe(OrderPlaced, name=shared_name, max_retries=0,
-                         handler=recorder.handler("second", fail=lambda c: ValueError("boom")))
+    second.bus.subscribe(
+        OrderPlaced,
+        name=shared_name,
+        max_retries=0,
+        handler=recorder.handler("second", fail=lambda c: ValueError("boom")),
+    )
     second.start_worker()
 
     # When the second app's handler fails

@@ -9,23 +9,26 @@ from .helpers import OrderPlaced, OrderShipped, Recorder, assert_stays, wait_for
 
 
 def test_each_handler_runs_exactly_once_per_event(env: Env) -> None:
-    # Given three handlers subscribed to one event type and a running worker
+    # Given three handlers subscribed to one event type and a worker running 4 threads
     recorder = Recorder()
     handlers = [env.name(label) for label in ("audit", "mailer", "stats")]
     for name in handlers:
         env.bus.subscribe(OrderPlaced, handler=recorder.handler(name), name=name)
-    env.start_worker()
+    env.start_worker(pool="threads", concurrency=4)
 
     # When five events are published
-    envelopes = [env.bus.publish(OrderPlaced(order_id=f"o-{i}", quantity=i + 1))
-                 for i in range(5)]
+    envelopes = [env.bus.publish(OrderPlaced(order_id=f"o-{i}", quantity=i + 1)) for i in range(5)]
 
     # Then every (handler, event) pair ran exactly once, and nothing else ran
     expected = Counter((name, str(e.event_id)) for name in handlers for e in envelopes)
-    wait_for(lambda: recorder.count() >= len(expected),
-             message=lambda: f"{recorder.count()}/{len(expected)} handler runs")
-    assert_stays(lambda: recorder.count() == len(expected),
-                 message=lambda: f"{recorder.count()} runs, expected {len(expected)}")
+    wait_for(
+        lambda: recorder.count() >= len(expected),
+        message=lambda: f"{recorder.count()}/{len(expected)} handler runs",
+    )
+    assert_stays(
+        lambda: recorder.count() == len(expected),
+        message=lambda: f"{recorder.count()} runs, expected {len(expected)}",
+    )
     assert recorder.pairs() == expected
     # And the handlers saw the data that was published
     seen = {(c.event_id, c.envelope.data.order_id) for c in recorder.calls(handlers[0])}
@@ -58,10 +61,14 @@ def test_overlapping_subscribers_get_exactly_their_event_types(env: Env) -> None
         + [(b, i) for i in ids(placed)]
         + [(c, i) for i in ids(shipped)]
     )
-    wait_for(lambda: recorder.count() >= len(expected),
-             message=lambda: f"{recorder.count()}/{len(expected)} handler runs")
-    assert_stays(lambda: recorder.count() == len(expected),
-                 message=lambda: f"{recorder.count()} runs, expected {len(expected)}")
+    wait_for(
+        lambda: recorder.count() >= len(expected),
+        message=lambda: f"{recorder.count()}/{len(expected)} handler runs",
+    )
+    assert_stays(
+        lambda: recorder.count() == len(expected),
+        message=lambda: f"{recorder.count()} runs, expected {len(expected)}",
+    )
     assert recorder.pairs() == expected
     assert {call.event_type for call in recorder.calls(b)} == {OrderPlaced.event_type}
     assert {call.event_type for call in recorder.calls(c)} == {OrderShipped.event_type}

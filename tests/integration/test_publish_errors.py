@@ -18,9 +18,14 @@ def test_unreachable_broker_raises_publish_error(closed_broker_url: str) -> None
     # with a small publish retry policy
     queue = f"it.unreachable.{uuid.uuid4().hex[:12]}"
     app = make_app(
-        closed_broker_url, default_queue=queue,
-        task_publish_retry_policy={"max_retries": 1, "interval_start": 0,
-                                   "interval_step": 0.1, "interval_max": 0.1},
+        closed_broker_url,
+        default_queue=queue,
+        task_publish_retry_policy={
+            "max_retries": 1,
+            "interval_start": 0,
+            "interval_step": 0.1,
+            "interval_max": 0.1,
+        },
     )
     try:
         bus = EventBus(app, default_queue=queue, dead_letter_queue=f"{queue}.dlq")
