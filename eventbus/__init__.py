@@ -19,6 +19,8 @@
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from eventbus import errors as _errors  # cheap: no third-party imports
+
 if TYPE_CHECKING:
     from eventbus.bus import BaseEventBus, Subscription
     from eventbus.celery_bus import EventBus, bus_for_app
@@ -59,23 +61,7 @@ _EXPORTS = {
     "registry": "eventbus.events",
     "InMemoryEventBus": "eventbus.memory",
     "HandlerOptions": "eventbus.options",
-    **{
-        name: "eventbus.errors"
-        for name in (
-            "DeadLetterError",
-            "DeadLetterNotFound",
-            "DuplicateEventType",
-            "EnvelopeDecodeError",
-            "EventBusError",
-            "EventError",
-            "EventValidationError",
-            "PermanentHandlerError",
-            "PublishError",
-            "ReplayError",
-            "SubscriptionError",
-            "UnknownEventType",
-        )
-    },
+    **dict.fromkeys(_errors.__all__, "eventbus.errors"),
 }
 
 

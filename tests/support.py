@@ -1,4 +1,9 @@
-"""Helpers shared by the test suites: waiting, broker reachability, cleanup."""
+"""What every test suite shares: brokers, a per-test Celery app, a real worker, waiting.
+
+A broker that does not answer makes its tests skip on a laptop and fail when
+the environment variable ``CI`` is set. The brokers are shared with other
+runs: tests use queue names with a random suffix, Redis its own database.
+"""
 
 from __future__ import annotations
 
@@ -7,100 +12,174 @@ import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from typing import Any
+from contextlib import contextmanager, suppress
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
+from celery import _state as celery_state
+from celery.contrib.testing.worker import start_worker
+from celery.worker import state as worker_state
 from kombu import Connection
 
-REDIS_URL = os.environ.get("EVENTBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
-RABBITMQ_URL = os.environ.get("EVENTBUS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//")
-BROKERS = {"redis": REDIS_URL, "rabbitmq": RABBITMQ_URL}
-PORTS = {"redis": ("127.0.0.1", 6379), "rabbitmq": ("127.0.0.1", 5672)}
+T = TypeVar("T")
 
+BROKER_URLS = {
+    "redis": os.environ.get("EVENTBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"),
+    "rabbitmq": os.environ.get("EVENTBUS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
+}
+DEFAULT_TIMEOUT = 20.0  #: seconds a test waits for a worker before failing
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)  # poll
+_reachability: dict[str, str | None] = {}
 
 
 def require_broker(kind: str) -> str:
-    """The broker URL; skip if it is unreachable on a laptop, fail in CI."""
-    host, port = PORTS[kind]
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            pass
-    except OSError as exc:
-        message = f"{kind} broker not reachable at {host}:{port}: {exc}"
+    """The broker's URL; skip the test if it is unreachable, fail instead when CI is set."""
+    if kind not in _reachability:
+        parts = urlsplit(BROKER_URLS[kind])
+        port = parts.port or (6379 if kind == "redis" else 5672)
+        try:
+            with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=1.0):
+                _reachability[kind] = None
+        except OSError as exc:
+            _reachability[kind] = f"{kind} broker at {parts.hostname}:{port} unreachable: {exc}"
+    reason = _reachability[kind]
+    if reason:
         if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return BROKERS[kind]
+            pytest.fail(f"{reason} (CI is set: the integration brokers must be up)")
+        pytest.skip(reason)
+    return BROKER_URLS[kind]
 
 
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
 
 
-def make_app(broker_url: str, **conf: Any) -> Celery:
+def wait_for(
+    predicate: Callable[[], T],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    interval: float = 0.02,
+    message: str | Callable[[], str] = "condition",
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; return that value.
+
+    Fails the test with ``message`` (a string, or a callable describing the
+    current state) when ``timeout`` seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            text = message() if callable(message) else message
+            raise AssertionError(f"timed out after {timeout}s waiting for: {text}")
+        time.sleep(interval)  # poll
+
+
+def assert_stays(
+    predicate: Callable[[], object],
+    *,
+    duration: float = 0.5,
+    interval: float = 0.05,
+    message: str | Callable[[], str] = "condition",
+) -> None:
+    """Assert that ``predicate`` holds on every poll for ``duration`` seconds."""
+    deadline = time.monotonic() + duration
+    while True:
+        if not predicate():
+            text = message() if callable(message) else message
+            raise AssertionError(f"stopped holding: {text}")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)  # poll
+
+
+def make_app(broker_url: str, *, default_queue: str | None = None, **overrides: Any) -> Celery:
+    """A Celery app of its own for one test: JSON only, a small publish retry policy."""
     app = Celery(unique("eventbus-test"), broker=broker_url, set_as_current=False)
     app.conf.update(
         task_serializer="json",
+        result_serializer="json",
+        event_serializer="json",
         accept_content=["json"],
+        result_accept_content=["json"],
         task_send_sent_event=True,
-        worker_send_task_events=False,
-        worker_hijack_root_logger=False,
-        broker_connection_retry_on_startup=True,
         task_ignore_result=True,
-        # An in-process worker on RabbitMQ only notices it should stop when its
-        # event loop wakes; AMQP heartbeats wake it every second.
-        broker_heartbeat=2,
-        **conf,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        # No pidbox queue per worker: nothing to clean up on the shared broker.
+        worker_enable_remote_control=False,
+        worker_prefetch_multiplier=4,
+        broker_connection_retry_on_startup=True,
+        broker_connection_timeout=3,
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
     )
+    if default_queue:
+        app.conf.task_default_queue = default_queue
+    app.conf.update(overrides)
     return app
 
 
 def delete_queues(app: Celery, *names: str) -> None:
-    """Remove what a test created on the shared broker."""
-    with Connection(app.conf.broker_url) as conn:
-        channel = conn.channel()
-        for name in names:
-            try:
-                channel.queue_delete(name)
-            except Exception:
-                channel = conn.channel()  # a failed delete closes the AMQP channel
-            try:
-                channel.exchange_delete(name)
-            except Exception:
-                channel = conn.channel()
+    """Remove queues (and their exchanges and Redis keys) a test created on a shared broker."""
+    with Connection(app.conf.broker_url, connect_timeout=3) as conn:
         if conn.transport.driver_type == "redis":
-            client = channel.client
+            client = conn.default_channel.client
             for name in names:
-                client.delete(name, f"_kombu.binding.{name}", f"_kombu.binding_permanent.{name}")
+                keys = list(client.scan_iter(match=f"*{name}*", count=1000))
+                if keys:
+                    client.delete(*keys)
+            return
+        for name in names:
+            for delete in ("queue_delete", "exchange_delete"):
+                channel = conn.channel()
+                try:
+                    getattr(channel, delete)(name)
+                except conn.channel_errors:
+                    pass  # never declared
+                finally:
+                    with suppress(*conn.connection_errors, *conn.channel_errors):
+                        channel.close()
 
 
 @contextmanager
-def running_worker(
-    app: Celery, queues: list[str], pool: str = "threads", concurrency: int = 2
-) -> Iterator[None]:
-    """A real Celery worker consuming ``queues``, in this process."""
-    from celery.contrib.testing.worker import start_worker
+def running_worker(app: Celery, queues: list[str], **kwargs: Any) -> Iterator[Any]:
+    """A real Celery worker consuming ``queues`` in a thread of this process, stopped promptly.
 
-    with start_worker(
-        app,
-        pool=pool,
-        concurrency=concurrency,
-        queues=queues,
-        perform_ping_check=False,
-        loglevel="WARNING",
-        shutdown_timeout=10,
-    ):
-        yield
+    start_worker asks the worker to terminate and joins its thread, but the
+    event loop only looks at that request between two polls, and an idle AMQP
+    connection polls for up to 10 s: ask, then wake the loop (thread-safe).
+    """
+    options: dict[str, Any] = {
+        "pool": "threads",
+        "concurrency": 2,
+        "perform_ping_check": False,
+        "loglevel": "WARNING",
+        "shutdown_timeout": 15,
+        **kwargs,
+    }
+    previous_default = celery_state.default_app
+    previous_current = getattr(celery_state._tls, "current_app", None)
+    try:
+        with start_worker(app, queues=queues, **options) as worker:
+            try:
+                yield worker
+            finally:
+                worker_state.should_terminate = 0
+                hub = getattr(worker, "hub", None)
+                if hub is not None:
+                    hub.call_soon(lambda: None)
+    finally:
+        # start_worker made this app the process default; do not leak it to later tests.
+        celery_state.set_default_app(previous_default)
+        celery_state._set_current_app(previous_current)

@@ -55,7 +55,7 @@ class Harness:
         return running_worker(self.app, [self.queue])
 
     def wait(self, predicate: Any, what: str) -> None:
-        wait_for(predicate, timeout=30, what=what)
+        wait_for(predicate, timeout=30, message=what)
 
     def close(self) -> None:
         if self.app is not None:

@@ -11,48 +11,22 @@ created (lists and binding keys on Redis, queues and exchanges on RabbitMQ).
 
 from __future__ import annotations
 
-import os
-import socket
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
-from celery import Celery
-from celery import _state as celery_state
-from celery.contrib.testing.worker import start_worker
-from celery.worker import state as worker_state
 from kombu import Connection, Exchange, Queue
 
 from eventbus import EventBus
-
-BROKER_URLS = {
-    "redis": os.environ.get("EVENTBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"),
-    "rabbitmq": os.environ.get("EVENTBUS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
-}
+from tests.support import delete_queues, make_app, require_broker, running_worker
 
 #: Brokers that refuse connections at once: nothing listens on port 1.
 CLOSED_BROKER_URLS = {
     "redis": "redis://127.0.0.1:1/0",
     "rabbitmq": "amqp://guest:guest@127.0.0.1:1//",
 }
-
-_reachability: dict[str, str | None] = {}
-
-
-def _unreachable_reason(kind: str) -> str | None:
-    """None if the broker accepts a TCP connection, else why not (checked once per session)."""
-    if kind not in _reachability:
-        parts = urlsplit(BROKER_URLS[kind])
-        port = parts.port or (6379 if kind == "redis" else 5672)
-        try:
-            with socket.create_connection((parts.hostname or "127.0.0.1", port), timeout=1.0):
-                _reachability[kind] = None
-        except OSError as exc:
-            _reachability[kind] = f"{kind} broker at {parts.hostname}:{port} unreachable: {exc}"
-    return _reachability[kind]
 
 
 @pytest.fixture(
@@ -63,50 +37,13 @@ def _unreachable_reason(kind: str) -> str | None:
 )
 def broker_url(request: pytest.FixtureRequest) -> str:
     """The URL of a live broker: each test using it runs on Redis and on RabbitMQ."""
-    reason = _unreachable_reason(request.param)
-    if reason:
-        if os.environ.get("CI"):
-            pytest.fail(f"{reason} (CI is set: the integration brokers must be up)")
-        pytest.skip(reason)
-    return BROKER_URLS[request.param]
+    return require_broker(request.param)
 
 
 @pytest.fixture(params=["redis", "rabbitmq"])
 def closed_broker_url(request: pytest.FixtureRequest) -> str:
     """A broker URL of each transport where nothing listens."""
     return CLOSED_BROKER_URLS[request.param]
-
-
-def make_app(broker_url: str, *, default_queue: str, **overrides: Any) -> Celery:
-    """A Celery app of its own for one test: JSON only, small publish retry policy."""
-    app = Celery(f"it-{default_queue}", broker=broker_url, set_as_current=False)
-    app.conf.update(
-        task_serializer="json",
-        result_serializer="json",
-        event_serializer="json",
-        accept_content=["json"],
-        result_accept_content=["json"],
-        task_send_sent_event=True,
-        task_ignore_result=True,
-        task_default_queue=default_queue,
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        worker_hijack_root_logger=False,
-        worker_send_task_events=False,
-        # No pidbox queue per worker: nothing to clean up on the shared broker.
-        worker_enable_remote_control=False,
-        worker_prefetch_multiplier=4,
-        broker_connection_retry_on_startup=True,
-        broker_connection_timeout=3,
-        task_publish_retry_policy={
-            "max_retries": 2,
-            "interval_start": 0,
-            "interval_step": 0.2,
-            "interval_max": 0.5,
-        },
-    )
-    app.conf.update(overrides)
-    return app
 
 
 class Env:
@@ -136,14 +73,11 @@ class Env:
         """Start a real worker in a thread of this process, consuming the bus's queues."""
         assert self.worker is None, "one worker per Env"
         self.worker = self._stack.enter_context(
-            _running_worker(
+            running_worker(
                 self.app,
+                self.bus.queues,
                 pool=pool,
                 concurrency=kwargs.pop("concurrency", 1),
-                perform_ping_check=False,
-                queues=self.bus.queues,
-                loglevel="WARNING",
-                shutdown_timeout=15,
                 **kwargs,
             )
         )
@@ -187,52 +121,7 @@ class Env:
             )
 
     def _delete_broker_objects(self) -> None:
-        names = [self.queue, self.dead_letter_queue]
-        with self.connection() as conn:
-            if self.kind == "redis":
-                client = conn.default_channel.client
-                # Queue lists (one per priority step) and binding sets all carry the uid.
-                keys = list(client.scan_iter(match=f"*{self.uid}*", count=1000))
-                if keys:
-                    client.delete(*keys)
-                return
-            for name in names:
-                for delete in ("queue_delete", "exchange_delete"):
-                    channel = conn.channel()
-                    try:
-                        getattr(channel, delete)(name)
-                    except conn.channel_errors:
-                        pass  # never declared
-                    finally:
-                        try:
-                            channel.close()
-                        except conn.connection_errors + conn.channel_errors:
-                            pass
-
-
-@contextmanager
-def _running_worker(app: Celery, **kwargs: Any) -> Iterator[Any]:
-    """``start_worker`` that also stops promptly.
-
-    start_worker asks the worker to terminate and joins its thread, but the
-    event loop only looks at that request between two polls, and an idle AMQP
-    connection polls for up to 10 s. Ask, then wake the loop (thread-safe).
-    """
-    previous_default = celery_state.default_app
-    previous_current = getattr(celery_state._tls, "current_app", None)
-    try:
-        with start_worker(app, **kwargs) as worker:
-            try:
-                yield worker
-            finally:
-                worker_state.should_terminate = 0
-                hub = getattr(worker, "hub", None)
-                if hub is not None:
-                    hub.call_soon(lambda: None)
-    finally:
-        # start_worker made this app the process default; do not leak it to later tests.
-        celery_state.set_default_app(previous_default)
-        celery_state._set_current_app(previous_current)
+        delete_queues(self.app, self.queue, self.dead_letter_queue)
 
 
 @pytest.fixture

@@ -13,16 +13,14 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from pydantic import Field
 
 from eventbus import Envelope, Event
+from tests.support import DEFAULT_TIMEOUT, assert_stays, wait_for
 
-T = TypeVar("T")
-
-#: Upper bound for anything the worker must do once; success returns at once.
-DEFAULT_TIMEOUT = 20.0
+__all__ = ["DEFAULT_TIMEOUT", "OrderPlaced", "OrderShipped", "Recorder", "assert_stays", "wait_for"]
 
 
 class OrderPlaced(Event):
@@ -39,49 +37,7 @@ class OrderShipped(Event):
     carrier: str
 
 
-# -- waiting without sleeping a guessed amount ----------------------------------
-
-
-def wait_for(
-    predicate: Callable[[], T],
-    *,
-    timeout: float = DEFAULT_TIMEOUT,
-    interval: float = 0.05,
-    message: str | Callable[[], str] = "condition",
-) -> T:
-    """Poll ``predicate`` until it returns something truthy; return that value.
-
-    Fails the test with ``message`` (a string or a callable describing the
-    current state) when ``timeout`` seconds pass first.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            text = message() if callable(message) else message
-            raise AssertionError(f"timed out after {timeout}s waiting for: {text}")
-        time.sleep(interval)  # poll
-
-
-def assert_stays(
-    predicate: Callable[[], object],
-    *,
-    duration: float = 0.5,
-    interval: float = 0.05,
-    message: str | Callable[[], str] = "condition",
-) -> None:
-    """Assert that ``predicate`` holds on every poll for ``duration`` seconds."""
-    deadline = time.monotonic() + duration
-    while True:
-        if not predicate():
-            text = message() if callable(message) else message
-            raise AssertionError(f"stopped holding: {text}")
-        if time.monotonic() >= deadline:
-            return
-        time.sleep(interval)  # poll
-
+# Waiting without sleeping a guessed amount lives in tests/support.py.
 
 # -- what the handlers did ---------------------------------------------------------
 
