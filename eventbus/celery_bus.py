@@ -41,6 +41,9 @@ __all__ = ["EventBus", "bus_for_app"]
 
 logger = logging.getLogger(__name__)
 
+#: kombu's Redis visibility_timeout when none is configured, in seconds.
+REDIS_DEFAULT_VISIBILITY_TIMEOUT = 3600
+
 _BUSES: weakref.WeakKeyDictionary[Any, EventBus] = weakref.WeakKeyDictionary()
 
 
@@ -115,6 +118,8 @@ class EventBus(BaseEventBus):
     def _resolve_options(self, given: Mapping[str, Any]) -> HandlerOptions:
         options = HandlerOptions.resolve(given, self.app.conf)
         visibility = (self.app.conf.broker_transport_options or {}).get("visibility_timeout")
+        if visibility is None and str(self.app.conf.broker_url or "").startswith("redis"):
+            visibility = REDIS_DEFAULT_VISIBILITY_TIMEOUT
         if visibility is not None and options.retry_backoff_max >= visibility:
             # On Redis a retry waiting longer than the visibility timeout is
             # delivered a second time while the first copy still waits.

@@ -153,7 +153,7 @@ def delete_queues(app: Celery, *names: str) -> None:
 
 
 @contextmanager
-def running_worker(app: Celery, queues: list[str], **kwargs: Any) -> Iterator[Any]:
+def running_worker(app: Celery, queues: list[str] | None, **kwargs: Any) -> Iterator[Any]:
     """A real Celery worker consuming ``queues`` in a thread of this process, stopped promptly.
 
     start_worker asks the worker to terminate and joins its thread, but the

@@ -64,18 +64,22 @@ class Env:
             self.app, default_queue=self.queue, dead_letter_queue=self.dead_letter_queue
         )
         self.worker: Any = None
+        self.extra_queues: list[str] = []  # deleted at teardown too
 
     def name(self, short: str) -> str:
         """A handler name unique to this test (it is also the Celery task name)."""
         return f"it.{self.uid}.{short}"
 
-    def start_worker(self, pool: str = "solo", **kwargs: Any) -> Any:
-        """Start a real worker in a thread of this process, consuming the bus's queues."""
+    def start_worker(self, pool: str = "solo", consume_all: bool = False, **kwargs: Any) -> Any:
+        """Start a real worker in a thread of this process, consuming the bus's queues.
+
+        ``consume_all``: start it as ``celery worker`` without ``-Q`` would.
+        """
         assert self.worker is None, "one worker per Env"
         self.worker = self._stack.enter_context(
             running_worker(
                 self.app,
-                self.bus.queues,
+                None if consume_all else self.bus.queues,
                 pool=pool,
                 concurrency=kwargs.pop("concurrency", 1),
                 **kwargs,
@@ -121,7 +125,7 @@ class Env:
             )
 
     def _delete_broker_objects(self) -> None:
-        delete_queues(self.app, self.queue, self.dead_letter_queue)
+        delete_queues(self.app, self.queue, self.dead_letter_queue, *self.extra_queues)
 
 
 @pytest.fixture

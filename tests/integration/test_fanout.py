@@ -73,3 +73,19 @@ def test_overlapping_subscribers_get_exactly_their_event_types(env: Env) -> None
     assert {call.event_type for call in recorder.calls(b)} == {OrderPlaced.event_type}
     assert {call.event_type for call in recorder.calls(c)} == {OrderShipped.event_type}
     assert env.queue_length() == 0
+
+
+def test_a_worker_started_without_queues_also_consumes_the_handler_queues(env: Env) -> None:
+    # Given a handler routed to a queue of its own, which the app's configuration
+    # does not list, and a worker started without -Q
+    recorder = Recorder()
+    name = env.name("own_queue")
+    own_queue = f"{env.queue}.own"
+    env.bus.subscribe(OrderPlaced, handler=recorder.handler(name), name=name, queue=own_queue)
+    env.extra_queues.append(own_queue)
+    env.start_worker(pool="threads", concurrency=2, consume_all=True)
+
+    # When an event is published, then that handler runs
+    envelope = env.bus.publish(OrderPlaced(order_id="q-1", quantity=1))
+    wait_for(lambda: recorder.count(name) == 1, message="the handler on its own queue")
+    assert recorder.calls(name)[0].event_id == str(envelope.event_id)

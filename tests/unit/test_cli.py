@@ -120,3 +120,22 @@ def test_misuse_exits_non_zero_with_a_one_line_reason(
 def test_an_app_without_a_bus_is_a_usage_error() -> None:
     result = CliRunner().invoke(main, ["-A", "json", "events"])
     assert result.exit_code == 2 and "no EventBus found in 'json'" in result.output
+
+
+def test_the_same_commands_run_as_a_celery_sub_command() -> None:
+    # Given the package installed (its celery.commands entry point), when an
+    # operator runs `celery -A handlers eventbus events`, then the example
+    # app's event types and handlers are listed.
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "handlers", "eventbus", "events"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "todo.created" in result.stdout
+    assert "handlers.todo.notify_assignee" in result.stdout

@@ -94,3 +94,17 @@ def test_bad_options_are_refused_with_the_option_named(
 ) -> None:
     with pytest.raises(SubscriptionError, match=message):
         InMemoryEventBus().subscribe(ItemAdded, **options)(on_item)
+
+
+def test_celery_bus_refuses_a_backoff_cap_above_the_redis_visibility_timeout() -> None:
+    # A retry waiting longer than the visibility timeout would be delivered twice.
+    from celery import Celery
+
+    from eventbus import EventBus
+
+    app = Celery("t", broker="redis://127.0.0.1:6379/9", set_as_current=False)
+    app.conf.broker_transport_options = {"visibility_timeout": 300}
+    bus = EventBus(app)
+    with pytest.raises(SubscriptionError, match=r"retry_backoff_max \(600s\) must stay below"):
+        bus.subscribe(ItemAdded)(on_item)
+    bus.subscribe(ItemAdded, retry_backoff_max=120)(on_item)
