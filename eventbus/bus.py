@@ -236,12 +236,22 @@ class BaseEventBus(ABC):
         """List, inspect, replay and purge this bus's dead letters."""
         return DeadLetterQueue(self.dead_letter_store, self._redeliver)
 
-    def _redeliver(self, record: DeadLetter) -> Envelope[Any]:
+    def _redeliver(
+        self, record: DeadLetter, data: Mapping[str, Any] | None = None
+    ) -> Envelope[Any]:
         sub = self._subscriptions.get(record.handler or "")
         if sub is None:
             raise ReplayError(f"handler {record.handler!r} is not subscribed on this bus")
+        wire = dict(record.envelope or {})
+        extra: dict[str, Any] = {}
+        if data is not None:
+            # Validate the correction on its own first, so the caller gets the
+            # schema's own error (field by field), not a decode error.
+            self.event_registry.get(str(wire.get("event_type"))).parse_data(data)
+            wire["data"] = dict(data)
+            extra["eventbus_edited_at"] = datetime.now(UTC).isoformat()
         try:
-            envelope = Envelope.from_wire(record.envelope, self.event_registry)
+            envelope = Envelope.from_wire(wire, self.event_registry)
         except EventBusError as exc:
             raise ReplayError(str(exc)) from exc
         replays = int(envelope.metadata.get("eventbus_replays", 0)) + 1
@@ -249,6 +259,7 @@ class BaseEventBus(ABC):
             eventbus_replays=replays,
             eventbus_replayed_at=datetime.now(UTC).isoformat(),
             eventbus_dead_letter_id=record.id,
+            **extra,
         )
         try:
             self._dispatch(envelope, (sub,))

@@ -2,16 +2,17 @@
 
 AMQP 0-9-1 has no "peek". Browsing fetches every message unacknowledged on a
 private channel and then closes it, which makes the broker requeue them all in
-their original order. Removal acks the chosen ones before the close. A record
-is never acked before its replacement (a replay) was published.
+their original order. While one browser holds a message, no other sees it:
+that is what makes a replay exclusive. A record is acked (removed) only after
+its replay was published.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterable, Iterator
 
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import BrokerDeadLetterStore, decode_record
+from eventbus.deadletter.store import BrokerDeadLetterStore, Publish, decode_record
 
 __all__ = ["AmqpDeadLetterStore"]
 
@@ -19,8 +20,10 @@ __all__ = ["AmqpDeadLetterStore"]
 class AmqpDeadLetterStore(BrokerDeadLetterStore):
     """Browse the queue on a throwaway channel; close it to requeue."""
 
-    def _browse(self, remove: Collection[str] = ()) -> Iterator[DeadLetter]:
-        wanted = set(remove)
+    def _browse(
+        self, on_record: Publish | None = None, wanted: Collection[str] = ()
+    ) -> Iterator[DeadLetter]:
+        """Yield every record; ``on_record`` runs for the ``wanted`` ones, which are then acked."""
         with self.app.connection_for_write() as conn:
             channel = conn.channel()
             try:
@@ -34,10 +37,11 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
                     message = bound.get(no_ack=False, accept=["json"])
                     if message is None:
                         break
-                    record = decode_record(message.body)
+                    record = decode_record(message.body, message.headers)
                     if record.id in wanted:
+                        if on_record is not None:
+                            on_record(record)
                         message.ack()
-                        wanted.discard(record.id)
                     yield record
             finally:
                 channel.close()  # unacked messages go back to the queue
@@ -47,4 +51,22 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
 
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)
-        return sum(1 for record in self._browse(remove=wanted) if record.id in wanted)
+        return sum(1 for record in self._browse(wanted=wanted) if record.id in wanted)
+
+    def redeliver(self, records: Iterable[DeadLetter], publish: Publish) -> list[str]:
+        # One browse holds the chosen messages exclusively, publishes each and
+        # acks it: a concurrent replay cannot see a record this one holds.
+        wanted = {record.id for record in records}
+        done: list[str] = []
+
+        def replay(record: DeadLetter) -> None:
+            publish(record)
+            done.append(record.id)
+
+        try:
+            for _ in self._browse(on_record=replay, wanted=wanted):
+                if len(done) == len(wanted):
+                    break
+        finally:
+            self._announce_replayed(done)
+        return done

@@ -13,7 +13,7 @@ from typing import Any
 from kombu.transport.memory import Channel as MemoryChannel
 
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.redis import _message_body
+from eventbus.deadletter.redis import unwrap
 from eventbus.deadletter.store import BrokerDeadLetterStore, decode_record
 
 __all__ = ["KombuMemoryDeadLetterStore"]
@@ -32,7 +32,7 @@ class KombuMemoryDeadLetterStore(BrokerDeadLetterStore):
 
     def __iter__(self) -> Iterator[DeadLetter]:
         for message in self._snapshot():
-            yield _decode(message)
+            yield decode_record(*unwrap(message))
 
     def remove(self, record_ids: Collection[str]) -> int:
         queue = self._queue()
@@ -42,7 +42,7 @@ class KombuMemoryDeadLetterStore(BrokerDeadLetterStore):
         removed = 0
         with queue.mutex:
             for message in list(queue.queue):
-                if _decode(message).id in wanted:
+                if decode_record(*unwrap(message)).id in wanted:
                     queue.queue.remove(message)
                     removed += 1
         return removed
@@ -59,15 +59,3 @@ class KombuMemoryDeadLetterStore(BrokerDeadLetterStore):
             count = len(queue.queue)
             queue.queue.clear()
         return count
-
-
-def _decode(message: Any) -> DeadLetter:
-    if isinstance(message, dict):
-        return decode_record(_message_body(_json_bytes(message)))
-    return decode_record(message)
-
-
-def _json_bytes(message: dict[str, Any]) -> bytes:
-    import json
-
-    return json.dumps(message).encode()

@@ -13,6 +13,7 @@ __all__ = ["InMemoryDeadLetterStore"]
 
 class InMemoryDeadLetterStore(DeadLetterStore):
     def __init__(self) -> None:
+        super().__init__()
         self._records: list[DeadLetter] = []
         self._lock = threading.Lock()
 

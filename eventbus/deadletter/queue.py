@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import fnmatch
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime
+from typing import Any
 
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import DeadLetterStore
@@ -14,7 +15,10 @@ from eventbus.errors import DeadLetterNotFound, ReplayError
 
 __all__ = ["DeadLetterQueue"]
 
-Redeliver = Callable[[DeadLetter], Envelope]  # type: ignore[type-arg]
+REPLAY_BATCH = 500  #: records replayed per store pass (bounds a RabbitMQ browse)
+
+#: Re-publishes a record's envelope to its handler, optionally with corrected data.
+Redeliver = Callable[[DeadLetter, Mapping[str, Any] | None], Envelope]  # type: ignore[type-arg]
 
 
 class DeadLetterQueue:
@@ -104,12 +108,21 @@ class DeadLetterQueue:
         """Record counts by failure group, (handler, exception type)."""
         return Counter(record.group for record in self.store)
 
-    def replay(self, record_id: str) -> Envelope:  # type: ignore[type-arg]
-        """Re-publish one record to its handler, then remove it. Returns the envelope sent."""
+    def replay(self, record_id: str, *, data: Mapping[str, Any] | None = None) -> Envelope:  # type: ignore[type-arg]
+        """Re-publish one record to its handler, then remove it. Returns the envelope sent.
+
+        With ``data``, the corrected payload is validated against the event's
+        schema first (an :class:`~eventbus.errors.EventValidationError` leaves
+        everything as it was) and sent instead, under the same event id.
+        """
         record = self.get(record_id)
-        envelope = self._replay_one(record)
-        self.store.remove([record.id])
-        return envelope
+        if not record.replayable:
+            raise ReplayError(_not_replayable(record))
+        sent: list[Envelope] = []  # type: ignore[type-arg]
+        done = self.store.redeliver([record], lambda r: sent.append(self._redeliver(r, data)))
+        if not done:
+            raise ReplayError(f"dead letter {record.id} is being replayed by someone else")
+        return sent[0]
 
     def replay_all(
         self,
@@ -123,29 +136,23 @@ class DeadLetterQueue:
         Records that cannot be replayed (undecodable, handler gone) are kept
         and reported in the :class:`ReplayError` raised at the end.
         """
+        replayable: list[DeadLetter] = []
+        kept: list[str] = []
+        for record in self.filter(
+            handler=handler, event_type=event_type, exception_type=exception_type
+        ):
+            if record.replayable:
+                replayable.append(record)
+            else:
+                kept.append(f"{record.id}: {_not_replayable(record)}")
         total = 0
-        pending_removal: list[str] = []
-        failures: list[str] = []
-        # Materialise the selection first: on RabbitMQ a browse holds the
-        # records unacked, so removing while still browsing would miss them.
-        selected = self.list(handler=handler, event_type=event_type, exception_type=exception_type)
-        for record in selected:
-            try:
-                self._replay_one(record)
-            except ReplayError as exc:
-                failures.append(f"{record.id}: {exc}")
-                continue
-            total += 1
-            pending_removal.append(record.id)
-            if len(pending_removal) >= 500:  # bounded removal batches, bounded memory
-                self.store.remove(pending_removal)
-                pending_removal.clear()
-        if pending_removal:
-            self.store.remove(pending_removal)
-        if failures:
+        for start in range(0, len(replayable), REPLAY_BATCH):
+            batch = replayable[start : start + REPLAY_BATCH]
+            total += len(self.store.redeliver(batch, lambda r: self._redeliver(r, None)))
+        if kept:
             raise ReplayError(
-                f"replayed {total}; {len(failures)} record(s) kept, not replayable: "
-                + "; ".join(failures[:5])
+                f"replayed {total}; {len(kept)} record(s) kept, not replayable: "
+                + "; ".join(kept[:5])
             )
         return total
 
@@ -153,13 +160,12 @@ class DeadLetterQueue:
         """Delete every record. Returns how many were deleted."""
         return self.store.purge()
 
-    def _replay_one(self, record: DeadLetter) -> Envelope:  # type: ignore[type-arg]
-        if not record.replayable:
-            raise ReplayError(
-                f"dead letter {record.id} has no decodable envelope ({record.reason}); "
-                "inspect it with 'eventbus dlq show' and purge it"
-            )
-        return self._redeliver(record)
+
+def _not_replayable(record: DeadLetter) -> str:
+    return (
+        f"dead letter {record.id} has no decodable envelope ({record.reason}); "
+        "inspect it with 'eventbus dlq show' and purge it"
+    )
 
 
 def _exception_matches(actual: str, pattern: str) -> bool:

@@ -19,6 +19,7 @@ DeadLetterReason = Literal[
     "time_limit",  # the handler overran its hard time limit
     "worker_lost",  # the worker died and the message was not re-queued
     "rejected",  # the worker rejected the message (invalid task message)
+    "broker",  # the broker dead-lettered it (RabbitMQ: rejected, expired, delivery limit)
 ]
 
 MAX_RAW_BODY = 64 * 1024  #: bytes of an undecodable body kept in its record
@@ -91,6 +92,15 @@ class DeadLetter(BaseModel):
             event_type=_str_or_none(env.get("event_type")) if env else None,
             envelope=env,
             **fields,
+        )
+
+    def monitor_summary(self) -> str:
+        """One line for monitors such as Flower: what failed, where, how often."""
+        event = f"{self.event_type}#{self.event_id}" if self.event_type else "<undecodable>"
+        message = self.exception_message[:200]
+        return (
+            f"handler={self.handler or '?'} event={event} attempts={self.attempts} "
+            f"reason={self.reason} exception={self.exception_type}: {message}"
         )
 
     def summary(self) -> str:

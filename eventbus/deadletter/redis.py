@@ -3,7 +3,8 @@
 kombu's Redis transport LPUSHes each message (a JSON wrapper whose ``body`` is
 base64) and consumers BRPOP from the other end, so the oldest record is at
 index -1. Browsing reads pages from that end; removal is ``LREM`` of the exact
-stored element, which is atomic: two concurrent removals cannot both succeed.
+stored element. A replay first claims its record with ``SET NX`` (with a
+TTL), so two operators replaying the same record publish it once.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from eventbus.deadletter.store import BrokerDeadLetterStore, decode_record
 __all__ = ["RedisDeadLetterStore"]
 
 PAGE_SIZE = 500  #: list elements read per LRANGE round trip
+CLAIM_TTL = 300  #: seconds a replay may hold a record before another may take it
 
 
 class RedisDeadLetterStore(BrokerDeadLetterStore):
@@ -40,13 +42,13 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
 
     def __iter__(self) -> Iterator[DeadLetter]:
         for raw in self._raw_elements():
-            yield decode_record(_message_body(raw))
+            yield decode_record(*unwrap(raw))
 
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)
         found: list[bytes] = []
         for raw in self._raw_elements():
-            record = decode_record(_message_body(raw))
+            record = decode_record(*unwrap(raw))
             if record.id in wanted:
                 found.append(raw)
                 wanted.discard(record.id)
@@ -66,22 +68,37 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
             return int(conn.default_channel.client.llen(self.queue_name))
 
     def purge(self) -> int:
+        ids = [record.id for record in self]
         with self.app.connection_for_write() as conn:
             client = conn.default_channel.client
             with client.pipeline() as pipe:  # MULTI: count and delete as one step
                 pipe.llen(self.queue_name)
                 pipe.delete(self.queue_name)
                 count, _ = pipe.execute()
-            return int(count)
+        self._announce(ids, "task-revoked", terminated=False, expired=False, signum=None)
+        return int(count)
+
+    def _claim_key(self, record_id: str) -> str:
+        return f"eventbus.dlq-claim:{self.queue_name}:{record_id}"
+
+    def _claim(self, record_id: str) -> bool:
+        with self.app.connection_for_write() as conn:
+            client = conn.default_channel.client
+            return bool(client.set(self._claim_key(record_id), "1", nx=True, ex=CLAIM_TTL))
+
+    def _release(self, record_id: str) -> None:
+        with self.app.connection_for_write() as conn:
+            conn.default_channel.client.delete(self._claim_key(record_id))
 
 
-def _message_body(raw: bytes) -> bytes | str | Any:
-    """Unwrap kombu's Redis message envelope; anything else is returned as is."""
+def unwrap(raw: bytes | dict[str, Any]) -> tuple[bytes | str | Any, dict[str, Any] | None]:
+    """Body and headers of one kombu virtual-transport message (Redis, memory)."""
     try:
-        message = json.loads(raw)
+        message = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
         body = message["body"]
         if message.get("properties", {}).get("body_encoding") == "base64":
-            return base64.b64decode(body)
-        return body
-    except (ValueError, KeyError, TypeError):
-        return raw
+            body = base64.b64decode(body)
+        headers = message.get("headers")
+        return body, headers if isinstance(headers, dict) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return raw, None

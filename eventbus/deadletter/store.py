@@ -2,7 +2,7 @@
 
 A store appends records, iterates them *without consuming* (oldest first),
 removes chosen ones, counts and purges. :class:`BrokerDeadLetterStore` keeps
-them on the Celery broker as ordinary durable JSON messages in one queue
+them on the Celery broker as durable JSON task messages in one queue
 (default ``eventbus.dlq``); one subclass per transport knows how to browse it.
 """
 
@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import threading
 from abc import ABC, abstractmethod
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kombu.entity import Exchange, Queue
@@ -22,13 +24,38 @@ from eventbus.errors import DeadLetterError
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["BrokerDeadLetterStore", "DeadLetterStore", "decode_record", "store_for_app"]
+__all__ = [
+    "DEAD_LETTER_TASK",
+    "BrokerDeadLetterStore",
+    "DeadLetterStore",
+    "decode_record",
+    "store_for_app",
+]
 
 DEFAULT_DEAD_LETTER_QUEUE = "eventbus.dlq"  #: the dead-letter queue's default name
 
+logger = logging.getLogger(__name__)
+
+
+#: The Celery task name a dead letter travels under: Flower lists it by that name.
+DEAD_LETTER_TASK = "eventbus.dead_letter"
+
+#: Publishes one record's envelope again; raises if it could not.
+Publish = Callable[[DeadLetter], object]
+
 
 class DeadLetterStore(ABC):
-    """Storage of dead-letter records. Iteration never consumes."""
+    """Storage of dead-letter records. Iteration never consumes.
+
+    Subclasses implement ``append``, ``__iter__``, ``remove``, ``count`` and
+    ``purge``; ``redeliver`` is built on them with a per-record claim
+    (``_claim``/``_release``) that a store shared between processes makes
+    atomic across them.
+    """
+
+    def __init__(self) -> None:
+        self._claims: set[str] = set()
+        self._claims_lock = threading.Lock()
 
     @abstractmethod
     def append(self, record: DeadLetter) -> None: ...
@@ -48,11 +75,56 @@ class DeadLetterStore(ABC):
     def purge(self) -> int:
         """Remove every record; return how many there were."""
 
+    def redeliver(self, records: Iterable[DeadLetter], publish: Publish) -> list[str]:
+        """Publish each record, then remove it; return the ids that were replayed.
+
+        A record is removed only after ``publish`` returned. A record that a
+        concurrent replay holds is skipped, so it is published once. If
+        ``publish`` raises, the records replayed so far are removed and the
+        error propagates; the failing record stays.
+        """
+        done: list[str] = []
+        try:
+            for record in records:
+                if not self._claim(record.id):
+                    continue
+                try:
+                    publish(record)
+                    self.remove([record.id])
+                finally:
+                    self._release(record.id)
+                done.append(record.id)
+        finally:
+            self._announce_replayed(done)
+        return done
+
+    def _claim(self, record_id: str) -> bool:
+        with self._claims_lock:
+            if record_id in self._claims:
+                return False
+            self._claims.add(record_id)
+            return True
+
+    def _release(self, record_id: str) -> None:
+        with self._claims_lock:
+            self._claims.discard(record_id)
+
+    def _announce_replayed(self, record_ids: list[str]) -> None:
+        """Tell monitors (Flower) these records left the queue; a no-op here."""
+        return None
+
 
 class BrokerDeadLetterStore(DeadLetterStore):
-    """Records as durable JSON messages in one broker queue."""
+    """Records as durable Celery task messages of ``eventbus.dead_letter`` in one queue.
+
+    Nobody consumes that queue. Sending each record as a task message, with
+    Celery's task-sent event, is what makes Flower list it (with a readable
+    summary as its arguments); a replayed record is reported back to Flower
+    as succeeded, a purged one as revoked.
+    """
 
     def __init__(self, app: Celery, queue_name: str = DEFAULT_DEAD_LETTER_QUEUE) -> None:
+        super().__init__()
         self.app = app
         self.queue_name = queue_name
         self.exchange = Exchange(queue_name, type="direct", durable=True)
@@ -61,18 +133,30 @@ class BrokerDeadLetterStore(DeadLetterStore):
         )
 
     def append(self, record: DeadLetter) -> None:
+        app = self.app
+        message = app.amqp.create_task_message(
+            record.id,
+            DEAD_LETTER_TASK,
+            (record.model_dump(mode="json"),),
+            {},
+            argsrepr=record.monitor_summary(),
+            kwargsrepr="{}",
+            create_sent_event=True,
+            root_id=record.task_id,
+            origin=record.worker,
+        )
         try:
-            with self.app.producer_or_acquire() as producer:
-                producer.publish(
-                    record.model_dump(mode="json"),
-                    exchange=self.exchange,
-                    routing_key=self.queue_name,
-                    declare=[self.queue],
+            with app.producer_or_acquire() as producer:
+                app.amqp.send_task_message(
+                    producer,
+                    DEAD_LETTER_TASK,
+                    message,
+                    queue=self.queue,
                     serializer="json",
                     delivery_mode=2,
                     headers={"eventbus-dead-letter": record.id},
                     retry=True,
-                    retry_policy=self.app.conf.task_publish_retry_policy,
+                    retry_policy=app.conf.task_publish_retry_policy,
                 )
         except Exception as exc:
             raise DeadLetterError(
@@ -88,16 +172,43 @@ class BrokerDeadLetterStore(DeadLetterStore):
             return int(count)
 
     def purge(self) -> int:
+        ids = [record.id for record in self]
         with self.app.connection_for_write() as conn:
             bound = self.queue.bind(conn.default_channel)
             bound.declare()
-            return int(bound.purge() or 0)
+            count = int(bound.purge() or 0)
+        self._announce(ids, "task-revoked", terminated=False, expired=False, signum=None)
+        return count
+
+    def _announce_replayed(self, record_ids: list[str]) -> None:
+        self._announce(record_ids, "task-succeeded", result="'replayed'", runtime=0.0)
+
+    def _announce(self, record_ids: list[str], event_type: str, **fields: Any) -> None:
+        if not record_ids:
+            return
+        try:
+            with self.app.events.default_dispatcher() as dispatcher:
+                for record_id in record_ids:
+                    dispatcher.send(event_type, uuid=record_id, **fields)
+        except Exception:  # monitoring must never fail a replay or a purge
+            logger.warning("could not send %s events to monitors", event_type, exc_info=True)
 
 
-def decode_record(body: bytes | str | Any) -> DeadLetter:
-    """Turn a DLQ message body into a record; garbage becomes an undecodable record."""
+def decode_record(body: bytes | str | Any, headers: Mapping[str, Any] | None = None) -> DeadLetter:
+    """Turn a DLQ message into a record; garbage becomes an undecodable record.
+
+    Understands the ``eventbus.dead_letter`` task message, a bare record (as
+    written by earlier versions), and a handler's own task message that the
+    broker dead-lettered (RabbitMQ's dead-letter exchange).
+    """
     try:
         data = json.loads(body) if isinstance(body, (bytes, str)) else body
+        headers = headers or {}
+        task = headers.get("task")
+        if task and task != DEAD_LETTER_TASK:
+            return _broker_dead_lettered(data, headers)
+        if isinstance(data, list) and len(data) == 3 and isinstance(data[0], list):
+            data = data[0][0]  # a task message: [args, kwargs, embed]
         return DeadLetter.model_validate(data)
     except Exception as exc:  # a hand-pushed message must not break listing
         raw = body if isinstance(body, str) else bytes(body or b"").decode("utf-8", "replace")
@@ -111,6 +222,28 @@ def decode_record(body: bytes | str | Any) -> DeadLetter:
             raw_body=raw[:MAX_RAW_BODY],
             raw_size=len(raw),
         )
+
+
+def _broker_dead_lettered(body: Any, headers: Mapping[str, Any]) -> DeadLetter:
+    """A handler task message the broker itself dead-lettered (x-death names why)."""
+    args = body[0] if isinstance(body, list) and body else []
+    deaths = headers.get("x-death") or [{}]
+    death = deaths[0] if isinstance(deaths, list) and deaths else {}
+    why = str(death.get("reason", "rejected")) if isinstance(death, dict) else "rejected"
+    task_id = str(headers.get("id") or hashlib.sha1(json.dumps(body).encode()).hexdigest())
+    return DeadLetter.from_exception(
+        DeadLetterError(
+            f"the broker dead-lettered the message ({why}) from "
+            f"{death.get('queue', '?') if isinstance(death, dict) else '?'}"
+        ),
+        id=f"broker-{task_id}",
+        handler=str(headers["task"]),
+        reason="broker",
+        attempts=int(headers.get("retries") or 0) + 1,
+        envelope=args[0] if args else None,
+        task_id=task_id,
+        queue=death.get("queue") if isinstance(death, dict) else None,
+    )
 
 
 def store_for_app(app: Celery, queue_name: str = DEFAULT_DEAD_LETTER_QUEUE) -> DeadLetterStore:
