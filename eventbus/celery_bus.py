@@ -84,6 +84,10 @@ class EventBus(BaseEventBus):
         signals.worker_init.connect(self._on_worker_init, dispatch_uid=uid)
         app.steps["consumer"].add(_dead_letter_undecodable_step(self))
         _BUSES[app] = self
+        from eventbus.deadletter.task import register_replay_task
+
+        #: ``eventbus.replay_dead_letters``: replay from Flower or any task sender.
+        self.replay_task = register_replay_task(self)
 
     # -- configuration -----------------------------------------------------
 
@@ -335,6 +339,10 @@ class EventBus(BaseEventBus):
             for name in self.queues:
                 if name not in queues:
                     queues.select_add(name)
+        if self.dead_letter_queue in queues.consume_from:
+            # A worker consuming the DLQ would take every record off it.
+            logger.warning("not consuming the dead-letter queue %r", self.dead_letter_queue)
+            queues.deselect([self.dead_letter_queue])
 
 
 def _raw_record(
