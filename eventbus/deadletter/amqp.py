@@ -9,10 +9,10 @@ its replay was published.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterator
 
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import BrokerDeadLetterStore, Publish, decode_record
+from eventbus.deadletter.store import BrokerDeadLetterStore, Publish, Select, decode_record
 
 __all__ = ["AmqpDeadLetterStore"]
 
@@ -38,9 +38,7 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
                     if message is None:
                         break
                     record = decode_record(message.body, message.headers)
-                    if record.id in wanted:
-                        if on_record is not None:
-                            on_record(record)
+                    if record.id in wanted or (on_record is not None and on_record(record)):
                         message.ack()
                     yield record
             finally:
@@ -53,19 +51,22 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
         wanted = set(record_ids)
         return sum(1 for record in self._browse(wanted=wanted) if record.id in wanted)
 
-    def redeliver(self, records: Iterable[DeadLetter], publish: Publish) -> list[str]:
-        # One browse holds the chosen messages exclusively, publishes each and
-        # acks it: a concurrent replay cannot see a record this one holds.
-        wanted = {record.id for record in records}
+    def redeliver(self, select: Select, publish: Publish, *, limit: int | None = None) -> list[str]:
+        # One browse holds every message it has seen; a selected one is
+        # published and then acked. A concurrent replay cannot see a record
+        # this one holds; the rest go back to the queue when the browse ends.
         done: list[str] = []
 
-        def replay(record: DeadLetter) -> None:
+        def replay(record: DeadLetter) -> bool:
+            if (limit is not None and len(done) >= limit) or not select(record):
+                return False
             publish(record)
             done.append(record.id)
+            return True
 
         try:
-            for _ in self._browse(on_record=replay, wanted=wanted):
-                if len(done) == len(wanted):
+            for _ in self._browse(on_record=replay):
+                if limit is not None and len(done) >= limit:
                     break
         finally:
             self._announce_replayed(done)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -13,9 +14,33 @@ from eventbus.deadletter.store import DeadLetterStore
 from eventbus.envelope import Envelope
 from eventbus.errors import DeadLetterNotFound, ReplayError
 
-__all__ = ["DeadLetterQueue"]
+__all__ = ["DeadLetterQueue", "Selection"]
 
-REPLAY_BATCH = 500  #: records replayed per store pass (bounds a RabbitMQ browse)
+
+@dataclass(frozen=True)
+class Selection:
+    """Which records a filter keeps; every field given must match.
+
+    ``handler``, ``event_type`` and ``exception_type`` are shell-style
+    patterns; an exception type also matches by its short name.
+    """
+
+    handler: str | None = None
+    event_type: str | None = None
+    exception_type: str | None = None
+    since: datetime | None = None
+
+    def matches(self, record: DeadLetter) -> bool:
+        if self.handler and not fnmatch.fnmatchcase(record.handler or "", self.handler):
+            return False
+        if self.event_type and not fnmatch.fnmatchcase(record.event_type or "", self.event_type):
+            return False
+        if self.exception_type and not _exception_matches(
+            record.exception_type, self.exception_type
+        ):
+            return False
+        return not (self.since and record.failed_at < self.since)
+
 
 #: Re-publishes a record's envelope to its handler, optionally with corrected data.
 Redeliver = Callable[[DeadLetter, Mapping[str, Any] | None], Envelope]  # type: ignore[type-arg]
@@ -75,20 +100,14 @@ class DeadLetterQueue:
         limit: int | None = None,
     ) -> Iterator[DeadLetter]:
         """Like :meth:`list`, streaming: memory stays flat on a large queue."""
+        selection = Selection(handler, event_type, exception_type, since)
         found = 0
         for record in self.store:
             if limit is not None and found >= limit:
                 return
-            if handler and not fnmatch.fnmatchcase(record.handler or "", handler):
-                continue
-            if event_type and not fnmatch.fnmatchcase(record.event_type or "", event_type):
-                continue
-            if exception_type and not _exception_matches(record.exception_type, exception_type):
-                continue
-            if since and record.failed_at < since:
-                continue
-            found += 1
-            yield record
+            if selection.matches(record):
+                found += 1
+                yield record
 
     def get(self, record_id: str) -> DeadLetter:
         """The record with this id (a unique prefix of 6+ characters also works)."""
@@ -119,7 +138,11 @@ class DeadLetterQueue:
         if not record.replayable:
             raise ReplayError(_not_replayable(record))
         sent: list[Envelope] = []  # type: ignore[type-arg]
-        done = self.store.redeliver([record], lambda r: sent.append(self._redeliver(r, data)))
+        done = self.store.redeliver(
+            lambda r: r.id == record.id,
+            lambda r: sent.append(self._redeliver(r, data)),
+            limit=1,
+        )
         if not done:
             raise ReplayError(f"dead letter {record.id} is being replayed by someone else")
         return sent[0]
@@ -136,19 +159,19 @@ class DeadLetterQueue:
         Records that cannot be replayed (undecodable, handler gone) are kept
         and reported in the :class:`ReplayError` raised at the end.
         """
-        replayable: list[DeadLetter] = []
+        selection = Selection(handler, event_type, exception_type)
         kept: list[str] = []
-        for record in self.filter(
-            handler=handler, event_type=event_type, exception_type=exception_type
-        ):
-            if record.replayable:
-                replayable.append(record)
-            else:
+
+        def select(record: DeadLetter) -> bool:
+            if not selection.matches(record):
+                return False
+            if not record.replayable:
                 kept.append(f"{record.id}: {_not_replayable(record)}")
-        total = 0
-        for start in range(0, len(replayable), REPLAY_BATCH):
-            batch = replayable[start : start + REPLAY_BATCH]
-            total += len(self.store.redeliver(batch, lambda r: self._redeliver(r, None)))
+                return False
+            return True
+
+        # One streaming pass over the store: memory stays flat however many match.
+        total = len(self.store.redeliver(select, lambda r: self._redeliver(r, None)))
         if kept:
             raise ReplayError(
                 f"replayed {total}; {len(kept)} record(s) kept, not replayable: "

@@ -44,6 +44,16 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
         for raw in self._raw_elements():
             yield decode_record(*unwrap(raw))
 
+    def _entries(self) -> Iterator[tuple[object, DeadLetter]]:
+        for raw in self._raw_elements():
+            yield raw, decode_record(*unwrap(raw))
+
+    def _remove_entry(self, handle: object, record: DeadLetter) -> None:
+        with self.app.connection_for_write() as conn:
+            # Count -1 searches from the tail, the oldest end, where a replay
+            # walking oldest-first finds its record at once.
+            conn.default_channel.client.lrem(self.queue_name, -1, handle)
+
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)
         found: list[bytes] = []
@@ -60,7 +70,7 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
             client = conn.default_channel.client
             with client.pipeline(transaction=False) as pipe:
                 for raw in found:
-                    pipe.lrem(self.queue_name, 1, raw)
+                    pipe.lrem(self.queue_name, -1, raw)
                 return sum(int(n) for n in pipe.execute())
 
     def count(self) -> int:

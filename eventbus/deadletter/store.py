@@ -13,7 +13,7 @@ import json
 import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from kombu.entity import Exchange, Queue
@@ -42,6 +42,8 @@ DEAD_LETTER_TASK = "eventbus.dead_letter"
 
 #: Publishes one record's envelope again; raises if it could not.
 Publish = Callable[[DeadLetter], object]
+#: Chooses the records to replay.
+Select = Callable[[DeadLetter], bool]
 
 
 class DeadLetterStore(ABC):
@@ -75,28 +77,39 @@ class DeadLetterStore(ABC):
     def purge(self) -> int:
         """Remove every record; return how many there were."""
 
-    def redeliver(self, records: Iterable[DeadLetter], publish: Publish) -> list[str]:
-        """Publish each record, then remove it; return the ids that were replayed.
+    def redeliver(self, select: Select, publish: Publish, *, limit: int | None = None) -> list[str]:
+        """Publish each selected record, then remove it; return the ids replayed.
 
-        A record is removed only after ``publish`` returned. A record that a
-        concurrent replay holds is skipped, so it is published once. If
-        ``publish`` raises, the records replayed so far are removed and the
-        error propagates; the failing record stays.
+        One streaming pass, oldest first. A record is removed only after
+        ``publish`` returned; a record that a concurrent replay holds is
+        skipped, so it is published once. If ``publish`` raises, the records
+        replayed so far are removed and the error propagates; the failing
+        record stays.
         """
         done: list[str] = []
         try:
-            for record in records:
-                if not self._claim(record.id):
+            for handle, record in self._entries():
+                if limit is not None and len(done) >= limit:
+                    break
+                if not select(record) or not self._claim(record.id):
                     continue
                 try:
                     publish(record)
-                    self.remove([record.id])
+                    self._remove_entry(handle, record)
                 finally:
                     self._release(record.id)
                 done.append(record.id)
         finally:
             self._announce_replayed(done)
         return done
+
+    def _entries(self) -> Iterator[tuple[object, DeadLetter]]:
+        """(handle, record) pairs, oldest first; a handle lets a store remove cheaply."""
+        for record in self:
+            yield record, record
+
+    def _remove_entry(self, handle: object, record: DeadLetter) -> None:
+        self.remove([record.id])
 
     def _claim(self, record_id: str) -> bool:
         with self._claims_lock:
