@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Generator, Iterator
 from typing import Any
 
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import BrokerDeadLetterStore, decode_record
+from eventbus.deadletter.store import BrokerDeadLetterStore, Publish, Select, decode_record
 
 __all__ = ["RedisDeadLetterStore"]
 
@@ -26,33 +26,87 @@ CLAIM_TTL = 300  #: seconds a replay may hold a record before another may take i
 class RedisDeadLetterStore(BrokerDeadLetterStore):
     """Browse and edit the dead-letter list in place."""
 
-    def _raw_elements(self) -> Iterator[bytes]:
+    def _pages(self) -> Generator[list[bytes], int | None, None]:
+        """Pages of raw elements, oldest first; send back how many of a page you removed.
+
+        Pages are addressed from the tail (the oldest end), where LPUSHes of
+        new failures do not shift them; removals inside a page do, which is
+        why the caller reports them.
+        """
         with self.app.connection_for_write() as conn:
             client = conn.default_channel.client
-            length = client.llen(self.queue_name)
-            # Walk from the oldest end; a page is read newest-to-oldest, so reverse it.
             end = -1
-            while -end <= length:
+            while True:
+                length = int(client.llen(self.queue_name))
+                if -end > length:
+                    return
                 start = max(end - PAGE_SIZE + 1, -length)
                 page = client.lrange(self.queue_name, start, end)
                 if not page:
                     return
-                yield from reversed(page)
-                end = start - 1
+                removed = yield list(reversed(page))
+                end = start - 1 + (removed or 0)
+
+    def _raw_elements(self) -> Iterator[bytes]:
+        for page in self._pages():
+            yield from page
 
     def __iter__(self) -> Iterator[DeadLetter]:
         for raw in self._raw_elements():
             yield decode_record(*unwrap(raw))
 
-    def _entries(self) -> Iterator[tuple[object, DeadLetter]]:
-        for raw in self._raw_elements():
-            yield raw, decode_record(*unwrap(raw))
+    def redeliver(self, select: Select, publish: Publish, *, limit: int | None = None) -> list[str]:
+        # Page by page: claim the selected records in one round trip, publish
+        # them, then remove and release them in one more.
+        done: list[str] = []
+        pages = self._pages()
+        try:
+            page = next(pages, None)
+            while page is not None:
+                chosen: list[tuple[bytes, DeadLetter]] = []
+                for raw in page:
+                    if limit is not None and len(done) + len(chosen) >= limit:
+                        break
+                    record = decode_record(*unwrap(raw))
+                    if select(record):
+                        chosen.append((raw, record))
+                removed = self._redeliver_page(chosen, publish, done)
+                if limit is not None and len(done) >= limit:
+                    break
+                page = pages.send(removed)
+        except StopIteration:
+            pass
+        finally:
+            pages.close()
+            self._announce_replayed(done)
+        return done
 
-    def _remove_entry(self, handle: object, record: DeadLetter) -> None:
+    def _redeliver_page(
+        self, chosen: list[tuple[bytes, DeadLetter]], publish: Publish, done: list[str]
+    ) -> int:
+        if not chosen:
+            return 0
         with self.app.connection_for_write() as conn:
-            # Count -1 searches from the tail, the oldest end, where a replay
-            # walking oldest-first finds its record at once.
-            conn.default_channel.client.lrem(self.queue_name, -1, handle)
+            client = conn.default_channel.client
+            with client.pipeline(transaction=False) as pipe:
+                for _, record in chosen:
+                    pipe.set(self._claim_key(record.id), "1", nx=True, ex=CLAIM_TTL)
+                claimed = [pair for pair, ok in zip(chosen, pipe.execute(), strict=True) if ok]
+            replayed: list[bytes] = []
+            try:
+                for raw, record in claimed:
+                    publish(record)
+                    replayed.append(raw)
+                    done.append(record.id)
+            finally:
+                with client.pipeline(transaction=False) as pipe:
+                    for raw in replayed:
+                        # Count -1 searches from the tail, where these records are.
+                        pipe.lrem(self.queue_name, -1, raw)
+                    for _, record in claimed:
+                        pipe.delete(self._claim_key(record.id))
+                    results = pipe.execute()
+            return sum(int(n) for n in results[: len(replayed)])
 
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)
@@ -90,15 +144,6 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
 
     def _claim_key(self, record_id: str) -> str:
         return f"eventbus.dlq-claim:{self.queue_name}:{record_id}"
-
-    def _claim(self, record_id: str) -> bool:
-        with self.app.connection_for_write() as conn:
-            client = conn.default_channel.client
-            return bool(client.set(self._claim_key(record_id), "1", nx=True, ex=CLAIM_TTL))
-
-    def _release(self, record_id: str) -> None:
-        with self.app.connection_for_write() as conn:
-            conn.default_channel.client.delete(self._claim_key(record_id))
 
 
 def unwrap(raw: bytes | dict[str, Any]) -> tuple[bytes | str | Any, dict[str, Any] | None]:

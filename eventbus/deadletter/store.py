@@ -36,6 +36,8 @@ DEFAULT_DEAD_LETTER_QUEUE = "eventbus.dlq"  #: the dead-letter queue's default n
 
 logger = logging.getLogger(__name__)
 
+EVENT_BATCH = 200  #: monitor events sent per message when many records change at once
+
 
 #: The Celery task name a dead letter travels under: Flower lists it by that name.
 DEAD_LETTER_TASK = "eventbus.dead_letter"
@@ -200,9 +202,17 @@ class BrokerDeadLetterStore(DeadLetterStore):
         if not record_ids:
             return
         try:
-            with self.app.events.default_dispatcher() as dispatcher:
-                for record_id in record_ids:
-                    dispatcher.send(event_type, uuid=record_id, **fields)
+            with self.app.connection_for_write() as conn:
+                # Buffered: many records go out as a few "task-multi" messages.
+                dispatcher = self.app.events.Dispatcher(
+                    conn, buffer_group=["task"], buffer_limit=EVENT_BATCH
+                )
+                try:
+                    for record_id in record_ids:
+                        dispatcher.send(event_type, uuid=record_id, **fields)
+                    dispatcher.flush()
+                finally:
+                    dispatcher.close()
         except Exception:  # monitoring must never fail a replay or a purge
             logger.warning("could not send %s events to monitors", event_type, exc_info=True)
 
