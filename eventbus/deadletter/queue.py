@@ -1,10 +1,10 @@
-"""The operator's view of the dead-letter queue: list, show, replay, purge."""
+"""The operator's view of the dead-letter queue: list, show, replay, delete, purge."""
 
 from __future__ import annotations
 
 import fnmatch
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,7 +12,7 @@ from typing import Any
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import DeadLetterStore
 from eventbus.envelope import Envelope
-from eventbus.errors import DeadLetterNotFound, ReplayError
+from eventbus.errors import DeadLetterError, DeadLetterNotFound, ReplayError
 
 __all__ = ["DeadLetterQueue", "Selection"]
 
@@ -44,6 +44,9 @@ class Selection:
 
 #: Re-publishes a record's envelope to its handler, optionally with corrected data.
 Redeliver = Callable[[DeadLetter, Mapping[str, Any] | None], Envelope]  # type: ignore[type-arg]
+
+#: Hears how the replay of one record went: the envelope sent, or why it was kept.
+Report = Callable[[DeadLetter, "Envelope[Any] | ReplayError"], object]
 
 
 class DeadLetterQueue:
@@ -121,6 +124,12 @@ class DeadLetterQueue:
             return exact[0]
         if len(matches) == 1:
             return matches[0]
+        if matches:
+            shown = ", ".join(r.id for r in matches[:3]) + (", ..." if len(matches) > 3 else "")
+            raise DeadLetterError(
+                f"id prefix {record_id!r} matches {len(matches)} dead letters ({shown}); "
+                "give more of the id"
+            )
         raise DeadLetterNotFound(record_id)
 
     def groups(self) -> Counter[tuple[str, str]]:
@@ -178,6 +187,65 @@ class DeadLetterQueue:
                 + "; ".join(kept[:5])
             )
         return total
+
+    def replay_each(self, select: Callable[[DeadLetter], bool], report: Report) -> int:
+        """Replay every record ``select`` accepts, oldest first; returns how many were replayed.
+
+        ``report(record, outcome)`` hears of each record as it goes: the
+        envelope sent, or the :class:`ReplayError` of a record kept. Unlike
+        :meth:`replay_all`, a failing record (not replayable, its handler or
+        event type unknown here, a failed publish, held by a concurrent
+        replay) does not stop the others; each failed publish costs one more
+        pass over the queue, as a store's pass ends at a failing publish.
+        """
+        kept: set[str] = set()
+        waiting: dict[str, DeadLetter] = {}  # selected in this pass, not yet published
+        current: list[DeadLetter] = []  # the record being published
+        sent: list[str] = []
+
+        def choose(record: DeadLetter) -> bool:
+            if record.id in kept or not select(record):
+                return False
+            if not record.replayable:
+                kept.add(record.id)
+                report(record, ReplayError(_not_replayable(record)))
+                return False
+            waiting[record.id] = record
+            return True
+
+        def publish(record: DeadLetter) -> None:
+            current[:] = [record]
+            envelope = self._redeliver(record, None)
+            current.clear()
+            waiting.pop(record.id, None)
+            sent.append(record.id)
+            report(record, envelope)
+
+        while True:
+            waiting.clear()
+            try:
+                self.store.redeliver(choose, publish)
+            except ReplayError as exc:  # the store removed those sent before; this one stays
+                if not current:
+                    raise
+                failed = current.pop()
+                kept.add(failed.id)
+                report(failed, exc)
+                continue
+            break
+        for record in waiting.values():  # selected, then skipped: a concurrent replay holds it
+            report(
+                record, ReplayError(f"dead letter {record.id} is being replayed by someone else")
+            )
+        return len(sent)
+
+    def delete(self, record_ids: Collection[str]) -> int:
+        """Delete these records (full ids) without replaying them; returns how many were found.
+
+        For records nobody should replay, such as a message pushed onto the
+        dead-letter queue by hand that is not a record at all.
+        """
+        return self.store.remove(record_ids)
 
     def purge(self) -> int:
         """Delete every record. Returns how many were deleted."""
