@@ -3,8 +3,8 @@
 Publishing an event with K subscribers sends K task messages through one
 producer from the app's pool; on Redis they go out in one pipelined round
 trip (kombu's ``Producer.batch()``). Each handler task uses Celery's own
-autoretry (exponential backoff, jitter); a terminal failure of any kind
-is caught by the ``task_failure`` signal and written to the dead-letter queue.
+autoretry (exponential backoff, jitter); what happens inside the worker (a
+terminal failure becomes a dead letter) lives in :mod:`eventbus.worker`.
 """
 
 from __future__ import annotations
@@ -15,17 +15,14 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from celery import bootsteps, signals
-from celery.exceptions import TimeLimitExceeded, WorkerLostError
 from celery.utils.saferepr import saferepr
+from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 
 from eventbus.bus import BaseEventBus, Subscription
-from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter, DeadLetterReason
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore, store_for_app
 from eventbus.envelope import Envelope
 from eventbus.errors import (
-    DeadLetterError,
     EnvelopeDecodeError,
     PublishError,
     SubscriptionError,
@@ -35,7 +32,6 @@ from eventbus.options import HandlerOptions
 
 if TYPE_CHECKING:
     from celery import Celery
-    from kombu.message import Message
 
 __all__ = ["EventBus", "bus_for_app"]
 
@@ -77,12 +73,10 @@ class EventBus(BaseEventBus):
         self._dead_letter_queue = dead_letter_queue
         self._store: DeadLetterStore | None = None
         self._publish_errors: tuple[type[BaseException], ...] | None = None
-        uid = f"eventbus-{id(self)}"
-        signals.task_failure.connect(self._on_task_failure, dispatch_uid=uid)
-        signals.task_rejected.connect(self._on_message_rejected, dispatch_uid=uid)
-        signals.task_unknown.connect(self._on_unknown_task, dispatch_uid=uid)
-        signals.worker_init.connect(self._on_worker_init, dispatch_uid=uid)
-        app.steps["consumer"].add(_dead_letter_undecodable_step(self))
+        self._broker_dead_lettering: bool | None = None
+        from eventbus.worker import WorkerHooks
+
+        self._worker_hooks = WorkerHooks(self)
         _BUSES[app] = self
         from eventbus.deadletter.task import register_replay_task
 
@@ -118,6 +112,36 @@ class EventBus(BaseEventBus):
         if self._store is None:
             self._store = store_for_app(self.app, self.dead_letter_queue)
         return self._store
+
+    @property
+    def broker_dead_lettering(self) -> bool:
+        """Whether handler queues carry RabbitMQ's dead-letter exchange (to the DLQ).
+
+        On by default on RabbitMQ (``eventbus_broker_dead_lettering``): a
+        message the broker itself drops from a handler queue (rejected by a
+        consumer, expired, over a length or delivery limit) lands in the DLQ.
+        """
+        if self._broker_dead_lettering is None:
+            enabled = self.app.conf.get("eventbus_broker_dead_lettering", True)
+            with self.app.connection_for_write() as conn:  # no I/O: reads the URL
+                self._broker_dead_lettering = bool(enabled) and (
+                    conn.transport.driver_type == "amqp"
+                )
+        return self._broker_dead_lettering
+
+    def handler_queue(self, name: str) -> Queue | str:
+        """How a handler queue is declared: a name, or on RabbitMQ the queue with its DLX."""
+        if not self.broker_dead_lettering:
+            return name
+        dlq = self.dead_letter_queue
+        return Queue(
+            name,
+            Exchange(name, type="direct", durable=True),
+            routing_key=name,
+            durable=True,
+            # The DLQ's exchange is named after it and binds it by its name.
+            queue_arguments={"x-dead-letter-exchange": dlq, "x-dead-letter-routing-key": dlq},
+        )
 
     def _resolve_options(self, given: Mapping[str, Any]) -> HandlerOptions:
         options = HandlerOptions.resolve(given, self.app.conf)
@@ -166,7 +190,7 @@ class EventBus(BaseEventBus):
             "reject_on_worker_lost": True,
             "ignore_result": True,
             "typing": False,  # run() checks its own argument (and dead-letters a bad one)
-            "queue": options.queue or self.default_queue,
+            "queue": self.handler_queue(options.queue or self.default_queue),
             "time_limit": options.time_limit,
             "soft_time_limit": options.soft_time_limit,
             "rate_limit": options.rate_limit,
@@ -228,155 +252,18 @@ class EventBus(BaseEventBus):
             self._publish_errors = (KombuError, OSError, *errors)
         return self._publish_errors
 
-    # -- worker side: dead-lettering ---------------------------------------
+    # -- ownership (for the worker hooks and metrics) ------------------------
 
-    def _owns_task(self, sender: object) -> Subscription | None:
+    def subscription_of(self, task: object) -> Subscription | None:
+        """The subscription whose handler task ``task`` is, if it is one of this bus's."""
         # Signals are process-wide: two apps may each have a handler of this name.
-        if getattr(sender, "app", None) is not self.app:
+        if getattr(task, "app", None) is not self.app:
             return None
-        return self._subscriptions.get(getattr(sender, "name", None) or "")
+        return self._subscriptions.get(getattr(task, "name", None) or "")
 
-    def _on_task_failure(
-        self,
-        sender: Any = None,
-        task_id: str | None = None,
-        exception: BaseException | None = None,
-        args: Any = None,
-        einfo: Any = None,
-        **_: Any,
-    ) -> None:
-        sub = self._owns_task(sender)
-        if sub is None or exception is None:
-            return
-        request = sender.request
-        record = DeadLetter.from_exception(
-            exception,
-            handler=sub.name,
-            reason=self._reason(sub, exception),
-            attempts=(request.retries or 0) + 1,
-            envelope=args[0] if args else None,
-            traceback=getattr(einfo, "traceback", None),
-            task_id=task_id,
-            queue=(request.delivery_info or {}).get("routing_key"),
-            worker=request.hostname,
-        )
-        self._write_dead_letter(record)
+    def owns(self, task: object) -> bool:
+        """Whether ``task`` is a handler task of this bus (on its app, by its name)."""
+        return self.subscription_of(task) is not None
 
-    @staticmethod
-    def _reason(sub: Subscription, exc: BaseException) -> DeadLetterReason:
-        if isinstance(exc, EnvelopeDecodeError):
-            return "undecodable"
-        if isinstance(exc, TimeLimitExceeded):
-            return "time_limit"
-        if isinstance(exc, WorkerLostError):
-            return "worker_lost"
-        options = sub.options
-        if isinstance(exc, options.permanent_errors) or not isinstance(exc, options.retry_on):
-            return "permanent_error"
-        return "retries_exhausted"
-
-    def _write_dead_letter(self, record: DeadLetter) -> None:
-        try:
-            self.dead_letter_store.append(record)
-        except DeadLetterError:
-            # Celery swallows receiver errors; say loudly what was not kept.
-            logger.critical("DEAD LETTER NOT WRITTEN: %s", record.model_dump_json(), exc_info=True)
-        else:
-            logger.error("dead-lettered %s", record.summary())
-
-    def _is_handler_queue(self, message: Message) -> bool:
-        routing_key = (message.delivery_info or {}).get("routing_key")
-        return routing_key in self.queues
-
-    def dead_letter_message(
-        self, message: Message, exc: BaseException, reason: DeadLetterReason = "undecodable"
-    ) -> None:
-        """Record a raw message the worker could not turn into a task run."""
-        if not self._is_handler_queue(message):
-            return
-        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
-        headers = message.headers if isinstance(message.headers, dict) else {}
-        task_name = headers.get("task")
-        handler = task_name if task_name in self._subscriptions else None
-        record = _raw_record(exc, message, body, reason, handler)
-        self._write_dead_letter(record)
-
-    def _on_message_rejected(
-        self,
-        sender: Any = None,
-        message: Message | None = None,
-        exc: BaseException | None = None,
-        **_: Any,
-    ) -> None:
-        if message is not None and getattr(sender, "app", None) is self.app:
-            self.dead_letter_message(
-                message, exc or EnvelopeDecodeError("not a task message"), "rejected"
-            )
-
-    def _on_unknown_task(
-        self,
-        sender: Any = None,
-        message: Message | None = None,
-        exc: BaseException | None = None,
-        name: str | None = None,
-        **_: Any,
-    ) -> None:
-        if message is not None and getattr(sender, "app", None) is self.app:
-            self.dead_letter_message(
-                message,
-                EnvelopeDecodeError(f"no handler task named {name!r} on this worker"),
-                "rejected",
-            )
-
-    def _on_worker_init(self, sender: Any = None, **_: Any) -> None:
-        app = getattr(sender, "app", None)
-        if app is not self.app:
-            return
-        queues = app.amqp.queues
-        # Only when the worker was started without -Q: then it consumes every
-        # queue it knows, and should know the handlers' queues too.
-        if queues._consume_from is None:
-            for name in self.queues:
-                if name not in queues:
-                    queues.select_add(name)
-        if self.dead_letter_queue in queues.consume_from:
-            # A worker consuming the DLQ would take every record off it.
-            logger.warning("not consuming the dead-letter queue %r", self.dead_letter_queue)
-            queues.deselect([self.dead_letter_queue])
-
-
-def _raw_record(
-    exc: BaseException, message: Message, body: bytes, reason: DeadLetterReason, handler: str | None
-) -> DeadLetter:
-    headers = message.headers if isinstance(message.headers, dict) else {}
-    return DeadLetter(
-        handler=handler,
-        reason=reason,
-        attempts=1,
-        exception_type=type(exc).__name__,
-        exception_message=f"{exc} (content-type {message.content_type!r})",
-        task_id=headers.get("id"),
-        queue=(message.delivery_info or {}).get("routing_key"),
-        raw_body=body[:MAX_RAW_BODY].decode("utf-8", "replace"),
-        raw_size=len(body),
-    )
-
-
-def _dead_letter_undecodable_step(bus: EventBus) -> type[bootsteps.StartStopStep]:
-    """A consumer step that sends undecodable messages to the DLQ before Celery acks them."""
-
-    class DeadLetterUndecodable(bootsteps.StartStopStep):  # type: ignore[misc]
-        name = f"eventbus.DeadLetterUndecodable.{id(bus)}"
-
-        def __init__(self, consumer: Any, **kwargs: Any) -> None:
-            super().__init__(consumer, **kwargs)
-            original = consumer.on_decode_error
-
-            def on_decode_error(message: Message, exc: BaseException) -> None:
-                bus.dead_letter_message(message, exc, "undecodable")
-                original(message, exc)  # logs and acks: the message is now in the DLQ
-
-            # Runs when the blueprint is applied, before the Tasks step reads it.
-            consumer.on_decode_error = on_decode_error
-
-    return DeadLetterUndecodable
+    def has_handler(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._subscriptions

@@ -201,11 +201,11 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
 
 
 def _purge_leftovers(app: Any, queues: list[str]) -> None:
-    """Drop what an interrupted earlier demo left in the demo's own queues."""
+    """Drop what an interrupted earlier demo left: the demo's own queues, recreated on use."""
     with app.connection_for_write() as conn:
         for name in queues:
             with contextlib.suppress(*conn.channel_errors):  # not declared yet: nothing to drop
-                conn.channel().queue_purge(name)
+                conn.channel().queue_delete(name)
 
 
 def _story(

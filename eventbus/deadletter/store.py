@@ -79,6 +79,10 @@ class DeadLetterStore(ABC):
     def purge(self) -> int:
         """Remove every record; return how many there were."""
 
+    def declare(self) -> None:
+        """Create what the store needs on its backend (nothing, by default)."""
+        return None
+
     def redeliver(self, select: Select, publish: Publish, *, limit: int | None = None) -> list[str]:
         """Publish each selected record, then remove it; return the ids replayed.
 
@@ -177,6 +181,11 @@ class BrokerDeadLetterStore(DeadLetterStore):
             raise DeadLetterError(
                 f"could not write dead letter {record.id} to {self.queue_name!r}: {exc}"
             ) from exc
+
+    def declare(self) -> None:
+        """Declare the queue (and its exchange) now, so the broker can route to it."""
+        with self.app.connection_for_write() as conn:
+            self.queue.bind(conn.default_channel).declare()
 
     def count(self) -> int:
         with self.app.connection_for_write() as conn:

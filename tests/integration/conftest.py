@@ -106,11 +106,15 @@ class Env:
             return int(count)
 
     def declare_handler_queue(self) -> None:
-        """Declare the handler queue as Celery routes to it (exchange = routing key = name)."""
+        """Declare the handler queue as the bus does (RabbitMQ: with its dead-letter exchange)."""
+        declared = self.bus.handler_queue(self.queue)
+        queue = (
+            Queue(self.queue, Exchange(self.queue, type="direct"), routing_key=self.queue)
+            if isinstance(declared, str)
+            else declared
+        )
         with self.connection() as conn:
-            Queue(self.queue, Exchange(self.queue, type="direct"), routing_key=self.queue)(
-                conn.default_channel
-            ).declare()
+            queue(conn.default_channel).declare()
 
     def publish_raw(self, body: Any, *, headers: dict[str, Any], **kwargs: Any) -> None:
         """Publish a message straight onto the handler queue, bypassing Celery."""
