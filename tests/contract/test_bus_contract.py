@@ -167,3 +167,30 @@ def test_event_without_subscribers_is_counted_not_sent(harness: Harness) -> None
     envelope = harness.bus.publish(ItemRemoved(sku="nobody-listens"))
     assert harness.bus.published["contract.item_removed"] == 1
     assert envelope.event_type == "contract.item_removed"
+
+
+def test_a_replay_that_fails_again_is_dead_lettered_again_not_looped(harness: Harness) -> None:
+    # Given a dead letter from a handler that is still broken
+    def broken(envelope: Any) -> None:
+        harness.record("broken", envelope)
+        raise PermanentHandlerError("still broken")
+
+    harness.bus.subscribe(ItemAdded, handler=broken, name="t.still_broken")
+    with harness.worker():
+        envelope = harness.bus.publish(ItemAdded(sku="X6", quantity=1))
+        harness.wait(lambda: len(harness.bus.dead_letters) == 1, "the first dead letter")
+        [first] = harness.bus.dead_letters.list()
+        # When it is replayed without a fix
+        harness.bus.dead_letters.replay(first.id)
+        # Then it fails once more and is dead-lettered once more, as a new record
+        # that remembers the replay
+        harness.wait(
+            lambda: harness.count("broken") == 2 and len(harness.bus.dead_letters) == 1,
+            "the second dead letter",
+        )
+    [second] = harness.bus.dead_letters.list()
+    assert second.id != first.id
+    assert second.event_id == str(envelope.event_id)
+    assert second.envelope is not None
+    assert second.envelope["metadata"]["eventbus_replays"] == 1
+    assert harness.count("broken") == 2

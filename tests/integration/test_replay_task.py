@@ -46,6 +46,7 @@ def test_the_replay_task_replays_by_id_on_a_worker(env: Env) -> None:
         ({"ids": ["no-such-id"]}, "no dead letter with id 'no-such-id'"),
         ({"ids": "abc"}, "non-empty list"),
         ({"ids": ["x"], "all": True}, "not both"),
+        ({"idz": ["x"]}, "unexpected keyword argument 'idz'"),
     ],
 )
 def test_the_replay_task_fails_clearly_and_replays_nothing(
