@@ -128,6 +128,10 @@ def measure(
         "EVENTBUS_BROKER_URL": url,
         "EVENTBUS_QUEUE": queue,  # handlers (celeryconfig)
         "EVENTBUS_DLQ": dlq,
+        # The load comes from a plain Celery app, which declares the queue
+        # without the dead-letter exchange eventbus adds on RabbitMQ: keep
+        # one declaration (the DLX changes nothing in memory).
+        "EVENTBUS_BROKER_DLX": "0",
     }
     worker = Worker(
         APP_SPEC[kind],

@@ -131,7 +131,9 @@ class EventBus(BaseEventBus):
 
     def handler_queue(self, name: str) -> Queue | str:
         """How a handler queue is declared: a name, or on RabbitMQ the queue with its DLX."""
-        if not self.broker_dead_lettering:
+        if not self.broker_dead_lettering or name == self.app.conf.task_default_queue:
+            # Celery's default queue is shared with the app's other tasks, which
+            # declare it plainly: an inequivalent declaration would fail theirs.
             return name
         dlq = self.dead_letter_queue
         return Queue(

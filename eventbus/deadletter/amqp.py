@@ -1,7 +1,7 @@
 """Dead letters on RabbitMQ: browse with ``basic_get`` and give everything back.
 
-AMQP 0-9-1 has no "peek". Browsing fetches every message unacknowledged on a
-private channel and then closes it, which makes the broker requeue them all in
+AMQP 0-9-1 has no "peek". Browsing consumes every message unacknowledged on
+a private channel and then closes it, which makes the broker requeue them all in
 their original order. While one browser holds a message, no other sees it:
 that is what makes a replay exclusive. A record is acked (removed) only after
 its replay was published.
@@ -9,21 +9,32 @@ its replay was published.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Collection, Iterator
+
+from kombu.message import Message
+from kombu.messaging import Consumer
 
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import BrokerDeadLetterStore, Publish, Select, decode_record
 
 __all__ = ["AmqpDeadLetterStore"]
 
+IDLE_TIMEOUT = 1.0  #: seconds without a message after which a browse ends early
+
 
 class AmqpDeadLetterStore(BrokerDeadLetterStore):
     """Browse the queue on a throwaway channel; close it to requeue."""
 
     def _browse(
-        self, on_record: Publish | None = None, wanted: Collection[str] = ()
+        self, on_record: Select | None = None, wanted: Collection[str] = ()
     ) -> Iterator[DeadLetter]:
-        """Yield every record; ``on_record`` runs for the ``wanted`` ones, which are then acked."""
+        """Yield every record; ack the ``wanted`` ones and those ``on_record`` returns True for.
+
+        A consumer without a prefetch limit streams the queue (one
+        ``basic_get`` per record would cost a round trip each); nothing is
+        acked unless chosen, and closing the channel requeues the rest.
+        """
         with self.app.connection_for_write() as conn:
             channel = conn.channel()
             try:
@@ -33,14 +44,32 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
                 # appended meanwhile (or requeued by another browser) do not
                 # make it endless.
                 _, depth, _ = bound.queue_declare(passive=True)
-                for _ in range(depth):
-                    message = bound.get(no_ack=False, accept=["json"])
-                    if message is None:
-                        break
-                    record = decode_record(message.body, message.headers)
-                    if record.id in wanted or (on_record is not None and on_record(record)):
-                        message.ack()
-                    yield record
+                if not depth:
+                    return
+                arrived: deque[Message] = deque()
+                channel.basic_qos(0, 0, False)  # hold them all unacked while browsing
+                consumer = Consumer(
+                    channel,
+                    queues=[bound],
+                    no_ack=False,
+                    on_message=arrived.append,
+                    accept=["json"],
+                )
+                seen = 0
+                with consumer:
+                    while seen < depth:
+                        if not arrived:
+                            try:
+                                conn.drain_events(timeout=IDLE_TIMEOUT)
+                            except TimeoutError:
+                                return  # the rest is held by another browser
+                            continue
+                        message = arrived.popleft()
+                        seen += 1
+                        record = decode_record(message.body, message.headers)
+                        if record.id in wanted or (on_record is not None and on_record(record)):
+                            message.ack()
+                        yield record
             finally:
                 channel.close()  # unacked messages go back to the queue
 

@@ -60,7 +60,9 @@ def register_replay_task(bus: EventBus) -> Any:
     return bus.app.task(
         name=REPLAY_TASK,
         shared=False,
-        queue=bus.default_queue,
+        # Declared as the handler queues are (on RabbitMQ: with the DLX), or a
+        # send through this task would meet an inequivalent declaration.
+        queue=bus.handler_queue(bus.default_queue),
         acks_late=False,  # a replay that dies half-way must not run again by itself
         ignore_result=False,
     )(replay_dead_letters)

@@ -27,9 +27,9 @@ def subscribe_handler(bus: EventBus) -> None:
 
 
 if os.environ.get("EVENTBUS_CLI_TEST_BROKER"):
-    app = make_app(
-        os.environ["EVENTBUS_CLI_TEST_BROKER"], default_queue=os.environ["EVENTBUS_CLI_TEST_QUEUE"]
-    )
+    # Configured like the test's own app (tests/integration/conftest.py Env), so
+    # both declare the handler queue the same way.
+    app = make_app(os.environ["EVENTBUS_CLI_TEST_BROKER"])
     bus = EventBus(
         app,
         default_queue=os.environ["EVENTBUS_CLI_TEST_QUEUE"],

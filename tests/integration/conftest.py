@@ -58,7 +58,7 @@ class Env:
         self._stack = stack
         # Teardown runs in reverse: stop the worker, close the app, then delete queues.
         stack.callback(self._delete_broker_objects)
-        self.app = make_app(broker_url, default_queue=self.queue)
+        self.app = make_app(broker_url)
         stack.callback(self.app.close)
         self.bus = EventBus(
             self.app, default_queue=self.queue, dead_letter_queue=self.dead_letter_queue
