@@ -60,4 +60,15 @@ eventbus_dead_letter_queue = os.environ.get("EVENTBUS_DLQ", "eventbus.dlq")
 eventbus_max_retries = _env_int("EVENTBUS_MAX_RETRIES", 5)
 eventbus_retry_backoff = _env_int("EVENTBUS_RETRY_BACKOFF", 2)  # seconds, doubled per retry
 eventbus_retry_backoff_max = _env_int("EVENTBUS_RETRY_BACKOFF_MAX", 600)
+# RabbitMQ: handler queues carry a dead-letter exchange to the DLQ, so what the
+# broker itself drops (rejected, expired, over a limit) is kept too.
+eventbus_broker_dead_lettering = os.environ.get("EVENTBUS_BROKER_DLX", "1") not in (
+    "0",
+    "false",
+    "no",
+)
 eventbus_retry_jitter = os.environ.get("EVENTBUS_RETRY_JITTER", "1") not in ("0", "false", "no")
+
+# -- metrics (see eventbus.metrics): a worker serves /metrics on this port; 0 = off
+eventbus_metrics_port = _env_int("EVENTBUS_METRICS_PORT", 0)
+eventbus_metrics_addr = os.environ.get("EVENTBUS_METRICS_ADDR", "127.0.0.1")
