@@ -1,10 +1,11 @@
-"""Run every benchmark (publish, end to end, worker RSS) and print a summary table.
+"""Run the benchmarks (publish, end to end, worker RSS; DLQ on request) and print a summary.
 
 Each benchmark runs as its own subprocess (``bench/bench_*.py``, whose exact
 command is printed) and hands its figures back as JSON. ``--broker``,
 ``--events`` and ``--reps``, when given, are passed to every benchmark;
 otherwise each uses its own defaults (sized so the whole suite takes a few
-minutes on 2 cores).
+minutes on 2 cores). The DLQ benchmark (100,000 dead letters per broker, 7-8
+minutes on 2 cores) is not in the default set: run it with ``--only dlq``.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ BENCHMARKS = {
     "publish": "bench/bench_publish.py",
     "e2e": "bench/bench_e2e.py",
     "rss": "bench/bench_rss.py",
+    "dlq": "bench/bench_dlq.py",
 }
+#: What runs without --only: dlq takes 7-8 minutes, so it is opt-in (--only dlq).
+DEFAULT = ["publish", "e2e", "rss"]
 TIMEOUT = 900  # seconds per benchmark; then SIGTERM (the benchmark cleans up)
+TIMEOUTS = {"dlq": 3600}
 
 
 def run_benchmark(name: str, args: argparse.Namespace, out: Path) -> tuple[int, float]:
@@ -45,11 +50,13 @@ def run_benchmark(name: str, args: argparse.Namespace, out: Path) -> tuple[int, 
         cmd += ["--events", str(args.events)]
     if args.reps:
         cmd += ["--reps", str(args.reps)]
+    if name == "dlq" and args.records:
+        cmd += ["--records", str(args.records)]
     print(f"\n$ cd {REPO} && {shlex.join(cmd)}", flush=True)
     start = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO)
     try:
-        rc = proc.wait(TIMEOUT)
+        rc = proc.wait(TIMEOUTS.get(name, TIMEOUT))
     except BaseException:
         proc.terminate()  # the benchmark stops its workers and cleans up on SIGTERM
         try:
@@ -68,7 +75,7 @@ def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
     }
     rows = []
     for r in results:
-        if "ratio" not in r:
+        if "ratio" not in r or r["bench"] == "dlq":  # dlq has a table of its own
             continue
         key = (r["bench"], r["broker"], r["setting"])
         if r["bench"] == "rss":
@@ -104,7 +111,14 @@ def main() -> int:
     p.add_argument("--broker", choices=("redis", "rabbitmq", "both"), default="both")
     p.add_argument("--events", type=int, help="events per run for every benchmark")
     p.add_argument("--reps", type=int, help="repetitions per contender for every benchmark")
-    p.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=list(BENCHMARKS))
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=sorted(BENCHMARKS),
+        default=DEFAULT,
+        help=f"benchmarks to run (default: {' '.join(DEFAULT)}; dlq only when named)",
+    )
+    p.add_argument("--records", type=int, help="dead letters per broker for dlq (default 100000)")
     args = p.parse_args()
     install_signal_handlers()
     print(f"command: {command_line()}", flush=True)
@@ -124,27 +138,35 @@ def main() -> int:
                 results += json.loads(out.read_text())
 
     print("\n" + "=" * 100)
-    print(
-        "SUMMARY (events/s, best run; 1 event = 5 handler messages/executions; "
-        "rss: peak MiB, median)"
-    )
-    print(
-        table(
-            [
-                "bench",
-                "broker",
-                "setting",
-                "eventbus",
-                "raw",
-                "celery-pubsub",
-                "ratio",
-                "value",
-                "target",
-                "result",
-            ],
-            summary_rows(results),
+    rows = summary_rows(results)
+    if rows:
+        print(
+            "SUMMARY (events/s, best run; 1 event = 5 handler messages/executions; "
+            "rss: peak MiB, median)"
         )
-    )
+        print(
+            table(
+                [
+                    "bench",
+                    "broker",
+                    "setting",
+                    "eventbus",
+                    "raw",
+                    "celery-pubsub",
+                    "ratio",
+                    "value",
+                    "target",
+                    "result",
+                ],
+                rows,
+            )
+        )
+    dlq = [r for r in results if r.get("bench") == "dlq"]
+    if dlq:
+        from bench.bench_dlq import dlq_table
+
+        print(f"\nDLQ ({dlq[0]['records']:,} dead letters per broker; list/stats: time / peak RSS)")
+        print(dlq_table(dlq))
     print(f"\ntook {time.monotonic() - start:.0f}s ({', '.join(timings)})")
     if failed:
         print(f"FAILED: {', '.join(failed)}")
