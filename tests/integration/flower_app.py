@@ -18,9 +18,9 @@ import os
 import threading
 
 import redis
-from celery import Celery
 
 from eventbus import Envelope, Event, EventBus, PermanentHandlerError
+from tests.support import make_app
 
 BROKER_URL = os.environ.get("EVENTBUS_FLOWER_TEST_BROKER_URL", "redis://127.0.0.1:6379/10")
 QUEUE = os.environ.get("EVENTBUS_FLOWER_TEST_QUEUE", "it.flower")
@@ -32,29 +32,13 @@ HANDLED_KEY = f"{QUEUE}:handled"  #: successful ledger runs
 LEDGER_HANDLER = "it.flower.post_to_ledger"
 RECEIPT_HANDLER = "it.flower.send_receipt"
 
-app = Celery("eventbus-flower-test", broker=BROKER_URL, set_as_current=False)
-app.conf.update(
-    task_serializer="json",
-    result_serializer="json",
-    event_serializer="json",
-    accept_content=["json"],
-    result_accept_content=["json"],
-    task_default_queue=QUEUE,
-    task_ignore_result=True,
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    # What Flower needs: the worker's task events and the senders' task-sent events.
+app = make_app(
+    BROKER_URL,
+    default_queue=QUEUE,
+    # What Flower needs: the worker's task events and the senders' task-sent events,
+    # and remote control for its worker pages.
     worker_send_task_events=True,
-    task_send_sent_event=True,
-    worker_prefetch_multiplier=4,
-    broker_connection_retry_on_startup=True,
-    broker_connection_timeout=3,
-    task_publish_retry_policy={
-        "max_retries": 2,
-        "interval_start": 0,
-        "interval_step": 0.2,
-        "interval_max": 0.5,
-    },
+    worker_enable_remote_control=True,
 )
 bus = EventBus(app, default_queue=QUEUE, dead_letter_queue=DEAD_LETTER_QUEUE)
 
