@@ -4,8 +4,8 @@
   Celery's ``task_failure`` signal fires for exhausted retries, permanent
   errors, hard time limits, and lost workers whose message is not re-queued.
 * A message on a handler queue that never becomes a task run (not JSON, a
-  pickle, not a task message, an unknown task) is dead-lettered and acked
-  by a consumer step, instead of Celery's log-and-drop.
+  pickle, which is never unpickled, not a task message, an unknown task) is
+  dead-lettered and acked by a consumer step, instead of Celery's log-and-drop.
 * At start: the worker also consumes the handler queues when started without
   ``-Q``, never consumes the dead-letter queue, declares it, and (RabbitMQ)
   uses the handler queues' dead-letter-exchange declaration.
