@@ -141,7 +141,7 @@ class WorkerHooks:
             logger.warning("could not declare the dead-letter queue yet", exc_info=True)
         # Metrics are opt-in: with no port set, eventbus.metrics is never imported.
         if app.conf.get("eventbus_metrics_port"):
-            from eventbus.metrics import start_worker_metrics
+            from eventbus.metrics_worker import start_worker_metrics
 
             start_worker_metrics(bus)
 

@@ -25,12 +25,8 @@ from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventbus import Envelope, EventBus, InMemoryEventBus
-from eventbus.metrics import (
-    DeadLetterCollector,
-    HandlerMetrics,
-    register,
-    start_worker_metrics,
-)
+from eventbus.metrics import DeadLetterCollector, HandlerMetrics, register
+from eventbus.metrics_worker import start_worker_metrics
 from tests.contract.events import ItemAdded, ItemRemoved
 from tests.support import make_app, unique
 
