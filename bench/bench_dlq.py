@@ -73,7 +73,6 @@ from bench.common import (
     verdict,
     write_json,
 )
-from eventbus.deadletter.store import DEAD_LETTER_TASK
 
 #: Redis in a dedicated db of its own (the run deletes every key it created there).
 DLQ_BROKER_URLS = {
@@ -239,7 +238,7 @@ class DlqBench:
         """Write n records as ``eventbus.dead_letter`` task messages; return records/s."""
         app = self.app
         queue = self.store.queue
-        create = app.amqp.create_task_message
+        store = self.store
         base = dlq_app.base_time()
         gc.collect()
         start = time.perf_counter()
@@ -255,17 +254,7 @@ class DlqBench:
                 with batch:
                     for i in range(first, min(first + FILL_CHUNK, n)):
                         record = dlq_app.make_record(i, self.handler_queue, base)
-                        headers, properties, body, _sent_event = create(
-                            record.id,
-                            DEAD_LETTER_TASK,
-                            (record.model_dump(mode="json"),),
-                            {},
-                            argsrepr=record.monitor_summary(),
-                            kwargsrepr="{}",
-                            create_sent_event=True,
-                            root_id=record.task_id,
-                            origin=record.worker,
-                        )
+                        headers, properties, body, _sent_event = store.task_message(record)
                         headers["eventbus-dead-letter"] = record.id
                         # What send_task_message does for a direct queue: the
                         # default exchange, the queue's name as routing key.

@@ -14,6 +14,7 @@
     └── DeadLetterError             a dead-letter operation failed
         ├── DeadLetterNotFound      no record with that id
         └── ReplayError             a record could not be replayed
+            └── ReplayConflict      another replay holds the record
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ __all__ = [
     "EventValidationError",
     "PermanentHandlerError",
     "PublishError",
+    "ReplayConflict",
     "ReplayError",
     "SubscriptionError",
     "UnknownEventType",
@@ -120,3 +122,7 @@ class DeadLetterNotFound(DeadLetterError, LookupError):
 
 class ReplayError(DeadLetterError):
     """A dead letter could not be replayed; the record is kept."""
+
+
+class ReplayConflict(ReplayError):
+    """Another replay holds this record right now; that replay publishes it."""

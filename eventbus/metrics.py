@@ -66,7 +66,6 @@ DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 OUTCOMES = ("success", "retry", "dead_lettered")  #: values of the ``outcome`` label
 
 
-
 # -- read at scrape time ---------------------------------------------------
 
 

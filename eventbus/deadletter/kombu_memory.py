@@ -13,8 +13,7 @@ from typing import Any
 from kombu.transport.memory import Channel as MemoryChannel
 
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.redis import unwrap
-from eventbus.deadletter.store import BrokerDeadLetterStore, decode_record
+from eventbus.deadletter.store import BrokerDeadLetterStore, decode_record, unwrap
 
 __all__ = ["KombuMemoryDeadLetterStore"]
 

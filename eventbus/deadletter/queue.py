@@ -12,7 +12,7 @@ from typing import Any
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import DeadLetterStore
 from eventbus.envelope import Envelope
-from eventbus.errors import DeadLetterError, DeadLetterNotFound, ReplayError
+from eventbus.errors import DeadLetterError, DeadLetterNotFound, ReplayConflict, ReplayError
 
 __all__ = ["DeadLetterQueue", "Selection"]
 
@@ -153,7 +153,7 @@ class DeadLetterQueue:
             limit=1,
         )
         if not done:
-            raise ReplayError(f"dead letter {record.id} is being replayed by someone else")
+            raise ReplayConflict(f"dead letter {record.id} is being replayed by someone else")
         return sent[0]
 
     def replay_all(
@@ -165,22 +165,19 @@ class DeadLetterQueue:
     ) -> int:
         """Replay every matching record; returns how many were replayed.
 
-        Records that cannot be replayed (undecodable, handler gone) are kept
-        and reported in the :class:`ReplayError` raised at the end.
+        Records that cannot be replayed (undecodable, handler gone, a failed
+        publish) are kept, the others still go, and the kept ones are reported
+        in the :class:`ReplayError` raised at the end.
         """
-        selection = Selection(handler, event_type, exception_type)
         kept: list[str] = []
 
-        def select(record: DeadLetter) -> bool:
-            if not selection.matches(record):
-                return False
-            if not record.replayable:
-                kept.append(f"{record.id}: {_not_replayable(record)}")
-                return False
-            return True
+        def report(record: DeadLetter, outcome: Envelope[Any] | ReplayError) -> None:
+            # A record another replay holds is that replay's to publish, not kept.
+            if isinstance(outcome, ReplayError) and not isinstance(outcome, ReplayConflict):
+                kept.append(f"{record.id}: {outcome}")
 
-        # One streaming pass over the store: memory stays flat however many match.
-        total = len(self.store.redeliver(select, lambda r: self._redeliver(r, None)))
+        selection = Selection(handler, event_type, exception_type)
+        total = self.replay_each(selection.matches, report)
         if kept:
             raise ReplayError(
                 f"replayed {total}; {len(kept)} record(s) kept, not replayable: "
@@ -197,6 +194,7 @@ class DeadLetterQueue:
         event type unknown here, a failed publish, held by a concurrent
         replay) does not stop the others; each failed publish costs one more
         pass over the queue, as a store's pass ends at a failing publish.
+        One streaming pass otherwise: memory stays flat however many match.
         """
         kept: set[str] = set()
         waiting: dict[str, DeadLetter] = {}  # selected in this pass, not yet published
@@ -235,7 +233,7 @@ class DeadLetterQueue:
             break
         for record in waiting.values():  # selected, then skipped: a concurrent replay holds it
             report(
-                record, ReplayError(f"dead letter {record.id} is being replayed by someone else")
+                record, ReplayConflict(f"dead letter {record.id} is being replayed by someone else")
             )
         return len(sent)
 

@@ -9,13 +9,10 @@ TTL), so two operators replaying the same record publish it once.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Collection, Generator, Iterator
-from typing import Any
 
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import BrokerDeadLetterStore, Publish, Select, decode_record
+from eventbus.deadletter.store import BrokerDeadLetterStore, Publish, Select, decode_record, unwrap
 
 __all__ = ["RedisDeadLetterStore"]
 
@@ -144,16 +141,3 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
 
     def _claim_key(self, record_id: str) -> str:
         return f"eventbus.dlq-claim:{self.queue_name}:{record_id}"
-
-
-def unwrap(raw: bytes | dict[str, Any]) -> tuple[bytes | str | Any, dict[str, Any] | None]:
-    """Body and headers of one kombu virtual-transport message (Redis, memory)."""
-    try:
-        message = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
-        body = message["body"]
-        if message.get("properties", {}).get("body_encoding") == "base64":
-            body = base64.b64decode(body)
-        headers = message.get("headers")
-        return body, headers if isinstance(headers, dict) else None
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return raw, None

@@ -8,6 +8,7 @@ them on the Celery broker as durable JSON task messages in one queue
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ __all__ = [
     "DeadLetterStore",
     "decode_record",
     "store_for_app",
+    "unwrap",
 ]
 
 DEFAULT_DEAD_LETTER_QUEUE = "eventbus.dlq"  #: the dead-letter queue's default name
@@ -151,9 +153,9 @@ class BrokerDeadLetterStore(DeadLetterStore):
             queue_name, self.exchange, routing_key=queue_name, durable=True, auto_delete=False
         )
 
-    def append(self, record: DeadLetter) -> None:
-        app = self.app
-        message = app.amqp.create_task_message(
+    def task_message(self, record: DeadLetter) -> Any:
+        """The ``eventbus.dead_letter`` task message of a record (Celery's protocol 2)."""
+        return self.app.amqp.create_task_message(
             record.id,
             DEAD_LETTER_TASK,
             (record.model_dump(mode="json"),),
@@ -164,6 +166,10 @@ class BrokerDeadLetterStore(DeadLetterStore):
             root_id=record.task_id,
             origin=record.worker,
         )
+
+    def append(self, record: DeadLetter) -> None:
+        app = self.app
+        message = self.task_message(record)
         try:
             with app.producer_or_acquire() as producer:
                 app.amqp.send_task_message(
@@ -297,3 +303,16 @@ def store_for_app(app: Celery, queue_name: str = DEFAULT_DEAD_LETTER_QUEUE) -> D
     raise DeadLetterError(
         f"the dead-letter queue supports the redis, amqp and memory transports, not {driver!r}"
     )
+
+
+def unwrap(raw: bytes | dict[str, Any]) -> tuple[bytes | str | Any, dict[str, Any] | None]:
+    """Body and headers of one kombu virtual-transport message (Redis, memory)."""
+    try:
+        message = json.loads(raw) if isinstance(raw, (bytes, str)) else raw
+        body = message["body"]
+        if message.get("properties", {}).get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        headers = message.get("headers")
+        return body, headers if isinstance(headers, dict) else None
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return raw, None
