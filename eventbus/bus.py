@@ -7,23 +7,38 @@ envelope to some subscriptions) and provides a dead-letter store.
 
 from __future__ import annotations
 
+import json
 import threading
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from eventbus.deadletter.queue import DeadLetterQueue
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import DeadLetterStore
+from eventbus.delivery import Guard
 from eventbus.envelope import Envelope, wrap
-from eventbus.errors import EventBusError, ReplayError, SubscriptionError
+from eventbus.errors import EventBusError, PayloadTooLarge, ReplayError, SubscriptionError
 from eventbus.events import Event, EventRegistry, EventTypeRef, registry, resolve_event_type
 from eventbus.options import HandlerOptions
+from eventbus.ordering import DEFAULT_GAP_TIMEOUT
+
+if TYPE_CHECKING:
+    from eventbus.state import State
 
 __all__ = ["BaseEventBus", "Handler", "Subscription"]
+
+#: Default of ``eventbus_claim_lease``: seconds an idempotency claim or an ordered
+#: aggregate's turn is held by a delivery that never reports back (its worker
+#: died and its message is not redelivered). With a hard time limit the lease
+#: is that limit plus 30 s.
+DEFAULT_CLAIM_LEASE = 300.0
+
+#: Default of ``eventbus_max_payload_bytes``: the largest envelope (JSON bytes) sent or run.
+DEFAULT_MAX_PAYLOAD_BYTES = 256 * 1024
 
 #: A handler is a callable taking the envelope, or an object with ``handle(envelope)``.
 Handler = Callable[[Envelope[Any]], object]
@@ -40,6 +55,7 @@ class Subscription:
     options: HandlerOptions
     event_types: set[str] = field(default_factory=set)
     task: Any = None  # the Celery task, on the Celery bus
+    guard: Guard | None = None  # runs the handler under its idempotency and ordering
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -60,6 +76,7 @@ class BaseEventBus(ABC):
         self.event_registry = event_registry or registry
         self._subscriptions: dict[str, Subscription] = {}
         self._by_type: dict[str, tuple[Subscription, ...]] = {}
+        self._ordered_types: set[str] = set()  # types with an ordered handler: sequenced
         self._lock = threading.RLock()
         #: Events published per type, including those that had no subscriber.
         self.published: Counter[str] = Counter()
@@ -125,6 +142,7 @@ class BaseEventBus(ABC):
             sub = self._subscriptions.get(sub_name)
             if sub is None:
                 sub = Subscription(name=sub_name, handler=target, call=call, options=options)
+                sub.guard = self._guard_for(sub)
                 self._attach(sub)
                 self._subscriptions[sub_name] = sub
             elif sub.handler is not target:
@@ -141,7 +159,44 @@ class BaseEventBus(ABC):
                 if cls.event_type not in sub.event_types:
                     sub.event_types.add(cls.event_type)
                     self._by_type[cls.event_type] = (*self._by_type.get(cls.event_type, ()), sub)
+                    if options.ordered:
+                        self._ordered_types.add(cls.event_type)
         return sub
+
+    def _guard_for(self, sub: Subscription) -> Guard:
+        options = sub.options
+        lease = (
+            options.time_limit + 30.0
+            if options.time_limit
+            else float(self._setting("claim_lease", DEFAULT_CLAIM_LEASE))
+        )
+        return Guard(
+            handler=sub.name,
+            call=sub.call,
+            idempotent=options.idempotent,
+            ordered=options.ordered,
+            state=lambda: self.state,
+            gap_timeout=float(self._setting("ordering_gap_timeout", DEFAULT_GAP_TIMEOUT)),
+            lease=lease,
+            can_wait=self._deliveries_can_wait,
+        )
+
+    #: Whether a delivery can wait for its turn (False: handlers run inside publish).
+    _deliveries_can_wait = True
+
+    def _setting(self, name: str, default: Any) -> Any:
+        """The value of the ``eventbus_<name>`` setting (the Celery bus reads its app's)."""
+        return default
+
+    @property
+    @abstractmethod
+    def state(self) -> State:
+        """Where idempotency claims and sequence positions live (:mod:`eventbus.state`)."""
+
+    @property
+    def assign_sequences(self) -> bool:
+        """Sequence every aggregate's events at publish, ordered handler or not."""
+        return bool(self._setting("assign_sequences", False))
 
     def _resolve_options(self, given: Mapping[str, Any]) -> HandlerOptions:
         return HandlerOptions.resolve(given, {})
@@ -167,7 +222,10 @@ class BaseEventBus(ABC):
         ``event`` is an :class:`Event` (wrapped in a new envelope with the
         keyword fields) or an envelope from :func:`~eventbus.create_event`.
         Data is validated before anything is sent. With no subscriber nothing
-        is sent, but the event is counted in :attr:`published`.
+        is sent, but the event is counted in :attr:`published`. An event with
+        an ``aggregate_id`` and no ``sequence`` gets the aggregate's next
+        sequence number when a handler of its type is ordered (or
+        ``eventbus_assign_sequences`` is on); the returned envelope carries it.
         """
         if isinstance(event, Envelope):
             if any(
@@ -198,6 +256,15 @@ class BaseEventBus(ABC):
                 "use create_event(type_name, data) for a dict"
             )
         subscriptions = self._by_type.get(envelope.event_type, ())
+        if (
+            envelope.sequence is None
+            and envelope.aggregate_id is not None
+            and (envelope.event_type in self._ordered_types or self.assign_sequences)
+        ):
+            sequence = self.state.sequencer.next_sequence(
+                envelope.aggregate_type, envelope.aggregate_id
+            )
+            envelope = envelope.model_copy(update={"sequence": sequence})
         if subscriptions:
             self._dispatch(envelope, subscriptions)
         self.published[envelope.event_type] += 1
@@ -206,6 +273,23 @@ class BaseEventBus(ABC):
     @abstractmethod
     def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
         """Deliver one envelope to these subscriptions (one message each)."""
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest envelope, in JSON bytes, that is published or run (0: no limit)."""
+        return DEFAULT_MAX_PAYLOAD_BYTES
+
+    def _wire(self, envelope: Envelope[Any]) -> dict[str, Any]:
+        """The envelope's wire dict, refused with :class:`PayloadTooLarge` over the limit."""
+        wire = envelope.to_wire()
+        limit = self.max_payload_bytes
+        if limit:
+            # Brokers and workers hold whole messages in memory; a large
+            # payload belongs in storage, the event carries its reference.
+            size = len(json.dumps(wire, separators=(",", ":"), default=str).encode())
+            if size > limit:
+                raise PayloadTooLarge(envelope.event_type, size, limit)
+        return wire
 
     # -- introspection -----------------------------------------------------
 

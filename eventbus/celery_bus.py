@@ -15,12 +15,14 @@ import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from celery.exceptions import Retry
 from celery.utils.saferepr import saferepr
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 
-from eventbus.bus import BaseEventBus, Subscription
+from eventbus.bus import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore, store_for_app
+from eventbus.delivery import Deferral
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     EnvelopeDecodeError,
@@ -33,7 +35,9 @@ from eventbus.options import HandlerOptions
 if TYPE_CHECKING:
     from celery import Celery
 
-__all__ = ["EventBus", "bus_for_app"]
+    from eventbus.state import State
+
+__all__ = ["Deferred", "EventBus", "bus_for_app"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +78,7 @@ class EventBus(BaseEventBus):
         self._store: DeadLetterStore | None = None
         self._publish_errors: tuple[type[BaseException], ...] | None = None
         self._broker_dead_lettering: bool | None = None
+        self._state: State | None = None
         from eventbus.worker import WorkerHooks
 
         self._worker_hooks = WorkerHooks(self)
@@ -99,6 +104,26 @@ class EventBus(BaseEventBus):
             or self.app.conf.get("eventbus_dead_letter_queue")
             or DEFAULT_DEAD_LETTER_QUEUE
         )
+
+    def _setting(self, name: str, default: Any) -> Any:
+        value = self.app.conf.get(f"eventbus_{name}")
+        return default if value is None else value
+
+    @property
+    def state(self) -> State:
+        """Idempotency claims, sequence counters, positions: Redis (:mod:`eventbus.state`)."""
+        if self._state is None:
+            from eventbus.state import state_from_config
+
+            self._state = state_from_config(
+                self.app.conf, purpose="idempotent and ordered handlers, and sequence numbers,"
+            )
+        return self._state
+
+    @property
+    def max_payload_bytes(self) -> int:
+        configured = self.app.conf.get("eventbus_max_payload_bytes")
+        return DEFAULT_MAX_PAYLOAD_BYTES if configured is None else int(configured)
 
     @property
     def queues(self) -> list[str]:
@@ -163,13 +188,34 @@ class EventBus(BaseEventBus):
 
     def _attach(self, subscription: Subscription) -> None:
         options = subscription.options
-        call = subscription.call
+        guard = subscription.guard
+        assert guard is not None
         event_registry = self.event_registry
+        permanent, retry_on = options.permanent_errors, options.retry_on
 
-        def run(task: Any, envelope: object = None, *args: object, **kwargs: object) -> None:
+        def run(task: Any, envelope: object = None, *args: object, **kwargs: object) -> str | None:
             if args or kwargs:
                 raise EnvelopeDecodeError("a handler task takes exactly one envelope argument")
-            call(Envelope.from_wire(envelope, event_registry))
+            request = task.request
+            retries = request.retries or 0
+
+            def will_retry(exc: BaseException) -> bool:
+                # What Celery's autoretry will do with this exception.
+                return (
+                    isinstance(exc, retry_on)
+                    and not isinstance(exc, permanent)
+                    and retries < task.max_retries
+                )
+
+            try:
+                return guard(
+                    Envelope.from_wire(envelope, event_registry),
+                    owner=str(request.id),
+                    attempt=retries + 1,
+                    will_retry=will_retry,
+                )
+            except Deferral as deferral:
+                raise defer(task, deferral) from None
 
         module, _, short = subscription.name.rpartition(".")
         run.__name__ = run.__qualname__ = short
@@ -204,8 +250,7 @@ class EventBus(BaseEventBus):
     # -- publishing --------------------------------------------------------
 
     def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
-        payload = envelope.to_wire()
-        args = (payload,)
+        args = (self._wire(envelope),)
         # Celery formats each message's arguments for Flower and the logs;
         # the K messages of one event carry the same envelope: format it once.
         argsrepr = saferepr(
@@ -269,3 +314,19 @@ class EventBus(BaseEventBus):
 
     def has_handler(self, name: object) -> bool:
         return isinstance(name, str) and name in self._subscriptions
+
+
+class Deferred(Retry):  # type: ignore[misc]
+    """A delivery sent back to its queue to run later; it spends none of its retries.
+
+    Celery shows it as a retry (state RETRY in Flower, with the reason);
+    metrics count it as ``deferred``.
+    """
+
+
+def defer(task: Any, deferral: Deferral) -> Deferred:
+    """Send the running message again with a countdown, keeping its retry count."""
+    request = task.request
+    signature = task.signature_from_request(request, countdown=deferral.countdown)
+    signature.apply_async()
+    return Deferred(deferral.reason, when=deferral.countdown, sig=signature)

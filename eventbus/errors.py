@@ -6,11 +6,16 @@
     ├── EventError                  an event type or event data is wrong
     │   ├── EventValidationError    payload failed its pydantic schema (at publish)
     │   ├── UnknownEventType        no event class is registered under that name
-    │   └── DuplicateEventType      two classes claim the same type name
+    │   ├── DuplicateEventType      two classes claim the same type name
+    │   └── PayloadTooLarge         the envelope is over eventbus_max_payload_bytes
+    ├── ConfigurationError          a setting is missing or wrong
     ├── SubscriptionError           a handler cannot be subscribed
     ├── PublishError                the broker did not take the message(s)
     ├── EnvelopeDecodeError         a message body is not a valid envelope (worker side)
     ├── PermanentHandlerError       raise it from a handler: no retry, straight to the DLQ
+    │   └── OrderingError           an ordered handler cannot take this event in order
+    │       ├── SequenceGap         an earlier event of the aggregate never came
+    │       └── LateEvent           it came after later events were handled
     └── DeadLetterError             a dead-letter operation failed
         ├── DeadLetterNotFound      no record with that id
         └── ReplayError             a record could not be replayed
@@ -20,6 +25,7 @@
 from __future__ import annotations
 
 __all__ = [
+    "ConfigurationError",
     "DeadLetterError",
     "DeadLetterNotFound",
     "DuplicateEventType",
@@ -27,10 +33,14 @@ __all__ = [
     "EventBusError",
     "EventError",
     "EventValidationError",
+    "LateEvent",
+    "OrderingError",
+    "PayloadTooLarge",
     "PermanentHandlerError",
     "PublishError",
     "ReplayConflict",
     "ReplayError",
+    "SequenceGap",
     "SubscriptionError",
     "UnknownEventType",
 ]
@@ -78,6 +88,27 @@ class DuplicateEventType(EventError):
     """Two different event classes declare the same type name and version."""
 
 
+class PayloadTooLarge(EventError, ValueError):
+    """An envelope is larger on the wire than ``eventbus_max_payload_bytes``.
+
+    Raised by ``publish`` before anything is sent; a worker dead-letters such
+    a message instead of running its handler.
+    """
+
+    def __init__(self, event_type: str, size: int, limit: int) -> None:
+        self.event_type = event_type
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"event {event_type!r} is {size} bytes on the wire, over the limit of {limit} "
+            "(eventbus_max_payload_bytes): send a reference to the data instead"
+        )
+
+
+class ConfigurationError(EventBusError):
+    """A setting eventbus needs is missing or has a wrong value."""
+
+
 class SubscriptionError(EventBusError):
     """A handler cannot be subscribed: not callable, name clash, bad option."""
 
@@ -106,6 +137,22 @@ class PermanentHandlerError(EventBusError):
 
     The failure skips the remaining retries and is dead-lettered at once.
     """
+
+
+class OrderingError(PermanentHandlerError):
+    """An ordered handler cannot take this event in its aggregate's order.
+
+    Dead-lettered at once: replay it (after its predecessors) when the gap is
+    resolved.
+    """
+
+
+class SequenceGap(OrderingError):
+    """An earlier event of the aggregate did not arrive within the gap timeout."""
+
+
+class LateEvent(OrderingError):
+    """The event arrived after the handler had moved past its sequence number."""
 
 
 class DeadLetterError(EventBusError):

@@ -4,8 +4,9 @@ Every name starts with ``eventbus_``:
 
 - ``eventbus_events_published_total{event_type}``
 - ``eventbus_handler_executions_total{handler,outcome}``; ``outcome`` is
-  ``success``, ``retry`` or ``dead_lettered`` (a terminal failure: exactly one
-  dead letter each)
+  ``success``, ``retry``, ``dead_lettered`` (a terminal failure: exactly one
+  dead letter each), ``duplicate`` (skipped: already handled) or ``deferred``
+  (sent back to wait for its turn or for another delivery's claim)
 - ``eventbus_handler_duration_seconds{handler}``: a histogram, one observation
   per attempt
 - ``eventbus_dead_letters{queue}``: the dead-letter queue's depth, read when scraped
@@ -46,7 +47,8 @@ except ImportError as e:
 from celery import signals
 
 from eventbus.bus import BaseEventBus
-from eventbus.celery_bus import EventBus
+from eventbus.celery_bus import Deferred, EventBus
+from eventbus.delivery import DUPLICATE
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_CACHE_SECONDS",
@@ -63,7 +65,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_DEAD_LETTER_CACHE_SECONDS = 5.0  #: a DLQ depth read is reused this long across scrapes
 #: Histogram buckets of handler run time, seconds: handlers may run for minutes.
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
-OUTCOMES = ("success", "retry", "dead_lettered")  #: values of the ``outcome`` label
+#: Values of the ``outcome`` label: ``duplicate`` is a delivery an idempotent or
+#: ordered handler skipped (already handled), ``deferred`` one sent back to wait
+#: for its turn (ordering) or for another delivery's claim (idempotency).
+OUTCOMES = ("success", "retry", "dead_lettered", "duplicate", "deferred")
 
 
 # -- read at scrape time ---------------------------------------------------
@@ -197,7 +202,8 @@ class HandlerMetrics:
         self.bus = bus
         self.executions = Counter(
             "eventbus_handler_executions",
-            "Handler runs, by handler and outcome (success, retry, dead_lettered).",
+            "Handler runs, by handler and outcome "
+            "(success, retry, dead_lettered, duplicate, deferred).",
             ["handler", "outcome"],
             registry=registry,
         )
@@ -246,11 +252,11 @@ class HandlerMetrics:
         self.duration.labels(sender.name).observe(time.perf_counter() - started)
         self._count_published()
 
-    def _on_success(self, sender: Any = None, **_: Any) -> None:
-        self._count(sender, "success")
+    def _on_success(self, sender: Any = None, result: object = None, **_: Any) -> None:
+        self._count(sender, "duplicate" if result == DUPLICATE else "success")
 
-    def _on_retry(self, sender: Any = None, **_: Any) -> None:
-        self._count(sender, "retry")
+    def _on_retry(self, sender: Any = None, reason: object = None, **_: Any) -> None:
+        self._count(sender, "deferred" if isinstance(reason, Deferred) else "retry")
 
     def _on_failure(self, sender: Any = None, **_: Any) -> None:
         self._count(sender, "dead_lettered")

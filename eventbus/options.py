@@ -30,7 +30,7 @@ DEFAULT_RETRY_JITTER = True  #: full jitter: a wait is drawn from [0, backoff * 
 #: Never retried, whatever ``retry_on`` says: retrying cannot fix them.
 ALWAYS_PERMANENT: tuple[type[BaseException], ...] = (PermanentHandlerError, EnvelopeDecodeError)
 
-_CONFIGURABLE = ("max_retries", "retry_backoff", "retry_backoff_max", "retry_jitter")
+_CONFIGURABLE = ("max_retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "idempotent")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class HandlerOptions:
     the ones that go straight to the dead-letter queue (it wins over
     ``retry_on``; :class:`~eventbus.errors.PermanentHandlerError` is always
     in it). ``retry_backoff`` is whole seconds, as Celery's autoretry uses it.
+    ``idempotent``: a (handler, event_id) that completed is not run again
+    (:mod:`eventbus.idempotency`); ``ordered``: each aggregate's events run
+    one at a time in sequence order (:mod:`eventbus.ordering`).
     """
 
     queue: str | None = None
@@ -53,6 +56,8 @@ class HandlerOptions:
     time_limit: float | None = None
     soft_time_limit: float | None = None
     rate_limit: str | None = None
+    idempotent: bool = False
+    ordered: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -90,8 +95,9 @@ class HandlerOptions:
             raise bad(f"retry_backoff must be whole seconds >= 0, got {self.retry_backoff!r}")
         if not _is_int(self.retry_backoff_max) or self.retry_backoff_max < 1:
             raise bad(f"retry_backoff_max must be an int >= 1, got {self.retry_backoff_max!r}")
-        if not isinstance(self.retry_jitter, bool):
-            raise bad(f"retry_jitter must be a bool, got {self.retry_jitter!r}")
+        for name in ("retry_jitter", "idempotent", "ordered"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(f"{name} must be a bool, got {getattr(self, name)!r}")
         for name in ("time_limit", "soft_time_limit"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, (int, float)) or value <= 0):
@@ -121,6 +127,8 @@ class HandlerOptions:
             "time_limit": self.time_limit,
             "soft_time_limit": self.soft_time_limit,
             "rate_limit": self.rate_limit,
+            "idempotent": self.idempotent,
+            "ordered": self.ordered,
         }
 
 

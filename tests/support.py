@@ -29,6 +29,8 @@ BROKER_URLS = {
     "redis": os.environ.get("EVENTBUS_TEST_REDIS_URL", "redis://127.0.0.1:6379/9"),
     "rabbitmq": os.environ.get("EVENTBUS_TEST_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672//"),
 }
+#: Where idempotency claims and sequence positions live in tests (any broker).
+STATE_REDIS_URL = os.environ.get("EVENTBUS_TEST_STATE_URL", "redis://127.0.0.1:6379/9")
 DEFAULT_TIMEOUT = 20.0  #: seconds a test waits for a worker before failing
 
 _reachability: dict[str, str | None] = {}
@@ -101,6 +103,9 @@ def make_app(broker_url: str, *, default_queue: str | None = None, **overrides: 
     """A Celery app of its own for one test: JSON only, a small publish retry policy."""
     app = Celery(unique("eventbus-test"), broker=broker_url, set_as_current=False)
     app.conf.update(
+        # Idempotency and ordering state: its own key prefix, removed by delete_state().
+        eventbus_redis_url=STATE_REDIS_URL,
+        eventbus_redis_prefix=f"{app.main}:",
         task_serializer="json",
         result_serializer="json",
         event_serializer="json",
@@ -128,6 +133,24 @@ def make_app(broker_url: str, *, default_queue: str | None = None, **overrides: 
         app.conf.task_default_queue = default_queue
     app.conf.update(overrides)
     return app
+
+
+def delete_state(app: Celery) -> None:
+    """Remove the idempotency and ordering keys of an app made by :func:`make_app`."""
+    import redis
+
+    prefix = app.conf.get("eventbus_redis_prefix")
+    if not prefix:
+        return
+    client = redis.Redis.from_url(app.conf.eventbus_redis_url, socket_connect_timeout=3)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    except redis.ConnectionError:
+        pass  # no Redis, so nothing was written
+    finally:
+        client.close()
 
 
 def delete_queues(app: Celery, *names: str) -> None:

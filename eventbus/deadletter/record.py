@@ -20,6 +20,9 @@ DeadLetterReason = Literal[
     "worker_lost",  # the worker died and the message was not re-queued
     "rejected",  # the worker rejected the message (invalid task message)
     "broker",  # the broker dead-lettered it (RabbitMQ: rejected, expired, delivery limit)
+    "oversized",  # the message is larger than eventbus_max_payload_bytes
+    "sequence_gap",  # ordered handler: an earlier event of the aggregate never came
+    "late_event",  # ordered handler: it came after later events were handled
 ]
 
 MAX_RAW_BODY = 64 * 1024  #: bytes of an undecodable body kept in its record

@@ -7,66 +7,17 @@ the user sees the same outcome whatever the bus.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import pytest
 
 from eventbus import (
-    BaseEventBus,
-    EventBus,
     EventValidationError,
-    InMemoryEventBus,
     PermanentHandlerError,
     create_event,
 )
 from tests.contract.events import ItemAdded, ItemRemoved
-from tests.support import delete_queues, make_app, require_broker, running_worker, unique, wait_for
-
-
-class Harness:
-    """A bus plus the means to run its handlers and wait for them."""
-
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-        self.calls: list[tuple[str, str]] = []
-        self.lock = threading.Lock()
-        if kind == "memory":
-            self.bus: BaseEventBus = InMemoryEventBus()
-            self.app = None
-        else:
-            url = require_broker(kind)
-            self.queue, self.dlq = unique("contract"), unique("contract-dlq")
-            self.app = make_app(url)
-            self.bus = EventBus(self.app, default_queue=self.queue, dead_letter_queue=self.dlq)
-
-    def record(self, handler: str, envelope: Any) -> None:
-        with self.lock:
-            self.calls.append((handler, str(envelope.event_id)))
-
-    def count(self, handler: str) -> int:
-        with self.lock:
-            return sum(1 for name, _ in self.calls if name == handler)
-
-    def worker(self) -> AbstractContextManager[None]:
-        if self.app is None:
-            return nullcontext()
-        return running_worker(self.app, [self.queue])
-
-    def wait(self, predicate: Any, what: str) -> None:
-        wait_for(predicate, timeout=30, message=what)
-
-    def close(self) -> None:
-        if self.app is not None:
-            delete_queues(self.app, self.queue, self.dlq)
-
-
-@pytest.fixture(params=["memory", "redis", "rabbitmq"])
-def harness(request: pytest.FixtureRequest) -> Iterator[Harness]:
-    h = Harness(request.param)
-    yield h
-    h.close()
+from tests.contract.harness import Harness
 
 
 def test_each_subscribed_handler_receives_the_event_once(harness: Harness) -> None:

@@ -20,7 +20,7 @@ import pytest
 from kombu import Connection, Exchange, Queue
 
 from eventbus import EventBus
-from tests.support import delete_queues, make_app, require_broker, running_worker
+from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
 
 #: Brokers that refuse connections at once: nothing listens on port 1.
 CLOSED_BROKER_URLS = {
@@ -130,6 +130,7 @@ class Env:
 
     def _delete_broker_objects(self) -> None:
         delete_queues(self.app, self.queue, self.dead_letter_queue, *self.extra_queues)
+        delete_state(self.app)
 
 
 @pytest.fixture

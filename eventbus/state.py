@@ -1,0 +1,137 @@
+"""Where eventbus keeps its coordination state: idempotency keys and sequence counters.
+
+Idempotent and ordered handlers, and the per-aggregate sequence numbers given
+at publish, need one store that every publisher and worker shares, with atomic
+updates: Redis. It is found, in this order, from
+
+1. ``eventbus_redis_url`` (e.g. ``redis://redis:6379/1``),
+2. the broker URL, when the broker is Redis,
+3. the result backend, when it is Redis.
+
+On the ``memory://`` broker (the embedded demo: one process) the state lives
+in memory. With RabbitMQ and no Redis configured, subscribing works but the
+first use raises :class:`~eventbus.errors.ConfigurationError`.
+
+Keys start with ``eventbus_redis_prefix`` (default ``eventbus:``).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from eventbus.errors import ConfigurationError
+
+if TYPE_CHECKING:
+    import redis
+
+    from eventbus.idempotency import IdempotencyStore
+    from eventbus.ordering import Resequencer, Sequencer
+
+__all__ = ["DEFAULT_PREFIX", "State", "redact_url", "redis_url_from_config", "state_from_config"]
+
+DEFAULT_PREFIX = "eventbus:"
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class State:
+    """The three stores idempotent and ordered delivery use, on one backend."""
+
+    idempotency: IdempotencyStore
+    sequencer: Sequencer
+    resequencer: Resequencer
+    description: str  #: where it lives, password removed (for logs and errors)
+
+
+def redis_url_from_config(conf: Mapping[str, Any]) -> str | None:
+    """The Redis URL eventbus's state lives at, or None (see the module docstring)."""
+    configured = conf.get("eventbus_redis_url")
+    if configured:
+        return str(configured)
+    for key in ("broker_url", "result_backend"):
+        value = str(conf.get(key) or "")
+        # A broker URL may list fail-over hosts separated by ';': take the first.
+        first = value.split(";")[0].strip()
+        if first.startswith(_REDIS_SCHEMES):
+            return first
+    return None
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password: safe for logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
+
+
+def redis_client(url: str) -> redis.Redis:
+    """One client (one connection pool) per URL and process.
+
+    redis-py's pool notices a fork and opens new connections in the child, so
+    a client made before a prefork worker forks is safe to use in its children.
+    """
+    client = _clients.get(url)
+    if client is None:
+        import redis
+
+        with _clients_lock:
+            client = _clients.get(url)
+            if client is None:
+                client = redis.Redis.from_url(
+                    url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+                )
+                _clients[url] = client
+    return client
+
+
+def state_from_config(conf: Mapping[str, Any], *, purpose: str) -> State:
+    """The state stores for an app's configuration; ``purpose`` names who needs them."""
+    from eventbus.idempotency import InMemoryIdempotencyStore, RedisIdempotencyStore
+    from eventbus.ordering import (
+        InMemoryResequencer,
+        InMemorySequencer,
+        RedisResequencer,
+        RedisSequencer,
+    )
+
+    ttl = int(conf.get("eventbus_idempotency_ttl") or DEFAULT_IDEMPOTENCY_TTL)
+    url = redis_url_from_config(conf)
+    if url is None:
+        broker = str(conf.get("broker_url") or "")
+        if broker.startswith("memory://"):
+            return State(
+                idempotency=InMemoryIdempotencyStore(ttl=ttl),
+                sequencer=InMemorySequencer(),
+                resequencer=InMemoryResequencer(),
+                description="memory (this process only)",
+            )
+        raise ConfigurationError(
+            f"{purpose} needs Redis for its state, and the broker is not Redis: "
+            "set eventbus_redis_url (e.g. redis://localhost:6379/1)"
+        )
+    prefix = str(conf.get("eventbus_redis_prefix") or DEFAULT_PREFIX)
+    client = redis_client(url)
+    return State(
+        idempotency=RedisIdempotencyStore(client, prefix=prefix, ttl=ttl),
+        sequencer=RedisSequencer(client, prefix=prefix),
+        resequencer=RedisResequencer(
+            client, prefix=prefix, ttl=int(conf.get("eventbus_ordering_ttl") or DEFAULT_ORDER_TTL)
+        ),
+        description=redact_url(url),
+    )
+
+
+DEFAULT_IDEMPOTENCY_TTL = 7 * 24 * 3600  #: seconds a completed (handler, event_id) is remembered
+DEFAULT_ORDER_TTL = 30 * 24 * 3600  #: seconds an idle aggregate's ordering position is kept
