@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from eventbus.deadletter import DeadLetter, DeadLetterQueue
     from eventbus.envelope import Envelope, create_event
     from eventbus.errors import (
+        ConfigurationError,
         DeadLetterError,
         DeadLetterNotFound,
         DuplicateEventType,
@@ -34,14 +35,19 @@ if TYPE_CHECKING:
         EventBusError,
         EventError,
         EventValidationError,
+        LateEvent,
+        OrderingError,
+        PayloadTooLarge,
         PermanentHandlerError,
         PublishError,
         ReplayConflict,
         ReplayError,
+        SequenceGap,
         SubscriptionError,
         UnknownEventType,
     )
     from eventbus.events import Event, EventRegistry, registry
+    from eventbus.idempotency import Delivery, current_delivery
     from eventbus.memory import InMemoryEventBus
     from eventbus.options import HandlerOptions
 
@@ -60,6 +66,8 @@ _EXPORTS = {
     "Event": "eventbus.events",
     "EventRegistry": "eventbus.events",
     "registry": "eventbus.events",
+    "Delivery": "eventbus.idempotency",
+    "current_delivery": "eventbus.idempotency",
     "InMemoryEventBus": "eventbus.memory",
     "HandlerOptions": "eventbus.options",
     **dict.fromkeys(_errors.__all__, "eventbus.errors"),
@@ -83,10 +91,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaseEventBus",
+    "ConfigurationError",
     "DeadLetter",
     "DeadLetterError",
     "DeadLetterNotFound",
     "DeadLetterQueue",
+    "Delivery",
     "DuplicateEventType",
     "Envelope",
     "EnvelopeDecodeError",
@@ -98,14 +108,19 @@ __all__ = [
     "EventValidationError",
     "HandlerOptions",
     "InMemoryEventBus",
+    "LateEvent",
+    "OrderingError",
+    "PayloadTooLarge",
     "PermanentHandlerError",
     "PublishError",
     "ReplayConflict",
     "ReplayError",
+    "SequenceGap",
     "Subscription",
     "SubscriptionError",
     "UnknownEventType",
     "bus_for_app",
     "create_event",
+    "current_delivery",
     "registry",
 ]

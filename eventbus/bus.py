@@ -27,6 +27,7 @@ from eventbus.options import HandlerOptions
 from eventbus.ordering import DEFAULT_GAP_TIMEOUT
 
 if TYPE_CHECKING:
+    from eventbus.idempotency import IdempotencyStore
     from eventbus.state import State
 
 __all__ = ["BaseEventBus", "Handler", "Subscription"]
@@ -192,6 +193,11 @@ class BaseEventBus(ABC):
     @abstractmethod
     def state(self) -> State:
         """Where idempotency claims and sequence positions live (:mod:`eventbus.state`)."""
+
+    @property
+    def idempotency(self) -> IdempotencyStore:
+        """The idempotency store: ``bus.idempotency.atomic()`` inside a handler (Redis)."""
+        return self.state.idempotency
 
     @property
     def assign_sequences(self) -> bool:
