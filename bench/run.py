@@ -1,4 +1,4 @@
-"""Run the benchmarks (publish, end to end, worker RSS; DLQ on request) and print a summary.
+"""Run the benchmarks (publish, end to end, worker RSS, guarantees; DLQ on request), summarized.
 
 Each benchmark runs as its own subprocess (``bench/bench_*.py``, whose exact
 command is printed) and hands its figures back as JSON. ``--broker``,
@@ -36,10 +36,11 @@ BENCHMARKS = {
     "publish": "bench/bench_publish.py",
     "e2e": "bench/bench_e2e.py",
     "rss": "bench/bench_rss.py",
+    "guarantees": "bench/bench_guarantees.py",
     "dlq": "bench/bench_dlq.py",
 }
 #: What runs without --only: dlq takes 7-8 minutes, so it is opt-in (--only dlq).
-DEFAULT = ["publish", "e2e", "rss"]
+DEFAULT = ["publish", "e2e", "rss", "guarantees"]
 TIMEOUT = 900  # seconds per benchmark; then SIGTERM (the benchmark cleans up)
 TIMEOUTS = {"dlq": 3600}
 
@@ -88,7 +89,10 @@ def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
                 found = values.get((*key, contender))
                 return fmt_num(found["best"]) if found else "n/a"
 
-            eb, raw, ps = best("eventbus"), best("raw"), best("celery-pubsub")
+            if r["bench"] == "guarantees":  # "idempotent/plain": the option vs plain handlers
+                eb, raw, ps = best(r["ratio"].split("/")[0]), best("plain"), "-"
+            else:
+                eb, raw, ps = best("eventbus"), best("raw"), best("celery-pubsub")
         rows.append(
             [
                 r["bench"],
