@@ -149,6 +149,7 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
     os.environ["EVENTBUS_BROKER_URL"] = url
     os.environ["EVENTBUS_QUEUE"] = queue
     import handlers
+    from eventbus.state import redis_url_from_config
     from handlers.events import EventTypes, TodoCreated, UserRegistered
 
     app, bus = handlers.app, handlers.bus
@@ -156,6 +157,10 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
     # AMQP heartbeats wake the worker's event loop every second, so it sees
     # the stop request at the end promptly.
     app.conf.broker_heartbeat = 2
+    if redis_url_from_config(app.conf) is None:
+        # Publisher and worker are this one process: the idempotent and
+        # ordered example handlers can keep their state in memory.
+        app.conf.eventbus_redis_url = "memory://"
     embedded = url.startswith("memory://")
     echo(
         f"eventbus demo — broker {redact(url)}"

@@ -8,9 +8,12 @@ updates: Redis. It is found, in this order, from
 2. the broker URL, when the broker is Redis,
 3. the result backend, when it is Redis.
 
-On the ``memory://`` broker (the embedded demo: one process) the state lives
-in memory. With RabbitMQ and no Redis configured, subscribing works but the
-first use raises :class:`~eventbus.errors.ConfigurationError`.
+On the ``memory://`` broker (the embedded demo: one process), or with
+``eventbus_redis_url = "memory://"`` (one process that publishes and runs
+every handler, such as the demo's in-process worker), the state lives in
+memory. With RabbitMQ and no Redis configured, a worker with idempotent or
+ordered handlers refuses to start, and publishing an event that needs a
+sequence number raises :class:`~eventbus.errors.ConfigurationError`.
 
 Keys start with ``eventbus_redis_prefix`` (default ``eventbus:``).
 """
@@ -108,9 +111,9 @@ def state_from_config(conf: Mapping[str, Any], *, purpose: str) -> State:
 
     ttl = int(conf.get("eventbus_idempotency_ttl") or DEFAULT_IDEMPOTENCY_TTL)
     url = redis_url_from_config(conf)
-    if url is None:
+    if url is None or url.startswith("memory://"):
         broker = str(conf.get("broker_url") or "")
-        if broker.startswith("memory://"):
+        if url or broker.startswith("memory://"):
             return State(
                 idempotency=InMemoryIdempotencyStore(ttl=ttl),
                 sequencer=InMemorySequencer(),
@@ -118,8 +121,8 @@ def state_from_config(conf: Mapping[str, Any], *, purpose: str) -> State:
                 description="memory (this process only)",
             )
         raise ConfigurationError(
-            f"{purpose} needs Redis for its state, and the broker is not Redis: "
-            "set eventbus_redis_url (e.g. redis://localhost:6379/1)"
+            f"{purpose} need Redis for their state, and the broker is not Redis: "
+            "set eventbus_redis_url (EVENTBUS_REDIS_URL), e.g. redis://localhost:6379/1"
         )
     prefix = str(conf.get("eventbus_redis_prefix") or DEFAULT_PREFIX)
     client = redis_client(url)

@@ -26,9 +26,11 @@ STATISTICS: Counter[str] = Counter()
 _stats_lock = threading.Lock()
 
 
-@bus.subscribe(TodoCreated, TodoCompleted)
+# ordered: a todo's "completed" is never counted before its "created", even with
+# several workers (each todo is an aggregate; its events carry sequence numbers).
+@bus.subscribe(TodoCreated, TodoCompleted, ordered=True)
 def update_statistics(envelope: Envelope[TodoCreated | TodoCompleted]) -> None:
-    """Count created and completed todos."""
+    """Count created and completed todos, each todo's events in order."""
     with _stats_lock:
         STATISTICS[envelope.event_type] += 1
 

@@ -15,9 +15,10 @@ logger = logging.getLogger(__name__)
 SENT_EMAILS: list[str] = []
 
 
-@bus.subscribe(UserRegistered)
+# idempotent: a redelivered or replayed event must not send a second email.
+@bus.subscribe(UserRegistered, idempotent=True)
 def send_welcome_email(envelope: Envelope[UserRegistered]) -> None:
-    """Send the welcome email of a newly registered user."""
+    """Send the welcome email of a newly registered user (once per event)."""
     user = envelope.data
     SENT_EMAILS.append(user.email)
     logger.info("welcome email sent to %s (event %s)", user.email, envelope.event_id)
