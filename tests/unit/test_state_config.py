@@ -1,0 +1,71 @@
+"""Where idempotency and ordering state lives, from the app's configuration."""
+
+from __future__ import annotations
+
+import pytest
+
+from eventbus import ConfigurationError, EventBus, InMemoryEventBus, SubscriptionError
+from eventbus.idempotency import InMemoryIdempotencyStore, RedisIdempotencyStore
+from eventbus.state import redact_url, redis_url_from_config, state_from_config
+from tests.contract.events import ItemAdded
+from tests.support import make_app
+
+
+def test_the_redis_url_is_the_setting_then_a_redis_broker_then_a_redis_backend() -> None:
+    assert redis_url_from_config({"eventbus_redis_url": "redis://s/1"}) == "redis://s/1"
+    assert redis_url_from_config({"broker_url": "redis://b:6379/0"}) == "redis://b:6379/0"
+    assert redis_url_from_config({"broker_url": "redis://b1/0;redis://b2/0"}) == "redis://b1/0"
+    assert (
+        redis_url_from_config({"broker_url": "amqp://r//", "result_backend": "rediss://c/2"})
+        == "rediss://c/2"
+    )
+    assert redis_url_from_config({"broker_url": "amqp://r//"}) is None
+
+
+def test_rabbitmq_without_redis_is_a_configuration_error_naming_the_setting() -> None:
+    with pytest.raises(ConfigurationError, match="eventbus_redis_url"):
+        state_from_config({"broker_url": "amqp://guest:secret@r//"}, purpose="ordering")
+
+
+def test_memory_state_on_the_memory_broker_or_when_asked() -> None:
+    for conf in (
+        {"broker_url": "memory://"},
+        {"broker_url": "amqp://r//", "eventbus_redis_url": "memory://"},
+    ):
+        assert isinstance(
+            state_from_config(conf, purpose="t").idempotency, InMemoryIdempotencyStore
+        )
+
+
+def test_a_redis_state_never_shows_the_password() -> None:
+    state = state_from_config({"eventbus_redis_url": "redis://:hunter2@h:6379/1"}, purpose="t")
+    assert isinstance(state.idempotency, RedisIdempotencyStore)
+    assert "hunter2" not in state.description
+    assert redact_url("amqp://u:pw@h:5672//") == "amqp://u:***@h:5672//"
+
+
+def test_publishing_an_ordered_event_without_state_raises_before_sending() -> None:
+    app = make_app("amqp://guest:guest@127.0.0.1:1//")
+    app.conf.eventbus_redis_url = None
+    bus = EventBus(app, default_queue="never-declared")
+    bus.subscribe(ItemAdded, handler=lambda env: None, name="t.ordered", ordered=True)
+    with pytest.raises(ConfigurationError, match="EVENTBUS_REDIS_URL"):
+        bus.publish(ItemAdded(sku="A", quantity=1), aggregate_id="cart-1")
+
+
+def test_options_must_be_booleans() -> None:
+    bus = InMemoryEventBus()
+    with pytest.raises(SubscriptionError, match="ordered must be a bool"):
+        bus.subscribe(ItemAdded, handler=lambda env: None, name="t.x", ordered="yes")
+    with pytest.raises(SubscriptionError, match="idempotent must be a bool"):
+        bus.subscribe(ItemAdded, handler=lambda env: None, name="t.y", idempotent=1)
+
+
+def test_the_global_idempotent_default_applies_unless_a_handler_says_otherwise() -> None:
+    app = make_app("memory://", eventbus_idempotent=True)
+    bus = EventBus(app, default_queue="q")
+    on = bus.subscribe(ItemAdded, handler=lambda env: None, name="t.default")
+    off = bus.subscribe(ItemAdded, handler=lambda env: None, name="t.off", idempotent=False)
+    assert on is not off
+    assert bus.subscription("t.default").options.idempotent is True
+    assert bus.subscription("t.off").options.idempotent is False
