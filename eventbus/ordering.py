@@ -16,10 +16,11 @@ sequence to run and who is running it:
 * ``WAIT``: an earlier event has not completed: the delivery is deferred (sent
   back to the queue with a short countdown) and asks again. Other aggregates
   are never blocked: a wait costs a message, not a worker.
-* ``GAP``: nothing happened on the aggregate for ``eventbus_ordering_gap_timeout``
-  seconds (default 60) and the awaited event is not scheduled for retry (it
-  was dead-lettered, or never published): this one is dead-lettered as
-  ``sequence_gap``. Replay the missing event first, then this one.
+* ``GAP``: this event has waited ``eventbus_ordering_gap_timeout`` seconds
+  (default 60), nothing happened on the aggregate meanwhile, and the awaited
+  event is not scheduled for retry (it was dead-lettered, or never
+  published): this one is dead-lettered as ``sequence_gap``. Replay the
+  missing event first, then this one.
 * ``DONE``: already handled (a duplicate delivery): skipped.
 * ``LATE``: below the first sequence this handler ran for the aggregate: dead-lettered.
 
@@ -42,7 +43,7 @@ import enum
 import threading
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -155,6 +156,7 @@ class _Position:
     retrying: bool = False
     since: float | None = None
     waiting: set[int] | None = None
+    waited: dict[int, float] = field(default_factory=dict)  # sequence -> first asked
 
 
 class InMemoryResequencer(Resequencer):
@@ -182,13 +184,15 @@ class InMemoryResequencer(Resequencer):
                 kind = TurnKind.DONE if sequence >= pos.first else TurnKind.LATE
                 return Turn(kind, pos.next)
             if sequence > pos.next:
-                idle = now - (pos.progress or now)
-                if not pos.retrying and idle >= gap:
+                waited = pos.waited.setdefault(sequence, now)
+                if not pos.retrying and now - max(pos.progress or now, waited) >= gap:
+                    del pos.waited[sequence]
                     return Turn(TurnKind.GAP, pos.next)
                 return Turn(TurnKind.WAIT, pos.next)
             if pos.holder and pos.holder != owner and pos.held_until > now:
                 return Turn(TurnKind.WAIT, pos.next)
             pos.holder, pos.held_until, pos.progress, pos.retrying = owner, now + lease, now, False
+            pos.waited.pop(sequence, None)
             return Turn(TurnKind.RUN, pos.next)
 
     def complete(self, handler: str, aggregate: str, sequence: int) -> None:
@@ -214,7 +218,8 @@ class InMemoryResequencer(Resequencer):
 # The Redis resequencer's scripts. KEYS[1]: the position hash, KEYS[2]: the
 # zset of sequences waiting for a not yet started aggregate. Time is Redis's
 # own (TIME), so workers' clocks need not agree. Fields: next, first, holder,
-# held_until, progress (ms), retrying (0/1), since (ms, not started yet).
+# held_until, progress (ms), retrying (0/1), since (ms, not started yet), and
+# w<seq> (ms): when a sequence that waits for its turn first asked.
 _NOW_MS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -249,15 +254,21 @@ if seq < nxt then
   return {'late', nxt}
 end
 if seq > nxt then
-  local f = redis.call('HMGET', KEYS[1], 'progress', 'retrying')
-  local progress = tonumber(f[1]) or now
-  if f[2] ~= '1' and now - progress >= gap then return {'gap', nxt} end
+  local waited = 'w' .. seq
+  redis.call('HSETNX', KEYS[1], waited, now)
+  local f = redis.call('HMGET', KEYS[1], 'progress', 'retrying', waited)
+  local since = math.max(tonumber(f[1]) or now, tonumber(f[3]) or now)
+  if f[2] ~= '1' and now - since >= gap then
+    redis.call('HDEL', KEYS[1], waited)
+    return {'gap', nxt}
+  end
   return {'wait', nxt}
 end
 local h = redis.call('HMGET', KEYS[1], 'holder', 'held_until')
 if h[1] and h[1] ~= '' and h[1] ~= owner and (tonumber(h[2]) or 0) > now then
   return {'wait', nxt}
 end
+redis.call('HDEL', KEYS[1], 'w' .. seq)
 redis.call('HSET', KEYS[1], 'holder', owner, 'held_until', now + lease, 'progress', now,
            'retrying', 0)
 redis.call('EXPIRE', KEYS[1], ttl)

@@ -127,6 +127,18 @@ def test_no_progress_for_the_gap_timeout_is_a_gap(reseq: Resequencer) -> None:
     wait_for(lambda: kind(reseq, 2, owner="b", gap=0.2) is TurnKind.GAP, timeout=5, message="gap")
 
 
+def test_each_waiting_event_gets_a_whole_gap_window(reseq: Resequencer) -> None:
+    # 1 was dead-lettered; 2 waited in vain and was dead-lettered as a gap
+    kind(reseq, 1)
+    reseq.fail("h", "Cart:1", 1, "a", will_retry=False)
+    wait_for(lambda: kind(reseq, 2, owner="b", gap=0.2) is TurnKind.GAP, timeout=5, message="gap")
+    # When the operator replays both and 2 comes first, 2 waits again for 1
+    assert kind(reseq, 2, owner="b2", gap=0.2) is TurnKind.WAIT
+    assert kind(reseq, 1, owner="a2") is TurnKind.RUN
+    reseq.complete("h", "Cart:1", 1)
+    assert kind(reseq, 2, owner="b2") is TurnKind.RUN
+
+
 def test_a_pending_retry_is_never_a_gap(reseq: Resequencer) -> None:
     kind(reseq, 1)
     reseq.fail("h", "Cart:1", 1, "a", will_retry=True)
