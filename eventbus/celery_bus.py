@@ -21,6 +21,7 @@ from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 
 from eventbus.bus import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
+from eventbus.confirms import confirmed
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore, store_for_app
 from eventbus.delivery import Deferral
 from eventbus.envelope import Envelope
@@ -61,6 +62,11 @@ class EventBus(BaseEventBus):
     ``eventbus_default_queue`` setting, else Celery's ``task_default_queue``);
     ``dead_letter_queue`` names the DLQ (default: ``eventbus_dead_letter_queue``,
     else ``eventbus.dlq``).
+
+    On RabbitMQ the broker confirms every publish: ``confirm_publish`` in
+    ``broker_transport_options`` is turned on unless set (``False`` opts out),
+    and ``eventbus_confirm_timeout`` (seconds, default 10) bounds the wait
+    for an event's confirms (:mod:`eventbus.confirms`).
     """
 
     def __init__(
@@ -79,6 +85,15 @@ class EventBus(BaseEventBus):
         self._publish_errors: tuple[type[BaseException], ...] | None = None
         self._broker_dead_lettering: bool | None = None
         self._state: State | None = None
+        transport_options = dict(app.conf.broker_transport_options or {})
+        if "confirm_publish" not in transport_options:
+            with app.connection_for_write() as conn:  # no I/O: reads the URL
+                if conn.transport.driver_type == "amqp":
+                    # At-least-once: the broker confirms every publish (an
+                    # explicit False opts out). A new dict: the configured
+                    # one may be shared, e.g. celeryconfig's.
+                    transport_options["confirm_publish"] = True
+                    app.conf.broker_transport_options = transport_options
         from eventbus.worker import WorkerHooks
 
         self._worker_hooks = WorkerHooks(self)
@@ -270,8 +285,13 @@ class EventBus(BaseEventBus):
             sent: list[str] = []
             try:
                 # On Redis all K messages (and their task-sent events) go out
-                # in one pipeline; other transports publish at once.
-                with self.app.producer_or_acquire() as producer, producer.batch():
+                # in one pipeline; other transports publish at once. On
+                # RabbitMQ the broker confirms them, waited for once per event.
+                with (
+                    self.app.producer_or_acquire() as producer,
+                    confirmed(producer, timeout=self.app.conf.get("eventbus_confirm_timeout")),
+                    producer.batch(),
+                ):
                     for sub in subscriptions:
                         sub.task.apply_async(
                             args, producer=producer, argsrepr=argsrepr, kwargsrepr="{}"

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from kombu.entity import Exchange, Queue
 
+from eventbus.confirms import confirmed
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
 from eventbus.errors import DeadLetterError
 
@@ -171,7 +172,10 @@ class BrokerDeadLetterStore(DeadLetterStore):
         app = self.app
         message = self.task_message(record)
         try:
-            with app.producer_or_acquire() as producer:
+            # On RabbitMQ, return once the broker confirmed the record: the
+            # caller may then drop its own copy (a worker acks the message).
+            timeout = app.conf.get("eventbus_confirm_timeout")
+            with app.producer_or_acquire() as producer, confirmed(producer, timeout=timeout):
                 app.amqp.send_task_message(
                     producer,
                     DEAD_LETTER_TASK,

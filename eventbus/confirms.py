@@ -1,0 +1,219 @@
+"""Publisher confirms on RabbitMQ, waited for once per batch instead of once per message.
+
+kombu's ``broker_transport_options={"confirm_publish": True}`` makes py-amqp
+wait a round trip after every publish. :func:`confirmed` wraps the K
+publishes of one event: they go out without waiting, then one wait collects
+the broker's Acks for all of them (the task-sent events Celery publishes on
+the same channel included). A Nack, or no confirm within ``timeout`` seconds
+(``eventbus_confirm_timeout``), raises :class:`PublishNotConfirmed`.
+
+It does nothing on other transports (Redis, memory), when the connection has
+``confirm_publish`` off, or when the connection is not up yet: that first
+block then goes out with py-amqp's own per-message confirms, so connecting
+keeps Celery's publish retry policy.
+
+How the tags are known: in confirm mode the broker numbers a channel's
+messages 1, 2, 3, ... and confirms by that number. A :class:`_Tags` tracker on
+the channel counts what a block publishes and hears every Ack and Nack
+(py-amqp calls ``channel.events`` listeners for each, also for those its own
+per-message wait consumes, so publishes outside a block keep the count).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from amqp import Channel as AmqpChannel  # type: ignore[import-untyped]
+from amqp import spec
+from amqp.exceptions import MessageNacked  # type: ignore[import-untyped]
+from kombu.exceptions import OperationalError
+
+from eventbus.errors import PublishError
+
+__all__ = ["DEFAULT_CONFIRM_TIMEOUT", "PublishNotConfirmed", "confirmed", "confirmed_channel"]
+
+DEFAULT_CONFIRM_TIMEOUT = 10.0  #: seconds to wait for a block's confirms (eventbus_confirm_timeout)
+
+_TRACKER = "_eventbus_confirm_tags"  # attribute of the py-amqp channel holding its _Tags
+
+
+class PublishNotConfirmed(PublishError, OperationalError):
+    """The broker nacked a message, or did not confirm it in time.
+
+    Also a kombu ``OperationalError``: publishers retry it like a lost
+    connection (``EventBus.publish`` by its publish retry policy, then a
+    :class:`~eventbus.errors.PublishError`). A message that was not confirmed
+    may still have been delivered: a retry can duplicate it (at-least-once).
+    """
+
+
+class _Tags:
+    """The delivery tags of one channel in confirm mode, and which are unconfirmed."""
+
+    def __init__(self) -> None:
+        self.last: int | None = None  # the broker's newest tag; None: unknown, learn it
+        self.pending: set[int] = set()  # published in a block, not confirmed yet
+        self.nacked: set[int] = set()  # of the pending ones, those the broker nacked
+        self.lost = False  # a confirm did not fit the count: learn the base again
+        self.active = False  # a block is publishing on the channel
+
+    def reset(self, last: int | None) -> None:
+        self.last = last
+        self.pending.clear()
+        self.nacked.clear()
+        self.lost = False
+
+    def publish(self) -> int:
+        """Count one message published without waiting; return its tag."""
+        assert self.last is not None
+        self.last += 1
+        self.pending.add(self.last)
+        return self.last
+
+    def on_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self._settle(delivery_tag, multiple, nacked=False)
+
+    def on_nack(self, delivery_tag: int, multiple: bool = False) -> None:
+        self._settle(delivery_tag, multiple, nacked=True)
+
+    def _settle(self, tag: int, multiple: bool, *, nacked: bool) -> None:
+        if self.last is None or tag > self.last:
+            # A message nobody counted: published outside a block (py-amqp
+            # waited for its confirm), or the first one of a block learning
+            # the base. It is the newest.
+            self.last = tag
+        elif tag not in self.pending:
+            # The broker confirms each tag once, the newest of a multiple
+            # confirm included: the count is off (the channel was reopened
+            # and put back in confirm mode behind this tracker's back).
+            self.lost = True
+        settled = {t for t in self.pending if t <= tag} if multiple else self.pending & {tag}
+        self.pending -= settled
+        if nacked:
+            self.nacked |= settled
+
+
+def _tags_of(channel: Any) -> _Tags:
+    tags: _Tags | None = getattr(channel, _TRACKER, None)
+    if tags is None:
+        tags = _Tags()
+        channel.events["basic_ack"].add(tags.on_ack)
+        channel.events["basic_nack"].add(tags.on_nack)
+        setattr(channel, _TRACKER, tags)  # lives and dies with the channel
+    return tags
+
+
+def _confirming_channel(producer: Any) -> Any | None:
+    """The producer's py-amqp channel if it confirms publishes; None otherwise (no I/O)."""
+    connection = producer.connection
+    if (
+        connection is None
+        or connection.transport.driver_type != "amqp"
+        # Opening the channel here would connect outside kombu's publish
+        # retry policy; the first publish connects and confirms per message.
+        or not connection.connected
+    ):
+        return None
+    channel = producer.channel
+    if isinstance(channel, AmqpChannel) and getattr(channel.connection, "confirm_publish", False):
+        return channel
+    return None
+
+
+@contextmanager
+def confirmed(producer: Any, *, timeout: float | None = None) -> Iterator[None]:
+    """Publish through ``producer`` in the block; on exit, wait until the broker confirmed all.
+
+    ``timeout`` (default :data:`DEFAULT_CONFIRM_TIMEOUT`) bounds the wait.
+    Raises :class:`PublishNotConfirmed` on a Nack or a timeout. A no-op
+    unless the producer's connection is a connected py-amqp one with
+    ``confirm_publish`` on.
+    """
+    channel = _confirming_channel(producer)
+    if channel is None:
+        with _nacks_translated():  # py-amqp's per-message confirms, on a new connection
+            yield
+        return
+    with confirmed_channel(channel, timeout=timeout):
+        yield
+
+
+@contextmanager
+def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator[None]:
+    """:func:`confirmed` on a py-amqp channel whose connection has ``confirm_publish`` on."""
+    limit = DEFAULT_CONFIRM_TIMEOUT if timeout is None else float(timeout)
+    tags = _tags_of(channel)
+    if tags.active:  # nested: the outer block counts these messages and waits
+        yield
+        return
+    if not channel._confirm_selected:
+        channel.confirm_select()
+        channel._confirm_selected = True
+        tags.reset(0)  # a fresh confirm mode numbers from 1
+    elif tags.lost:
+        tags.reset(None)
+    tags.nacked.clear()  # earlier blocks have failed or returned: nobody asks
+    mine: list[int] = []
+    per_message = channel.basic_publish
+
+    def publish(*args: Any, **kwargs: Any) -> Any:
+        if tags.last is None:
+            # Confirm mode was on before this tracker: the Ack of one
+            # message confirmed on its own tells it the broker's count.
+            kwargs["confirm_timeout"] = kwargs.get("confirm_timeout") or limit
+            return per_message(*args, **kwargs)
+        sent = channel._basic_publish(*args, **kwargs)
+        mine.append(tags.publish())  # after the write: a failed one got no tag
+        return sent
+
+    with _nacks_translated():  # py-amqp's per-message confirm (learning the base)
+        channel.basic_publish = publish
+        tags.active = True
+        try:
+            yield
+        finally:
+            channel.basic_publish = per_message
+            tags.active = False
+        _wait(channel, tags, mine, limit)
+
+
+@contextmanager
+def _nacks_translated() -> Iterator[None]:
+    """Raise py-amqp's ``MessageNacked`` as :class:`PublishNotConfirmed`.
+
+    kombu's publish retry takes it for a lost connection and raises it as an
+    empty ``OperationalError`` once retries are spent; say what happened.
+    """
+    try:
+        yield
+    except (MessageNacked, OperationalError) as exc:
+        if isinstance(exc, PublishNotConfirmed) or not (
+            isinstance(exc, MessageNacked) or isinstance(exc.__cause__, MessageNacked)
+        ):
+            raise
+        raise PublishNotConfirmed("the broker nacked a message") from exc
+
+
+def _wait(channel: Any, tags: _Tags, mine: list[int], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not tags.pending.isdisjoint(mine):
+        if tags.lost:
+            raise PublishNotConfirmed(
+                "the broker's confirms on this channel no longer match its messages"
+            )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise PublishNotConfirmed(f"the broker did not confirm the messages within {timeout}s")
+        try:
+            channel.wait([spec.Basic.Ack, spec.Basic.Nack], timeout=remaining)
+        except TimeoutError as exc:  # socket.timeout, from the read
+            raise PublishNotConfirmed(
+                f"the broker did not confirm the messages within {timeout}s"
+            ) from exc
+    rejected = tags.nacked.intersection(mine)
+    if rejected:
+        tags.nacked -= rejected
+        raise PublishNotConfirmed(f"the broker nacked {len(rejected)} of {len(mine)} message(s)")

@@ -1,0 +1,263 @@
+"""Publisher confirms batched per block: the tag accounting, on a scripted fake channel."""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from typing import Any
+
+import pytest
+from amqp.exceptions import MessageNacked
+from kombu import Connection, Queue
+from kombu.exceptions import OperationalError
+
+from eventbus import EventBus, PublishError
+from eventbus.confirms import PublishNotConfirmed, confirmed, confirmed_channel
+from tests.support import make_app
+
+
+class FakeChannel:
+    """A py-amqp channel's confirm surface, with the broker's side scripted by the test.
+
+    The broker numbers the messages of a channel in confirm mode from 1.
+    ``confirm(tag)`` queues an Ack (or Nack) frame; ``wait`` delivers one
+    queued frame to the ``events`` listeners, or times out when none is queued.
+    ``basic_publish`` is py-amqp's per-message confirm (publish, then wait).
+    """
+
+    def __init__(self, *, in_confirm_mode_at: int | None = None) -> None:
+        self.events: defaultdict[str, set[Any]] = defaultdict(set)
+        self._confirm_selected = in_confirm_mode_at is not None
+        self.broker_tag = in_confirm_mode_at or 0  # the broker's count of this channel
+        self.frames: deque[tuple[str, int, bool]] = deque()
+        self.log: list[str] = []  # "publish:<tag>", "wait", "select", in order
+        self.nack_next = False  # the broker nacks the next per-message publish
+        self.basic_publish = self.basic_publish_confirm
+
+    def confirm_select(self) -> None:
+        self.broker_tag = 0
+        self.log.append("select")
+
+    def confirm(self, tag: int, *, multiple: bool = False, nack: bool = False) -> None:
+        self.frames.append(("basic_nack" if nack else "basic_ack", tag, multiple))
+
+    def _basic_publish(self, body: str, **kwargs: Any) -> None:
+        self.broker_tag += 1
+        self.log.append(f"publish:{self.broker_tag}")
+
+    def basic_publish_confirm(self, body: str, **kwargs: Any) -> None:
+        self._basic_publish(body)
+        self.confirm(self.broker_tag, nack=self.nack_next)
+        if self.wait(["ack", "nack"], timeout=kwargs.get("confirm_timeout")) == "basic_nack":
+            raise MessageNacked()
+
+    def wait(self, methods: list[Any], timeout: float | None = None) -> str:
+        self.log.append("wait")
+        if not self.frames:
+            raise TimeoutError("timed out")  # socket.timeout, as py-amqp raises it
+        kind, tag, multiple = self.frames.popleft()
+        for listener in list(self.events[kind]):
+            listener(tag, multiple)
+        return kind
+
+    def waits(self) -> int:
+        return self.log.count("wait")
+
+
+def publish_block(channel: FakeChannel, count: int, *confirms: dict[str, Any]) -> None:
+    """Publish ``count`` messages in one block; the broker then sends ``confirms``."""
+    with confirmed_channel(channel, timeout=1):
+        for i in range(count):
+            channel.basic_publish(f"m{i}")
+        for frame in confirms:
+            channel.confirm(**frame)
+
+
+def test_a_block_is_confirmed_by_one_wait_after_all_its_publishes() -> None:
+    # Given a channel not yet in confirm mode
+    channel = FakeChannel()
+
+    # When three messages are published in a block and the broker acks them at once
+    publish_block(channel, 3, {"tag": 3, "multiple": True})
+
+    # Then confirm mode was selected, the three went out without waiting, then one wait
+    assert channel.log == ["select", "publish:1", "publish:2", "publish:3", "wait"]
+    # And the channel publishes with per-message confirms again outside the block
+    assert channel.basic_publish == channel.basic_publish_confirm
+
+
+def test_acks_one_by_one_in_any_order_are_all_waited_for() -> None:
+    channel = FakeChannel()
+
+    publish_block(channel, 3, {"tag": 2}, {"tag": 3}, {"tag": 1})
+
+    assert channel.waits() == 3
+    assert not channel.frames
+
+
+def test_a_multiple_ack_settles_every_tag_up_to_it() -> None:
+    # Given a first block whose messages were all confirmed
+    channel = FakeChannel()
+    publish_block(channel, 2, {"tag": 2, "multiple": True})
+
+    # When a second block gets a multiple ack for part of it, then a single one
+    publish_block(channel, 3, {"tag": 4, "multiple": True}, {"tag": 5})
+
+    # Then it waited for both frames, and its tags continued from the first block's
+    assert channel.log[-5:] == ["publish:3", "publish:4", "publish:5", "wait", "wait"]
+    assert not channel.frames
+
+
+def test_a_nack_raises_a_retryable_publish_error() -> None:
+    channel = FakeChannel()
+
+    with pytest.raises(PublishNotConfirmed, match="nacked 1 of 3") as raised:
+        publish_block(channel, 3, {"tag": 1}, {"tag": 2, "nack": True}, {"tag": 3})
+
+    # A PublishError for users, a kombu OperationalError for publish retry loops
+    assert isinstance(raised.value, PublishError)
+    assert isinstance(raised.value, OperationalError)
+
+
+def test_a_multiple_nack_rejects_every_tag_up_to_it() -> None:
+    channel = FakeChannel()
+
+    with pytest.raises(PublishNotConfirmed, match="nacked 2 of 3"):
+        publish_block(channel, 3, {"tag": 2, "multiple": True, "nack": True}, {"tag": 3})
+
+
+def test_no_confirm_in_time_raises_instead_of_hanging() -> None:
+    channel = FakeChannel()
+
+    with pytest.raises(PublishNotConfirmed, match="did not confirm"):
+        publish_block(channel, 2, {"tag": 1})
+
+    # And the next block's accounting is not disturbed by the late ack
+    channel.confirm(tag=2)
+    publish_block(channel, 1, {"tag": 3})
+    assert not channel.frames
+
+
+def test_unknown_base_is_learned_from_one_message_confirmed_on_its_own() -> None:
+    # Given a channel already in confirm mode, 41 messages into its count
+    channel = FakeChannel(in_confirm_mode_at=41)
+
+    # When a block publishes three messages
+    publish_block(channel, 3, {"tag": 44, "multiple": True})
+
+    # Then the first was confirmed on its own (its ack says 42), the rest in one wait
+    assert channel.log == ["publish:42", "wait", "publish:43", "publish:44", "wait"]
+
+    # And the next block batches all of its messages
+    publish_block(channel, 2, {"tag": 46, "multiple": True})
+    assert channel.log[-3:] == ["publish:45", "publish:46", "wait"]
+
+
+def test_a_nack_while_learning_the_base_raises_a_publish_error() -> None:
+    channel = FakeChannel(in_confirm_mode_at=7)
+    channel.nack_next = True
+
+    with pytest.raises(PublishNotConfirmed, match="nacked") as raised:
+        publish_block(channel, 2)
+
+    assert isinstance(raised.value.__cause__, MessageNacked)
+
+
+def test_publishes_outside_a_block_keep_the_count() -> None:
+    # Given a channel a block has used
+    channel = FakeChannel()
+    publish_block(channel, 2, {"tag": 2, "multiple": True})
+
+    # When two messages are published outside a block (confirmed one by one)
+    channel.basic_publish("outside-1")
+    channel.basic_publish("outside-2")
+
+    # Then the next block counts on from 4
+    publish_block(channel, 2, {"tag": 6, "multiple": True})
+    assert channel.log[-3:] == ["publish:5", "publish:6", "wait"]
+
+
+def test_a_count_that_no_longer_fits_fails_fast_and_is_relearned() -> None:
+    # Given a tracked channel that was reopened and put back in confirm mode
+    # behind the tracker's back: the broker counts from 1 again
+    channel = FakeChannel()
+    publish_block(channel, 5, {"tag": 5, "multiple": True})
+    channel.broker_tag = 0
+
+    # When a block publishes, its acks do not fit the count: an error, not a timeout
+    with pytest.raises(PublishNotConfirmed, match="no longer match"):
+        publish_block(channel, 2, {"tag": 2, "multiple": True})
+
+    # And the next block learns the base again and succeeds
+    publish_block(channel, 2, {"tag": 4, "multiple": True})
+    assert channel.log[-4:] == ["publish:3", "wait", "publish:4", "wait"]
+
+
+def test_a_channel_reopened_out_of_confirm_mode_is_selected_again() -> None:
+    channel = FakeChannel()
+    publish_block(channel, 3, {"tag": 3, "multiple": True})
+    channel._confirm_selected = False  # py-amqp reopens a channel after a channel error
+
+    publish_block(channel, 1, {"tag": 1})
+
+    assert channel.log[-3:] == ["select", "publish:1", "wait"]
+
+
+def test_an_error_in_the_block_restores_publishing_and_skips_the_wait() -> None:
+    channel = FakeChannel()
+
+    with pytest.raises(RuntimeError), confirmed_channel(channel, timeout=1):
+        channel.basic_publish("m")
+        raise RuntimeError("boom")
+
+    assert channel.basic_publish == channel.basic_publish_confirm
+    assert channel.waits() == 0
+
+
+def test_a_nested_block_leaves_the_wait_to_the_outer_one() -> None:
+    channel = FakeChannel()
+
+    with confirmed_channel(channel, timeout=1):
+        channel.basic_publish("outer")
+        with confirmed_channel(channel, timeout=1):
+            channel.basic_publish("inner")
+        channel.confirm(tag=2, multiple=True)
+
+    assert channel.log == ["select", "publish:1", "publish:2", "wait"]
+
+
+def test_other_transports_are_left_alone() -> None:
+    # Given a producer on kombu's in-memory transport
+    queue = Queue("confirms-test")
+    with Connection("memory://") as conn, conn.Producer() as producer:
+        # When it publishes in a confirmed block
+        with confirmed(producer, timeout=1):
+            producer.publish({"n": 1}, routing_key=queue.name, declare=[queue])
+
+        # Then the message is there, as without the block
+        message = queue(conn.default_channel).get(no_ack=True)
+        assert message is not None and message.payload == {"n": 1}
+
+
+@pytest.mark.parametrize(
+    ("url", "configured", "expected"),
+    [
+        ("amqp://guest:guest@127.0.0.1:5672//", {}, True),
+        ("amqp://guest:guest@127.0.0.1:5672//", {"confirm_publish": False}, False),
+        ("redis://127.0.0.1:6379/9", {}, None),
+    ],
+    ids=["rabbitmq", "rabbitmq-opted-out", "redis"],
+)
+def test_the_bus_turns_confirms_on_for_rabbitmq_unless_configured(
+    url: str, configured: dict[str, Any], expected: bool | None
+) -> None:
+    # Given an app (nothing connects) whose transport options may be shared
+    app = make_app(url, broker_transport_options=configured)
+    try:
+        # When a bus is created on it
+        EventBus(app, default_queue="q", dead_letter_queue="q.dlq")
+
+        # Then RabbitMQ confirms publishes unless the app said otherwise; Redis is left alone
+        assert app.conf.broker_transport_options.get("confirm_publish") is expected
+        assert configured == {} or configured == {"confirm_publish": False}  # not mutated
+    finally:
+        app.close()
