@@ -14,6 +14,9 @@ as its single positional argument, as this object::
       "metadata": {},
       "data": {"title": "Buy milk", "priority": "high"}
     }
+
+A reader decodes it with :meth:`Envelope.from_wire`, which upcasts data of
+an older ``version`` to the event class's current one first.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from eventbus.errors import EnvelopeDecodeError, EventBusError
 from eventbus.events import Event, EventRegistry, EventTypeRef, registry, resolve_event_type
+from eventbus.upcasting import UPCAST_FROM_KEY
 
-__all__ = ["Envelope", "create_event"]
+__all__ = ["Envelope", "create_event", "decode_envelope"]
 
 EventT = TypeVar("EventT", bound=Event)
 
@@ -93,7 +97,15 @@ class Envelope(BaseModel, Generic[EventT]):
     def from_wire(
         cls, payload: object, event_registry: EventRegistry | None = None
     ) -> Envelope[Any]:
-        """Rebuild an envelope from its wire dict, or raise :class:`EnvelopeDecodeError`."""
+        """Rebuild an envelope from its wire dict, or raise :class:`EnvelopeDecodeError`.
+
+        Data of an older schema version is upcast to the event class's
+        current one first (:mod:`eventbus.upcasting`): the envelope's
+        ``version`` is then the current version, and
+        ``metadata["eventbus_upcast_from"]`` the version on the wire. The
+        error's ``__cause__`` is the eventbus error behind it, when there is
+        one (see :func:`decode_envelope`).
+        """
         if not isinstance(payload, Mapping):
             raise EnvelopeDecodeError(
                 f"envelope must be a JSON object, got {type(payload).__name__}"
@@ -102,16 +114,49 @@ class Envelope(BaseModel, Generic[EventT]):
         if not isinstance(event_type, str):
             raise EnvelopeDecodeError("envelope has no 'event_type' string")
         try:
-            event_class = (event_registry or registry).get(event_type)
-            data = event_class.parse_data(payload.get("data") or {})
-            fields = {k: v for k, v in payload.items() if k != "data"}
-            return cls.model_validate({**fields, "data": data})
-        except (EventBusError, ValidationError) as exc:
+            return decode_envelope(payload, event_registry)
+        except EventBusError as exc:
             raise EnvelopeDecodeError(f"invalid envelope for {event_type!r}: {exc}") from exc
 
     def with_metadata(self, **items: Any) -> Envelope[EventT]:
         """A copy with ``items`` merged into ``metadata`` (the event id is kept)."""
         return self.model_copy(update={"metadata": {**self.metadata, **items}})
+
+
+def decode_envelope(
+    payload: Mapping[str, Any], event_registry: EventRegistry | None = None
+) -> Envelope[Any]:
+    """:meth:`Envelope.from_wire`'s work, raising the error that says what is wrong.
+
+    For readers that tell the cases apart (the event store): an unknown type
+    is :class:`~eventbus.errors.UnknownEventType` (naming type and version),
+    data that cannot be upcast :class:`~eventbus.errors.EventVersionError`,
+    data that fails its schema :class:`~eventbus.errors.EventValidationError`,
+    any other bad field :class:`~eventbus.errors.EnvelopeDecodeError`.
+    """
+    event_type = str(payload.get("event_type"))
+    version = payload.get("version")
+    if not isinstance(version, int) or isinstance(version, bool):
+        version = None
+    reg = event_registry if event_registry is not None else registry
+    event_class = reg.get(event_type, version=version)
+    if version is None:
+        # Upcasting picks its steps by version: a guess would be wrong data.
+        raise EnvelopeDecodeError("'version' is not an integer")
+    fields = {k: v for k, v in payload.items() if k != "data"}
+    raw = payload.get("data") or {}
+    current = event_class.event_version
+    if version != current and isinstance(raw, Mapping):
+        raw = reg.upcasters.upcast(event_type, version, dict(raw), current)
+        fields["version"] = current
+        metadata = fields.get("metadata")
+        if metadata is None or isinstance(metadata, Mapping):
+            fields["metadata"] = {**(metadata or {}), UPCAST_FROM_KEY: version}
+    data = event_class.parse_data(raw)
+    try:
+        return Envelope.model_validate({**fields, "data": data})
+    except ValidationError as exc:
+        raise EnvelopeDecodeError(str(exc)) from exc
 
 
 def create_event(

@@ -7,7 +7,8 @@
     │   ├── EventValidationError    payload failed its pydantic schema (at publish)
     │   ├── UnknownEventType        no event class is registered under that name
     │   ├── DuplicateEventType      two classes claim the same type name
-    │   └── PayloadTooLarge         the envelope is over eventbus_max_payload_bytes
+    │   ├── PayloadTooLarge         the envelope is over eventbus_max_payload_bytes
+    │   └── EventVersionError       data at a schema version the code cannot upcast
     ├── ConfigurationError          a setting is missing or wrong
     ├── SubscriptionError           a handler cannot be subscribed
     ├── PublishError                the broker did not take the message(s)
@@ -20,11 +21,14 @@
         ├── DeadLetterNotFound      no record with that id
         └── ReplayError             a record could not be replayed
             └── ReplayConflict      another replay holds the record
+    └── EventStoreError             an event store operation failed
+        └── ConcurrencyError        the aggregate is not at the expected version
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "ConcurrencyError",
     "ConfigurationError",
     "DeadLetterError",
     "DeadLetterNotFound",
@@ -32,7 +36,9 @@ __all__ = [
     "EnvelopeDecodeError",
     "EventBusError",
     "EventError",
+    "EventStoreError",
     "EventValidationError",
+    "EventVersionError",
     "LateEvent",
     "OrderingError",
     "PayloadTooLarge",
@@ -76,12 +82,20 @@ def _describe(error: dict[str, object]) -> str:
 
 
 class UnknownEventType(EventError, LookupError):
-    """No event class is registered under this type name."""
+    """No event class is registered under this type name.
 
-    def __init__(self, event_type: str, known: list[str] | None = None) -> None:
+    ``version`` is the schema version of the data being read, when there is
+    data (a message, a stored event): the message names both.
+    """
+
+    def __init__(
+        self, event_type: str, known: list[str] | None = None, *, version: int | None = None
+    ) -> None:
         self.event_type = event_type
+        self.version = version
+        at = f" v{version}" if version is not None else ""
         hint = f" (registered: {', '.join(sorted(known))})" if known else ""
-        super().__init__(f"unknown event type {event_type!r}{hint}")
+        super().__init__(f"unknown event type {event_type!r}{at}{hint}")
 
 
 class DuplicateEventType(EventError):
@@ -103,6 +117,23 @@ class PayloadTooLarge(EventError, ValueError):
             f"event {event_type!r} is {size} bytes on the wire, over the limit of {limit} "
             "(eventbus_max_payload_bytes): send a reference to the data instead"
         )
+
+
+class EventVersionError(EventError):
+    """Event data cannot be brought to its class's current schema version.
+
+    The data is newer than the class (deploy the new code first), a step of
+    the upcaster chain is missing or failed, or two upcasters claim one step.
+    ``version`` is the data's version, ``current`` the class's (if known).
+    """
+
+    def __init__(
+        self, message: str, *, event_type: str, version: int, current: int | None = None
+    ) -> None:
+        self.event_type = event_type
+        self.version = version
+        self.current = current
+        super().__init__(message)
 
 
 class ConfigurationError(EventBusError):
@@ -173,3 +204,36 @@ class ReplayError(DeadLetterError):
 
 class ReplayConflict(ReplayError):
     """Another replay holds this record right now; that replay publishes it."""
+
+
+class EventStoreError(EventBusError):
+    """An event store operation failed (the database's own error is the cause)."""
+
+
+class ConcurrencyError(EventStoreError):
+    """The aggregate is not at the version the append expected: nothing was written.
+
+    Another writer appended first. Load the aggregate again, re-decide, and
+    append with its new version. ``expected`` and ``actual`` are versions
+    (the sequence number of the aggregate's last event; 0: no events).
+    """
+
+    def __init__(
+        self,
+        *,
+        aggregate_type: str | None,
+        aggregate_id: str,
+        expected: int | None,
+        actual: int,
+        detail: str = "",
+    ) -> None:
+        self.aggregate_type = aggregate_type
+        self.aggregate_id = aggregate_id
+        self.expected = expected
+        self.actual = actual
+        name = f"{aggregate_type} {aggregate_id!r}" if aggregate_type else repr(aggregate_id)
+        wanted = f", not at the expected version {expected}" if expected is not None else ""
+        super().__init__(
+            f"aggregate {name} is at version {actual}{wanted}"
+            f"{': ' + detail if detail else ''}; nothing was written"
+        )

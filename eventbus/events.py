@@ -11,13 +11,22 @@ version::
         priority: Literal["low", "normal", "high"] = "normal"
 
 Defining the class registers it in :data:`registry` under its name, so a
-publisher or a worker can turn ``"todo.created"`` back into the class.
+publisher or a worker can turn ``"todo.created"`` back into the class. A class
+keyword picks another registry (an old version of a class, kept for a test,
+must not replace the current one)::
+
+    class TodoCreatedV1(Event, registry=EventRegistry()):
+        event_type = "todo.created"
+        title: str
+
+Older versions of an event's data are brought to the current one by
+upcasters (:func:`upcaster`, :mod:`eventbus.upcasting`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -26,11 +35,20 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from eventbus.errors import (
     DuplicateEventType,
     EventValidationError,
+    EventVersionError,
     SubscriptionError,
     UnknownEventType,
 )
+from eventbus.upcasting import Upcaster, Upcasters
 
-__all__ = ["Event", "EventRegistry", "EventTypeRef", "registry", "resolve_event_type"]
+__all__ = [
+    "Event",
+    "EventRegistry",
+    "EventTypeRef",
+    "registry",
+    "resolve_event_type",
+    "upcaster",
+]
 
 
 class Event(BaseModel):
@@ -42,7 +60,9 @@ class Event(BaseModel):
         the stable name on the wire (``"todo.created"``); renaming the class
         does not change it.
     ``event_version``
-        the schema version (default 1), carried in the envelope.
+        the schema version (default 1), carried in the envelope. Bump it
+        when the data changes shape, and register an :func:`upcaster` from
+        the previous version.
 
     Unknown fields are rejected, so a typo in a field name fails at publish
     time instead of silently dropping data. Instances are immutable.
@@ -53,13 +73,20 @@ class Event(BaseModel):
     event_type: ClassVar[str]
     event_version: ClassVar[int] = 1
 
+    def __init_subclass__(cls, *, registry: EventRegistry | None = None, **kwargs: Any) -> None:
+        # ``registry`` is for __pydantic_init_subclass__, which runs once the
+        # model is complete; object.__init_subclass__ would reject it.
+        super().__init_subclass__(**kwargs)
+
     @classmethod
-    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+    def __pydantic_init_subclass__(
+        cls, *, registry: EventRegistry | None = None, **kwargs: Any
+    ) -> None:
         super().__pydantic_init_subclass__(**kwargs)
         # Only classes that name themselves are events; an intermediate
         # base class without ``event_type`` is not registered.
         if "event_type" in cls.__dict__:
-            registry.register(cls)
+            (registry if registry is not None else _process_registry()).register(cls)
 
     @classmethod
     def parse_data(cls, data: Mapping[str, Any]) -> Event:
@@ -81,11 +108,13 @@ class EventRegistry:
     Thread-safe. Re-registering the same class (same module and qualified
     name, as happens when a module is reloaded) replaces the old entry;
     a *different* class claiming a taken name raises :class:`DuplicateEventType`.
+    Its :attr:`upcasters` bring older data of its types to their current version.
     """
 
     def __init__(self) -> None:
         self._types: dict[str, type[Event]] = {}
         self._lock = threading.Lock()
+        self.upcasters = Upcasters()
 
     def register(self, event_class: type[Event]) -> type[Event]:
         name = getattr(event_class, "event_type", None)
@@ -110,11 +139,35 @@ class EventRegistry:
         with self._lock:
             self._types.pop(name, None)
 
-    def get(self, name: str) -> type[Event]:
+    def get(self, name: str, *, version: int | None = None) -> type[Event]:
+        """The class of ``name``; ``version`` (of data being read) goes into the error."""
         try:
             return self._types[name]
         except KeyError:
-            raise UnknownEventType(name, list(self._types)) from None
+            raise UnknownEventType(name, list(self._types), version=version) from None
+
+    def upcaster(
+        self, event_type: EventTypeRef, *, from_version: int
+    ) -> Callable[[Upcaster], Upcaster]:
+        """Register the decorated function as the upcaster of ``event_type`` data
+        from ``from_version`` to ``from_version + 1`` (see :func:`upcaster`)."""
+        name = _type_name(event_type)
+
+        def register(func: Upcaster) -> Upcaster:
+            current = self._types.get(name)
+            if current is not None and from_version >= current.event_version:
+                # Caught at import time: this step leads past the class.
+                raise EventVersionError(
+                    f"upcaster of {name!r} from v{from_version} leads past "
+                    f"{current.__qualname__}, which is v{current.event_version}",
+                    event_type=name,
+                    version=from_version,
+                    current=current.event_version,
+                )
+            self.upcasters.register(name, from_version, func)
+            return func
+
+        return register
 
     def __contains__(self, name: object) -> bool:
         return name in self._types
@@ -147,9 +200,45 @@ def _origin(cls: type) -> str:
 registry = EventRegistry()
 
 
+def _process_registry() -> EventRegistry:
+    return registry
+
+
+def _type_name(ref: EventTypeRef) -> str:
+    # The class of an old version may be gone: a name is enough.
+    if isinstance(ref, type) and issubclass(ref, Event):
+        return ref.event_type
+    value = ref.value if isinstance(ref, Enum) else ref
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"expected an event type name or class, got {ref!r}")
+    return value
+
+
+def upcaster(
+    event_type: EventTypeRef, *, from_version: int, registry: EventRegistry | None = None
+) -> Callable[[Upcaster], Upcaster]:
+    """Register the decorated function as an upcaster of ``event_type`` data.
+
+    It takes the ``data`` dict of version ``from_version`` and returns that of
+    ``from_version + 1``; readers chain the steps up to the class's
+    ``event_version``::
+
+        @upcaster("todo.created", from_version=1)
+        def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+            return {**data, "priority": "normal"}
+
+    ``registry`` is the process-wide one unless given. A step that leads past
+    the registered class, or that another function already covers, raises
+    :class:`~eventbus.errors.EventVersionError`.
+    """
+    return (registry if registry is not None else _process_registry()).upcaster(
+        event_type, from_version=from_version
+    )
+
+
 def resolve_event_type(ref: object, event_registry: EventRegistry | None = None) -> type[Event]:
     """Turn a class, a type name or a string enum member into its Event class."""
-    reg = event_registry or registry
+    reg = event_registry if event_registry is not None else registry
     if isinstance(ref, type) and issubclass(ref, Event):
         if "event_type" not in ref.__dict__:
             raise SubscriptionError(
