@@ -6,6 +6,11 @@
 * A message on a handler queue that never becomes a task run (not JSON, a
   pickle, which is never unpickled, not a task message, an unknown task) is
   dead-lettered and acked by a consumer step, instead of Celery's log-and-drop.
+* So is a handler task message over ``eventbus_max_payload_bytes``
+  ("oversized"), or one Celery would choke on building its request (a body
+  that is not ``[args, kwargs, embed]``, keyword arguments, linked tasks,
+  garbled headers: "rejected"), before the request is built: the handler
+  never runs it, whatever the pool, and the worker never stops over it.
 * At start: the worker also consumes the handler queues when started without
   ``-Q``, never consumes the dead-letter queue, declares it, and (RabbitMQ)
   uses the handler queues' dead-letter-exchange declaration.
@@ -13,15 +18,17 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
-from celery.exceptions import TimeLimitExceeded, WorkerLostError
+from celery.exceptions import InvalidTaskError, TimeLimitExceeded, WorkerLostError
+from kombu.exceptions import ContentDisallowed, DecodeError
 
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter, DeadLetterReason
-from eventbus.errors import DeadLetterError, EnvelopeDecodeError
+from eventbus.errors import DeadLetterError, EnvelopeDecodeError, PayloadTooLarge
 
 if TYPE_CHECKING:
     from kombu.message import Message
@@ -93,7 +100,7 @@ class WorkerHooks:
             return False
         body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
         headers = message.headers if isinstance(message.headers, dict) else {}
-        task_name = headers.get("task")
+        task_name, task_id = headers.get("task"), headers.get("id")
         return self.write(
             DeadLetter(
                 handler=task_name if self.bus.has_handler(task_name) else None,
@@ -101,7 +108,8 @@ class WorkerHooks:
                 attempts=1,
                 exception_type=type(exc).__name__,
                 exception_message=f"{exc} (content-type {message.content_type!r})",
-                task_id=headers.get("id"),
+                # Any JSON value may stand in a hostile header.
+                task_id=None if task_id is None else str(task_id)[:200],
                 queue=(message.delivery_info or {}).get("routing_key"),
                 raw_body=body[:MAX_RAW_BODY].decode("utf-8", "replace"),
                 raw_size=len(body),
@@ -209,4 +217,156 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
             consumer.on_unknown_task = on_unknown_task
             consumer.on_invalid_task = on_invalid_task
 
+            # Handler task messages are checked in the consumer, before the
+            # task's strategy builds a request: whatever the pool, a message
+            # that is oversized or not a task message never reaches it, and
+            # never raises out of the consumer (Celery then stops the worker,
+            # and the redelivered message stops the next one). Celery
+            # rebuilds the strategies at each (re)connection and reload, so
+            # wrap them each time it does.
+            update_strategies = consumer.update_strategies
+
+            def update_checked_strategies() -> None:
+                update_strategies()
+                for sub in hooks.bus.subscriptions():
+                    strategy = consumer.strategies.get(sub.name)
+                    if strategy is not None:
+                        consumer.strategies[sub.name] = checked(strategy)
+
+            def checked(strategy: Callable[..., None]) -> Callable[..., None]:
+                limit = hooks.bus.max_payload_bytes
+
+                def checked_strategy(message: Message, payload: Any, *args: Any) -> None:
+                    over = _oversized(message, limit) if limit else None
+                    if over is not None:
+                        dead_letter_oversized(message, PayloadTooLarge(over[1], over[0], limit))
+                        return
+                    # InvalidTaskError goes to on_invalid_task: dead-lettered, acked.
+                    problem = None if payload is not None else _task_message_problem(message)
+                    if problem:
+                        raise InvalidTaskError(problem)
+                    try:
+                        strategy(message, payload, *args)
+                    except (InvalidTaskError, ContentDisallowed, DecodeError):
+                        raise  # the consumer's own callbacks take these
+                    except Exception as exc:
+                        # Anything else a hostile message finds would stop the
+                        # worker ("Unrecoverable error"): reject it instead.
+                        if isinstance(exc, consumer.connection_errors + consumer.channel_errors):
+                            raise
+                        raise InvalidTaskError(f"{type(exc).__name__}: {exc}") from exc
+
+                return checked_strategy
+
+            def dead_letter_oversized(message: Message, exc: PayloadTooLarge) -> None:
+                if hooks.dead_letter_message(message, exc, "oversized"):
+                    message.ack()
+                    return
+                # Not written (or not from a handler queue): never run it.
+                # RabbitMQ hands the rejected message to the dead-letter
+                # exchange; Redis drops it (logged).
+                logger.error("rejected %s: %s", _describe(message), exc)
+                message.reject_log_error(logger, consumer.connection_errors, requeue=False)
+
+            consumer.update_strategies = update_checked_strategies
+
     return DeadLetterUnusableMessages
+
+
+#: Bytes a task message may carry beyond its envelope's limit: Celery's
+#: ``[args, kwargs, embed]`` list around it (about 70 bytes from publish).
+MESSAGE_WRAPPER_MARGIN = 1024
+
+
+def _oversized(message: Message, limit: int) -> tuple[int, str] | None:
+    """The size putting a task message over ``limit`` and its event type, or None.
+
+    Publish measures the envelope as compact JSON; Celery's serializer adds a
+    space after every ``,`` and ``:`` (at most half as much again) and the
+    task list around it. A body within the limit passes unread; one beyond
+    what that can add is oversized unread; one in between is decoded (as
+    Celery's strategy does next, from the same cache) and its envelope
+    measured as publish measures it.
+    """
+    body = message.body
+    size = len(body.encode() if isinstance(body, str) else body or b"")
+    if size <= limit:
+        return None
+    if size > (limit + MESSAGE_WRAPPER_MARGIN) * 3 // 2:
+        return size, "<not read>"
+    # A body Celery cannot decode raises here as it would in the strategy:
+    # the consumer's decode-error and invalid-task callbacks take it.
+    payload = message.decode()
+    envelope = _first_argument(payload)
+    event_type = envelope.get("event_type") if isinstance(envelope, dict) else None
+    label = event_type if isinstance(event_type, str) else "<not an envelope>"
+    if envelope is not None and (size := _compact_size(envelope)) > limit:
+        return size, label
+    if (size := _compact_size(payload)) > limit + MESSAGE_WRAPPER_MARGIN:
+        return size, label
+    return None
+
+
+def _first_argument(payload: object) -> object:
+    """The envelope's place in a protocol 2 body ``[[envelope], kwargs, embed]``."""
+    if isinstance(payload, list | tuple) and payload:
+        args = payload[0]
+        if isinstance(args, list | tuple) and args:
+            return args[0]
+    return None
+
+
+def _compact_size(value: object) -> int:
+    return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+
+
+def _task_message_problem(message: Message) -> str | None:
+    """What Celery's strategy would choke on in a protocol 2 task message, if anything."""
+    headers = message.headers
+    if not isinstance(headers.get("id"), str):
+        return f"task id must be a string, got {headers.get('id')!r:.100}"
+    timelimit = headers.get("timelimit")
+    if timelimit and not (
+        isinstance(timelimit, list | tuple)
+        and len(timelimit) == 2
+        and all(t is None or isinstance(t, int | float) for t in timelimit)
+    ):
+        return f"timelimit must be [hard, soft] seconds, got {timelimit!r:.100}"
+    shadow = headers.get("shadow")
+    if shadow is not None and not isinstance(shadow, str):
+        # Under another name type the run vanishes: no result, no failure, no log
+        return f"shadow (the task's display name) must be a string, got {shadow!r:.100}"
+    retries = headers.get("retries")
+    if retries is not None and not (isinstance(retries, int) and retries >= 0):
+        # on_task_failure counts the attempts from it
+        return f"retries must be a count, got {retries!r:.100}"
+    # Decoded as Celery's strategy decodes it next (from the same cache); a
+    # body it cannot decode raises to the consumer's callbacks.
+    body = message.decode()
+    if isinstance(body, dict) and "args" in body:
+        return None  # a hybrid protocol 1 body: Celery checks it
+    if not (isinstance(body, list | tuple) and len(body) == 3):
+        return f"body is not [args, kwargs, embed]: {type(body).__name__}"
+    args, kwargs, embed = body
+    if not isinstance(args, list | tuple):
+        return "task args must be a list"
+    # What publish sends: no keyword arguments, no linked tasks (Celery runs
+    # errbacks before task_failure fires: a bad one would lose the record).
+    if kwargs != {}:
+        return "a handler task takes no keyword arguments"
+    if embed is not None and not isinstance(embed, dict):
+        return "task options (embed) must be an object"
+    links = {k: v for k, v in (embed or {}).items() if k in _LINKS and v is not None}
+    if links:
+        return f"a handler task is never linked, got {', '.join(sorted(links))}"
+    return None
+
+
+#: The embed keys linking other tasks to a task message.
+_LINKS = frozenset({"callbacks", "errbacks", "chain", "chord"})
+
+
+def _describe(message: Message) -> str:
+    headers = message.headers if isinstance(message.headers, dict) else {}
+    queue = (message.delivery_info or {}).get("routing_key")
+    return f"message {headers.get('id')!r} of task {headers.get('task')!r} on {queue!r}"
