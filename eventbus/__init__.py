@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from eventbus.deadletter import DeadLetter, DeadLetterQueue
     from eventbus.envelope import Envelope, create_event
     from eventbus.errors import (
+        ConcurrencyError,
         ConfigurationError,
         DeadLetterError,
         DeadLetterNotFound,
@@ -34,7 +35,9 @@ if TYPE_CHECKING:
         EnvelopeDecodeError,
         EventBusError,
         EventError,
+        EventStoreError,
         EventValidationError,
+        EventVersionError,
         LateEvent,
         OrderingError,
         PayloadTooLarge,
@@ -46,10 +49,11 @@ if TYPE_CHECKING:
         SubscriptionError,
         UnknownEventType,
     )
-    from eventbus.events import Event, EventRegistry, registry
+    from eventbus.events import Event, EventRegistry, registry, upcaster
     from eventbus.idempotency import Delivery, current_delivery
     from eventbus.memory import InMemoryEventBus
     from eventbus.options import HandlerOptions
+    from eventbus.store import EventStore
 
 # Submodules load on first use (PEP 562): `celery` imports this package for
 # its `celery eventbus` sub-command in every worker of the environment, and
@@ -66,10 +70,12 @@ _EXPORTS = {
     "Event": "eventbus.events",
     "EventRegistry": "eventbus.events",
     "registry": "eventbus.events",
+    "upcaster": "eventbus.events",
     "Delivery": "eventbus.idempotency",
     "current_delivery": "eventbus.idempotency",
     "InMemoryEventBus": "eventbus.memory",
     "HandlerOptions": "eventbus.options",
+    "EventStore": "eventbus.store",
     **dict.fromkeys(_errors.__all__, "eventbus.errors"),
 }
 
@@ -91,6 +97,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BaseEventBus",
+    "ConcurrencyError",
     "ConfigurationError",
     "DeadLetter",
     "DeadLetterError",
@@ -105,7 +112,10 @@ __all__ = [
     "EventBusError",
     "EventError",
     "EventRegistry",
+    "EventStore",
+    "EventStoreError",
     "EventValidationError",
+    "EventVersionError",
     "HandlerOptions",
     "InMemoryEventBus",
     "LateEvent",
@@ -123,4 +133,5 @@ __all__ = [
     "create_event",
     "current_delivery",
     "registry",
+    "upcaster",
 ]
