@@ -71,6 +71,18 @@ eventbus_broker_dead_lettering = os.environ.get("EVENTBUS_BROKER_DLX", "1") not 
 )
 eventbus_retry_jitter = os.environ.get("EVENTBUS_RETRY_JITTER", "1") not in ("0", "false", "no")
 
+# -- delivery guarantees (README: "Delivery guarantees") -------------------------
+# Idempotency claims, sequence counters and ordering positions live in Redis:
+# by default the broker when it is Redis; with RabbitMQ set EVENTBUS_REDIS_URL.
+eventbus_redis_url = os.environ.get("EVENTBUS_REDIS_URL") or None
+eventbus_idempotent = os.environ.get("EVENTBUS_IDEMPOTENT", "0") not in ("0", "false", "no")
+eventbus_idempotency_ttl = _env_int("EVENTBUS_IDEMPOTENCY_TTL", 7 * 24 * 3600)  # seconds
+# An ordered handler's event whose predecessor has not shown up for this long
+# (and is not waiting for a retry) is dead-lettered as a sequence gap.
+eventbus_ordering_gap_timeout = _env_int("EVENTBUS_ORDERING_GAP_TIMEOUT", 60)
+# The largest envelope published or run, in JSON bytes (0: no limit).
+eventbus_max_payload_bytes = _env_int("EVENTBUS_MAX_PAYLOAD_BYTES", 256 * 1024)
+
 # -- metrics (see eventbus.metrics): a worker serves /metrics on this port; 0 = off
 eventbus_metrics_port = _env_int("EVENTBUS_METRICS_PORT", 0)
 eventbus_metrics_addr = os.environ.get("EVENTBUS_METRICS_ADDR", "127.0.0.1")

@@ -28,7 +28,13 @@ from celery.exceptions import InvalidTaskError, TimeLimitExceeded, WorkerLostErr
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter, DeadLetterReason
-from eventbus.errors import DeadLetterError, EnvelopeDecodeError, PayloadTooLarge
+from eventbus.errors import (
+    DeadLetterError,
+    EnvelopeDecodeError,
+    OrderingError,
+    PayloadTooLarge,
+    SequenceGap,
+)
 
 if TYPE_CHECKING:
     from kombu.message import Message
@@ -162,6 +168,8 @@ def dead_letter_reason(sub: Subscription, exc: BaseException) -> DeadLetterReaso
         return "time_limit"
     if isinstance(exc, WorkerLostError):
         return "worker_lost"
+    if isinstance(exc, OrderingError):
+        return "sequence_gap" if isinstance(exc, SequenceGap) else "late_event"
     options = sub.options
     if isinstance(exc, options.permanent_errors) or not isinstance(exc, options.retry_on):
         return "permanent_error"
@@ -173,6 +181,13 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
 
     class DeadLetterUnusableMessages(bootsteps.StartStopStep):  # type: ignore[misc]
         name = f"eventbus.DeadLetterUnusableMessages.{id(hooks)}"
+
+        def start(self, consumer: Any) -> None:
+            bus = hooks.bus
+            if any(sub.options.idempotent or sub.options.ordered for sub in bus.subscriptions()):
+                # Refuse to start rather than fail every message: the
+                # ConfigurationError names the missing setting.
+                logger.info("eventbus: idempotency and ordering state in %s", bus.state.description)
 
         def __init__(self, consumer: Any, **kwargs: Any) -> None:
             super().__init__(consumer, **kwargs)
