@@ -16,13 +16,14 @@ writers that read the same version both try to insert its next sequence,
 one of them violates the key, and its whole batch (one transaction) is
 rolled back and reported as :class:`~eventbus.errors.ConcurrencyError`.
 
-Global order: a reader that follows ``position`` (``read_all``) must never
-see position 12 committed before 11, or it would skip 11 for good. SQLite
-has one writer at a time, so commits come in position order. On PostgreSQL
-an append takes a transaction-level advisory lock (one per table) before it
-reads the version, so appends to the store are serialized from that point
-to their commit: positions commit in order. The cost is that appends do not
-run in parallel, and an append inside a caller's transaction
+Appends are serialized: an append takes a lock before it reads the
+aggregate's version and keeps it until its commit (PostgreSQL: a
+transaction-level advisory lock, one per table; SQLite: ``BEGIN IMMEDIATE``,
+its write lock). So concurrent writers never lose a race they did not
+expect (``expected_version=None`` just goes after the winner), and a reader
+that follows ``position`` (``read_all``) never sees position 12 committed
+before 11 (it would skip 11 for good). The cost: appends to one table do
+not run in parallel, and an append inside a caller's transaction
 (``connection=``) holds the lock until that transaction ends.
 """
 
@@ -233,8 +234,7 @@ class SQLEventStore(EventStore):
         expected_version: int | None,
     ) -> list[tuple[int, int]]:
         t = self.table
-        if self._postgres:
-            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(self._lock_key)))
+        self._lock_for_append(conn)
         current = int(conn.execute(self._version_query(stream)).scalar_one())
         numbered = number_rows(stream, rows, current, expected_version)
         values = [
@@ -253,6 +253,20 @@ class SQLEventStore(EventStore):
                 raise EventStoreError(f"an event of this batch is already stored: {text}") from exc
             raise _LostRace(stream, current, expected_version) from exc
         return [(p, row["sequence"]) for p, row in zip(positions, numbered, strict=True)]
+
+    def _lock_for_append(self, conn: sa.Connection) -> None:
+        """Serialize appends from here to commit, so no writer reads a version about to change."""
+        if self._postgres:
+            conn.execute(sa.select(sa.func.pg_advisory_xact_lock(self._lock_key)))
+        elif conn.dialect.name == "sqlite":
+            # pysqlite begins a transaction only at the first write, so the
+            # version would be read outside it: take the write lock first
+            # (waiting up to the busy timeout). A transaction already open
+            # (the caller's, or an engine that emits BEGIN) is left as it is:
+            # the unique key still catches a lost race.
+            dbapi = conn.connection.dbapi_connection
+            if dbapi is not None and not getattr(dbapi, "in_transaction", True):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     # -- reading -------------------------------------------------------------
 
