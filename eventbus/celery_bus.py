@@ -207,6 +207,7 @@ class EventBus(BaseEventBus):
         assert guard is not None
         event_registry = self.event_registry
         permanent, retry_on = options.permanent_errors, options.retry_on
+        hooks = self._worker_hooks
 
         def run(task: Any, envelope: object = None, *args: object, **kwargs: object) -> str | None:
             if args or kwargs:
@@ -231,6 +232,11 @@ class EventBus(BaseEventBus):
                 )
             except Deferral as deferral:
                 raise defer(task, deferral) from None
+            except Exception as exc:
+                if not will_retry(exc):
+                    # Terminal: record it before the ack (re-queued if it cannot be).
+                    hooks.dead_letter_in_task(task, subscription, exc)
+                raise
 
         module, _, short = subscription.name.rpartition(".")
         run.__name__ = run.__qualname__ = short

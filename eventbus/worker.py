@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
-from celery.exceptions import InvalidTaskError, TimeLimitExceeded, WorkerLostError
+from celery.exceptions import InvalidTaskError, Reject, TimeLimitExceeded, WorkerLostError
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter, DeadLetterReason
@@ -45,6 +46,10 @@ if TYPE_CHECKING:
 __all__ = ["WorkerHooks", "dead_letter_reason"]
 
 logger = logging.getLogger(__name__)
+
+#: Seconds a handler task waits before re-queueing a message whose dead letter
+#: could not be written (the broker is likely restarting).
+REQUEUE_PAUSE = 1.0
 
 
 class WorkerHooks:
@@ -73,18 +78,48 @@ class WorkerHooks:
         if sub is None or exception is None:
             return
         request = sender.request
-        record = DeadLetter.from_exception(
+        if getattr(request, "eventbus_dead_lettered", False):
+            return  # the task wrote its record itself (dead_letter_in_task)
+        record = self.record_for(
+            sender, sub, exception, args, getattr(einfo, "traceback", None), task_id
+        )
+        self.write(record)
+
+    def dead_letter_in_task(self, task: Any, sub: Subscription, exc: BaseException) -> None:
+        """Write a handler's terminal failure from inside its task, before the ack.
+
+        The record is written while the message is still unacked: if the write
+        fails (the broker went away in between), the message is re-queued and
+        the handler runs again later, instead of being acked with no record.
+        """
+        request = task.request
+        record = self.record_for(task, sub, exc, request.args, None, request.id)
+        if not self.write(record):
+            time.sleep(REQUEUE_PAUSE)  # not a hot loop while the broker recovers
+            raise Reject(f"dead letter not written: {exc!r}; message re-queued", requeue=True)
+        request.eventbus_dead_lettered = True
+
+    def record_for(
+        self,
+        task: Any,
+        sub: Subscription,
+        exception: BaseException,
+        args: Any,
+        tb: str | None,
+        task_id: str | None,
+    ) -> DeadLetter:
+        request = task.request
+        return DeadLetter.from_exception(
             exception,
             handler=sub.name,
             reason=dead_letter_reason(sub, exception),
             attempts=(request.retries or 0) + 1,
             envelope=args[0] if args else None,
-            traceback=getattr(einfo, "traceback", None),
+            traceback=tb,
             task_id=task_id,
             queue=(request.delivery_info or {}).get("routing_key"),
             worker=request.hostname,
         )
-        self.write(record)
 
     def write(self, record: DeadLetter) -> bool:
         try:

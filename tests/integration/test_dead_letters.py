@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from eventbus import PermanentHandlerError
 
@@ -214,3 +215,40 @@ def test_failure_is_dead_lettered_only_by_the_bus_that_owns_the_task(make_env) -
     [record] = _dead_letters(second)
     assert record.handler == shared_name
     assert len(first.bus.dead_letters) == 0
+
+
+def test_a_dead_letter_that_cannot_be_written_requeues_the_message(
+    env: Env, monkeypatch: Any
+) -> None:
+    # Given a handler that fails permanently, and a DLQ whose first write fails
+    # (the broker went away for a moment)
+    import eventbus.worker
+    from eventbus import DeadLetterError
+
+    monkeypatch.setattr(eventbus.worker, "REQUEUE_PAUSE", 0.05)
+    store = env.bus.dead_letter_store
+    real_append = store.append
+    failures = [DeadLetterError("connection reset")]
+
+    def flaky_append(record: Any) -> None:
+        if failures:
+            raise failures.pop()
+        real_append(record)
+
+    monkeypatch.setattr(store, "append", flaky_append)
+    recorder = Recorder()
+    name = env.name("picky")
+    env.bus.subscribe(
+        OrderPlaced,
+        name=name,
+        handler=recorder.handler(name, fail=lambda call: PermanentHandlerError("bad order")),
+    )
+    env.start_worker()
+    # When an event fails
+    env.bus.publish(OrderPlaced(order_id="o-7", quantity=1))
+    # Then the unwritten record did not ack the message: it ran again, and then
+    # exactly one record was written
+    [record] = _dead_letters(env)
+    assert recorder.count(name) == 2
+    assert record.reason == "permanent_error"
+    assert_stays(lambda: len(env.bus.dead_letters) == 1, duration=0.3)
