@@ -332,7 +332,9 @@ def _row(envelope: Envelope[Any]) -> dict[str, Any]:
         "correlation_id": envelope.correlation_id,
         "causation_id": envelope.causation_id,
         # What a JSON column would give back, in every backend alike.
-        "metadata": json.loads(json.dumps(envelope.metadata, default=str)),
+        "metadata": json.loads(json.dumps(envelope.metadata, default=str))
+        if envelope.metadata
+        else {},
         "data": envelope.data.model_dump(mode="json"),
     }
 

@@ -242,10 +242,26 @@ class SQLEventStore(EventStore):
             for row in numbered
         ]
         try:
-            result = conn.execute(
-                sa.insert(t).returning(t.c.position, sort_by_parameter_order=True), values
-            )
-            positions = list(result.scalars())
+            if len(values) == 1:
+                positions = [
+                    conn.execute(sa.insert(t).returning(t.c.position), values[0]).scalar_one()
+                ]
+            else:
+                # A plain executemany, then the positions: a multi-row INSERT ...
+                # RETURNING is one long statement that psycopg re-parses on every
+                # call (too long for its cache), a third of a batch's time.
+                conn.execute(sa.insert(t), values)
+                positions = list(
+                    conn.execute(
+                        sa.select(t.c.position)
+                        .where(
+                            t.c.aggregate_type == stream.aggregate_type,
+                            t.c.aggregate_id == stream.aggregate_id,
+                            t.c.sequence > current,
+                        )
+                        .order_by(t.c.sequence)
+                    ).scalars()
+                )
         except sa.exc.IntegrityError as exc:
             text = str(exc.orig)
             constraint = getattr(getattr(exc.orig, "diag", None), "constraint_name", None)
