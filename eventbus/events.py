@@ -155,7 +155,11 @@ class EventRegistry:
 
         def register(func: Upcaster) -> Upcaster:
             current = self._types.get(name)
-            if current is not None and from_version >= current.event_version:
+            if (
+                current is not None
+                and isinstance(from_version, int)
+                and from_version >= current.event_version
+            ):
                 # Caught at import time: this step leads past the class.
                 raise EventVersionError(
                     f"upcaster of {name!r} from v{from_version} leads past "

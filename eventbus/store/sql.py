@@ -248,8 +248,8 @@ class SQLEventStore(EventStore):
                 ]
             else:
                 # A plain executemany, then the positions: a multi-row INSERT ...
-                # RETURNING is one long statement that psycopg re-parses on every
-                # call (too long for its cache), a third of a batch's time.
+                # RETURNING is one long statement, too long for psycopg's query
+                # cache, so it would be parsed again (in Python) on every call.
                 conn.execute(sa.insert(t), values)
                 positions = list(
                     conn.execute(
