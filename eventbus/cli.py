@@ -171,7 +171,7 @@ for _command in _COMMANDS:
 
 @click.group(name="eventbus")
 def celery_command() -> None:
-    """eventbus commands on this Celery app's bus (demo, publish, events, dlq)."""
+    """eventbus commands on this Celery app's bus (demo, publish, events, dlq, schema)."""
 
 
 for _command in _COMMANDS:
