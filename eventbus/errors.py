@@ -23,6 +23,8 @@
             └── ReplayConflict      another replay holds the record
     └── EventStoreError             an event store operation failed
         └── ConcurrencyError        the aggregate is not at the expected version
+    └── OutboxError                 an outbox operation failed
+        └── OutboxRowError          an outbox row cannot be published (never retried)
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ __all__ = [
     "EventVersionError",
     "LateEvent",
     "OrderingError",
+    "OutboxError",
+    "OutboxRowError",
     "PayloadTooLarge",
     "PermanentHandlerError",
     "PublishError",
@@ -237,3 +241,16 @@ class ConcurrencyError(EventStoreError):
             f"aggregate {name} is at version {actual}{wanted}"
             f"{': ' + detail if detail else ''}; nothing was written"
         )
+
+
+class OutboxError(EventBusError):
+    """A transactional outbox operation failed (the database's own error is the cause)."""
+
+
+class OutboxRowError(OutboxError):
+    """An outbox row cannot be published: its payload is not a valid envelope for this code.
+
+    Not JSON, not an envelope, an unknown event type, data that fails its
+    schema or is too large to send. The relay marks the row failed
+    (``failed_at``, ``last_error``), logs it and goes on; it is never retried.
+    """
