@@ -1,0 +1,302 @@
+"""The relay: publish an outbox's pending rows on a bus and mark them sent.
+
+One batch is one database transaction: take up to ``limit`` pending rows in
+``id`` order and lock them, publish each with ``bus.publish(envelope)`` (the
+row's own ``event_id``), mark them, commit.
+
+Locking
+    PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``. Relays running at once
+    each take other rows (a row locked by one is skipped by the others) and
+    never publish a row twice; writers adding rows are not blocked. SQLite has
+    one writer: a batch starts with ``BEGIN IMMEDIATE``, so relays take turns
+    and the application's writes wait (up to the busy timeout) while a batch
+    publishes: keep batches small there.
+
+Order
+    One relay publishes in ``id`` order. Relays running at once publish their
+    batches side by side, and on PostgreSQL ``id`` order is the order rows
+    were inserted, not committed. Ordered handlers get their order from the
+    envelopes' sequence numbers: appends through :meth:`Outbox.append
+    <eventbus.outbox.Outbox.append>` carry the store's, and publish keeps them.
+
+Failures
+    * A row that can never be published (not JSON, not an envelope, an
+      unknown type, invalid or oversized data, an ``event_id`` that is not its
+      payload's) gets ``failed_at`` and ``last_error``, is logged at ERROR and
+      counted in :attr:`RelayResult.failed`; the batch goes on. It is never
+      retried, unless told to after the fix (:meth:`Outbox.retry_failed
+      <eventbus.outbox.Outbox.retry_failed>`).
+    * A publish that fails otherwise (the broker is down:
+      :class:`~eventbus.errors.PublishError`) leaves its row pending with
+      ``attempts`` + 1 and ``last_error``, stops the batch (the rows after it
+      stay pending, in order) and is reported in :attr:`RelayResult.error`.
+      The rows published before it are marked; the next run goes on.
+
+Delivery is at-least-once. A relay that dies (or loses its database
+connection) after publishing rows and before its commit leaves them
+pending: the next run publishes them again, with the same ``event_id``.
+So does a :class:`~eventbus.errors.PublishError` after some handlers'
+messages went out. Idempotent handlers (``idempotent=True``) absorb the
+duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import sqlalchemy as sa
+
+from eventbus.envelope import Envelope
+from eventbus.errors import EventError, OutboxError, OutboxRowError, PublishError
+from eventbus.outbox.payload import decode_outbox_payload
+from eventbus.outbox.sql import Outbox, pending_rows
+
+if TYPE_CHECKING:
+    from eventbus.bus import BaseEventBus
+
+__all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_INTERVAL", "OutboxRelay", "RelayResult"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 100  #: rows per batch (one transaction) unless told otherwise
+DEFAULT_INTERVAL = 1.0  #: seconds :meth:`OutboxRelay.run_forever` waits when idle or failing
+
+#: Longest ``last_error`` kept in a row, in characters.
+MAX_ERROR_LENGTH = 2000
+#: Rows marked per UPDATE statement (databases cap the parameters of one statement).
+_MARK_CHUNK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class RelayResult:
+    """What one relay run did.
+
+    ``published``: rows published and marked; ``failed``: rows marked failed
+    (never retried); ``pending_left``: rows still pending afterwards, those
+    other relays hold included; ``error``: why the run stopped early, when a
+    publish failed (its row and those after it stay pending).
+    """
+
+    published: int
+    failed: int
+    pending_left: int
+    error: str | None = None
+
+    def then(self, later: RelayResult) -> RelayResult:
+        """This run followed by ``later``: counts added, the later state kept."""
+        return RelayResult(
+            self.published + later.published,
+            self.failed + later.failed,
+            later.pending_left,
+            later.error,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class OutboxRelay:
+    """Publishes an outbox's pending rows on a bus (see the module docstring).
+
+    ``relay_once()`` runs one batch of ``batch_size`` rows, ``drain()``
+    batches until nothing is left to take, ``run_forever()`` keeps draining
+    (the ``eventbus outbox relay --loop`` command). :attr:`totals` counts
+    what this relay did: ``published``, ``failed``, ``retried`` (rows a
+    failed publish left pending).
+    """
+
+    def __init__(
+        self, outbox: Outbox, bus: BaseEventBus, *, batch_size: int = DEFAULT_BATCH_SIZE
+    ) -> None:
+        self.outbox = outbox
+        self.bus = bus
+        self.batch_size = _positive(batch_size, "batch_size")
+        self.totals: Counter[str] = Counter()
+        self._sqlite = outbox.engine.dialect.name == "sqlite"
+
+    def __repr__(self) -> str:
+        return f"OutboxRelay({self.outbox!r}, batch_size={self.batch_size})"
+
+    def relay_once(self, limit: int | None = None) -> RelayResult:
+        """Publish up to ``limit`` (default ``batch_size``) pending rows in one transaction.
+
+        Raises :class:`~eventbus.errors.OutboxError` when the database fails;
+        rows published in that batch stay pending and go out again.
+        """
+        size = self.batch_size if limit is None else _positive(limit, "limit")
+        t = self.outbox.table
+        query = (
+            sa.select(t.c.id, t.c.event_id, t.c.payload)
+            .where(pending_rows(t))
+            .order_by(t.c.id)
+            .limit(size)
+        )
+        if not self._sqlite:
+            query = query.with_for_update(skip_locked=True)
+        published: list[int] = []
+        failed: list[dict[str, Any]] = []
+        retry: dict[str, Any] | None = None
+        with self.outbox._translated("relay pending rows"), self.outbox.engine.begin() as conn:
+            if self._sqlite:
+                _begin_immediate(conn)
+            for row in conn.execute(query).all():
+                try:
+                    envelope = decode_outbox_payload(self.bus, row.payload)
+                    _check_event_id(row.event_id, envelope)
+                    self.bus.publish(envelope)
+                except (OutboxRowError, EventError) as exc:
+                    # This row can never go out (a bad payload, data over the
+                    # size limit): set it aside and go on with the batch.
+                    logger.error(
+                        "outbox %s: row %s (event %s) cannot be published, marked failed: %s",
+                        t.fullname,
+                        row.id,
+                        row.event_id,
+                        _error_text(exc),
+                    )
+                    failed.append({"row_id": row.id, "error": _error_text(exc)})
+                    continue
+                except Exception as exc:
+                    # The broker (or something else that may pass): keep the row
+                    # and those after it pending, in order, for the next run.
+                    log = logger.warning if isinstance(exc, PublishError) else logger.exception
+                    log(
+                        "outbox %s: publish of row %s (event %s) failed; it and the rows "
+                        "after it stay pending: %s",
+                        t.fullname,
+                        row.id,
+                        row.event_id,
+                        _error_text(exc),
+                    )
+                    retry = {"row_id": row.id, "error": _error_text(exc)}
+                    break
+                published.append(row.id)
+            self._mark(conn, published, failed, retry)
+        self.totals.update(published=len(published), failed=len(failed), retried=1 if retry else 0)
+        return RelayResult(
+            published=len(published),
+            failed=len(failed),
+            pending_left=self.outbox.pending_count(),
+            error=retry["error"] if retry else None,
+        )
+
+    def _mark(
+        self,
+        conn: sa.Connection,
+        published: list[int],
+        failed: list[dict[str, Any]],
+        retry: dict[str, Any] | None,
+    ) -> None:
+        t = self.outbox.table
+        now = datetime.now(UTC)
+        attempts = t.c.attempts + 1
+        for start in range(0, len(published), _MARK_CHUNK):
+            chunk = published[start : start + _MARK_CHUNK]
+            conn.execute(
+                sa.update(t)
+                .where(t.c.id.in_(chunk))
+                .values(published_at=now, attempts=attempts, last_error=None)
+            )
+        by_id = t.c.id == sa.bindparam("row_id")
+        if failed:
+            conn.execute(
+                sa.update(t)
+                .where(by_id)
+                .values(failed_at=now, attempts=attempts, last_error=sa.bindparam("error")),
+                failed,
+            )
+        if retry is not None:
+            conn.execute(
+                sa.update(t)
+                .where(by_id)
+                .values(attempts=attempts, last_error=sa.bindparam("error")),
+                retry,
+            )
+
+    def drain(self, *, max_batches: int | None = None) -> RelayResult:
+        """Relay batch after batch until no full batch is left (or ``max_batches``); sum them.
+
+        Stops early at a failed publish (its ``error`` is the result's).
+        """
+        if max_batches is not None:
+            _positive(max_batches, "max_batches")
+        total = RelayResult(0, 0, 0)
+        batches = 0
+        while True:
+            result = self.relay_once()
+            total = total.then(result)
+            batches += 1
+            full = result.published + result.failed >= self.batch_size
+            if (
+                result.error is not None
+                or not full
+                or result.pending_left == 0
+                or (max_batches is not None and batches >= max_batches)
+            ):
+                return total
+
+    def run_forever(
+        self,
+        *,
+        interval: float = DEFAULT_INTERVAL,
+        stop: threading.Event | None = None,
+        on_result: Callable[[RelayResult], object] | None = None,
+    ) -> None:
+        """Relay until ``stop`` is set: full batches back to back, else every ``interval`` s.
+
+        A failed publish or a database error is logged and tried again after
+        ``interval``; nothing but ``stop`` (or an interrupt) ends the loop.
+        ``on_result`` is called with every batch's result.
+        """
+        stop = stop or threading.Event()
+        while not stop.is_set():
+            try:
+                result = self.relay_once()
+            except OutboxError as exc:
+                logger.error("outbox relay: %s", exc)
+                stop.wait(interval)
+                continue
+            if on_result is not None:
+                on_result(result)
+            if result.error is not None or result.published + result.failed < self.batch_size:
+                stop.wait(interval)
+
+
+def _begin_immediate(conn: sa.Connection) -> None:
+    """SQLite: take the write lock before reading rows, so relays take turns."""
+    # pysqlite begins a transaction only at the first write: without this two
+    # relays would both read the same pending rows.
+    dbapi = conn.connection.dbapi_connection
+    if dbapi is not None and not getattr(dbapi, "in_transaction", True):
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _check_event_id(row_event_id: object, envelope: Envelope[Any]) -> None:
+    # The unique key is on the row's event_id: a payload with another id would
+    # go out under an id the outbox does not know.
+    try:
+        same = UUID(str(row_event_id)) == envelope.event_id
+    except ValueError:
+        same = False
+    if not same:
+        raise OutboxRowError(
+            f"the row's event_id {row_event_id!r} is not its payload's ({envelope.event_id})"
+        )
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."
+
+
+def _positive(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
