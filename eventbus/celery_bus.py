@@ -102,6 +102,10 @@ class EventBus(BaseEventBus):
 
         #: ``eventbus.replay_dead_letters``: replay from Flower or any task sender.
         self.replay_task = register_replay_task(self)
+        from eventbus.outbox.task import register_relay_task
+
+        #: ``eventbus.relay_outbox``: publish the outbox's pending rows (Celery beat).
+        self.relay_task = register_relay_task(self)
 
     # -- configuration -----------------------------------------------------
 
