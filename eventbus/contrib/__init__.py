@@ -1,0 +1,1 @@
+"""Web framework integrations: :mod:`eventbus.contrib.django`, :mod:`eventbus.contrib.flask`."""
