@@ -1,7 +1,8 @@
 """The ``eventbus`` command line: demo, publish, events, and the dead-letter queue.
 
 The same commands run under Celery as ``celery -A proj eventbus ...``. The
-``dlq`` commands live in :mod:`eventbus.cli_dlq`, ``schema`` in :mod:`eventbus.cli_schema`.
+``dlq`` commands live in :mod:`eventbus.cli_dlq`, ``schema`` in :mod:`eventbus.cli_schema`,
+``outbox`` in :mod:`eventbus.cli_outbox`.
 Exit codes: 0 ok, 1 nothing matched or the operation failed, 2 usage error.
 """
 
@@ -18,6 +19,7 @@ from eventbus.bus import BaseEventBus
 from eventbus.celery_bus import bus_for_app
 from eventbus.cli_context import BusContext, bus_of, handle_errors
 from eventbus.cli_dlq import dlq
+from eventbus.cli_outbox import outbox
 from eventbus.cli_schema import schema
 
 __all__ = ["celery_command", "load_bus", "main"]
@@ -145,7 +147,7 @@ def events(ctx: click.Context, as_json: bool) -> None:
             click.echo("  (no handlers)")
 
 
-_COMMANDS = (demo, publish, events, dlq, schema)
+_COMMANDS = (demo, publish, events, dlq, schema, outbox)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -171,7 +173,7 @@ for _command in _COMMANDS:
 
 @click.group(name="eventbus")
 def celery_command() -> None:
-    """eventbus commands on this Celery app's bus (demo, publish, events, dlq, schema)."""
+    """eventbus commands on this Celery app's bus (demo, publish, events, dlq, schema, outbox)."""
 
 
 for _command in _COMMANDS:
