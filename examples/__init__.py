@@ -1,0 +1,1 @@
+"""Runnable examples of eventbus in web frameworks (not part of the installed package)."""
