@@ -86,3 +86,17 @@ eventbus_max_payload_bytes = _env_int("EVENTBUS_MAX_PAYLOAD_BYTES", 256 * 1024)
 # -- metrics (see eventbus.metrics): a worker serves /metrics on this port; 0 = off
 eventbus_metrics_port = _env_int("EVENTBUS_METRICS_PORT", 0)
 eventbus_metrics_addr = os.environ.get("EVENTBUS_METRICS_ADDR", "127.0.0.1")
+
+# -- transactional outbox (eventbus.outbox) ------------------------------------
+# The relay task eventbus.relay_outbox publishes the pending rows of the outbox
+# table in this database; with the URL set, `celery beat` runs it every second.
+eventbus_outbox_url = os.environ.get("EVENTBUS_OUTBOX_URL") or None
+if eventbus_outbox_url:
+    beat_schedule = {
+        "eventbus-relay-outbox": {
+            "task": "eventbus.relay_outbox",
+            "schedule": float(os.environ.get("EVENTBUS_OUTBOX_RELAY_INTERVAL", "1")),
+            # A run that waited longer (no worker) is dropped: the next one relays the rows.
+            "options": {"expires": 10},
+        },
+    }
