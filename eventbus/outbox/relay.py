@@ -18,6 +18,10 @@ Order
     were inserted, not committed. Ordered handlers get their order from the
     envelopes' sequence numbers: appends through :meth:`Outbox.append
     <eventbus.outbox.Outbox.append>` carry the store's, and publish keeps them.
+    A row without one is numbered by the bus at each publish attempt (when
+    its type has an ordered handler): an attempt that fails burns its number,
+    a gap the ordered handler waits out, as after a failed direct publish.
+    Write numbered envelopes for ordered handlers.
 
 Failures
     * A row that can never be published (not JSON, not an envelope, an
