@@ -1,22 +1,27 @@
 """Publisher confirms on RabbitMQ, waited for once per batch instead of once per message.
 
-kombu's ``broker_transport_options={"confirm_publish": True}`` makes py-amqp
-wait a round trip after every publish. :func:`confirmed` wraps the K
-publishes of one event: they go out without waiting, then one wait collects
-the broker's Acks for all of them (the task-sent events Celery publishes on
-the same channel included). A Nack, or no confirm within ``timeout`` seconds
-(``eventbus_confirm_timeout``), raises :class:`PublishNotConfirmed`.
+:func:`confirmed` wraps the K publishes of one event: they go out without
+waiting, then one wait collects the broker's Acks for all of them (the
+task-sent events Celery publishes on the same channel included). A Nack, or no
+confirm within ``timeout`` seconds (``eventbus_confirm_timeout``), raises
+:class:`PublishNotConfirmed`. It does nothing on other transports (Redis,
+memory) or with ``eventbus_publish_confirms = False``.
 
-It does nothing on other transports (Redis, memory), when the connection has
-``confirm_publish`` off, or when the connection is not up yet: that first
-block then goes out with py-amqp's own per-message confirms, so connecting
-keeps Celery's publish retry policy.
+eventbus puts the producer's channel in confirm mode itself, and does not use
+kombu's connection-wide ``confirm_publish`` option: with that option every
+channel of the connection waits after each publish, including the channel a
+``--pool threads`` worker shares between its threads to send task events, and
+py-amqp's wait is not thread-safe there (a worker hangs). A pooled producer's
+channel is used by one thread at a time.
 
 How the tags are known: in confirm mode the broker numbers a channel's
-messages 1, 2, 3, ... and confirms by that number. A :class:`_Tags` tracker on
-the channel counts what a block publishes and hears every Ack and Nack
-(py-amqp calls ``channel.events`` listeners for each, also for those its own
-per-message wait consumes, so publishes outside a block keep the count).
+messages 1, 2, 3, ... and confirms by that number. A channel eventbus put in
+confirm mode counts every publish made on it (inside a block or not, e.g. a
+plain ``apply_async`` through the same pooled producer, which then does not
+wait). A channel already in confirm mode (the application set kombu's
+``confirm_publish``) is also handled: a :class:`_Tags` tracker hears every Ack
+and Nack, and the first message of a block is confirmed on its own to learn
+the broker's count.
 """
 
 from __future__ import annotations
@@ -59,6 +64,10 @@ class _Tags:
         self.nacked: set[int] = set()  # of the pending ones, those the broker nacked
         self.lost = False  # a confirm did not fit the count: learn the base again
         self.active = False  # a block is publishing on the channel
+        self.mine: list[int] = []  # the tags the current block published
+        # eventbus numbers every publish of the channel: a confirm of a tag
+        # no block waits for is a publish made outside a block.
+        self.counts_all = False
 
     def reset(self, last: int | None) -> None:
         self.last = last
@@ -67,10 +76,15 @@ class _Tags:
         self.lost = False
 
     def publish(self) -> int:
-        """Count one message published without waiting; return its tag."""
+        """Count one message published without waiting in a block; return its tag."""
+        tag = self.count()
+        self.pending.add(tag)
+        return tag
+
+    def count(self) -> int:
+        """Count one message published on the channel; return its tag."""
         assert self.last is not None
         self.last += 1
-        self.pending.add(self.last)
         return self.last
 
     def on_ack(self, delivery_tag: int, multiple: bool = False) -> None:
@@ -85,7 +99,7 @@ class _Tags:
             # waited for its confirm), or the first one of a block learning
             # the base. It is the newest.
             self.last = tag
-        elif tag not in self.pending:
+        elif tag not in self.pending and not self.counts_all:
             # The broker confirms each tag once, the newest of a multiple
             # confirm included: the count is off (the channel was reopened
             # and put back in confirm mode behind this tracker's back).
@@ -107,43 +121,45 @@ def _tags_of(channel: Any) -> _Tags:
 
 
 def _confirming_channel(producer: Any) -> Any | None:
-    """The producer's py-amqp channel if it confirms publishes; None otherwise (no I/O)."""
+    """The producer's py-amqp channel (connected); None on other transports."""
     connection = producer.connection
-    if (
-        connection is None
-        or connection.transport.driver_type != "amqp"
-        # Opening the channel here would connect outside kombu's publish
-        # retry policy; the first publish connects and confirms per message.
-        or not connection.connected
-    ):
+    if connection is None or connection.transport.driver_type != "amqp":
         return None
+    if not connection.connected:
+        # One attempt: the channel would connect with the connection's own
+        # failover options, retrying for seconds outside the publisher's
+        # retry policy. A connection error goes to the publisher's retry.
+        connection.ensure_connection(max_retries=0)
     channel = producer.channel
-    if isinstance(channel, AmqpChannel) and getattr(channel.connection, "confirm_publish", False):
-        return channel
-    return None
+    return channel if isinstance(channel, AmqpChannel) else None
 
 
 @contextmanager
-def confirmed(producer: Any, *, timeout: float | None = None) -> Iterator[None]:
+def confirmed(
+    producer: Any, *, timeout: float | None = None, enabled: bool = True
+) -> Iterator[None]:
     """Publish through ``producer`` in the block; on exit, wait until the broker confirmed all.
 
     ``timeout`` (default :data:`DEFAULT_CONFIRM_TIMEOUT`) bounds the wait.
     Raises :class:`PublishNotConfirmed` on a Nack or a timeout. A no-op
-    unless the producer's connection is a connected py-amqp one with
-    ``confirm_publish`` on.
+    unless the producer is on RabbitMQ (py-amqp) and ``enabled``.
     """
-    channel = _confirming_channel(producer)
+    channel = _confirming_channel(producer) if enabled else None
     if channel is None:
-        with _nacks_translated():  # py-amqp's per-message confirms, on a new connection
+        with _nacks_translated():  # py-amqp's per-message confirms, if the app set them
             yield
         return
     with confirmed_channel(channel, timeout=timeout):
         yield
+    if producer.channel is not channel:
+        # kombu's publish retry reconnected in the block and published the
+        # rest on a new channel, not in confirm mode: nothing confirmed those.
+        raise PublishNotConfirmed("the connection was re-established while publishing")
 
 
 @contextmanager
 def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator[None]:
-    """:func:`confirmed` on a py-amqp channel whose connection has ``confirm_publish`` on."""
+    """:func:`confirmed` on a py-amqp channel."""
     limit = DEFAULT_CONFIRM_TIMEOUT if timeout is None else float(timeout)
     tags = _tags_of(channel)
     if tags.active:  # nested: the outer block counts these messages and waits
@@ -153,31 +169,67 @@ def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator
         channel.confirm_select()
         channel._confirm_selected = True
         tags.reset(0)  # a fresh confirm mode numbers from 1
+        if not getattr(channel.connection, "confirm_publish", False):
+            # (With the application's confirm_publish, py-amqp's per-message
+            # confirms stay for the publishes outside a block.)
+            _count_every_publish(channel, tags)
     elif tags.lost:
         tags.reset(None)
     tags.nacked.clear()  # earlier blocks have failed or returned: nobody asks
-    mine: list[int] = []
+    tags.mine = []
+    counting = getattr(channel, _COUNTING, False)
     per_message = channel.basic_publish
 
     def publish(*args: Any, **kwargs: Any) -> Any:
+        # A channel in py-amqp's own confirm mode, as the application set it.
         if tags.last is None:
             # Confirm mode was on before this tracker: the Ack of one
             # message confirmed on its own tells it the broker's count.
             kwargs["confirm_timeout"] = kwargs.get("confirm_timeout") or limit
             return per_message(*args, **kwargs)
         sent = channel._basic_publish(*args, **kwargs)
-        mine.append(tags.publish())  # after the write: a failed one got no tag
+        tags.mine.append(tags.publish())  # after the write: a failed one got no tag
         return sent
 
     with _nacks_translated():  # py-amqp's per-message confirm (learning the base)
-        channel.basic_publish = publish
+        if not counting:
+            channel.basic_publish = publish
         tags.active = True
         try:
             yield
         finally:
-            channel.basic_publish = per_message
+            if not counting:
+                channel.basic_publish = per_message
             tags.active = False
-        _wait(channel, tags, mine, limit)
+        _wait(channel, tags, tags.mine, limit)
+
+
+_COUNTING = "_eventbus_counts_publishes"
+
+
+def _count_every_publish(channel: Any, tags: _Tags) -> None:
+    """Number every publish on a channel eventbus put in confirm mode.
+
+    Outside a block a publish does not wait (it is not eventbus's), but it
+    takes a tag all the same, so the count stays the broker's.
+    """
+    raw = channel._basic_publish
+
+    def publish(*args: Any, **kwargs: Any) -> Any:
+        kwargs.pop("confirm_timeout", None)
+        if tags.last is None:
+            # The count was lost: confirm this one on its own to learn it again.
+            return channel.basic_publish_confirm(*args, **kwargs)
+        sent = raw(*args, **kwargs)
+        tag = tags.count()
+        if tags.active:
+            tags.pending.add(tag)
+            tags.mine.append(tag)
+        return sent
+
+    channel.basic_publish = publish
+    tags.counts_all = True
+    setattr(channel, _COUNTING, True)
 
 
 @contextmanager

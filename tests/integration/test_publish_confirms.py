@@ -2,14 +2,27 @@
 
 A confirmed publish has returned only after the broker took every message;
 a message the broker refuses (here: a queue that rejects every publish) is
-a ``PublishError``. On Redis nothing changes.
+a ``PublishError``. eventbus puts its own channels in confirm mode, not the
+whole connection: a ``--pool threads`` worker sending task events keeps
+running. On Redis nothing changes.
+
+This module is also the app of the thread-pool worker subprocess
+(``celery -A tests.integration.test_publish_confirms worker``), configured
+from ``EVENTBUS_CONFIRMS_TEST_*`` environment variables.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import socket
+import subprocess
+import sys
 import uuid
+from collections import Counter
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
 from typing import Any
 
 import amqp
@@ -17,12 +30,14 @@ import pytest
 from amqp import spec
 from kombu import Exchange, Queue
 
-from eventbus import DeadLetter, EventBus, PublishError
+from eventbus import DeadLetter, Envelope, EventBus, PublishError
 from eventbus.confirms import PublishNotConfirmed
 from tests.support import delete_queues, make_app, require_broker
 
 from .conftest import Env
 from .helpers import OrderPlaced, OrderShipped, Recorder, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -34,23 +49,42 @@ def rabbitmq_env(request: pytest.FixtureRequest) -> Iterator[Env]:
 
 
 def trace_wire(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """What py-amqp channels do from now on, in order: "publish" and "wait" (for confirms)."""
-    trace: list[str] = []
-    publish, wait = amqp.Channel._basic_publish, amqp.Channel.wait
+    """What py-amqp channels do from now on, in order: "publish" and "wait" (for confirms).
 
-    def traced_publish(self: Any, *args: Any, **kwargs: Any) -> Any:
-        trace.append("publish")
-        return publish(self, *args, **kwargs)
+    A publish is traced where py-amqp sends it, under any wrapper of
+    ``basic_publish`` (eventbus counts a channel's publishes with one).
+    """
+    trace: list[str] = []
+    send_method, wait = amqp.Channel.send_method, amqp.Channel.wait
+
+    def traced_send_method(self: Any, sig: Any, *args: Any, **kwargs: Any) -> Any:
+        if sig == spec.Basic.Publish:
+            trace.append("publish")
+        return send_method(self, sig, *args, **kwargs)
 
     def traced_wait(self: Any, method: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(method, list) and spec.Basic.Ack in method:
             trace.append("wait")
         return wait(self, method, *args, **kwargs)
 
-    monkeypatch.setattr(amqp.Channel, "_basic_publish", traced_publish)
-    monkeypatch.setattr(amqp.Channel, "basic_publish", traced_publish)  # without confirms
+    monkeypatch.setattr(amqp.Channel, "send_method", traced_send_method)
     monkeypatch.setattr(amqp.Channel, "wait", traced_wait)
     return trace
+
+
+def close_pooled_connection(app: Any) -> None:
+    """Close the connection the app's next publish takes: it connects anew.
+
+    kombu pools connections per URL and transport options, across apps:
+    without this, a test's app may publish on an earlier test's channel.
+    """
+    with app.producer_or_acquire() as producer:
+        producer.connection.close()
+
+
+def subscribe_three(env: Env) -> None:
+    for short in ("audit", "mailer", "stats"):
+        env.bus.subscribe(OrderPlaced, name=env.name(short), handler=Recorder().handler(short))
 
 
 @pytest.mark.rabbitmq
@@ -58,26 +92,27 @@ def test_an_event_is_confirmed_once_after_all_its_messages(
     rabbitmq_env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = rabbitmq_env
-    # Given three handlers of one event type, and a bus that has published
-    # before (a new connection's first event is confirmed message by message,
-    # its second learns the broker's count from its first message)
-    for short in ("audit", "mailer", "stats"):
-        env.bus.subscribe(OrderPlaced, name=env.name(short), handler=Recorder().handler(short))
-    for n in range(2):
-        env.bus.publish(OrderPlaced(order_id=f"o-{n}", quantity=1))
-    assert env.app.conf.broker_transport_options["confirm_publish"] is True
+    # Given three handlers of one event type, on a bus that has not connected yet
+    subscribe_three(env)
+    close_pooled_connection(env.app)
 
-    # When an event is published
+    # When two events are published
     trace = trace_wire(monkeypatch)
+    env.bus.publish(OrderPlaced(order_id="o-1", quantity=1))
+    first, trace[:] = trace[:], []
     env.bus.publish(OrderPlaced(order_id="o-2", quantity=1))
 
-    # Then its 3 task messages and 3 task-sent events went out first, then
-    # the publisher waited for the broker's confirms: once for all of them,
-    # not per message (the Acks may come in a few frames, one read each)
-    assert trace[:6] == ["publish"] * 6
-    assert trace[6:] and set(trace[6:]) == {"wait"}
-    # And the 9 handler messages of the three events are on the handler queue
-    wait_for(lambda: env.queue_length() == 9, message=lambda: f"{env.queue_length()} queued")
+    # Then each event's 3 task messages and 3 task-sent events went out
+    # first, then the publisher waited for the broker's confirms: once for
+    # all of them, not per message (the Acks may come in a few frames, one
+    # read each), the first event on the new connection included
+    for event in (first, trace):
+        assert event[:6] == ["publish"] * 6, event
+        assert event[6:] and set(event[6:]) == {"wait"}, event
+    # And the 6 handler messages are on the handler queue
+    wait_for(lambda: env.queue_length() == 6, message=lambda: f"{env.queue_length()} queued")
+    # And no connection-wide confirm_publish was set for it
+    assert "confirm_publish" not in env.app.conf.broker_transport_options
 
 
 @pytest.mark.rabbitmq
@@ -100,12 +135,11 @@ def test_a_message_the_broker_nacks_is_a_publish_error(
         bus = EventBus(app, default_queue=other, dead_letter_queue=f"{other}.dlq")
         bus.subscribe(OrderPlaced, name=f"{full}.h", handler=lambda e: None, queue=full)
         bus.subscribe(OrderShipped, name=f"{other}.h", handler=lambda e: None)
-        if connected:  # the publisher's connection is up and knows the broker's count
+        if connected:  # the publisher's channel is in confirm mode already
             for n in range(2):
                 bus.publish(OrderShipped(order_id=f"o-{n}", carrier="ups"))
-        else:  # kombu pools producers per broker URL: close the one the publish will take
-            with app.producer_or_acquire() as producer:
-                producer.connection.close()
+        else:
+            close_pooled_connection(app)
 
         # When an event for the refusing queue is published
         trace = trace_wire(monkeypatch)
@@ -116,10 +150,8 @@ def test_a_message_the_broker_nacks_is_a_publish_error(
         assert isinstance(raised.value.__cause__, PublishNotConfirmed)
         assert "nacked" in str(raised.value)
         assert bus.published[OrderPlaced.event_type] == 0
-        # (confirmed one by one on a new connection, else the task message and
-        # its task-sent event first, then the wait that hears the nack)
-        first = ["publish", "publish", "wait"] if connected else ["publish", "wait"]
-        assert trace[: len(first)] == first, trace
+        # (the task message and its task-sent event first, then the wait that hears the nack)
+        assert trace[:3] == ["publish", "publish", "wait"], trace
     finally:
         app.close()
         delete_queues(app, full, other, f"{other}.dlq")
@@ -130,28 +162,32 @@ def test_a_dead_letter_write_is_confirmed(
     rabbitmq_env: Env, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     env = rabbitmq_env
-    # Given a bus that has published before, and a dead letter to keep
+    # Given a bus and two dead letters to keep
     name = env.name("h")
     env.bus.subscribe(OrderPlaced, name=name, handler=lambda e: None)
-    for n in range(2):
-        env.bus.publish(OrderPlaced(order_id=f"o-{n}", quantity=1))
-    record = DeadLetter(
-        handler=name,
-        reason="retries_exhausted",
-        attempts=3,
-        exception_type="ValueError",
-        exception_message="boom",
-    )
+    records = [
+        DeadLetter(
+            handler=name,
+            reason="retries_exhausted",
+            attempts=3,
+            exception_type="ValueError",
+            exception_message=f"boom {n}",
+        )
+        for n in range(2)
+    ]
 
-    # When the record is written to the dead-letter store
-    trace = trace_wire(monkeypatch)
-    env.bus.dead_letter_store.append(record)
+    for record in records:
+        # When a record is written to the dead-letter store
+        trace = trace_wire(monkeypatch)
+        env.bus.dead_letter_store.append(record)
 
-    # Then the record and its task-sent event went out, then the broker's confirm was awaited
-    assert trace[:2] == ["publish"] * 2
-    assert trace[2:] and set(trace[2:]) == {"wait"}
-    # And the record is in the dead-letter queue
-    assert [r.id for r in env.bus.dead_letters] == [record.id]
+        # Then the record and its task-sent event went out, then the broker's confirm was awaited
+        assert trace[:2] == ["publish"] * 2, trace
+        assert trace[2:] and set(trace[2:]) == {"wait"}, trace
+        monkeypatch.undo()
+
+    # And the records are in the dead-letter queue
+    assert [r.id for r in env.bus.dead_letters] == [r.id for r in records]
 
 
 @pytest.mark.rabbitmq
@@ -159,37 +195,144 @@ def test_confirms_turned_off_are_not_waited_for(monkeypatch: pytest.MonkeyPatch)
     # Given a bus on RabbitMQ whose app opts out of publisher confirms
     url = require_broker("rabbitmq")
     queue = f"it.noconfirm.{uuid.uuid4().hex[:12]}"
-    app = make_app(url, broker_transport_options={"confirm_publish": False})
+    app = make_app(url, eventbus_publish_confirms=False)
     try:
         bus = EventBus(app, default_queue=queue, dead_letter_queue=f"{queue}.dlq")
         for short in ("audit", "mailer"):
             bus.subscribe(OrderPlaced, name=f"{queue}.{short}", handler=lambda e: None)
+        close_pooled_connection(app)
 
         # When events are published
         trace = trace_wire(monkeypatch)
         for n in range(2):
             bus.publish(OrderPlaced(order_id=f"o-{n}", quantity=1))
 
-        # Then the choice was kept, and nothing waited for the broker
-        assert app.conf.broker_transport_options == {"confirm_publish": False}
+        # Then nothing waited for the broker
         assert trace == ["publish"] * 8
     finally:
         app.close()
         delete_queues(app, queue, f"{queue}.dlq")
 
 
+@pytest.mark.rabbitmq
+def test_other_publishes_on_the_channel_do_not_wait_and_keep_the_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a bus on RabbitMQ that has published (its pooled channel is in
+    # confirm mode), with a short confirm timeout: a wrong count would fail fast
+    url = require_broker("rabbitmq")
+    queue = f"it.outside.{uuid.uuid4().hex[:12]}"
+    app = make_app(url, eventbus_confirm_timeout=2)
+    try:
+        bus = EventBus(app, default_queue=queue, dead_letter_queue=f"{queue}.dlq")
+        for short in ("audit", "mailer"):
+            bus.subscribe(OrderPlaced, name=f"{queue}.{short}", handler=lambda e: None)
+        bus.publish(OrderPlaced(order_id="o-1", quantity=1))
+
+        # When the application sends plain tasks through the same pooled
+        # producer (kombu's pool hands out the last one released)
+        trace = trace_wire(monkeypatch)
+        for _ in range(3):
+            app.send_task("it.outside.plain", queue=queue)
+
+        # Then they are not waited for
+        assert trace == ["publish"] * 6
+        # And the next events are confirmed: their tags follow the plain ones
+        for n in range(2):
+            trace[:] = []
+            bus.publish(OrderPlaced(order_id=f"o-{n + 2}", quantity=1))
+            assert trace[:4] == ["publish"] * 4, trace
+            assert trace[4:] and set(trace[4:]) == {"wait"}, trace
+        assert bus.published[OrderPlaced.event_type] == 3
+    finally:
+        app.close()
+        delete_queues(app, queue, f"{queue}.dlq")
+
+
+@pytest.mark.rabbitmq
+@pytest.mark.parametrize("first", ["event", "plain-task"])
+def test_an_applications_connection_wide_confirms_are_kept(
+    first: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an app that set kombu's connection-wide confirm_publish itself
+    url = require_broker("rabbitmq")
+    queue = f"it.appconfirm.{uuid.uuid4().hex[:12]}"
+    app = make_app(url, broker_transport_options={"confirm_publish": True})
+    try:
+        bus = EventBus(app, default_queue=queue, dead_letter_queue=f"{queue}.dlq")
+        for short in ("audit", "mailer"):
+            bus.subscribe(OrderPlaced, name=f"{queue}.{short}", handler=lambda e: None)
+        close_pooled_connection(app)
+        trace = trace_wire(monkeypatch)
+
+        if first == "plain-task":
+            # When a plain task goes first, py-amqp puts the channel in
+            # confirm mode and confirms it on its own
+            app.send_task("it.appconfirm.plain", queue=queue)
+            assert trace == ["publish", "wait", "publish", "wait"]
+            # Then an event's first message is confirmed on its own (its Ack
+            # tells the broker's count), the other three in one wait
+            trace[:] = []
+            bus.publish(OrderPlaced(order_id="o-0", quantity=1))
+            assert trace[:2] == ["publish", "wait"], trace
+            assert trace[2:5] == ["publish"] * 3, trace
+            assert trace[5:] and set(trace[5:]) == {"wait"}, trace
+
+        # When events are published
+        for n in range(2):
+            trace[:] = []
+            bus.publish(OrderPlaced(order_id=f"o-{n + 1}", quantity=1))
+            # Then each is confirmed once after all its messages
+            assert trace[:4] == ["publish"] * 4, trace
+            assert trace[4:] and set(trace[4:]) == {"wait"}, trace
+
+        # And the application's own publishes are still confirmed one by one
+        trace[:] = []
+        app.send_task("it.appconfirm.plain", queue=queue)
+        assert trace == ["publish", "wait", "publish", "wait"]
+        assert app.conf.broker_transport_options == {"confirm_publish": True}
+    finally:
+        app.close()
+        delete_queues(app, queue, f"{queue}.dlq")
+
+
+@pytest.mark.rabbitmq
+def test_an_event_published_across_a_reconnect_is_still_confirmed(
+    rabbitmq_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = rabbitmq_env
+    # Given a bus that has published, whose pooled connection then drops
+    # (kombu finds out on the next write, and reconnects on a new channel)
+    for short in ("audit", "mailer"):
+        env.bus.subscribe(OrderPlaced, name=env.name(short), handler=lambda e: None)
+    env.bus.publish(OrderPlaced(order_id="o-1", quantity=1))
+    with env.app.producer_or_acquire() as producer:
+        producer.connection.connection.sock.shutdown(socket.SHUT_RDWR)
+
+    # When an event is published
+    trace = trace_wire(monkeypatch)
+    env.bus.publish(OrderPlaced(order_id="o-2", quantity=1))
+
+    # Then publish returned only after a wait for the broker's confirms
+    # that followed its last message (a message sent on the new channel,
+    # outside confirm mode, made the event go out again: at-least-once)
+    last = len(trace) - 1 - trace[::-1].index("publish")
+    assert "wait" in trace[last:], trace
+    # And both handlers' messages of both events are on the queue (maybe twice)
+    wait_for(lambda: env.queue_length() >= 4, message=lambda: f"{env.queue_length()} queued")
+
+
 @pytest.mark.redis
 @pytest.mark.parametrize("configured", [False, True], ids=["default", "confirm_publish"])
 def test_redis_publishing_is_unchanged(configured: bool, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a bus on Redis with three handlers; confirm_publish set (as
-    # celeryconfig does) or not: Redis ignores it, eventbus does not add it
+    # Given a bus on Redis with three handlers; confirm_publish set or not:
+    # Redis ignores it, eventbus does not add it
     with ExitStack() as stack:
         env = Env(require_broker("redis"), stack, "confirms.redis")
         assert "confirm_publish" not in env.app.conf.broker_transport_options
         if configured:
             env.app.conf.broker_transport_options = {"confirm_publish": True}
-        for short in ("audit", "mailer", "stats"):
-            env.bus.subscribe(OrderPlaced, name=env.name(short), handler=Recorder().handler(short))
+        subscribe_three(env)
 
         # When an event is published
         trace = trace_wire(monkeypatch)
@@ -198,3 +341,145 @@ def test_redis_publishing_is_unchanged(configured: bool, monkeypatch: pytest.Mon
         # Then its three messages are on the queue, and no AMQP channel was involved
         wait_for(lambda: env.queue_length() == 3, message=lambda: f"{env.queue_length()} queued")
         assert trace == []
+
+
+# -- a --pool threads worker with task events -------------------------------------
+
+WORKER_APP = "tests.integration.test_publish_confirms"  #: this module, as the worker imports it
+WORKER_HANDLERS = ("audit", "mailer", "shipper")
+
+
+def record_run(runs: Path, label: str, envelope: Envelope[Any]) -> None:
+    """Append one line per handler run; one small O_APPEND write is atomic between threads."""
+    fd = os.open(runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, f"{label} {envelope.event_id}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def subscribe_worker_handlers(bus: EventBus, queue: str, downstream: str, runs: Path) -> None:
+    """Three handlers of OrderPlaced; "shipper" publishes an OrderShipped (confirmed) first.
+
+    OrderShipped's handler lives on ``downstream``, a queue the worker does
+    not consume: its messages wait there to be counted.
+    """
+
+    def audit(envelope: Envelope[OrderPlaced]) -> None:
+        record_run(runs, "audit", envelope)
+
+    def mailer(envelope: Envelope[OrderPlaced]) -> None:
+        record_run(runs, "mailer", envelope)
+
+    def shipper(envelope: Envelope[OrderPlaced]) -> None:
+        bus.publish(OrderShipped(order_id=envelope.data.order_id, carrier="post"))
+        record_run(runs, "shipper", envelope)
+
+    for handler in (audit, mailer, shipper):
+        bus.subscribe(OrderPlaced, name=f"{queue}.{handler.__name__}", handler=handler)
+    bus.subscribe(OrderShipped, name=f"{downstream}.h", handler=lambda e: None, queue=downstream)
+
+
+@contextmanager
+def threads_worker(env: Env, downstream: str, runs: Path, log: Path) -> Iterator[Any]:
+    """``celery worker --pool threads --concurrency 4`` with task events, in a process group."""
+    environ = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTBUS_", "CELERY_"))}
+    environ.update(
+        EVENTBUS_CONFIRMS_TEST_BROKER=env.broker_url,
+        EVENTBUS_CONFIRMS_TEST_QUEUE=env.queue,
+        EVENTBUS_CONFIRMS_TEST_DLQ=env.dead_letter_queue,
+        EVENTBUS_CONFIRMS_TEST_DOWNSTREAM=downstream,
+        EVENTBUS_CONFIRMS_TEST_RUNS=str(runs),
+        PYTHONPATH=str(ROOT),
+    )
+    command = [
+        sys.executable, "-m", "celery", "-A", WORKER_APP, "worker",
+        "--pool=threads", "--concurrency=4", "-Q", env.queue, "-n", f"confirms-{env.uid}@%h",
+        "--loglevel=INFO", "--without-heartbeat", "--without-gossip", "--without-mingle",
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            command, cwd=ROOT, env=environ, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        # Killed, not stopped: an idle worker without a heartbeat would take
+        # seconds to notice a SIGTERM, and a hung one never would. What it
+        # has not acked goes with the test's queues.
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # its whole process group
+        proc.wait(timeout=10)
+
+
+@pytest.mark.rabbitmq
+def test_a_threads_worker_with_task_events_does_not_hang(rabbitmq_env: Env, tmp_path: Path) -> None:
+    env = rabbitmq_env
+    # Given a real `celery worker --pool threads --concurrency 4` sending task
+    # events, running three handlers of OrderPlaced; one of them publishes an
+    # event itself (confirmed, from a pool thread)
+    events = 200
+    downstream = f"{env.queue}.downstream"
+    env.extra_queues.append(downstream)
+    runs, log = tmp_path / "runs.txt", tmp_path / "worker.log"
+    subscribe_worker_handlers(env.bus, env.queue, downstream, runs)
+    env.declare_handler_queue()
+
+    with threads_worker(env, downstream, runs, log) as proc:
+        # When 200 events are published
+        published = {
+            str(env.bus.publish(OrderPlaced(order_id=f"o-{n}", quantity=1)).event_id)
+            for n in range(events)
+        }
+
+        # Then all 600 handler runs complete, each once, well within the deadline
+        expected = {(label, event_id) for label in WORKER_HANDLERS for event_id in published}
+
+        def done() -> list[tuple[str, str]]:
+            if not runs.exists():
+                return []
+            lines = [tuple(line.split()) for line in runs.read_text().splitlines()]
+            seen = [(label, event_id) for label, event_id in lines]
+            return seen if set(seen) >= expected or proc.poll() is not None else []
+
+        seen = wait_for(
+            done,
+            timeout=15,
+            message=lambda: (
+                f"{len(runs.read_text().splitlines()) if runs.exists() else 0} of "
+                f"{len(expected)} runs\nworker log:\n{log.read_text(errors='replace')[-4000:]}"
+            ),
+        )
+        assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
+        assert Counter(seen) == Counter(expected)
+        # And every OrderShipped the handlers published is on its queue
+        wait_for(
+            lambda: env.queue_length(downstream) == events,
+            message=lambda: f"{env.queue_length(downstream)} OrderShipped queued",
+        )
+
+
+if os.environ.get("EVENTBUS_CONFIRMS_TEST_BROKER"):
+    # The worker's app, configured as the test's Env configures its own (so
+    # both declare the handler queues alike), with task events on.
+    app = make_app(
+        os.environ["EVENTBUS_CONFIRMS_TEST_BROKER"],
+        worker_hijack_root_logger=True,  # the worker's log is the test's evidence
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        # No short broker_heartbeat (the metrics test's way to stop promptly):
+        # with one, the old design's worker hung only now and then (and ran
+        # handlers twice). The test kills the worker instead.
+    )
+    bus = EventBus(
+        app,
+        default_queue=os.environ["EVENTBUS_CONFIRMS_TEST_QUEUE"],
+        dead_letter_queue=os.environ["EVENTBUS_CONFIRMS_TEST_DLQ"],
+    )
+    subscribe_worker_handlers(
+        bus,
+        os.environ["EVENTBUS_CONFIRMS_TEST_QUEUE"],
+        os.environ["EVENTBUS_CONFIRMS_TEST_DOWNSTREAM"],
+        Path(os.environ["EVENTBUS_CONFIRMS_TEST_RUNS"]),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -21,17 +22,24 @@ class FakeChannel:
     The broker numbers the messages of a channel in confirm mode from 1.
     ``confirm(tag)`` queues an Ack (or Nack) frame; ``wait`` delivers one
     queued frame to the ``events`` listeners, or times out when none is queued.
-    ``basic_publish`` is py-amqp's per-message confirm (publish, then wait).
+    As in py-amqp, ``basic_publish`` does not wait unless the connection has
+    the application's ``confirm_publish``: then it is the per-message
+    confirm (select confirm mode once, publish, wait).
     """
 
-    def __init__(self, *, in_confirm_mode_at: int | None = None) -> None:
+    def __init__(self, *, confirm_publish: bool = False, in_confirm_mode_at: int | None = None):
+        self.connection = SimpleNamespace(
+            confirm_publish=confirm_publish or bool(in_confirm_mode_at)
+        )
         self.events: defaultdict[str, set[Any]] = defaultdict(set)
         self._confirm_selected = in_confirm_mode_at is not None
         self.broker_tag = in_confirm_mode_at or 0  # the broker's count of this channel
         self.frames: deque[tuple[str, int, bool]] = deque()
         self.log: list[str] = []  # "publish:<tag>", "wait", "select", in order
         self.nack_next = False  # the broker nacks the next per-message publish
-        self.basic_publish = self.basic_publish_confirm
+        self.basic_publish = (
+            self.basic_publish_confirm if self.connection.confirm_publish else self._basic_publish
+        )
 
     def confirm_select(self) -> None:
         self.broker_tag = 0
@@ -45,6 +53,9 @@ class FakeChannel:
         self.log.append(f"publish:{self.broker_tag}")
 
     def basic_publish_confirm(self, body: str, **kwargs: Any) -> None:
+        if not self._confirm_selected:
+            self._confirm_selected = True
+            self.confirm_select()
         self._basic_publish(body)
         self.confirm(self.broker_tag, nack=self.nack_next)
         if self.wait(["ack", "nack"], timeout=kwargs.get("confirm_timeout")) == "basic_nack":
@@ -72,8 +83,11 @@ def publish_block(channel: FakeChannel, count: int, *confirms: dict[str, Any]) -
             channel.confirm(**frame)
 
 
+# -- a channel eventbus puts in confirm mode (the default) ------------------------
+
+
 def test_a_block_is_confirmed_by_one_wait_after_all_its_publishes() -> None:
-    # Given a channel not yet in confirm mode
+    # Given a channel not in confirm mode (the application did not set confirm_publish)
     channel = FakeChannel()
 
     # When three messages are published in a block and the broker acks them at once
@@ -81,8 +95,6 @@ def test_a_block_is_confirmed_by_one_wait_after_all_its_publishes() -> None:
 
     # Then confirm mode was selected, the three went out without waiting, then one wait
     assert channel.log == ["select", "publish:1", "publish:2", "publish:3", "wait"]
-    # And the channel publishes with per-message confirms again outside the block
-    assert channel.basic_publish == channel.basic_publish_confirm
 
 
 def test_acks_one_by_one_in_any_order_are_all_waited_for() -> None:
@@ -125,6 +137,17 @@ def test_a_multiple_nack_rejects_every_tag_up_to_it() -> None:
         publish_block(channel, 3, {"tag": 2, "multiple": True, "nack": True}, {"tag": 3})
 
 
+def test_a_nack_of_an_earlier_block_does_not_fail_the_next() -> None:
+    # Given a block that failed on a nack
+    channel = FakeChannel()
+    with pytest.raises(PublishNotConfirmed):
+        publish_block(channel, 1, {"tag": 1, "nack": True})
+
+    # When the next block's messages are acked, it returns
+    publish_block(channel, 1, {"tag": 2})
+    assert channel.log[-2:] == ["publish:2", "wait"]
+
+
 def test_no_confirm_in_time_raises_instead_of_hanging() -> None:
     channel = FakeChannel()
 
@@ -137,8 +160,81 @@ def test_no_confirm_in_time_raises_instead_of_hanging() -> None:
     assert not channel.frames
 
 
+def test_publishes_outside_a_block_do_not_wait_but_keep_the_count() -> None:
+    # Given a channel a block put in confirm mode
+    channel = FakeChannel()
+    publish_block(channel, 2, {"tag": 2, "multiple": True})
+
+    # When two messages are published outside a block (a plain apply_async
+    # through the same pooled producer)
+    channel.basic_publish("outside-1")
+    channel.basic_publish("outside-2")
+
+    # Then neither waited for its confirm
+    assert channel.log[-2:] == ["publish:3", "publish:4"]
+    # And the next block numbers on from 5: the broker's acks of 3 and 4
+    # (delivered to it first) and of its own settle it
+    channel.confirm(tag=3)
+    channel.confirm(tag=4)
+    publish_block(channel, 2, {"tag": 6, "multiple": True})
+    assert channel.log[-5:] == ["publish:5", "publish:6", "wait", "wait", "wait"]
+    assert not channel.frames
+
+
+def test_a_block_waits_for_its_own_tags_not_for_those_published_outside() -> None:
+    # Given a confirmed channel with a message published outside a block, never confirmed yet
+    channel = FakeChannel()
+    publish_block(channel, 1, {"tag": 1})
+    channel.basic_publish("outside")
+
+    # When a block's one message (tag 3) is acked on its own
+    publish_block(channel, 1, {"tag": 3})
+
+    # Then the block returned after one wait, not waiting for tag 2
+    assert channel.log[-2:] == ["publish:3", "wait"]
+
+
+def test_a_channel_reopened_out_of_confirm_mode_is_selected_again() -> None:
+    channel = FakeChannel()
+    publish_block(channel, 3, {"tag": 3, "multiple": True})
+    channel._confirm_selected = False  # py-amqp reopens a channel after a channel error
+
+    publish_block(channel, 1, {"tag": 1})
+
+    assert channel.log[-3:] == ["select", "publish:1", "wait"]
+
+
+def test_an_error_in_the_block_skips_the_wait_and_keeps_the_count() -> None:
+    # Given a block that published one message, then failed
+    channel = FakeChannel()
+    with pytest.raises(RuntimeError), confirmed_channel(channel, timeout=1):
+        channel.basic_publish("m")
+        raise RuntimeError("boom")
+
+    # Then it did not wait
+    assert channel.waits() == 0
+    # And the next block counts that message: its own is tag 2
+    publish_block(channel, 1, {"tag": 1}, {"tag": 2})
+    assert channel.log[-3:] == ["publish:2", "wait", "wait"]
+
+
+def test_a_nested_block_leaves_the_wait_to_the_outer_one() -> None:
+    channel = FakeChannel()
+
+    with confirmed_channel(channel, timeout=1):
+        channel.basic_publish("outer")
+        with confirmed_channel(channel, timeout=1):
+            channel.basic_publish("inner")
+        channel.confirm(tag=2, multiple=True)
+
+    assert channel.log == ["select", "publish:1", "publish:2", "wait"]
+
+
+# -- a channel in py-amqp's own confirm mode (the application set confirm_publish) --
+
+
 def test_unknown_base_is_learned_from_one_message_confirmed_on_its_own() -> None:
-    # Given a channel already in confirm mode, 41 messages into its count
+    # Given a channel already in py-amqp's confirm mode, 41 messages into its count
     channel = FakeChannel(in_confirm_mode_at=41)
 
     # When a block publishes three messages
@@ -162,25 +258,43 @@ def test_a_nack_while_learning_the_base_raises_a_publish_error() -> None:
     assert isinstance(raised.value.__cause__, MessageNacked)
 
 
-def test_publishes_outside_a_block_keep_the_count() -> None:
-    # Given a channel a block has used
-    channel = FakeChannel()
+def test_the_applications_confirms_stay_per_message_outside_a_block() -> None:
+    # Given a channel of a connection with the application's confirm_publish,
+    # not in confirm mode yet: the block selects it and batches
+    channel = FakeChannel(confirm_publish=True)
     publish_block(channel, 2, {"tag": 2, "multiple": True})
+    assert channel.log == ["select", "publish:1", "publish:2", "wait"]
+
+    # When the application publishes outside a block
+    channel.basic_publish("outside-1")
+    channel.basic_publish("outside-2")
+
+    # Then each of its messages is still confirmed on its own
+    assert channel.log[-4:] == ["publish:3", "wait", "publish:4", "wait"]
+    # And the next block counts on from 5 without learning the base again
+    publish_block(channel, 2, {"tag": 6, "multiple": True})
+    assert channel.log[-3:] == ["publish:5", "publish:6", "wait"]
+
+
+def test_publishes_outside_a_block_keep_the_learned_count() -> None:
+    # Given a channel in py-amqp's confirm mode a block has used
+    channel = FakeChannel(in_confirm_mode_at=3)
+    publish_block(channel, 2, {"tag": 5, "multiple": True})
 
     # When two messages are published outside a block (confirmed one by one)
     channel.basic_publish("outside-1")
     channel.basic_publish("outside-2")
 
-    # Then the next block counts on from 4
-    publish_block(channel, 2, {"tag": 6, "multiple": True})
-    assert channel.log[-3:] == ["publish:5", "publish:6", "wait"]
+    # Then the next block counts on from 8
+    publish_block(channel, 2, {"tag": 9, "multiple": True})
+    assert channel.log[-3:] == ["publish:8", "publish:9", "wait"]
 
 
 def test_a_count_that_no_longer_fits_fails_fast_and_is_relearned() -> None:
-    # Given a tracked channel that was reopened and put back in confirm mode
-    # behind the tracker's back: the broker counts from 1 again
-    channel = FakeChannel()
-    publish_block(channel, 5, {"tag": 5, "multiple": True})
+    # Given a tracked channel in py-amqp's confirm mode that was reopened and
+    # put back in confirm mode behind the tracker's back: the broker counts from 1 again
+    channel = FakeChannel(in_confirm_mode_at=10)
+    publish_block(channel, 5, {"tag": 15, "multiple": True})
     channel.broker_tag = 0
 
     # When a block publishes, its acks do not fit the count: an error, not a timeout
@@ -192,37 +306,24 @@ def test_a_count_that_no_longer_fits_fails_fast_and_is_relearned() -> None:
     assert channel.log[-4:] == ["publish:3", "wait", "publish:4", "wait"]
 
 
-def test_a_channel_reopened_out_of_confirm_mode_is_selected_again() -> None:
-    channel = FakeChannel()
-    publish_block(channel, 3, {"tag": 3, "multiple": True})
-    channel._confirm_selected = False  # py-amqp reopens a channel after a channel error
+def test_an_error_in_the_block_restores_per_message_confirms() -> None:
+    # Given a channel in py-amqp's confirm mode whose count a block has learned
+    channel = FakeChannel(in_confirm_mode_at=1)
+    publish_block(channel, 1)
 
-    publish_block(channel, 1, {"tag": 1})
-
-    assert channel.log[-3:] == ["select", "publish:1", "wait"]
-
-
-def test_an_error_in_the_block_restores_publishing_and_skips_the_wait() -> None:
-    channel = FakeChannel()
-
+    # When a block publishes a message, then fails
     with pytest.raises(RuntimeError), confirmed_channel(channel, timeout=1):
         channel.basic_publish("m")
         raise RuntimeError("boom")
 
-    assert channel.basic_publish == channel.basic_publish_confirm
-    assert channel.waits() == 0
+    # Then that message was not waited for
+    assert channel.log[-1] == "publish:3"
+    # And a publish outside a block is confirmed on its own again
+    channel.basic_publish("outside")
+    assert channel.log[-2:] == ["publish:4", "wait"]
 
 
-def test_a_nested_block_leaves_the_wait_to_the_outer_one() -> None:
-    channel = FakeChannel()
-
-    with confirmed_channel(channel, timeout=1):
-        channel.basic_publish("outer")
-        with confirmed_channel(channel, timeout=1):
-            channel.basic_publish("inner")
-        channel.confirm(tag=2, multiple=True)
-
-    assert channel.log == ["select", "publish:1", "publish:2", "wait"]
+# -- where confirms do nothing ------------------------------------------------------
 
 
 def test_other_transports_are_left_alone() -> None:
@@ -238,26 +339,33 @@ def test_other_transports_are_left_alone() -> None:
         assert message is not None and message.payload == {"n": 1}
 
 
+def test_disabled_confirms_do_not_touch_the_connection() -> None:
+    # Given a producer on RabbitMQ, not connected (nothing listens on port 1)
+    with Connection("amqp://guest:guest@127.0.0.1:1//") as conn:
+        producer = conn.Producer()
+
+        # When a block is entered with confirms off, nothing connects or fails
+        with confirmed(producer, timeout=1, enabled=False):
+            pass
+
+        assert not conn.connected
+
+
 @pytest.mark.parametrize(
-    ("url", "configured", "expected"),
-    [
-        ("amqp://guest:guest@127.0.0.1:5672//", {}, True),
-        ("amqp://guest:guest@127.0.0.1:5672//", {"confirm_publish": False}, False),
-        ("redis://127.0.0.1:6379/9", {}, None),
-    ],
-    ids=["rabbitmq", "rabbitmq-opted-out", "redis"],
+    "url",
+    ["amqp://guest:guest@127.0.0.1:5672//", "redis://127.0.0.1:6379/9"],
+    ids=["rabbitmq", "redis"],
 )
-def test_the_bus_turns_confirms_on_for_rabbitmq_unless_configured(
-    url: str, configured: dict[str, Any], expected: bool | None
-) -> None:
-    # Given an app (nothing connects) whose transport options may be shared
+def test_the_bus_leaves_the_transport_options_alone(url: str) -> None:
+    # Given an app (nothing connects) with its own transport options
+    configured = {"visibility_timeout": 60}
     app = make_app(url, broker_transport_options=configured)
     try:
         # When a bus is created on it
         EventBus(app, default_queue="q", dead_letter_queue="q.dlq")
 
-        # Then RabbitMQ confirms publishes unless the app said otherwise; Redis is left alone
-        assert app.conf.broker_transport_options.get("confirm_publish") is expected
-        assert configured == {} or configured == {"confirm_publish": False}  # not mutated
+        # Then no connection-wide confirm_publish was added (it hangs --pool
+        # threads workers): eventbus confirms on its own channels
+        assert app.conf.broker_transport_options == {"visibility_timeout": 60}
     finally:
         app.close()
