@@ -3,7 +3,7 @@
 ::
 
     INSTALLED_APPS = [..., "eventbus.contrib.django"]
-    EVENTBUS_CELERY_APP = "proj.celery:app"   # optional, see eventbus.contrib.django.bus
+    EVENTBUS_CELERY_APP = "proj.celery:app"   # optional, see eventbus.contrib.django.conf
 
     # todos/handlers.py (imported when Django starts)
     from eventbus.contrib.django import bus
@@ -31,7 +31,7 @@ from eventbus.contrib.django.publish import publish_on_commit, publish_via_outbo
 
 if TYPE_CHECKING:
     from eventbus.celery_bus import EventBus
-    from eventbus.contrib.django.bus import get_bus
+    from eventbus.contrib.django.conf import get_bus
     from eventbus.contrib.django.models import OutboxMessage
     from eventbus.contrib.django.relay import (
         OutboxStatus,
@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 _EXPORTS = {
-    "get_bus": "eventbus.contrib.django.bus",
+    "get_bus": "eventbus.contrib.django.conf",
     "OutboxMessage": "eventbus.contrib.django.models",
     "OutboxStatus": "eventbus.contrib.django.relay",
     "RelayResult": "eventbus.contrib.django.relay",
@@ -66,7 +66,7 @@ _EXPORTS = {
 
 def __getattr__(name: str) -> Any:
     if name == "bus":
-        from eventbus.contrib.django.bus import get_bus as _get_bus
+        from eventbus.contrib.django.conf import get_bus as _get_bus
 
         return _get_bus()  # cached there, found or built on first use
     module = _EXPORTS.get(name)

@@ -2,7 +2,7 @@
 
 When Django starts (``manage.py``, the WSGI/ASGI server, a Celery worker
 through Celery's Django fixup) :meth:`EventBusConfig.ready` finds or builds
-the bus (:mod:`eventbus.contrib.django.bus`), imports the handler modules,
+the bus (:mod:`eventbus.contrib.django.conf`), imports the handler modules,
 and registers the outbox relay task, ``eventbus.relay_outbox``.
 """
 
@@ -22,7 +22,7 @@ class EventBusConfig(AppConfig):  # type: ignore[misc]
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from eventbus.contrib.django.bus import discover_handlers, get_bus
+        from eventbus.contrib.django.conf import discover_handlers, get_bus
         from eventbus.contrib.django.relay import register_relay_task
 
         bus = get_bus()

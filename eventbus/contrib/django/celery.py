@@ -1,7 +1,7 @@
 """``celery -A eventbus.contrib.django worker``: the worker of a project without its own app.
 
 When no Celery app of yours reads Django's settings (see
-:mod:`eventbus.contrib.django.bus`), eventbus builds one from the ``CELERY_``
+:mod:`eventbus.contrib.django.conf`), eventbus builds one from the ``CELERY_``
 settings; this module sets Django up (``DJANGO_SETTINGS_MODULE`` must be set)
 and exposes that app, so Celery's ``-A`` finds it.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import django  # type: ignore[import-untyped]
 
-from eventbus.contrib.django.bus import get_bus
+from eventbus.contrib.django.conf import get_bus
 
 __all__ = ["app", "bus"]
 

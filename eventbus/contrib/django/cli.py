@@ -209,7 +209,7 @@ def _age(moment: datetime) -> str:
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """eventbus on this Django project's bus: dead letters, events, schema, the outbox."""
-    from eventbus.contrib.django.bus import get_bus
+    from eventbus.contrib.django.conf import get_bus
 
     ctx.obj = BusContext(get_bus)
 

@@ -129,7 +129,7 @@ def publish_via_outbox(
 
 
 def _bus() -> BaseEventBus:
-    from eventbus.contrib.django.bus import get_bus
+    from eventbus.contrib.django.conf import get_bus
 
     return get_bus()
 

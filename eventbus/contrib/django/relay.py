@@ -21,7 +21,9 @@ order, selected with ``SELECT ... FOR UPDATE SKIP LOCKED`` where the database
 has it (PostgreSQL, MySQL 8, Oracle), so relays running side by side never
 publish a row twice; they may interleave their batches, so run a single relay
 when one aggregate's events must leave in the order they were written. SQLite
-has no row locks: run one relay there. A published row gets
+has no row locks: a batch takes the database's write lock first, so relays
+take turns and the application's writes wait while a batch publishes (keep
+batches small there). A published row gets
 ``published_at``; a row that can never be published (not an envelope, an
 unknown type, invalid or oversized data, an ``event_id`` that is not its
 payload's) gets ``failed_at`` and ``last_error``, is logged at ERROR and
@@ -141,7 +143,7 @@ def relay_outbox(
     from eventbus.contrib.django.models import OutboxMessage
 
     if bus is None:
-        from eventbus.contrib.django.bus import get_bus
+        from eventbus.contrib.django.conf import get_bus
 
         bus = get_bus()
     for name, value in (("batch_size", batch_size), ("max_batches", max_batches)):
@@ -169,9 +171,12 @@ def _relay_batch(bus: BaseEventBus, alias: str, size: int) -> tuple[int, int, in
     from eventbus.contrib.django.models import OutboxMessage
     from eventbus.outbox import decode_outbox_payload
 
+    connection = connections[alias]
     with transaction.atomic(using=alias):
+        if connection.vendor == "sqlite":
+            _take_write_lock(connection)
         rows = _pending(alias)
-        if connections[alias].features.has_select_for_update_skip_locked:
+        if connection.features.has_select_for_update_skip_locked:
             rows = rows.select_for_update(skip_locked=True)
         batch = list(rows.order_by("id")[:size])
         published: list[int] = []
@@ -216,6 +221,21 @@ def _relay_batch(bus: BaseEventBus, alias: str, size: int) -> tuple[int, int, in
                 published_at=timezone.now(), attempts=F("attempts") + 1, last_error=None
             )
     return len(batch), len(published), failed, error
+
+
+def _take_write_lock(connection: Any) -> None:
+    """SQLite: hold the write lock from the start of the batch (as ``BEGIN IMMEDIATE``).
+
+    Django begins a deferred transaction: the batch's SELECT takes a read lock,
+    and its UPDATE could not upgrade it while another connection (a handler
+    writing, on a worker) waits to commit: SQLite answers "database is locked"
+    at once. A write first (matching no row) takes the lock, waiting its turn.
+    """
+    from eventbus.contrib.django.models import OutboxMessage
+
+    table = connection.ops.quote_name(OutboxMessage._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET id = id WHERE 0 = 1")
 
 
 def _pending(alias: str | None) -> Any:
