@@ -27,6 +27,7 @@ from __future__ import annotations
 import importlib
 import logging
 import threading
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,7 @@ DJANGO_CONFIG_SOURCE = "django.conf:settings"
 
 _lock = threading.Lock()
 _bus: EventBus | None = None
+_built_apps: weakref.WeakSet[Celery] = weakref.WeakSet()  # not the user's: never "found"
 
 
 def get_bus() -> EventBus:
@@ -78,8 +80,8 @@ def _find_bus() -> EventBus:
             return target
         if isinstance(target, BaseEventBus):
             raise ConfigurationError(
-                f"EVENTBUS_CELERY_APP = {spec!r} is a {type(target).__name__}; "
-                "Django's integration needs an EventBus on a Celery app"
+                f"EVENTBUS_CELERY_APP = {spec!r} names {type(target).__name__}, "
+                "not a Celery app or the EventBus of one"
             )
         if not hasattr(target, "conf") or not hasattr(target, "task"):
             raise ConfigurationError(
@@ -129,7 +131,7 @@ def _django_configured_apps() -> list[Celery]:
     return [
         app
         for app in list(celery_state._get_active_apps())
-        if getattr(app, "_config_source", None) == DJANGO_CONFIG_SOURCE
+        if getattr(app, "_config_source", None) == DJANGO_CONFIG_SOURCE and app not in _built_apps
     ]
 
 
@@ -139,6 +141,7 @@ def _build_app(settings: Any) -> Celery:
     main = str(getattr(settings, "SETTINGS_MODULE", "") or "django").partition(".")[0]
     app = Celery(main)
     app.config_from_object(DJANGO_CONFIG_SOURCE, namespace="CELERY")
+    _built_apps.add(app)
     return app
 
 
