@@ -27,9 +27,15 @@ broker_connection_retry_on_startup = True
 # stay below this value (EventBus refuses a handler that would not).
 broker_transport_options = {
     "visibility_timeout": _env_int("EVENTBUS_VISIBILITY_TIMEOUT", 3600),
-    # RabbitMQ: the broker confirms each publish (eventbus waits once per event); Redis ignores it.
-    "confirm_publish": os.environ.get("EVENTBUS_CONFIRM_PUBLISH", "1") not in ("0", "false", "no"),
 }
+# RabbitMQ: the broker confirms every event's messages, waited for once per event
+# (eventbus.confirms). Not kombu's connection-wide "confirm_publish": that one
+# hangs --pool threads workers sending task events.
+eventbus_publish_confirms = os.environ.get("EVENTBUS_PUBLISH_CONFIRMS", "1") not in (
+    "0",
+    "false",
+    "no",
+)
 
 # -- wire format: JSON only, never pickle --------------------------------------
 task_serializer = "json"

@@ -63,10 +63,9 @@ class EventBus(BaseEventBus):
     ``dead_letter_queue`` names the DLQ (default: ``eventbus_dead_letter_queue``,
     else ``eventbus.dlq``).
 
-    On RabbitMQ the broker confirms every publish: ``confirm_publish`` in
-    ``broker_transport_options`` is turned on unless set (``False`` opts out),
-    and ``eventbus_confirm_timeout`` (seconds, default 10) bounds the wait
-    for an event's confirms (:mod:`eventbus.confirms`).
+    On RabbitMQ the broker confirms every publish, waited for once per event
+    (:mod:`eventbus.confirms`; ``eventbus_publish_confirms = False`` opts
+    out); ``eventbus_confirm_timeout`` (seconds, default 10) bounds the wait.
     """
 
     def __init__(
@@ -85,15 +84,6 @@ class EventBus(BaseEventBus):
         self._publish_errors: tuple[type[BaseException], ...] | None = None
         self._broker_dead_lettering: bool | None = None
         self._state: State | None = None
-        transport_options = dict(app.conf.broker_transport_options or {})
-        if "confirm_publish" not in transport_options:
-            with app.connection_for_write() as conn:  # no I/O: reads the URL
-                if conn.transport.driver_type == "amqp":
-                    # At-least-once: the broker confirms every publish (an
-                    # explicit False opts out). A new dict: the configured
-                    # one may be shared, e.g. celeryconfig's.
-                    transport_options["confirm_publish"] = True
-                    app.conf.broker_transport_options = transport_options
         from eventbus.worker import WorkerHooks
 
         self._worker_hooks = WorkerHooks(self)
@@ -299,7 +289,11 @@ class EventBus(BaseEventBus):
                 # RabbitMQ the broker confirms them, waited for once per event.
                 with (
                     self.app.producer_or_acquire() as producer,
-                    confirmed(producer, timeout=self.app.conf.get("eventbus_confirm_timeout")),
+                    confirmed(
+                        producer,
+                        timeout=self.app.conf.get("eventbus_confirm_timeout"),
+                        enabled=self.app.conf.get("eventbus_publish_confirms", True),
+                    ),
                     producer.batch(),
                 ):
                     for sub in subscriptions:

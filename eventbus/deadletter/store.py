@@ -175,7 +175,11 @@ class BrokerDeadLetterStore(DeadLetterStore):
             # On RabbitMQ, return once the broker confirmed the record: the
             # caller may then drop its own copy (a worker acks the message).
             timeout = app.conf.get("eventbus_confirm_timeout")
-            with app.producer_or_acquire() as producer, confirmed(producer, timeout=timeout):
+            enabled = app.conf.get("eventbus_publish_confirms", True)
+            with (
+                app.producer_or_acquire() as producer,
+                confirmed(producer, timeout=timeout, enabled=enabled),
+            ):
                 app.amqp.send_task_message(
                     producer,
                     DEAD_LETTER_TASK,
