@@ -5,6 +5,7 @@
     ["POST", "/todos/", {"title": "Buy milk"}]    -> {"status": 201, "body": {...}}
     ["GET", "/todos/1/"]                           -> {"status": 200, "body": {...}}
     ["MANAGE", "eventbus", "outbox", "relay"]      -> {"status": 0, "stdout": ..., "stderr": ...}
+    ["TASK", "eventbus.django.relay_outbox"]       -> {"task_id": ...} (sent to its queue)
 
 prints ``{"results": [...], "published": {event type: count}}`` on its last line.
 Requests go through Django's test Client as in a server (no test transaction:
@@ -56,10 +57,15 @@ def manage(*argv: str) -> dict[str, Any]:
     return {"status": status, "stdout": out.getvalue(), "stderr": err.getvalue()}
 
 
+def send(name: str) -> dict[str, Any]:
+    return {"task_id": get_bus().app.tasks[name].delay().id}
+
+
 def main(steps: list[list[Any]]) -> None:
     client = Client(raise_request_exception=False)  # a failing view is a 500, as in a server
+    run = {"MANAGE": manage, "TASK": send}
     results = [
-        manage(*args) if kind == "MANAGE" else request(client, kind, *args) for kind, *args in steps
+        run[kind](*args) if kind in run else request(client, kind, *args) for kind, *args in steps
     ]
     print(json.dumps({"results": results, "published": dict(get_bus().published)}))
 

@@ -149,7 +149,7 @@ def project(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Project]
 
 @pytest.fixture
 def worker(project: Project) -> Iterator[subprocess.Popen[bytes]]:
-    """``celery -A todoproject worker``, ready; stopped afterwards (cold: the test is over)."""
+    """``celery -A todoproject worker``, ready; stopped afterwards."""
     process = project.start_worker()
     try:
         # Migrate while the worker starts: it needs the tables only to run a handler.
@@ -162,11 +162,11 @@ def worker(project: Project) -> Iterator[subprocess.Popen[bytes]]:
         assert process.poll() is None, f"the worker exited:\n{project.worker_log()}"
         yield process
     finally:
-        # A warm shutdown (SIGTERM) of an idle worker waits for its next poll,
-        # up to 10 s on an AMQP connection: nothing is left to finish here.
-        process.send_signal(signal.SIGQUIT)
+        # An idle worker acts on SIGTERM (even SIGQUIT) at its next poll, up to
+        # 10 s later on AMQP; the test is over and nothing is left unacked.
+        process.send_signal(signal.SIGTERM)
         try:
-            process.wait(timeout=10)
+            process.wait(timeout=1)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
@@ -221,16 +221,37 @@ def test_a_committed_todo_reaches_the_handler_on_a_real_worker(
     ((_, _, published_at, failed_at, attempts),) = project.outbox()
     assert published_at is not None and failed_at is None and attempts == 1
 
-    # And a second relay has nothing left to publish: each handler ran exactly once
-    again, status, shown = project.steps(RELAY, STATUS, ["GET", f"/todos/{todo_id}/"])[0]
+    # When another todo goes through the outbox and the relay runs as a Celery
+    # task (as beat would send it), on the worker
+    (by_task, _), _ = project.steps(
+        ["POST", "/todos/outbox/", {"title": "Relayed by the task"}],
+        ["TASK", "eventbus.django.relay_outbox"],
+    )
+
+    # Then its handler runs too
+    wait_for(
+        lambda: project.notifications(by_task["body"]["id"]) == 1,
+        message=lambda: f"the relay task to publish the row; worker log:\n{project.worker_log()}",
+    )
+
+    # And a last relay has nothing left to publish: each handler ran exactly once
+    again, status, dead, shown = project.steps(
+        RELAY,
+        STATUS,
+        ["MANAGE", "eventbus", "dlq", "stats", "--json"],
+        ["GET", f"/todos/{todo_id}/"],
+    )[0]
     assert again["stdout"].strip() == "published 0, failed 0, pending 0", again
     assert_stays(
-        lambda: project.notifications() == 2,
+        lambda: project.notifications() == 3,
         duration=0.5,
-        message="two notifications, one per todo",
+        message="three notifications, one per todo",
     )
     counts = json.loads(status["stdout"])
-    assert (counts["pending"], counts["failed"], counts["published"]) == (0, 0, 1)
+    assert (counts["pending"], counts["failed"], counts["published"]) == (0, 0, 2)
+    # and the project's dead-letter queue, read through manage.py, is empty
+    assert json.loads(dead["stdout"]) == {"groups": [], "total": 0}
+    assert (dead["status"], dead["stderr"]) == (1, "error: no dead letters\n")
     # and the todo's page shows what the handler did
     assert shown["body"]["notifications"] == ["New todo: Buy milk"]
 
