@@ -124,6 +124,8 @@ class OutboxRelay:
         self.batch_size = _positive(batch_size, "batch_size")
         self.totals: Counter[str] = Counter()
         self._sqlite = outbox.engine.dialect.name == "sqlite"
+        table = outbox.table
+        self._count = sa.select(sa.func.count()).select_from(table).where(pending_rows(table))
 
     def __repr__(self) -> str:
         return f"OutboxRelay({self.outbox!r}, batch_size={self.batch_size})"
@@ -183,11 +185,14 @@ class OutboxRelay:
                     break
                 published.append(row.id)
             self._mark(conn, published, failed, retry)
+            # Counted before the commit, on the same connection: one round trip
+            # per batch (rows other relays hold are still pending, as after it).
+            pending_left = int(conn.execute(self._count).scalar_one())
         self.totals.update(published=len(published), failed=len(failed), retried=1 if retry else 0)
         return RelayResult(
             published=len(published),
             failed=len(failed),
-            pending_left=self.outbox.pending_count(),
+            pending_left=pending_left,
             error=retry["error"] if retry else None,
         )
 
