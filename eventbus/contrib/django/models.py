@@ -3,8 +3,10 @@
 A row is written in the caller's transaction (:func:`publish_via_outbox`), so
 the event commits or rolls back with the data it is about; the relay
 (:mod:`eventbus.contrib.django.relay`) publishes pending rows in ``id`` order
-and stamps ``published_at``. The columns are those of :mod:`eventbus.outbox`:
-the same table can be relayed by either side.
+and stamps ``published_at``. The columns are those of :mod:`eventbus.outbox`
+(either relay can publish the table); the pending rows' index is a plain
+composite one, which every database Django supports can build, where
+:mod:`eventbus.outbox` uses a partial index.
 """
 
 from __future__ import annotations

@@ -54,6 +54,9 @@ def publish_on_commit(
     envelope and raised from the commit (``robust=True``: only logged, like
     Django's ``on_commit(..., robust=True)``). Use :func:`publish_via_outbox`
     when an event must survive a broker outage.
+
+    ``bus`` defaults to the project's (:func:`~eventbus.contrib.django.get_bus`);
+    any bus works, e.g. an :class:`~eventbus.InMemoryEventBus` in a test.
     """
     from django.db import transaction  # type: ignore[import-untyped]
 
