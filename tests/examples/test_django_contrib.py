@@ -10,32 +10,40 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = Path(__file__).with_name("django_contrib_cases.py")
+PG_RELAYS = Path(__file__).with_name("django_pg_relays.py")
+#: The local PostgreSQL server, as the event store's tests name it.
+POSTGRES_URL = os.environ.get(
+    "EVENTBUS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
 
 pytestmark = pytest.mark.timeout(60)
 
 
-@pytest.fixture(scope="module")
-def observed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def run_script(*args: str) -> dict[str, Any]:
+    """Run a case script in a process of its own; the JSON on its last line."""
+    # Celery reads CELERY_BROKER_URL before its settings: the scripts set theirs.
     env = {key: value for key, value in os.environ.items() if key != "CELERY_BROKER_URL"}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     result = subprocess.run(
-        [sys.executable, str(CASES), str(tmp_path_factory.mktemp("django"))],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=50
     )
     assert result.returncode == 0, f"{result.stdout}\n{result.stderr}"
     observations: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return observations
+
+
+@pytest.fixture(scope="module")
+def observed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_script(str(CASES), str(tmp_path_factory.mktemp("django")))
 
 
 def test_without_a_celery_app_of_yours_the_bus_is_built_from_the_celery_settings(
@@ -132,3 +140,43 @@ def test_the_celery_app_is_the_one_configured_from_django_or_the_one_named(
     assert finding["unimportable"].startswith(
         "ConfigurationError: EVENTBUS_CELERY_APP: cannot import 'no_such_module_here'"
     )
+
+
+def test_relays_side_by_side_on_postgresql_publish_each_row_once() -> None:
+    import psycopg
+
+    # Given 60 outbox rows in a schema of the test's own on PostgreSQL
+    parts = urlsplit(POSTGRES_URL)
+    where = {
+        "host": parts.hostname or "127.0.0.1",
+        "port": parts.port or 5432,
+        "user": parts.username or "postgres",
+        "dbname": parts.path.lstrip("/") or "test",
+    }
+    try:
+        admin = psycopg.connect(**where, autocommit=True, connect_timeout=3)
+    except psycopg.OperationalError as exc:
+        reason = f"PostgreSQL at {where['host']}:{where['port']} unreachable: {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{reason} (CI is set: the PostgreSQL server must be up)")
+        pytest.skip(reason)
+    schema = f"eventbus_django_{uuid.uuid4().hex[:10]}"
+    with admin:
+        admin.execute(f"CREATE SCHEMA {schema}")
+        try:
+            # When three relays publish them at once, in batches of five
+            out = run_script(
+                str(PG_RELAYS),
+                where["host"],
+                str(where["port"]),
+                where["user"],
+                where["dbname"],
+                schema,
+            )
+        finally:
+            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+
+    # Then every event was handled exactly once (SKIP LOCKED: each took other rows)
+    assert out["skip_locked"]
+    assert (out["handled"], out["twice"]) == (60, [])
+    assert sum(out["relays"]) == 60
