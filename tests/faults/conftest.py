@@ -1,0 +1,300 @@
+"""Fixtures of the fault-injection tests: a broker that fails, worker subprocesses, figures.
+
+Every test runs on Redis and on RabbitMQ (``fault_broker``). On Redis the
+broker is a private ``redis-server`` the test may crash (see
+:mod:`tests.faults.brokers`); idempotency and ordering state and the
+handlers' effects stay on the shared Redis (``tests.support.STATE_REDIS_URL``)
+under a key prefix of the test's own, so a broker fault never touches them.
+
+Each test records one figure line per result (``kill[redis] atomic: published=2000
+handled=2000 lost=0 duplicate_effects=0``): printed, and listed again at the
+end of the pytest run by :func:`pytest_terminal_summary`. A failing test's
+report carries its workers' logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _pytest.terminal import TerminalReporter
+from kombu.connection import Connection
+
+from eventbus import Envelope, PublishError
+from tests.faults.brokers import (
+    BrokerRestart,
+    PrivateRedis,
+    ensure_rabbitmq_running,
+    rabbitmq_messages,
+    restart_rabbitmq,
+)
+from tests.faults.fault_app import Effects, FaultConfig, HandlerSet, build_bus
+from tests.faults.workers import WorkerProcess
+from tests.support import STATE_REDIS_URL, delete_queues, delete_state, require_broker
+
+FIGURES: list[str] = []  #: every figure line of this pytest run, in order
+
+#: How long a crashed Redis or a stopped RabbitMQ stays down, seconds.
+REDIS_DOWN_FOR, RABBITMQ_DOWN_FOR = 1.0, 2.0
+
+_ENVS = pytest.StashKey["FaultEnv"]()
+
+
+class FaultBroker:
+    """The broker of one fault test, and how to restart it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.private: PrivateRedis | None = None
+        if kind == "redis":
+            self.private = PrivateRedis()
+            self.private.start()
+            self.url = self.private.url
+        else:
+            self.url = require_broker("rabbitmq")
+        self.restarts: list[BrokerRestart] = []
+
+    @property
+    def down_for(self) -> float:
+        """How long a restart holds the broker down, in seconds."""
+        return REDIS_DOWN_FOR if self.private is not None else RABBITMQ_DOWN_FOR
+
+    def restart(self, *, on_down: Callable[[], None] = lambda: None) -> BrokerRestart:
+        """Crash (Redis) or stop (RabbitMQ) the broker and bring it back, in a thread.
+
+        ``on_down`` runs while the broker is down.
+        """
+        private = self.private
+        if private is not None:
+            restart = BrokerRestart(
+                lambda: private.restart(down_for=self.down_for, on_down=on_down)
+            )
+        else:
+            restart = BrokerRestart(
+                lambda: restart_rabbitmq(self.url, down_for=self.down_for, on_down=on_down)
+            )
+        self.restarts.append(restart)
+        return restart.start()
+
+    def close(self) -> None:
+        for restart in self.restarts:
+            with contextlib.suppress(AssertionError):  # the test reported it
+                restart.join()
+        if self.private is not None:
+            self.private.close()
+        else:
+            ensure_rabbitmq_running(self.url)
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def fault_broker(request: pytest.FixtureRequest) -> Iterator[FaultBroker]:
+    """A broker each test may break: a private redis-server, or the shared RabbitMQ."""
+    require_broker("redis")  # the shared Redis keeps the state and the effects
+    broker = FaultBroker(request.param)
+    try:
+        yield broker
+    finally:
+        broker.close()
+
+
+class Publisher:
+    """Publishes envelopes from a thread, counting what the bus acknowledged and refused."""
+
+    def __init__(
+        self, publish: Callable[[Envelope[Any]], object], envelopes: Sequence[Envelope[Any]]
+    ) -> None:
+        self._publish = publish
+        self.envelopes = list(envelopes)
+        self.acknowledged: list[str] = []  #: event ids whose publish() returned
+        self.refused: list[str] = []  #: event ids whose publish() raised PublishError
+        self.first_error = ""
+        self.slowest = 0.0  #: seconds the slowest publish() took, returned or raised
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="publisher", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for envelope in self.envelopes:
+                if self._stop.is_set():
+                    return
+                started = time.monotonic()
+                try:
+                    self._publish(envelope)
+                except PublishError as exc:
+                    self.refused.append(str(envelope.event_id))
+                    self.first_error = self.first_error or f"{type(exc).__name__}: {exc}"
+                else:
+                    self.acknowledged.append(str(envelope.event_id))
+                finally:
+                    self.slowest = max(self.slowest, time.monotonic() - started)
+        except BaseException as exc:  # re-raised by join()
+            self.error = exc
+
+    def start(self) -> Publisher:
+        self._thread.start()
+        return self
+
+    @property
+    def attempted(self) -> int:
+        return len(self.acknowledged) + len(self.refused)
+
+    def stop(self) -> None:
+        """Publish nothing more (a failed test's teardown); wait for the publish in progress."""
+        self._stop.set()
+        if self._thread.ident is not None:
+            self._thread.join(30)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise AssertionError(
+                f"publishing did not finish within {timeout}s ({self.attempted} attempted)"
+            )
+        if self.error is not None:
+            raise AssertionError(f"publishing failed: {self.error!r}") from self.error
+
+
+class FaultEnv:
+    """One fault test's world: its broker, a publishing bus, the effects, the workers."""
+
+    def __init__(
+        self, broker: FaultBroker, handlers: HandlerSet, log_dir: Path, *, work: float = 0.0
+    ) -> None:
+        uid = uuid.uuid4().hex[:10]
+        self.broker = broker
+        self.kind = broker.kind
+        self.log_dir = log_dir
+        self.config = FaultConfig(
+            broker_url=broker.url,
+            queue=f"faults.{handlers}.{uid}",
+            dead_letter_queue=f"faults.{handlers}.{uid}.dlq",
+            state_url=STATE_REDIS_URL,
+            state_prefix=f"eventbus-faults-{uid}:",
+            effects_url=STATE_REDIS_URL,
+            effects_prefix=f"eventbus-faults-{uid}:fx:",
+            handlers=handlers,
+            work=work,
+        )
+        self.effects = Effects(self.config.effects_url, self.config.effects_prefix)
+        self.bus = build_bus(self.config, self.effects)
+        self.app = self.bus.app
+        self.workers: list[WorkerProcess] = []
+        self.publishers: list[Publisher] = []
+
+    def start_workers(
+        self, count: int, *, concurrency: int, loglevel: str = "WARNING"
+    ) -> list[WorkerProcess]:
+        """Start ``count`` prefork workers (``loglevel=INFO`` logs every task run)."""
+        started = [
+            WorkerProcess(
+                replace(self.config, worker=f"w{len(self.workers) + i}"),
+                self.log_dir,
+                concurrency=concurrency,
+                loglevel=loglevel,
+            ).start()
+            for i in range(count)
+        ]
+        self.workers.extend(started)
+        return started
+
+    def publisher(self, envelopes: Sequence[Envelope[Any]]) -> Publisher:
+        publisher = Publisher(self.bus.publish, envelopes)
+        self.publishers.append(publisher)
+        return publisher
+
+    def remaining(self) -> int:
+        """Messages of the handler queue the broker holds: waiting, or delivered and unacked."""
+        if self.broker.private is None:
+            return rabbitmq_messages(self.config.queue)
+        with Connection(self.broker.url, connect_timeout=3) as conn:
+            channel = conn.default_channel
+            client = channel.client
+            # kombu keeps one list per priority step, and every delivered,
+            # unacked message in one hash (the broker is this test's alone).
+            keys = {channel._q_for_pri(self.config.queue, pri) for pri in channel.priority_steps}
+            return sum(int(client.llen(key)) for key in keys) + int(client.hlen("unacked"))
+
+    def dead_letters(self) -> int:
+        return len(self.bus.dead_letters)
+
+    def logs(self) -> str:
+        parts = [worker.log() for worker in self.workers]
+        if self.broker.private is not None:
+            parts.append(f"--- private redis-server:\n{self.broker.private.log()}")
+        return "\n".join(parts)
+
+    def close(self) -> None:
+        try:
+            for publisher in self.publishers:
+                publisher.stop()
+            for worker in self.workers:
+                worker.kill()
+        finally:
+            self.effects.close()
+            if self.broker.private is None:
+                delete_queues(self.app, self.config.queue, self.config.dead_letter_queue)
+            delete_state(self.app)  # the state and the effects share its prefix
+            self.app.close()
+
+
+@pytest.fixture
+def fault_env(
+    fault_broker: FaultBroker, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[[HandlerSet], FaultEnv]]:
+    """Build the test's :class:`FaultEnv` for a handler set; everything is cleaned up after."""
+    envs: list[FaultEnv] = []
+
+    def make(handlers: HandlerSet, *, work: float = 0.0) -> FaultEnv:
+        env = FaultEnv(fault_broker, handlers, tmp_path, work=work)
+        envs.append(env)
+        request.node.stash[_ENVS] = env
+        return env
+
+    try:
+        yield make
+    finally:
+        for env in envs:
+            env.close()
+
+
+@pytest.fixture
+def figure() -> Callable[[str], str]:
+    """Record a figure line: printed now, listed again at the end of the run."""
+
+    def record(line: str) -> str:
+        print(line)
+        FIGURES.append(line)
+        return line
+
+    return record
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    env = item.stash.get(_ENVS, None)
+    if env is not None and report.failed:
+        report.sections.append(("fault test workers' logs", env.logs()))
+    return report
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("delivery under faults")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

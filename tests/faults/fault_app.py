@@ -1,0 +1,239 @@
+"""The app of the fault tests' ``celery worker`` subprocesses, configured from the environment.
+
+``celery -A tests.faults.fault_app worker`` builds its bus from
+:class:`FaultConfig` (``EVENTBUS_FAULTS_*`` variables); the test process builds
+its publishing bus from the same config with :func:`build_bus`, so both
+declare the same queue and agree on handler names and options.
+
+Handlers write their effects to Redis (:class:`Effects`): one hash per handler
+counting runs by event id, which is how a test tells a lost event (no run)
+from a duplicate effect (two runs).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import redis
+from celery import signals
+
+from eventbus import Envelope, Event, EventBus
+from eventbus.idempotency import RedisIdempotencyStore
+from tests.support import make_app
+
+PLAIN = "faults.plain"  #: not idempotent: a redelivery repeats its effect
+IDEM = "faults.idem"  #: idempotent; its effect is a plain write before the done mark
+ATOMIC = "faults.atomic"  #: idempotent; its effect commits with the done mark
+ORDERED = "faults.ordered"  #: ordered: appends each aggregate's sequence to a list
+
+#: Which handlers a worker runs: the kill test's three, one counting handler, or the ordered one.
+HandlerSet = Literal["kill", "count", "ordered"]
+
+#: Redis visibility timeout of the fault tests, seconds: how long a dead
+#: worker's unacked messages wait before another worker gets them.
+VISIBILITY_TIMEOUT = 8
+#: Handler retries must wait less than the visibility timeout (EventBus checks).
+RETRY_OPTIONS: dict[str, Any] = {"max_retries": 5, "retry_backoff": 1, "retry_backoff_max": 4}
+
+
+class Probe(Event):
+    """One numbered event; the fault tests count what became of each."""
+
+    event_type = "faults.probe"
+
+    n: int
+
+
+class Step(Event):
+    """One step of an aggregate; the ordered handler records the sequence it ran."""
+
+    event_type = "faults.step"
+
+    n: int
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Everything a fault test's worker needs to know, passed as environment variables."""
+
+    broker_url: str
+    queue: str
+    dead_letter_queue: str
+    state_url: str  #: idempotency claims and ordering positions
+    state_prefix: str
+    effects_url: str  #: the handlers' effects; the same Redis as the state (atomic())
+    effects_prefix: str
+    handlers: HandlerSet
+    work: float = 0.0  #: seconds each run of :data:`PLAIN` works (sleeps) after its write
+    worker: str = "publisher"  #: who runs the handlers: effects are counted per worker
+
+    def environ(self) -> dict[str, str]:
+        return {f"EVENTBUS_FAULTS_{k.upper()}": str(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_environ(cls, environ: dict[str, str]) -> FaultConfig:
+        values: dict[str, Any] = {
+            name: environ[f"EVENTBUS_FAULTS_{name.upper()}"] for name in cls.__dataclass_fields__
+        }
+        values["work"] = float(values["work"])
+        return cls(**values)
+
+    @property
+    def on_redis(self) -> bool:
+        return self.broker_url.startswith("redis")
+
+
+class Effects:
+    """What the handlers did, in Redis.
+
+    ``<prefix>runs:<handler>`` counts each handler's runs by event id,
+    ``<prefix>received:<handler>`` the messages of each handler a worker's
+    consumer received, by event id (whether a lost event ever reached a
+    worker), ``<prefix>workers`` counts runs of :data:`PLAIN` by worker, and
+    ``<prefix>seq:<aggregate>`` lists the sequences :data:`ORDERED` ran.
+    """
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        self.prefix = prefix
+
+    def runs_key(self, handler: str) -> str:
+        return f"{self.prefix}runs:{handler}"
+
+    def received_key(self, handler: str) -> str:
+        return f"{self.prefix}received:{handler}"
+
+    def sequence_key(self, aggregate: str) -> str:
+        return f"{self.prefix}seq:{aggregate}"
+
+    def record(self, handler: str, event_id: str, worker: str | None = None) -> None:
+        with self.client.pipeline(transaction=False) as pipe:
+            pipe.hincrby(self.runs_key(handler), event_id, 1)
+            if worker is not None:
+                pipe.hincrby(f"{self.prefix}workers", worker, 1)
+            pipe.execute()
+
+    def runs(self, handler: str) -> dict[str, int]:
+        """Runs of ``handler`` by event id."""
+        raw = self.client.hgetall(self.runs_key(handler))
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    def received(self, handler: str) -> set[str]:
+        """Event ids of the messages of ``handler`` that a worker received."""
+        return {_text(k) for k in self.client.hkeys(self.received_key(handler))}
+
+    def handled(self, handler: str) -> int:
+        """How many events ``handler`` ran at least once."""
+        return int(self.client.hlen(self.runs_key(handler)))
+
+    def by_worker(self) -> dict[str, int]:
+        raw = self.client.hgetall(f"{self.prefix}workers")
+        return {_text(k): int(v) for k, v in raw.items()}
+
+    def sequences(self, aggregate: str) -> list[int]:
+        return [int(v) for v in self.client.lrange(self.sequence_key(aggregate), 0, -1)]
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventBus:
+    """The bus of a fault test (publisher or worker), with the handlers ``config`` names.
+
+    The handlers write to ``effects``.
+    """
+    transport_options: dict[str, Any] = {}
+    if config.on_redis:
+        transport_options = {
+            "visibility_timeout": VISIBILITY_TIMEOUT,
+            # Look for a dead worker's messages every second, not every 100 s.
+            "unacked_restore_interval": 1,
+            "unacked_restore_throttle": 1,
+            # A worker killed while it holds the restore mutex blocks every
+            # restore until the mutex expires (kombu's default: 300 s).
+            "unacked_mutex_expire": 5,
+        }
+    app = make_app(
+        config.broker_url,
+        eventbus_redis_url=config.state_url,
+        eventbus_redis_prefix=config.state_prefix,
+        broker_transport_options=transport_options,
+        # Flower's task-sent events are not what these tests count: leave
+        # the publisher's and the brokers' time to the task messages.
+        task_send_sent_event=False,
+        **overrides,
+    )
+    bus = EventBus(app, default_queue=config.queue, dead_letter_queue=config.dead_letter_queue)
+    worker, work = config.worker, config.work
+
+    if config.handlers in ("kill", "count"):
+
+        def plain(envelope: Envelope[Probe]) -> None:
+            effects.record(PLAIN, str(envelope.event_id), worker)
+            if work:
+                time.sleep(work)  # the rest of the handler's work
+
+        bus.subscribe(Probe, handler=plain, name=PLAIN, **RETRY_OPTIONS)
+
+    if config.handlers == "kill":
+
+        def idem(envelope: Envelope[Probe]) -> None:
+            effects.record(IDEM, str(envelope.event_id))
+
+        def atomic(envelope: Envelope[Probe]) -> None:
+            store = bus.idempotency
+            assert isinstance(store, RedisIdempotencyStore)
+            with store.atomic() as tx:
+                tx.hincrby(effects.runs_key(ATOMIC), str(envelope.event_id), 1)
+
+        bus.subscribe(Probe, handler=idem, name=IDEM, idempotent=True, **RETRY_OPTIONS)
+        bus.subscribe(Probe, handler=atomic, name=ATOMIC, idempotent=True, **RETRY_OPTIONS)
+
+    if config.handlers == "ordered":
+
+        def ordered(envelope: Envelope[Step]) -> None:
+            assert envelope.aggregate_id is not None and envelope.sequence is not None
+            effects.client.rpush(effects.sequence_key(envelope.aggregate_id), envelope.sequence)
+
+        bus.subscribe(Step, handler=ordered, name=ORDERED, ordered=True, **RETRY_OPTIONS)
+
+    return bus
+
+
+def count_receipts(bus: EventBus, effects: Effects) -> None:
+    """Count each handler message the worker's consumer receives, by event id.
+
+    Celery sends ``task_received`` in the worker's main process once the
+    broker handed the message over (on Redis: once it is in the unacked
+    hash), before any pool process runs it.
+    """
+
+    def on_received(sender: object = None, request: Any = None, **_: Any) -> None:
+        name = getattr(request, "task_name", None)
+        if not isinstance(name, str) or not bus.has_handler(name):
+            return
+        args = request.args
+        envelope = args[0] if args else None
+        if isinstance(envelope, dict) and "event_id" in envelope:
+            effects.client.hincrby(effects.received_key(name), str(envelope["event_id"]), 1)
+
+    signals.task_received.connect(on_received, weak=False)
+
+
+if os.environ.get("EVENTBUS_FAULTS_BROKER_URL"):
+    _config = FaultConfig.from_environ(dict(os.environ))
+    _effects = Effects(_config.effects_url, _config.effects_prefix)
+    bus = build_bus(
+        _config,
+        _effects,
+        worker_hijack_root_logger=True,  # the worker's log is the test's evidence
+    )
+    app = bus.app
+    count_receipts(bus, _effects)

@@ -1,0 +1,334 @@
+"""Delivery guarantees under faults (issue 4), on Redis and on RabbitMQ.
+
+Real ``celery worker`` subprocesses (prefork) run the handlers of
+:mod:`tests.faults.fault_app`; the test kills a worker, or crashes or
+restarts the broker, and then counts by event id what the handlers did:
+
+* ``lost``: events a handler never ran (at-least-once says: 0);
+* ``duplicate_effects``: runs beyond the first. An idempotent handler whose
+  effect commits with its done mark (``atomic``) has none; one whose effect
+  is a separate write (``idem``) may repeat only the runs in progress when a
+  worker died; a plain handler repeats whatever was run but not acked.
+
+A known hole, on Redis only: kombu's Redis transport takes a message off the
+queue with ``BRPOP`` and records it as unacked in a second round trip. A
+consumer SIGKILLed, or a Redis crashing, between the two loses that message
+(at most one per consumer connection); no worker ever receives it. When that
+is all that went wrong, the test is marked xfail with the count (the figure
+line shows it); any other loss fails it. See :func:`check_losses`.
+
+Each test records its figure lines (see ``conftest.py``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from eventbus import Envelope, create_event
+from tests.faults.conftest import FaultEnv
+from tests.faults.fault_app import ATOMIC, IDEM, ORDERED, PLAIN, VISIBILITY_TIMEOUT, Probe, Step
+from tests.support import wait_for
+
+pytestmark = pytest.mark.faults
+
+EVENTS = 2000
+AGGREGATES, STEPS = 50, 20
+#: Seconds each run works in the consuming test, so the broker goes down mid-way.
+CONSUME_WORK = 0.004
+#: Seconds the broker must hold none of the queue's messages before events
+#: still not handled count as lost (nothing is left to deliver them).
+DRAINED_FOR = 2.0
+
+Figure = Callable[[str], str]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one handler did with the published events."""
+
+    handler: str
+    published: int
+    handled: int
+    lost: list[str]  #: event ids the handler never ran
+    never_received: list[str]  #: of those, the ones no worker's consumer ever received
+    duplicate_effects: int
+
+    def figures(self) -> str:
+        return (
+            f"published={self.published} handled={self.handled} lost={len(self.lost)} "
+            f"duplicate_effects={self.duplicate_effects}"
+        )
+
+
+def probes(count: int) -> list[Envelope[Any]]:
+    return [create_event(Probe, {"n": n}) for n in range(count)]
+
+
+def outcome(env: FaultEnv, handler: str, event_ids: list[str]) -> Outcome:
+    runs = env.effects.runs(handler)
+    unknown = set(runs) - set(event_ids)
+    assert not unknown, f"{handler} ran events nobody published: {sorted(unknown)[:5]}"
+    lost = [event_id for event_id in event_ids if event_id not in runs]
+    received = env.effects.received(handler) if lost else set()
+    return Outcome(
+        handler=handler,
+        published=len(event_ids),
+        handled=len(event_ids) - len(lost),
+        lost=lost,
+        never_received=[event_id for event_id in lost if event_id not in received],
+        duplicate_effects=sum(count - 1 for count in runs.values()),
+    )
+
+
+def wait_until_settled(
+    env: FaultEnv, handlers: list[str], event_ids: list[str], timeout: float
+) -> None:
+    """Wait until the broker holds none of the queue's messages and every handler is done.
+
+    Returns early, with events still not handled, once the broker has held
+    nothing for :data:`DRAINED_FOR` seconds: nothing can run them any more.
+    """
+    wanted = len(set(event_ids))
+    drained_since: list[float] = []
+
+    def settled() -> bool:
+        if env.remaining():
+            drained_since.clear()
+            return False
+        if not drained_since:
+            drained_since.append(time.monotonic())
+        done = all(env.effects.handled(handler) >= wanted for handler in handlers)
+        return done or time.monotonic() - drained_since[0] >= DRAINED_FOR
+
+    def progress() -> str:
+        counts = {handler: env.effects.handled(handler) for handler in handlers}
+        return (
+            f"every handler to run {wanted} events, or the queue to drain; ran: {counts}, "
+            f"messages left on the broker: {env.remaining()}"
+        )
+
+    wait_for(settled, timeout=timeout, interval=0.2, message=progress)
+
+
+def check_losses(
+    env: FaultEnv, outcomes: list[Outcome], *, consumers_hit: int, on_broker: set[str]
+) -> None:
+    """No event lost; on Redis, the transport's known loss is an xfail (see module docstring).
+
+    ``consumers_hit``: consumer connections the fault cut (killed workers, or
+    every worker when Redis crashed); each can lose at most one message.
+    ``on_broker``: the events published before the fault (only those can be
+    what a consumer had popped when it was cut).
+    """
+    lost = {o.handler: len(o.lost) for o in outcomes if o.lost}
+    if not lost:
+        return
+    received_but_lost = {o.handler: sorted(set(o.lost) - set(o.never_received)) for o in outcomes}
+    published_later = {o.handler: sorted(set(o.lost) - on_broker) for o in outcomes}
+    assert env.kind == "redis" and consumers_hit, f"lost events: {lost}"
+    assert not any(received_but_lost.values()), (
+        f"a worker received these events' messages and never ran them: {received_but_lost}"
+    )
+    assert not any(published_later.values()), (
+        f"lost events published after the fault, that no cut consumer held: {published_later}"
+    )
+    assert sum(lost.values()) <= consumers_hit, (
+        f"lost {lost}: more than one message per consumer connection cut ({consumers_hit})"
+    )
+    pytest.xfail(
+        f"kombu Redis transport lost {sum(lost.values())} message(s) {lost} that no worker "
+        "received: popped by BRPOP, not yet in the unacked hash when the consumer died or "
+        "Redis crashed (celery/kombu#1733, celery/celery#7950)"
+    )
+
+
+def test_sigkill_of_a_worker_loses_no_event(
+    fault_env: Callable[..., FaultEnv], figure: Figure
+) -> None:
+    # Given two prefork workers running three handlers of Probe: plain,
+    # idempotent with a separate write, and idempotent with atomic()
+    env = fault_env("kill")
+    victim, survivor = env.start_workers(2, concurrency=2)
+    handlers = {"plain": PLAIN, "idem": IDEM, "atomic": ATOMIC}
+    envelopes = probes(EVENTS)
+    event_ids = [str(envelope.event_id) for envelope in envelopes]
+
+    # When 2,000 events are published, and the first worker's main process is
+    # SIGKILLed once both workers run and about a third of all runs are done
+    publisher = env.publisher(envelopes).start()
+
+    def runs_done() -> int:
+        return sum(env.effects.handled(handler) for handler in handlers.values())
+
+    wait_for(
+        lambda: len(env.effects.by_worker()) == 2 and runs_done() >= EVENTS,
+        timeout=60,
+        interval=0.01,
+        message=lambda: (
+            f"both workers running, a third of the runs done: {env.effects.by_worker()}, "
+            f"{runs_done()} runs, {publisher.attempted} published\n{env.logs()}"
+        ),
+    )
+    killed_at = runs_done()
+    published_at_kill = publisher.attempted
+    # (the events published so far, and the one being published now)
+    published_before_kill = set(event_ids[: published_at_kill + 1])
+    victim.kill()
+    assert not victim.group(), "the killed worker's pool outlived it"
+    publisher.join(timeout=60)
+    assert publisher.acknowledged == event_ids, publisher.first_error
+
+    # Then the other worker runs every handler for every event (on Redis,
+    # once the killed worker's unacked messages are visible again)
+    wait_until_settled(env, list(handlers.values()), event_ids, timeout=90)
+    assert survivor.alive(), survivor.log()
+    dead_letters = env.dead_letters()
+    outcomes = {label: outcome(env, handler, event_ids) for label, handler in handlers.items()}
+    for label, result in outcomes.items():
+        figure(
+            f"kill[{env.kind}] {label}: {result.figures()} "
+            f"(killed at {killed_at}/{3 * EVENTS} runs, {published_at_kill} events "
+            f"published, dead_letters={dead_letters})"
+        )
+    assert dead_letters == 0
+    # And the atomic handler repeated nothing; the idempotent one at most the
+    # runs in progress when the worker died (one per pool process)
+    assert outcomes["atomic"].duplicate_effects == 0
+    assert outcomes["idem"].duplicate_effects <= victim.concurrency
+    check_losses(env, list(outcomes.values()), consumers_hit=1, on_broker=published_before_kill)
+
+
+def test_broker_restart_while_publishing_loses_no_acknowledged_event(
+    fault_env: Callable[..., FaultEnv], figure: Figure
+) -> None:
+    # Given a bus with one handler, and no worker yet
+    env = fault_env("count")
+    envelopes = probes(EVENTS)
+
+    # When 2,000 events are published and the broker restarts a third of the way
+    publisher = env.publisher(envelopes).start()
+    wait_for(lambda: publisher.attempted >= EVENTS // 3, timeout=30, message="a third published")
+    attempted_when_down: list[int] = []
+    restart = env.broker.restart(on_down=lambda: attempted_when_down.append(publisher.attempted))
+    outage = restart.join()
+    # (the broker went down before the last publish: the fault hit publishing)
+    assert attempted_when_down and attempted_when_down[0] < EVENTS, attempted_when_down
+
+    # Then a worker started after the restart runs every event whose publish returned
+    env.start_workers(1, concurrency=2)
+    publisher.join(timeout=90)
+    acknowledged, refused = publisher.acknowledged, publisher.refused
+    wait_until_settled(env, [PLAIN], acknowledged, timeout=60)
+    handled = set(env.effects.runs(PLAIN))
+    lost = sorted(set(acknowledged) - handled)
+    figure(
+        f"restart-publish[{env.kind}]: published={EVENTS} acknowledged={len(acknowledged)} "
+        f"publish_errors={len(refused)} handled={len(handled)} lost={len(lost)} "
+        f"(refused but delivered={len(set(refused) & handled)}, broker down at "
+        f"{attempted_when_down[0]} published, restart took {outage:.1f}s, slowest publish "
+        f"{publisher.slowest:.1f}s)"
+    )
+    assert not lost, f"published, acknowledged and never handled: {lost[:5]}"
+    assert len(acknowledged) + len(refused) == EVENTS
+    assert env.dead_letters() == 0
+
+
+def test_broker_restart_while_consuming_loses_no_event(
+    fault_env: Callable[..., FaultEnv], figure: Figure
+) -> None:
+    # Given 2,000 published events and two prefork workers consuming them
+    env = fault_env("count", work=CONSUME_WORK)
+    envelopes = probes(EVENTS)
+    event_ids = [str(envelope.event_id) for envelope in envelopes]
+    publisher = env.publisher(envelopes).start()
+    publisher.join(timeout=60)
+    assert publisher.acknowledged == event_ids, publisher.first_error
+    workers = env.start_workers(2, concurrency=2)
+
+    # When the broker restarts once both workers have run events
+    wait_for(
+        lambda: len(env.effects.by_worker()) == 2,
+        timeout=30,
+        interval=0.01,
+        message=lambda: f"both workers running\n{env.logs()}",
+    )
+    handled_when_down: list[int] = []
+    restart = env.broker.restart(
+        on_down=lambda: handled_when_down.append(env.effects.handled(PLAIN))
+    )
+    outage = restart.join()
+    # (the broker went down with events still to run: the fault hit consuming)
+    assert handled_when_down and handled_when_down[0] < EVENTS, handled_when_down
+
+    # Then the workers reconnect and run every event at least once
+    wait_until_settled(env, [PLAIN], event_ids, timeout=90)
+    assert all(worker.alive() for worker in workers), env.logs()
+    result = outcome(env, PLAIN, event_ids)
+    dead_letters = env.dead_letters()
+    figure(
+        f"restart-consume[{env.kind}]: {result.figures()} (broker down at "
+        f"{handled_when_down[0]} handled, restart took {outage:.1f}s, "
+        f"dead_letters={dead_letters})"
+    )
+    assert dead_letters == 0
+    check_losses(
+        env,
+        [result],
+        consumers_hit=len(workers) if env.kind == "redis" else 0,
+        on_broker=set(event_ids),
+    )
+
+
+def test_an_ordered_handler_runs_each_aggregate_in_sequence(
+    fault_env: Callable[..., FaultEnv], figure: Figure
+) -> None:
+    # Given two prefork workers of concurrency 4 running an ordered handler
+    env = fault_env("ordered")
+    env.start_workers(2, concurrency=4, loglevel="INFO")  # INFO: retries (deferrals) are logged
+
+    # When 50 aggregates' 20 events each are published interleaved (round-robin)
+    aggregates = [f"agg-{a}" for a in range(AGGREGATES)]
+    envelopes = [
+        create_event(Step, {"n": step}, aggregate_id=aggregate, aggregate_type="Fault")
+        for step in range(STEPS)
+        for aggregate in aggregates
+    ]
+    publisher = env.publisher(envelopes).start()
+    publisher.join(timeout=60)
+    assert len(publisher.acknowledged) == AGGREGATES * STEPS, publisher.first_error
+
+    # Then each aggregate's events ran exactly once each, in sequence
+    def recorded() -> int:
+        with env.effects.client.pipeline(transaction=False) as pipe:
+            for aggregate in aggregates:
+                pipe.llen(env.effects.sequence_key(aggregate))
+            return sum(pipe.execute())
+
+    wait_for(
+        lambda: recorded() >= AGGREGATES * STEPS,
+        timeout=60,
+        interval=0.1,
+        message=lambda: f"{AGGREGATES * STEPS} runs of {ORDERED} ({recorded()} so far)",
+    )
+    wait_for(
+        lambda: env.remaining() == 0,
+        timeout=VISIBILITY_TIMEOUT + 12,
+        interval=0.2,
+        message=lambda: f"the broker to hold no message of the queue ({env.remaining()} left)",
+    )
+    expected = list(range(1, STEPS + 1))
+    sequences = {aggregate: env.effects.sequences(aggregate) for aggregate in aggregates}
+    in_order = sum(1 for seen in sequences.values() if seen == expected)
+    deferred = sum(worker.count_in_log("waiting for sequence") for worker in env.workers)
+    figure(
+        f"ordering[{env.kind}]: aggregates={AGGREGATES} events={AGGREGATES * STEPS} "
+        f"in_order={in_order} out_of_order={AGGREGATES - in_order} (deferred={deferred})"
+    )
+    wrong = {a: seen for a, seen in sequences.items() if seen != expected}
+    assert not wrong, f"{len(wrong)} aggregates out of order: {dict(list(wrong.items())[:3])}"
+    assert env.dead_letters() == 0
