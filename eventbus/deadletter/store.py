@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
@@ -169,6 +170,24 @@ class BrokerDeadLetterStore(DeadLetterStore):
         )
 
     def append(self, record: DeadLetter) -> None:
+        # A dead letter that is not written makes the worker re-queue the
+        # failed message and run the handler again: retry the write first, as
+        # publish does (a retry after an unconfirmed write may duplicate the
+        # record; replay and purge work on either copy).
+        policy = self.app.conf.task_publish_retry_policy or {}
+        attempts = int(policy.get("max_retries", 3) or 0) + 1
+        step = float(policy.get("interval_step", 0.2) or 0)
+        interval_max = float(policy.get("interval_max", 1) or 0)
+        for attempt in range(attempts):
+            try:
+                self._append_once(record)
+                return
+            except DeadLetterError:
+                if attempt + 1 >= attempts:
+                    raise
+                time.sleep(min(step * (attempt + 1), interval_max))
+
+    def _append_once(self, record: DeadLetter) -> None:
         app = self.app
         message = self.task_message(record)
         try:
