@@ -131,6 +131,13 @@ def _confirming_channel(producer: Any) -> Any | None:
         # retry policy. A connection error goes to the publisher's retry.
         connection.ensure_connection(max_retries=0)
     channel = producer.channel
+    if isinstance(channel, AmqpChannel) and (not channel.is_open or channel.connection is None):
+        # A pooled producer can hold the channel of a connection that was
+        # closed since (and re-opened): publishing there would fail and make
+        # kombu's retry publish the rest on a new channel, unconfirmed.
+        connection.ensure_connection(max_retries=0)
+        producer.revive(connection.default_channel)
+        channel = producer.channel
     return channel if isinstance(channel, AmqpChannel) else None
 
 

@@ -122,6 +122,10 @@ def make_app(broker_url: str, *, default_queue: str | None = None, **overrides: 
         worker_prefetch_multiplier=4,
         broker_connection_retry_on_startup=True,
         broker_connection_timeout=3,
+        # kombu pools connections per URL and transport options, process-wide:
+        # an option of its own keeps this app's pool from sharing connections
+        # that another test's teardown closes (RabbitMQ: named in its UI).
+        broker_transport_options={"client_properties": {"connection_name": app.main}},
         task_publish_retry_policy={
             "max_retries": 2,
             "interval_start": 0,

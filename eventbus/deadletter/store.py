@@ -182,9 +182,10 @@ class BrokerDeadLetterStore(DeadLetterStore):
             try:
                 self._append_once(record)
                 return
-            except DeadLetterError:
+            except DeadLetterError as exc:
                 if attempt + 1 >= attempts:
                     raise
+                logger.warning("dead letter %s: write failed, retrying: %s", record.id, exc)
                 time.sleep(min(step * (attempt + 1), interval_max))
 
     def _append_once(self, record: DeadLetter) -> None:

@@ -136,7 +136,8 @@ def test_replay_after_fix_delivers_the_same_event_to_the_failed_handler(env: Env
     envelope = env.bus.publish(OrderPlaced(order_id="o-1", quantity=1))
     [record] = _dead_letters(env)
     assert record.handler == flaky
-    assert recorder.count(healthy) == 1
+    # (the healthy handler's message is behind the failed one's on the queue)
+    wait_for(lambda: recorder.count(healthy) == 1, message="the healthy handler's run")
 
     # When the fix is deployed and the record is replayed
     broken["yes"] = False
