@@ -118,10 +118,10 @@ def relay(
     Without --loop: batch after batch until nothing is pending; exit 1 if a
     row failed or a publish failed (what is left stays pending).
     """
-    from eventbus.outbox.relay import OutboxRelay
-
     bus = bus_of(ctx)
     with _open(ctx, url, table) as box:
+        from eventbus.outbox.relay import OutboxRelay  # SQLAlchemy: _open checked it is there
+
         relay = OutboxRelay(box, bus, batch_size=limit)
         if loop:
             _loop(relay, interval)
