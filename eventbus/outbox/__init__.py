@@ -66,12 +66,12 @@ __all__ = [
 
 _LAZY = {
     "DEFAULT_TABLE": "eventbus.outbox.sql",
-    "FailedRow": "eventbus.outbox.sql",
+    "FailedRow": "eventbus.outbox.results",
     "Outbox": "eventbus.outbox.sql",
-    "OutboxStatus": "eventbus.outbox.sql",
+    "OutboxStatus": "eventbus.outbox.results",
     "outbox_table": "eventbus.outbox.sql",
     "OutboxRelay": "eventbus.outbox.relay",
-    "RelayResult": "eventbus.outbox.relay",
+    "RelayResult": "eventbus.outbox.results",
 }
 
 

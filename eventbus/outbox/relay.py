@@ -50,7 +50,6 @@ import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -60,6 +59,7 @@ import sqlalchemy as sa
 from eventbus.envelope import Envelope
 from eventbus.errors import EventError, OutboxError, OutboxRowError, PublishError
 from eventbus.outbox.payload import decode_outbox_payload
+from eventbus.outbox.results import MAX_ERROR_LENGTH, RelayResult
 from eventbus.outbox.sql import Outbox, pending_rows
 
 if TYPE_CHECKING:
@@ -72,38 +72,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BATCH_SIZE = 100  #: rows per batch (one transaction) unless told otherwise
 DEFAULT_INTERVAL = 1.0  #: seconds :meth:`OutboxRelay.run_forever` waits when idle or failing
 
-#: Longest ``last_error`` kept in a row, in characters.
-MAX_ERROR_LENGTH = 2000
 #: Rows marked per UPDATE statement (databases cap the parameters of one statement).
 _MARK_CHUNK = 1000
-
-
-@dataclass(frozen=True, slots=True)
-class RelayResult:
-    """What one relay run did.
-
-    ``published``: rows published and marked; ``failed``: rows marked failed
-    (never retried); ``pending_left``: rows still pending afterwards, those
-    other relays hold included; ``error``: why the run stopped early, when a
-    publish failed (its row and those after it stay pending).
-    """
-
-    published: int
-    failed: int
-    pending_left: int
-    error: str | None = None
-
-    def then(self, later: RelayResult) -> RelayResult:
-        """This run followed by ``later``: counts added, the later state kept."""
-        return RelayResult(
-            self.published + later.published,
-            self.failed + later.failed,
-            later.pending_left,
-            later.error,
-        )
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class OutboxRelay:

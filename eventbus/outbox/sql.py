@@ -23,7 +23,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ from eventbus.envelope import Envelope, wrap
 from eventbus.errors import ConcurrencyError, OutboxError
 from eventbus.events import Event
 from eventbus.outbox.payload import outbox_payload
+from eventbus.outbox.results import FailedRow, OutboxStatus
 from eventbus.store.sql import (
     APPEND_ATTEMPTS,
     SQLITE_BUSY_TIMEOUT,
@@ -92,47 +92,6 @@ def outbox_table(
 def pending_rows(table: sa.Table) -> sa.ColumnElement[bool]:
     """The pending rows: neither published nor failed."""
     return sa.and_(table.c.published_at.is_(None), table.c.failed_at.is_(None))
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStatus:
-    """How many rows wait, failed, went out; when the oldest pending row was written."""
-
-    pending: int
-    failed: int
-    published: int
-    oldest_pending: datetime | None
-
-    def as_dict(self) -> dict[str, Any]:
-        oldest = self.oldest_pending
-        return {
-            "pending": self.pending,
-            "failed": self.failed,
-            "published": self.published,
-            "oldest_pending": oldest.isoformat() if oldest else None,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class FailedRow:
-    """A row the relay marked failed: it is never retried."""
-
-    id: int
-    event_id: str
-    event_type: str
-    failed_at: datetime
-    attempts: int
-    last_error: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "event_id": self.event_id,
-            "event_type": self.event_type,
-            "failed_at": self.failed_at.isoformat(),
-            "attempts": self.attempts,
-            "last_error": self.last_error,
-        }
 
 
 class Outbox:

@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventbus.errors import EventError, OutboxRowError, PublishError
+from eventbus.outbox.results import MAX_ERROR_LENGTH, FailedRow, OutboxStatus, RelayResult
 
 if TYPE_CHECKING:
     from eventbus.bus import BaseEventBus
@@ -67,61 +66,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 100  #: rows selected, published and stamped per transaction
 RELAY_TASK = "eventbus.django.relay_outbox"  #: the relay task's name
-#: Longest ``last_error`` kept in a row, in characters (as :mod:`eventbus.outbox`).
-MAX_ERROR_LENGTH = 2000
-
-
-@dataclass(frozen=True, slots=True)
-class RelayResult:
-    """What a relay run did (the fields of :class:`eventbus.outbox.RelayResult`).
-
-    ``published``: rows published and stamped; ``failed``: rows marked failed
-    (never retried); ``pending_left``: rows still pending afterwards;
-    ``error``: why the run stopped early, when a publish failed (that row and
-    those after it stay pending).
-    """
-
-    published: int
-    failed: int
-    pending_left: int
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True, slots=True)
-class OutboxStatus:
-    """How many rows wait, failed, went out; when the oldest pending row was written."""
-
-    pending: int
-    failed: int
-    published: int
-    oldest_pending: datetime | None
-
-    def as_dict(self) -> dict[str, Any]:
-        oldest = self.oldest_pending
-        return {
-            "pending": self.pending,
-            "failed": self.failed,
-            "published": self.published,
-            "oldest_pending": oldest.isoformat() if oldest else None,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class FailedRow:
-    """A row the relay marked failed: it is never retried (unless made pending again)."""
-
-    id: int
-    event_id: str
-    event_type: str
-    failed_at: datetime
-    attempts: int
-    last_error: str | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "failed_at": self.failed_at.isoformat()}
 
 
 def relay_outbox(
