@@ -27,6 +27,7 @@ from eventbus.cli_context import bus_of, fail, handle_errors
 
 if TYPE_CHECKING:
     from eventbus.outbox import Outbox, RelayResult
+    from eventbus.outbox.results import FailedRow, OutboxStatus
 
 __all__ = ["outbox"]
 
@@ -127,7 +128,7 @@ def relay(
             _loop(relay, interval)
             return
         result = relay.drain()
-        click.echo(_summary(result))
+        click.echo(summary(result))
         if result.error is not None:
             fail(f"publish failed, rows left pending: {result.error}")
         if result.failed:
@@ -146,7 +147,7 @@ def _loop(relay: Any, interval: float) -> None:
     def report(result: RelayResult) -> None:
         if result.published or result.failed or result.error:
             stamp = datetime.now(UTC).strftime("%H:%M:%S")
-            click.echo(f"{stamp} {_summary(result)}")
+            click.echo(f"{stamp} {summary(result)}")
         if result.error:
             click.echo(f"warning: publish failed, retrying: {result.error}", err=True)
 
@@ -160,8 +161,29 @@ def _loop(relay: Any, interval: float) -> None:
     click.echo(f"stopped: published {totals['published']}, failed {totals['failed']} in this run")
 
 
-def _summary(result: RelayResult) -> str:
+def summary(result: RelayResult) -> str:
+    """One line of a relay run's counts (also ``manage.py eventbus outbox``)."""
     return f"published {result.published}, failed {result.failed}, pending {result.pending_left}"
+
+
+def echo_status(state: OutboxStatus, failed: list[FailedRow], *, as_json: bool) -> None:
+    """Print ``outbox status``: the counts and the latest failed rows (also Django's)."""
+    if as_json:
+        out = {**state.as_dict(), "latest_failed": [row.as_dict() for row in failed]}
+        click.echo(json.dumps(out, indent=2))
+        return
+    oldest = state.oldest_pending
+    age = f" (oldest {_age(oldest)} old, {oldest:%Y-%m-%d %H:%M:%S} UTC)" if oldest else ""
+    click.echo(f"pending:   {state.pending}{age}")
+    click.echo(f"failed:    {state.failed}")
+    click.echo(f"published: {state.published}")
+    for row in failed:
+        click.echo(
+            f"  failed #{row.id} {row.event_type} {row.event_id} at "
+            f"{row.failed_at:%Y-%m-%d %H:%M:%S}: {row.last_error}"
+        )
+    if len(failed) < state.failed:
+        click.echo(f"  ... {state.failed - len(failed)} more (--failed N)")
 
 
 @outbox.command()
@@ -184,22 +206,7 @@ def status(
     with _open(ctx, url, table) as box:
         state = box.status()
         failed = box.failed(limit=show_failed) if show_failed and state.failed else []
-    if as_json:
-        out = {**state.as_dict(), "latest_failed": [row.as_dict() for row in failed]}
-        click.echo(json.dumps(out, indent=2))
-        return
-    oldest = state.oldest_pending
-    age = f" (oldest {_age(oldest)} old, {oldest:%Y-%m-%d %H:%M:%S} UTC)" if oldest else ""
-    click.echo(f"pending:   {state.pending}{age}")
-    click.echo(f"failed:    {state.failed}")
-    click.echo(f"published: {state.published}")
-    for row in failed:
-        click.echo(
-            f"  failed #{row.id} {row.event_type} {row.event_id} at "
-            f"{row.failed_at:%Y-%m-%d %H:%M:%S}: {row.last_error}"
-        )
-    if len(failed) < state.failed:
-        click.echo(f"  ... {state.failed - len(failed)} more (--failed N)")
+    echo_status(state, failed, as_json=as_json)
 
 
 @outbox.command("retry-failed")
@@ -222,7 +229,9 @@ def retry_failed(
 
 
 def _age(moment: datetime) -> str:
-    seconds = max(0, int((datetime.now(UTC) - moment).total_seconds()))
+    # A naive time is local (Django with USE_TZ = False).
+    now = datetime.now(UTC) if moment.tzinfo else datetime.now()
+    seconds = max(0, int((now - moment).total_seconds()))
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{seconds // size}{unit}"

@@ -10,7 +10,6 @@ Exit codes: 0 ok, 1 the operation failed, 2 usage error.
 from __future__ import annotations
 
 import functools
-import json
 import signal
 import threading
 from collections.abc import Callable, Sequence
@@ -22,6 +21,7 @@ import click
 from eventbus.cli import events, publish
 from eventbus.cli_context import BusContext, bus_of, fail, handle_errors
 from eventbus.cli_dlq import dlq
+from eventbus.cli_outbox import echo_status, summary
 from eventbus.cli_schema import schema
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def relay(
         _loop(lambda: relay_outbox(bus=bus, batch_size=limit, using=database), interval)
         return
     result = relay_outbox(bus=bus, batch_size=limit, using=database)
-    click.echo(_summary(result))
+    click.echo(summary(result))
     if result.error is not None:
         fail(f"publish failed, rows left pending: {result.error}")
     if result.failed:
@@ -125,7 +125,7 @@ def _loop(relay_once: Callable[[], RelayResult], interval: float) -> None:
             published, failed = published + result.published, failed + result.failed
             if result.published or result.failed or result.error:
                 stamp = datetime.now(UTC).strftime("%H:%M:%S")
-                click.echo(f"{stamp} {_summary(result)}")
+                click.echo(f"{stamp} {summary(result)}")
             if result.error:
                 click.echo(f"warning: publish failed, retrying: {result.error}", err=True)
             # relay_outbox drained what it could: wait for new rows (or the broker).
@@ -134,10 +134,6 @@ def _loop(relay_once: Callable[[], RelayResult], interval: float) -> None:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     click.echo(f"stopped: published {published}, failed {failed} in this run")
-
-
-def _summary(result: RelayResult) -> str:
-    return f"published {result.published}, failed {result.failed}, pending {result.pending_left}"
 
 
 @outbox.command()
@@ -159,22 +155,7 @@ def status(as_json: bool, show_failed: int, database: str | None) -> None:
 
     state = outbox_status(using=database)
     failed = failed_rows(limit=show_failed, using=database) if show_failed and state.failed else []
-    if as_json:
-        out = {**state.as_dict(), "latest_failed": [row.as_dict() for row in failed]}
-        click.echo(json.dumps(out, indent=2))
-        return
-    oldest = state.oldest_pending
-    age = f" (oldest {_age(oldest)} old, {oldest:%Y-%m-%d %H:%M:%S} UTC)" if oldest else ""
-    click.echo(f"pending:   {state.pending}{age}")
-    click.echo(f"failed:    {state.failed}")
-    click.echo(f"published: {state.published}")
-    for row in failed:
-        click.echo(
-            f"  failed #{row.id} {row.event_type} {row.event_id} at "
-            f"{row.failed_at:%Y-%m-%d %H:%M:%S}: {row.last_error}"
-        )
-    if len(failed) < state.failed:
-        click.echo(f"  ... {state.failed - len(failed)} more (--failed N)")
+    echo_status(state, failed, as_json=as_json)
 
 
 @outbox.command("retry-failed")
@@ -193,16 +174,6 @@ def retry_failed(ids: tuple[int, ...], all_rows: bool, database: str | None) -> 
     click.echo(f"{count} row(s) pending again")
     if not count:
         raise click.exceptions.Exit(1)
-
-
-def _age(moment: datetime) -> str:
-    # USE_TZ = False gives naive datetimes, in the project's local time.
-    now = datetime.now(UTC) if moment.tzinfo else datetime.now()
-    seconds = max(0, int((now - moment).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
 
 
 @click.group(name="eventbus", context_settings={"help_option_names": ["-h", "--help"]})
