@@ -81,6 +81,7 @@ eventbus_retry_jitter = os.environ.get("EVENTBUS_RETRY_JITTER", "1") not in ("0"
 # Idempotency claims, sequence counters and ordering positions live in Redis:
 # by default the broker when it is Redis; with RabbitMQ set EVENTBUS_REDIS_URL.
 eventbus_redis_url = os.environ.get("EVENTBUS_REDIS_URL") or None
+eventbus_redis_prefix = os.environ.get("EVENTBUS_REDIS_PREFIX", "eventbus:")  # of every key
 eventbus_idempotent = os.environ.get("EVENTBUS_IDEMPOTENT", "0") not in ("0", "false", "no")
 eventbus_idempotency_ttl = _env_int("EVENTBUS_IDEMPOTENCY_TTL", 7 * 24 * 3600)  # seconds
 # An ordered handler's event whose predecessor has not shown up for this long

@@ -9,7 +9,7 @@ import sys
 import pytest
 from celery import Celery
 
-from tests.support import delete_queues, require_broker, unique
+from tests.support import delete_queues, delete_state, require_broker, unique
 
 
 def run_demo(env_extra: dict[str, str], queue: str) -> subprocess.CompletedProcess[str]:
@@ -49,9 +49,19 @@ def test_demo_runs_with_no_broker_installed() -> None:
 def test_demo_runs_on_a_real_broker(kind: str) -> None:
     url = require_broker(kind)
     queue, dlq = unique("demo"), unique("demo-dlq")
+    # The example handlers are idempotent and ordered: on Redis their state
+    # goes to the broker's db, under a prefix of this run's (removed below).
+    prefix = f"{unique('demo-state')}:"
     try:
-        result = run_demo({"EVENTBUS_BROKER_URL": url, "EVENTBUS_DLQ": dlq}, queue)
+        result = run_demo(
+            {"EVENTBUS_BROKER_URL": url, "EVENTBUS_DLQ": dlq, "EVENTBUS_REDIS_PREFIX": prefix},
+            queue,
+        )
         assert_story_told(result)
         assert "guest:guest" not in result.stdout  # the password is never printed
     finally:
-        delete_queues(Celery(broker=url, set_as_current=False), queue, dlq)
+        app = Celery(broker=url, set_as_current=False)
+        delete_queues(app, queue, dlq)
+        if kind == "redis":
+            app.conf.update(eventbus_redis_url=url, eventbus_redis_prefix=prefix)
+            delete_state(app)
