@@ -17,7 +17,8 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -127,15 +128,32 @@ def relay(
         if loop:
             _loop(relay, interval)
             return
-        result = relay.drain()
-        click.echo(summary(result))
-        if result.error is not None:
-            fail(f"publish failed, rows left pending: {result.error}")
-        if result.failed:
-            fail(f"{result.failed} row(s) cannot be published and were marked failed")
+        finish(relay.drain())
 
 
 def _loop(relay: Any, interval: float) -> None:
+    click.echo(f"relaying {relay.outbox!r} every {interval}s when idle (Ctrl-C stops)")
+    with stop_on_signals() as stop:
+        relay.run_forever(interval=interval, stop=stop, on_result=report)
+    totals = relay.totals
+    click.echo(f"stopped: published {totals['published']}, failed {totals['failed']} in this run")
+
+
+# -- shared with manage.py eventbus outbox (eventbus.contrib.django.cli) --------
+
+
+def finish(result: RelayResult) -> None:
+    """End a one-shot relay: its counts; exit 1 if a row failed or a publish failed."""
+    click.echo(summary(result))
+    if result.error is not None:
+        fail(f"publish failed, rows left pending: {result.error}")
+    if result.failed:
+        fail(f"{result.failed} row(s) cannot be published and were marked failed")
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[threading.Event]:
+    """An event set by SIGINT or SIGTERM while the block runs (a relay loop's stop)."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -143,22 +161,20 @@ def _loop(relay: Any, interval: float) -> None:
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def report(result: RelayResult) -> None:
-        if result.published or result.failed or result.error:
-            stamp = datetime.now(UTC).strftime("%H:%M:%S")
-            click.echo(f"{stamp} {summary(result)}")
-        if result.error:
-            click.echo(f"warning: publish failed, retrying: {result.error}", err=True)
-
-    click.echo(f"relaying {relay.outbox!r} every {interval}s when idle (Ctrl-C stops)")
     try:
-        relay.run_forever(interval=interval, stop=stop, on_result=report)
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    totals = relay.totals
-    click.echo(f"stopped: published {totals['published']}, failed {totals['failed']} in this run")
+
+
+def report(result: RelayResult) -> None:
+    """One line per relay run that did something; a warning when a publish failed."""
+    if result.published or result.failed or result.error:
+        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+        click.echo(f"{stamp} {summary(result)}")
+    if result.error:
+        click.echo(f"warning: publish failed, retrying: {result.error}", err=True)
 
 
 def summary(result: RelayResult) -> str:

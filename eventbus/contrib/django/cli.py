@@ -10,10 +10,7 @@ Exit codes: 0 ok, 1 the operation failed, 2 usage error.
 from __future__ import annotations
 
 import functools
-import signal
-import threading
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
@@ -21,7 +18,7 @@ import click
 from eventbus.cli import events, publish
 from eventbus.cli_context import BusContext, bus_of, fail, handle_errors
 from eventbus.cli_dlq import dlq
-from eventbus.cli_outbox import echo_status, summary
+from eventbus.cli_outbox import echo_status, finish, report, stop_on_signals
 from eventbus.cli_schema import schema
 
 if TYPE_CHECKING:
@@ -93,27 +90,15 @@ def relay(
     if loop:
         _loop(lambda: relay_outbox(bus=bus, batch_size=limit, using=database), interval)
         return
-    result = relay_outbox(bus=bus, batch_size=limit, using=database)
-    click.echo(summary(result))
-    if result.error is not None:
-        fail(f"publish failed, rows left pending: {result.error}")
-    if result.failed:
-        fail(f"{result.failed} row(s) cannot be published and were marked failed")
+    finish(relay_outbox(bus=bus, batch_size=limit, using=database))
 
 
 def _loop(relay_once: Callable[[], RelayResult], interval: float) -> None:
     from django.db import DatabaseError, close_old_connections
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        click.echo(f"stopping ({signal.Signals(signum).name}) ...", err=True)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     published = failed = 0
     click.echo(f"relaying the outbox every {interval}s when idle (Ctrl-C stops)")
-    try:
+    with stop_on_signals() as stop:
         while not stop.is_set():
             close_old_connections()  # a long-running process: drop a broken connection
             try:
@@ -123,16 +108,9 @@ def _loop(relay_once: Callable[[], RelayResult], interval: float) -> None:
                 stop.wait(interval)
                 continue
             published, failed = published + result.published, failed + result.failed
-            if result.published or result.failed or result.error:
-                stamp = datetime.now(UTC).strftime("%H:%M:%S")
-                click.echo(f"{stamp} {summary(result)}")
-            if result.error:
-                click.echo(f"warning: publish failed, retrying: {result.error}", err=True)
+            report(result)
             # relay_outbox drained what it could: wait for new rows (or the broker).
             stop.wait(interval)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
     click.echo(f"stopped: published {published}, failed {failed} in this run")
 
 
