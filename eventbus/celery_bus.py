@@ -10,10 +10,11 @@ terminal failure becomes a dead letter) lives in :mod:`eventbus.worker`.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Retry
@@ -41,6 +42,10 @@ if TYPE_CHECKING:
 __all__ = ["Deferred", "EventBus", "bus_for_app"]
 
 logger = logging.getLogger(__name__)
+
+#: Redis operations a :meth:`EventBus.batch` buffers before it flushes (a message
+#: and its task-sent event are two).
+BATCH_MAX_MESSAGES = 1000
 
 #: kombu's Redis visibility_timeout when none is configured, in seconds.
 REDIS_DEFAULT_VISIBILITY_TIMEOUT = 3600
@@ -84,6 +89,7 @@ class EventBus(BaseEventBus):
         self._publish_errors: tuple[type[BaseException], ...] | None = None
         self._broker_dead_lettering: bool | None = None
         self._state: State | None = None
+        self._batches = threading.local()  # the thread's open batch(), if any
         from eventbus.worker import WorkerHooks
 
         self._worker_hooks = WorkerHooks(self)
@@ -264,6 +270,40 @@ class EventBus(BaseEventBus):
 
     # -- publishing --------------------------------------------------------
 
+    @contextmanager
+    def batch(self, max_size: int = BATCH_MAX_MESSAGES) -> Iterator[None]:
+        # (Documented on BaseEventBus.batch.) One producer for the block, in a
+        # kombu Producer.batch() (flushed every ``max_size`` Redis operations,
+        # task-sent events included) and one confirm window on RabbitMQ; the
+        # per-event blocks of _dispatch nest into them and wait for nothing.
+        if getattr(self._batches, "open", None) is not None or self.app.conf.task_always_eager:
+            yield
+            return
+        state = _Batch()
+        try:
+            with (
+                self.app.producer_or_acquire() as producer,
+                confirmed(
+                    producer,
+                    timeout=self.app.conf.get("eventbus_confirm_timeout"),
+                    enabled=self.app.conf.get("eventbus_publish_confirms", True),
+                ),
+                producer.batch(max_size),
+            ):
+                state.producer = producer
+                self._batches.open = state
+                try:
+                    yield
+                finally:
+                    self._batches.open = None
+                if state.failure is not None:
+                    raise state.failure
+        except self._retryable_publish_errors() as exc:
+            raise PublishError(
+                f"a batch of {state.events} event(s) was not sent, or not confirmed: "
+                f"{type(exc).__name__}: {exc}; publish them again (some may have been delivered)"
+            ) from exc
+
     def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
         args = (self._wire(envelope),)
         # Celery formats each message's arguments for Flower and the logs;
@@ -272,6 +312,10 @@ class EventBus(BaseEventBus):
         if self.app.conf.task_always_eager:
             for sub in subscriptions:
                 sub.task.apply(args)
+            return
+        batch: _Batch | None = getattr(self._batches, "open", None)
+        if batch is not None:
+            self._dispatch_in_batch(batch, envelope, args, argsrepr, subscriptions)
             return
         policy = self.app.conf.task_publish_retry_policy or {}
         max_retries = int(policy.get("max_retries", 3) or 0)
@@ -316,6 +360,33 @@ class EventBus(BaseEventBus):
                 time.sleep(min(interval + step * attempt, interval_max))
                 attempt += 1
 
+    def _dispatch_in_batch(
+        self,
+        batch: _Batch,
+        envelope: Envelope[Any],
+        args: tuple[dict[str, Any]],
+        argsrepr: str,
+        subscriptions: Sequence[Subscription],
+    ) -> None:
+        # No retry here: a failed batch is retried as a whole by its caller.
+        if batch.failure is not None:
+            raise PublishError(
+                f"not publishing {envelope.event_type} {envelope.event_id}: "
+                f"this batch already failed ({batch.failure})"
+            )
+        batch.events += 1
+        try:
+            for sub in subscriptions:
+                sub.task.apply_async(
+                    args, producer=batch.producer, argsrepr=argsrepr, kwargsrepr="{}"
+                )
+        except self._retryable_publish_errors() as exc:
+            batch.failure = exc
+            raise PublishError(
+                f"could not publish {envelope.event_type} {envelope.event_id} in a batch: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
     def _retryable_publish_errors(self) -> tuple[type[BaseException], ...]:
         if self._publish_errors is None:
             with self.app.connection_for_write() as conn:
@@ -338,6 +409,17 @@ class EventBus(BaseEventBus):
 
     def has_handler(self, name: object) -> bool:
         return isinstance(name, str) and name in self._subscriptions
+
+
+class _Batch:
+    """The state of one thread's open :meth:`EventBus.batch`."""
+
+    __slots__ = ("events", "failure", "producer")
+
+    def __init__(self) -> None:
+        self.producer: Any = None
+        self.events = 0
+        self.failure: BaseException | None = None
 
 
 class Deferred(Retry):  # type: ignore[misc]
