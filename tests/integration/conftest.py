@@ -134,6 +134,14 @@ class Env:
 
 
 @pytest.fixture
+def rabbitmq_env(request: pytest.FixtureRequest) -> Iterator[Env]:
+    """The test's app and bus on RabbitMQ (skips on a laptop without it, fails in CI)."""
+    url = require_broker("rabbitmq")
+    with ExitStack() as stack:
+        yield Env(url, stack, request.node.originalname.removeprefix("test_")[:24])
+
+
+@pytest.fixture
 def make_env(broker_url: str) -> Iterator[Callable[..., Env]]:
     """Build as many independent apps/buses on the test's broker as the test needs."""
     with ExitStack() as stack:

@@ -17,7 +17,7 @@ from eventbus import EventBus, InMemoryEventBus, PublishError
 
 from .conftest import Env, make_app
 from .helpers import OrderPlaced, Recorder, wait_for
-from .test_publish_confirms import close_pooled_connection, rabbitmq_env, trace_wire  # noqa: F401 (fixture)
+from .test_publish_confirms import close_pooled_connection, trace_wire
 
 HANDLERS = ("audit", "mailer", "stats")
 

@@ -40,14 +40,6 @@ from .helpers import OrderPlaced, OrderShipped, Recorder, wait_for
 ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture
-def rabbitmq_env(request: pytest.FixtureRequest) -> Iterator[Env]:
-    """The test's app and bus on RabbitMQ (skips on a laptop without it, fails in CI)."""
-    url = require_broker("rabbitmq")
-    with ExitStack() as stack:
-        yield Env(url, stack, request.node.originalname.removeprefix("test_")[:24])
-
-
 def trace_wire(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What py-amqp channels do from now on, in order: "publish" and "wait" (for confirms).
 
