@@ -1,8 +1,12 @@
 """The relay: publish an outbox's pending rows on a bus and mark them sent.
 
 One batch is one database transaction: take up to ``limit`` pending rows in
-``id`` order and lock them, publish each with ``bus.publish(envelope)`` (the
-row's own ``event_id``), mark them, commit.
+``id`` order and lock them, decode every row, publish the good ones together
+in one :meth:`bus.batch() <eventbus.bus.BaseEventBus.batch>` (each with its
+own ``event_id``: on Redis pipelined, on RabbitMQ one wait for the confirms),
+then mark the whole batch (one ``UPDATE ... WHERE id IN (...)`` per outcome)
+and commit. Rows are marked published only once the batch was sent and
+confirmed; the shared steps are :func:`eventbus.outbox.publishing.publish_rows`.
 
 Locking
     PostgreSQL: ``SELECT ... FOR UPDATE SKIP LOCKED``. Relays running at once
@@ -19,9 +23,9 @@ Order
     envelopes' sequence numbers: appends through :meth:`Outbox.append
     <eventbus.outbox.Outbox.append>` carry the store's, and publish keeps them.
     A row without one is numbered by the bus at each publish attempt (when
-    its type has an ordered handler): an attempt that fails burns its number,
-    a gap the ordered handler waits out, as after a failed direct publish.
-    Write numbered envelopes for ordered handlers.
+    its type has an ordered handler): a batch that fails burns the numbers
+    of the rows it tried, gaps the ordered handler waits out, as after a
+    failed direct publish. Write numbered envelopes for ordered handlers.
 
 Failures
     * A row that can never be published (not JSON, not an envelope, an
@@ -30,18 +34,25 @@ Failures
       counted in :attr:`RelayResult.failed`; the batch goes on. It is never
       retried, unless told to after the fix (:meth:`Outbox.retry_failed
       <eventbus.outbox.Outbox.retry_failed>`).
-    * A publish that fails otherwise (the broker is down:
-      :class:`~eventbus.errors.PublishError`) leaves its row pending with
-      ``attempts`` + 1 and ``last_error``, stops the batch (the rows after it
-      stay pending, in order) and is reported in :attr:`RelayResult.error`.
-      The rows published before it are marked; the next run goes on.
+      The row is set aside before the publishing starts (an oversized one
+      when the bus refuses it), so it never spoils its batch.
+    * A batch the broker did not take (:class:`~eventbus.errors.PublishError`:
+      the Redis pipeline failed, RabbitMQ did not confirm) leaves all its rows
+      pending, none marked published: each row tried gets ``attempts`` + 1
+      and ``last_error``. It is reported in :attr:`RelayResult.error` and the
+      next run publishes the batch again. A publish that fails without
+      failing the batch (the sequence counter's Redis, an in-memory bus)
+      stops it there: that row is pending with ``attempts`` + 1 and
+      ``last_error``, the rows after it untouched, the rows before it
+      published and marked.
 
 Delivery is at-least-once. A relay that dies (or loses its database
 connection) after publishing rows and before its commit leaves them
 pending: the next run publishes them again, with the same ``event_id``.
-So does a :class:`~eventbus.errors.PublishError` after some handlers'
-messages went out. Idempotent handlers (``idempotent=True``) absorb the
-duplicates.
+So does a failed batch whose messages partly went out (RabbitMQ sends each
+message at once and waits for the confirms at the end; a Redis batch is
+flushed every 1,000 operations). Idempotent handlers (``idempotent=True``)
+absorb the duplicates.
 """
 
 from __future__ import annotations
@@ -49,17 +60,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-from uuid import UUID
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
-from eventbus.envelope import Envelope
-from eventbus.errors import EventError, OutboxError, OutboxRowError, PublishError
-from eventbus.outbox.payload import decode_outbox_payload
-from eventbus.outbox.results import MAX_ERROR_LENGTH, RelayResult
+from eventbus.errors import OutboxError
+from eventbus.outbox.publishing import BatchOutcome, publish_rows
+from eventbus.outbox.results import RelayResult
 from eventbus.outbox.sql import Outbox, pending_rows
 
 if TYPE_CHECKING:
@@ -82,8 +91,8 @@ class OutboxRelay:
     ``relay_once()`` runs one batch of ``batch_size`` rows, ``drain()``
     batches until nothing is left to take, ``run_forever()`` keeps draining
     (the ``eventbus outbox relay --loop`` command). :attr:`totals` counts
-    what this relay did: ``published``, ``failed``, ``retried`` (rows a
-    failed publish left pending).
+    what this relay did: ``published``, ``failed``, ``retried`` (rows tried
+    and left pending by a failed publish, each counting an attempt).
     """
 
     def __init__(
@@ -116,87 +125,52 @@ class OutboxRelay:
         )
         if not self._sqlite:
             query = query.with_for_update(skip_locked=True)
-        published: list[int] = []
-        failed: list[dict[str, Any]] = []
-        retry: dict[str, Any] | None = None
         with self.outbox._translated("relay pending rows"), self.outbox.engine.begin() as conn:
             if self._sqlite:
                 _begin_immediate(conn)
-            for row in conn.execute(query).all():
-                try:
-                    envelope = decode_outbox_payload(self.bus, row.payload)
-                    _check_event_id(row.event_id, envelope)
-                    self.bus.publish(envelope)
-                except (OutboxRowError, EventError) as exc:
-                    # This row can never go out (a bad payload, data over the
-                    # size limit): set it aside and go on with the batch.
-                    logger.error(
-                        "outbox %s: row %s (event %s) cannot be published, marked failed: %s",
-                        t.fullname,
-                        row.id,
-                        row.event_id,
-                        _error_text(exc),
-                    )
-                    failed.append({"row_id": row.id, "error": _error_text(exc)})
-                    continue
-                except Exception as exc:
-                    # The broker (or something else that may pass): keep the row
-                    # and those after it pending, in order, for the next run.
-                    log = logger.warning if isinstance(exc, PublishError) else logger.exception
-                    log(
-                        "outbox %s: publish of row %s (event %s) failed; it and the rows "
-                        "after it stay pending: %s",
-                        t.fullname,
-                        row.id,
-                        row.event_id,
-                        _error_text(exc),
-                    )
-                    retry = {"row_id": row.id, "error": _error_text(exc)}
-                    break
-                published.append(row.id)
-            self._mark(conn, published, failed, retry)
+            fetched = conn.execute(query).all()
+            outcome = publish_rows(
+                self.bus,
+                ((row.id, row.event_id, row.payload) for row in fetched),
+                table=t.fullname,
+                log=logger,
+            )
+            self._mark(conn, outcome)
             # Counted before the commit, on the same connection: one round trip
             # per batch (rows other relays hold are still pending, as after it).
             pending_left = int(conn.execute(self._count).scalar_one())
-        self.totals.update(published=len(published), failed=len(failed), retried=1 if retry else 0)
+        published, failed = len(outcome.published), len(outcome.failed)
+        self.totals.update(published=published, failed=failed, retried=len(outcome.retry))
         return RelayResult(
-            published=len(published),
-            failed=len(failed),
-            pending_left=pending_left,
-            error=retry["error"] if retry else None,
+            published=published, failed=failed, pending_left=pending_left, error=outcome.error
         )
 
-    def _mark(
-        self,
-        conn: sa.Connection,
-        published: list[int],
-        failed: list[dict[str, Any]],
-        retry: dict[str, Any] | None,
-    ) -> None:
+    def _mark(self, conn: sa.Connection, outcome: BatchOutcome) -> None:
+        """Mark the batch's rows as ``outcome`` says: a few statements, whatever its size."""
         t = self.outbox.table
         now = datetime.now(UTC)
         attempts = t.c.attempts + 1
-        for start in range(0, len(published), _MARK_CHUNK):
-            chunk = published[start : start + _MARK_CHUNK]
+        for chunk in _chunks(outcome.published):
             conn.execute(
                 sa.update(t)
                 .where(t.c.id.in_(chunk))
                 .values(published_at=now, attempts=attempts, last_error=None)
             )
+        # Each with its own error; rare (one executemany each).
         by_id = t.c.id == sa.bindparam("row_id")
-        if failed:
+        if outcome.failed:
             conn.execute(
                 sa.update(t)
                 .where(by_id)
                 .values(failed_at=now, attempts=attempts, last_error=sa.bindparam("error")),
-                failed,
+                [{"row_id": row_id, "error": error} for row_id, error in outcome.failed],
             )
-        if retry is not None:
+        if outcome.retry:
             conn.execute(
                 sa.update(t)
                 .where(by_id)
                 .values(attempts=attempts, last_error=sa.bindparam("error")),
-                retry,
+                [{"row_id": row_id, "error": error} for row_id, error in outcome.retry],
             )
 
     def drain(self, *, max_batches: int | None = None) -> RelayResult:
@@ -257,22 +231,9 @@ def _begin_immediate(conn: sa.Connection) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def _check_event_id(row_event_id: object, envelope: Envelope[Any]) -> None:
-    # The unique key is on the row's event_id: a payload with another id would
-    # go out under an id the outbox does not know.
-    try:
-        same = UUID(str(row_event_id)) == envelope.event_id
-    except ValueError:
-        same = False
-    if not same:
-        raise OutboxRowError(
-            f"the row's event_id {row_event_id!r} is not its payload's ({envelope.event_id})"
-        )
-
-
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."
+def _chunks(ids: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(ids), _MARK_CHUNK):
+        yield ids[start : start + _MARK_CHUNK]
 
 
 def _positive(value: object, name: str) -> int:

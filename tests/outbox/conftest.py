@@ -10,6 +10,7 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,16 +70,25 @@ def store(engine: sa.Engine, backend: str) -> Iterator[SQLEventStore]:
 class RecordingBus(InMemoryEventBus):
     """An in-memory bus whose broker can be "down": publish then raises PublishError.
 
-    ``fail_after``: publishes that still succeed before it goes down.
+    ``fail_after``: publishes that still succeed before it goes down. With
+    ``batching`` (the default) ``batch()`` behaves as a broker's does (a Redis
+    pipeline): the block's messages are held and delivered when it ends, and
+    it raises PublishError, delivering none, when a publish in it failed, the
+    broker is down or ``flush_fails`` is set. :attr:`batches`: the size of
+    every batch delivered. Without ``batching`` it is the in-memory bus's no-op.
     """
 
-    def __init__(self, *, max_payload_bytes: int | None = None) -> None:
+    def __init__(self, *, max_payload_bytes: int | None = None, batching: bool = True) -> None:
         super().__init__(event_registry=EVENTS, raise_errors=True)
         self.received: list[Envelope[Any]] = []
         self.down = False
         self.fail_after: int | None = None
+        self.batching = batching
+        self.flush_fails = False
+        self.batches: list[int] = []
         self._payload_limit = max_payload_bytes
         self._received_lock = threading.Lock()
+        self._open = threading.local()  # the thread's open batch: [messages, failed]
 
         @self.subscribe(OrderPlaced, OrderShipped, name="outbox_test.record")
         def record(envelope: Envelope[Any]) -> None:
@@ -90,13 +100,41 @@ class RecordingBus(InMemoryEventBus):
         limit = self._payload_limit
         return super().max_payload_bytes if limit is None else limit
 
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        if not self.batching or getattr(self._open, "batch", None) is not None:
+            yield
+            return
+        messages: list[tuple[Envelope[Any], Sequence[Subscription]]] = []
+        state: list[Any] = [messages, False]
+        self._open.batch = state
+        try:
+            yield  # an exception in the block discards its messages
+        finally:
+            self._open.batch = None
+        if state[1] or self.down or self.flush_fails:
+            raise PublishError(
+                f"a batch of {len(messages)} event(s) was not sent: Connection refused"
+            )
+        for envelope, subscriptions in messages:
+            super()._dispatch(envelope, subscriptions)
+        with self._received_lock:
+            self.batches.append(len(messages))
+
     def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
         if self.fail_after is not None:
             if self.fail_after <= 0:
                 self.down = True
             self.fail_after -= 1
+        state = getattr(self._open, "batch", None)
         if self.down:
+            if state is not None:
+                state[1] = True
             raise PublishError(f"could not publish {envelope.event_id}: Connection refused")
+        if state is not None:
+            self._wire(envelope)  # refused before it is held, as EventBus does (size limit)
+            state[0].append((envelope, subscriptions))
+            return
         super()._dispatch(envelope, subscriptions)
 
     def counts(self) -> Counter[str]:

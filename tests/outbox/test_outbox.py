@@ -179,6 +179,7 @@ def test_the_relay_publishes_pending_rows_once_in_id_order(
     assert outbox.relay(bus, limit=3) == RelayResult(published=2, failed=0, pending_left=0)
     # Then every event went out once, in the order it was written, with its own id
     assert [str(e.event_id) for e in bus.received] == ids
+    assert bus.batches == [3, 2]  # each batch's rows published together
     written = rows(outbox)
     assert all(r["published_at"] is not None and r["attempts"] == 1 for r in written)
     # And a further run has nothing to do
@@ -225,6 +226,7 @@ def test_malformed_rows_are_marked_failed_logged_and_counted_and_the_relay_goes_
     # Then the good rows went out, the bad ones are counted and marked failed
     assert result == RelayResult(published=2, failed=len(bad), pending_left=0)
     assert [str(e.event_id) for e in bus.received] == good_first + good_last
+    assert bus.batches == [2]  # the good rows, published together
     by_id = {r["id"]: r for r in rows(outbox)}
     for row_id, reason in bad.items():
         row = by_id[row_id]
@@ -259,11 +261,73 @@ def test_failed_rows_can_be_made_pending_again_after_a_fix(outbox: Outbox) -> No
     assert outbox.retry_failed() == 0
 
 
-def test_a_broker_failure_leaves_the_row_and_those_after_it_pending_for_the_next_run(
+def test_a_batch_the_broker_does_not_take_leaves_all_its_rows_pending_for_the_next_run(
+    outbox: Outbox, bus: RecordingBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    ids = add_committed(outbox, 5)
+    relay = OutboxRelay(outbox, bus)
+    # Given a broker that takes every publish but fails the batch's flush (confirms)
+    bus.flush_fails = True
+    # When the relay runs
+    with caplog.at_level(logging.WARNING, logger="eventbus.outbox.relay"):
+        result = relay.relay_once()
+    # Then no row is published: every row tried counts an attempt and keeps the error
+    assert (result.published, result.failed, result.pending_left) == (0, 0, 5)
+    assert result.error is not None and "was not sent" in result.error
+    written = rows(outbox)
+    assert all(r["published_at"] is None and r["failed_at"] is None for r in written)
+    assert [r["attempts"] for r in written] == [1] * 5
+    assert all("was not sent" in r["last_error"] for r in written)
+    assert relay.totals == {"published": 0, "failed": 0, "retried": 5}
+    assert bus.received == []
+    [warning] = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert "stay pending" in warning.getMessage()
+
+    # When the broker takes batches again
+    bus.flush_fails = False
+    assert relay.relay_once() == RelayResult(published=5, failed=0, pending_left=0)
+    # Then every event went out exactly once, in order, in one batch
+    assert [str(e.event_id) for e in bus.received] == ids
+    assert bus.batches == [5]
+    assert [(r["attempts"], r["last_error"]) for r in rows(outbox)] == [(2, None)] * 5
+
+
+def test_a_broker_failure_in_a_batch_leaves_every_row_of_it_pending_for_the_next_run(
     outbox: Outbox, bus: RecordingBus
 ) -> None:
     ids = add_committed(outbox, 5)
     # Given a broker that takes two publishes and then goes down
+    bus.fail_after = 2
+    # When the relay runs
+    result = outbox.relay(bus)
+    # Then nothing is published: the rows tried (up to the failed one) count an
+    # attempt, the rows after it are untouched
+    assert (result.published, result.failed, result.pending_left) == (0, 0, 5)
+    assert result.error is not None and "PublishError" in result.error
+    written = rows(outbox)
+    assert all(r["published_at"] is None for r in written)
+    assert [r["attempts"] for r in written] == [1, 1, 1, 0, 0]
+    assert all("Connection refused" in r["last_error"] for r in written[:3])
+    assert bus.received == []
+    # And the next run, still down, fails at its first row
+    assert outbox.relay(bus).published == 0
+    assert [r["attempts"] for r in rows(outbox)] == [2, 1, 1, 0, 0]
+
+    # When the broker is back
+    bus.fail_after, bus.down = None, False
+    assert outbox.relay(bus) == RelayResult(published=5, failed=0, pending_left=0)
+    # Then every event went out exactly once, in order
+    assert [str(e.event_id) for e in bus.received] == ids
+    assert [r["last_error"] for r in rows(outbox)] == [None] * 5
+
+
+def test_without_batches_a_failed_publish_leaves_its_row_and_those_after_it_pending(
+    outbox: Outbox,
+) -> None:
+    # Given a bus whose batch() sends each event at once (the in-memory bus's)
+    bus = RecordingBus(batching=False)
+    ids = add_committed(outbox, 5)
+    # And a broker that takes two publishes and then goes down
     bus.fail_after = 2
     # When the relay runs
     result = outbox.relay(bus)
@@ -284,6 +348,29 @@ def test_a_broker_failure_leaves_the_row_and_those_after_it_pending_for_the_next
     # Then every event went out exactly once, in order
     assert [str(e.event_id) for e in bus.received] == ids
     assert [r["last_error"] for r in rows(outbox)] == [None] * 5
+
+
+def test_malformed_rows_are_set_aside_even_when_the_batch_of_good_rows_fails(
+    outbox: Outbox, bus: RecordingBus
+) -> None:
+    # Given good rows and malformed ones, interleaved
+    first = add_committed(outbox, 2, "a")
+    bad = [insert_raw(outbox, "{not json"), insert_raw(outbox, "[]")]
+    last = add_committed(outbox, 2, "b")
+    # And a broker that fails the batch
+    bus.flush_fails = True
+    # When the relay runs
+    result = outbox.relay(bus)
+    # Then the malformed rows are marked failed, the good ones stay pending
+    assert (result.published, result.failed, result.pending_left) == (0, 2, 4)
+    by_id = {r["id"]: r for r in rows(outbox)}
+    assert all(by_id[i]["failed_at"] is not None for i in bad)
+    assert outbox.status().failed == 2
+    # When the broker is back: the good ones go out once, in order, in one batch
+    bus.flush_fails = False
+    assert outbox.relay(bus) == RelayResult(published=4, failed=0, pending_left=0)
+    assert [str(e.event_id) for e in bus.received] == first + last
+    assert bus.batches == [4]
 
 
 def test_a_database_failure_during_the_batch_leaves_its_rows_pending(

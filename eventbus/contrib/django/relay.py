@@ -23,15 +23,19 @@ publish a row twice; they may interleave their batches, so run a single relay
 when one aggregate's events must leave in the order they were written. SQLite
 has no row locks: a batch takes the database's write lock first, so relays
 take turns and the application's writes wait while a batch publishes (keep
-batches small there). A published row gets
-``published_at``; a row that can never be published (not an envelope, an
-unknown type, invalid or oversized data, an ``event_id`` that is not its
-payload's) gets ``failed_at`` and ``last_error``, is logged at ERROR and
-skipped for good (until ``outbox retry-failed``); a publish that fails
-otherwise (the broker is down) leaves its row and those after it pending,
-with ``attempts`` + 1 and ``last_error``, and stops the run. Delivery is
-at-least-once: a relay that dies between a publish and its batch's commit
-publishes those rows again, with the same ``event_id``.
+batches small there). Every row of the batch is decoded first; the good ones
+are published together in one :meth:`bus.batch()
+<eventbus.bus.BaseEventBus.batch>` (see :mod:`eventbus.outbox.publishing`)
+and get ``published_at`` once it was sent and confirmed; a row that can never
+be published (not an envelope, an unknown type, invalid or oversized data, an
+``event_id`` that is not its payload's) gets ``failed_at`` and
+``last_error``, is logged at ERROR and skipped for good (until ``outbox
+retry-failed``) without spoiling its batch. A batch the broker did not take
+leaves all its rows pending, each row tried with ``attempts`` + 1 and
+``last_error``, and stops the run. Delivery is at-least-once: a relay that
+dies between a publish and its batch's commit, or a failed batch whose
+messages partly went out, publishes those rows again, with the same
+``event_id``.
 """
 
 from __future__ import annotations
@@ -39,15 +43,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
-from uuid import UUID
 
-from eventbus.errors import EventError, OutboxRowError, PublishError
-from eventbus.outbox.results import MAX_ERROR_LENGTH, FailedRow, OutboxStatus, RelayResult
+from eventbus.outbox.publishing import publish_rows
+from eventbus.outbox.results import FailedRow, OutboxStatus, RelayResult
 
 if TYPE_CHECKING:
     from eventbus.bus import BaseEventBus
     from eventbus.celery_bus import EventBus
-    from eventbus.envelope import Envelope
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -113,7 +115,6 @@ def _relay_batch(bus: BaseEventBus, alias: str, size: int) -> tuple[int, int, in
     from django.utils import timezone  # type: ignore[import-untyped]
 
     from eventbus.contrib.django.models import OutboxMessage
-    from eventbus.outbox import decode_outbox_payload
 
     connection = connections[alias]
     with transaction.atomic(using=alias):
@@ -122,49 +123,23 @@ def _relay_batch(bus: BaseEventBus, alias: str, size: int) -> tuple[int, int, in
         rows = _pending(alias)
         if connection.features.has_select_for_update_skip_locked:
             rows = rows.select_for_update(skip_locked=True)
-        batch = list(rows.order_by("id")[:size])
-        published: list[int] = []
-        failed = 0
-        error: str | None = None
-        for row in batch:
-            try:
-                envelope = decode_outbox_payload(bus, row.payload)
-                _check_event_id(row.event_id, envelope)
-                bus.publish(envelope)
-            except (OutboxRowError, EventError) as exc:
-                # This row can never go out (a bad payload, data over the size
-                # limit): set it aside and go on with the batch.
-                text = _error_text(exc)
-                logger.error(
-                    "outbox eventbus_outbox: row %s (event %s) cannot be published, "
-                    "marked failed: %s",
-                    row.id,
-                    row.event_id,
-                    text,
-                )
-                _mark(alias, row.id, failed_at=timezone.now(), last_error=text)
-                failed += 1
-            except Exception as exc:
-                # The broker (or the sequence counter's Redis) is away: keep the
-                # row and those after it pending, in order, for the next run.
-                error = _error_text(exc)
-                log = logger.warning if isinstance(exc, PublishError) else logger.exception
-                log(
-                    "outbox eventbus_outbox: publish of row %s (event %s) failed; it and the "
-                    "rows after it stay pending: %s",
-                    row.id,
-                    row.event_id,
-                    error,
-                )
-                _mark(alias, row.id, last_error=error)
-                break
-            else:
-                published.append(row.id)
-        if published:
-            OutboxMessage.objects.using(alias).filter(id__in=published).update(
-                published_at=timezone.now(), attempts=F("attempts") + 1, last_error=None
+        batch = list(rows.order_by("id").values_list("id", "event_id", "payload")[:size])
+        # Decoded first, the good rows published together in one bus.batch():
+        # marked published only once it was sent (and confirmed).
+        outcome = publish_rows(bus, batch, table="eventbus_outbox", log=logger)
+        objects = OutboxMessage.objects.using(alias)
+        now = timezone.now()
+        attempts = F("attempts") + 1
+        if outcome.published:
+            objects.filter(id__in=outcome.published).update(
+                published_at=now, attempts=attempts, last_error=None
             )
-    return len(batch), len(published), failed, error
+        # Each with its own error; rare.
+        for row_id, error in outcome.failed:
+            objects.filter(id=row_id).update(failed_at=now, attempts=attempts, last_error=error)
+        for row_id, error in outcome.retry:
+            objects.filter(id=row_id).update(attempts=attempts, last_error=error)
+    return len(batch), len(outcome.published), len(outcome.failed), outcome.error
 
 
 def _take_write_lock(connection: Any) -> None:
@@ -188,34 +163,6 @@ def _pending(alias: str | None) -> Any:
     return OutboxMessage.objects.using(alias).filter(
         published_at__isnull=True, failed_at__isnull=True
     )
-
-
-def _mark(alias: str, row_id: int, **values: Any) -> None:
-    from django.db.models import F
-
-    from eventbus.contrib.django.models import OutboxMessage
-
-    OutboxMessage.objects.using(alias).filter(id=row_id).update(
-        attempts=F("attempts") + 1, **values
-    )
-
-
-def _check_event_id(row_event_id: object, envelope: Envelope[Any]) -> None:
-    # The unique key is on the row's event_id: a payload with another id would
-    # go out under an id the outbox does not know.
-    try:
-        same = UUID(str(row_event_id)) == envelope.event_id
-    except ValueError:
-        same = False
-    if not same:
-        raise OutboxRowError(
-            f"the row's event_id {row_event_id!r} is not its payload's ({envelope.event_id})"
-        )
-
-
-def _error_text(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}"
-    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."
 
 
 def outbox_status(*, using: str | None = None) -> OutboxStatus:
