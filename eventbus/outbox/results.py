@@ -24,7 +24,8 @@ class RelayResult:
     ``published``: rows published and marked; ``failed``: rows marked failed
     (never retried); ``pending_left``: rows still pending afterwards, those
     other relays hold included; ``error``: why the run stopped early, when a
-    publish failed (its row and those after it stay pending).
+    publish failed (a batch the broker did not take stays pending as a whole;
+    a publish that failed alone leaves its row and those after it pending).
     """
 
     published: int
