@@ -116,6 +116,16 @@ class OutboxRelay:
         rows published in that batch stay pending and go out again.
         """
         size = self.batch_size if limit is None else _positive(limit, "limit")
+        outcome, _, pending_left = self._batch(size, count=True)
+        return RelayResult(
+            published=len(outcome.published),
+            failed=len(outcome.failed),
+            pending_left=pending_left or 0,
+            error=outcome.error,
+        )
+
+    def _batch(self, size: int, *, count: bool) -> tuple[BatchOutcome, int, int | None]:
+        """One batch, one transaction: its outcome, the rows it took, and (``count``) those left."""
         t = self.outbox.table
         query = (
             sa.select(t.c.id, t.c.event_id, t.c.payload)
@@ -125,6 +135,7 @@ class OutboxRelay:
         )
         if not self._sqlite:
             query = query.with_for_update(skip_locked=True)
+        pending_left: int | None = None
         with self.outbox._translated("relay pending rows"), self.outbox.engine.begin() as conn:
             if self._sqlite:
                 _begin_immediate(conn)
@@ -136,14 +147,16 @@ class OutboxRelay:
                 log=logger,
             )
             self._mark(conn, outcome)
-            # Counted before the commit, on the same connection: one round trip
-            # per batch (rows other relays hold are still pending, as after it).
-            pending_left = int(conn.execute(self._count).scalar_one())
-        published, failed = len(outcome.published), len(outcome.failed)
-        self.totals.update(published=published, failed=failed, retried=len(outcome.retry))
-        return RelayResult(
-            published=published, failed=failed, pending_left=pending_left, error=outcome.error
+            if count:
+                # Before the commit, on the same connection: no extra round
+                # trip (rows other relays hold are still pending, as after it).
+                pending_left = int(conn.execute(self._count).scalar_one())
+        self.totals.update(
+            published=len(outcome.published),
+            failed=len(outcome.failed),
+            retried=len(outcome.retry),
         )
+        return outcome, len(fetched), pending_left
 
     def _mark(self, conn: sa.Connection, outcome: BatchOutcome) -> None:
         """Mark the batch's rows as ``outcome`` says: a few statements, whatever its size."""
@@ -176,24 +189,27 @@ class OutboxRelay:
     def drain(self, *, max_batches: int | None = None) -> RelayResult:
         """Relay batch after batch until no full batch is left (or ``max_batches``); sum them.
 
-        Stops early at a failed publish (its ``error`` is the result's).
+        Stops early at a failed publish (its ``error`` is the result's). The
+        pending rows are counted once, at the end (a count per batch costs as
+        much as the whole backlog's index each time).
         """
         if max_batches is not None:
             _positive(max_batches, "max_batches")
-        total = RelayResult(0, 0, 0)
-        batches = 0
+        published = failed = batches = 0
         while True:
-            result = self.relay_once()
-            total = total.then(result)
+            outcome, taken, _ = self._batch(self.batch_size, count=False)
+            published += len(outcome.published)
+            failed += len(outcome.failed)
             batches += 1
-            full = result.published + result.failed >= self.batch_size
             if (
-                result.error is not None
-                or not full
-                or result.pending_left == 0
+                outcome.error is not None
+                or taken < self.batch_size
                 or (max_batches is not None and batches >= max_batches)
             ):
-                return total
+                break
+        with self.outbox._translated("count pending rows"), self.outbox.engine.connect() as conn:
+            pending_left = int(conn.execute(self._count).scalar_one())
+        return RelayResult(published, failed, pending_left, outcome.error)
 
     def run_forever(
         self,

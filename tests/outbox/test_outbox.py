@@ -199,6 +199,30 @@ def test_drain_relays_batch_after_batch(outbox: Outbox, bus: RecordingBus) -> No
     assert relay.totals == {"published": 25, "failed": 0, "retried": 0}
 
 
+def test_drain_counts_what_is_left_once_and_marks_a_batch_in_one_statement(
+    outbox: Outbox, bus: RecordingBus
+) -> None:
+    # Given exactly three full batches of rows
+    add_committed(outbox, 30)
+    statements: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(" ".join(statement.split()).upper())
+
+    sa.event.listen(outbox.engine, "before_cursor_execute", record)
+    try:
+        # When the relay drains them
+        result = OutboxRelay(outbox, bus, batch_size=10).drain()
+    finally:
+        sa.event.remove(outbox.engine, "before_cursor_execute", record)
+    # Then every row went out, in one batch per transaction
+    assert result == RelayResult(published=30, failed=0, pending_left=0)
+    assert bus.batches == [10, 10, 10]
+    # And each batch was marked by one UPDATE; the pending rows were counted once
+    assert sum(s.startswith("UPDATE") for s in statements) == 3, statements
+    assert sum(s.startswith("SELECT COUNT(*)") for s in statements) == 1, statements
+
+
 def test_malformed_rows_are_marked_failed_logged_and_counted_and_the_relay_goes_on(
     outbox: Outbox, caplog: pytest.LogCaptureFixture
 ) -> None:
