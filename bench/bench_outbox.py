@@ -9,9 +9,10 @@ repetition (the order rotates):
 * relay:  N rows written to the outbox before the clock starts (committed),
           then ``OutboxRelay(outbox, bus, batch_size=100).drain()``: per batch
           one transaction that locks 100 pending rows (``FOR UPDATE SKIP
-          LOCKED`` / ``BEGIN IMMEDIATE``), decodes each payload, publishes it
-          with ``bus.publish``, marks the batch and commits, then counts what
-          is left. Rows/s.
+          LOCKED`` / ``BEGIN IMMEDIATE``), decodes every payload, publishes
+          them with ``bus.publish`` inside one ``bus.batch()`` (Redis:
+          pipelined; RabbitMQ: one confirm wait), marks the batch with one
+          UPDATE and commits; what is left is counted once, at the end. Rows/s.
 
 One subscribed handler (one task message per event), no worker: the queue
 is purged after every run, published rows deleted. Target: relay/direct >=
