@@ -364,8 +364,9 @@ class DlqBench:
         stats = pstats.Stats(profile, stream=out)
         stats.sort_stats("cumulative").print_stats(25)
         stats.sort_stats("tottime").print_stats(15)
-        # Where a record's time goes: the store's walk, and the re-publish.
-        stats.print_callees(r"deadletter/(amqp|redis)\.py:\d+\((_browse|_redeliver_page)\)")
+        # Where a record's time goes: the store's walk, the chunk's batch, the re-publish.
+        stats.print_callees(r"deadletter/(amqp|redis)\.py:\d+\((redeliver|_redeliver_page)\)")
+        stats.print_callees(r"deadletter/queue\.py:\d+\(_publish_chunk\)")
         stats.print_callees(r"eventbus/bus\.py:\d+\(_redeliver\)")
         head = (
             f"cProfile of replay_all() on {self.broker}, {n:,} records, "

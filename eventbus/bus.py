@@ -343,7 +343,8 @@ class BaseEventBus(ABC):
     @property
     def dead_letters(self) -> DeadLetterQueue:
         """List, inspect, replay and purge this bus's dead letters."""
-        return DeadLetterQueue(self.dead_letter_store, self._redeliver)
+        # Replays go out in chunks, each in one batch() (sent and confirmed together).
+        return DeadLetterQueue(self.dead_letter_store, self._redeliver, self.batch)
 
     def _redeliver(
         self, record: DeadLetter, data: Mapping[str, Any] | None = None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections import Counter
 from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,7 +13,13 @@ from typing import Any
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import DeadLetterStore
 from eventbus.envelope import Envelope
-from eventbus.errors import DeadLetterError, DeadLetterNotFound, ReplayConflict, ReplayError
+from eventbus.errors import (
+    DeadLetterError,
+    DeadLetterNotFound,
+    PublishError,
+    ReplayConflict,
+    ReplayError,
+)
 
 __all__ = ["DeadLetterQueue", "Selection"]
 
@@ -48,19 +55,32 @@ Redeliver = Callable[[DeadLetter, Mapping[str, Any] | None], Envelope]  # type: 
 #: Hears how the replay of one record went: the envelope sent, or why it was kept.
 Report = Callable[[DeadLetter, "Envelope[Any] | ReplayError"], object]
 
+# (Aliases: inside DeadLetterQueue, ``list`` is its method.)
+_Records = list[DeadLetter]
+_Sent = list[tuple[DeadLetter, "Envelope[Any]"]]
+_Kept = list[tuple[DeadLetter, ReplayError]]
+
 
 class DeadLetterQueue:
     """Dead letters of one bus. Listing never consumes a record.
 
     A replay re-publishes the record's envelope (same ``event_id``) to the one
     handler that failed, never to the event's other subscribers, and removes
-    the record only after that publish succeeded. A crash in between leaves
+    the record only after that publish succeeded (for many records: after
+    the batch holding it was sent and confirmed). A crash in between leaves
     the record in place, so a replay is at-least-once, like delivery itself.
     """
 
-    def __init__(self, store: DeadLetterStore, redeliver: Redeliver) -> None:
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        redeliver: Redeliver,
+        batch: Callable[[], AbstractContextManager[Any]] = nullcontext,
+    ) -> None:
         self.store = store
         self._redeliver = redeliver
+        #: The bus's ``batch()``: a chunk of replays is sent (and confirmed) together.
+        self._batch = batch
 
     def __iter__(self) -> Iterator[DeadLetter]:
         return iter(self.store)
@@ -147,11 +167,13 @@ class DeadLetterQueue:
         if not record.replayable:
             raise ReplayError(_not_replayable(record))
         sent: list[Envelope] = []  # type: ignore[type-arg]
-        done = self.store.redeliver(
-            lambda r: r.id == record.id,
-            lambda r: sent.append(self._redeliver(r, data)),
-            limit=1,
-        )
+
+        def publish(records: list[DeadLetter]) -> list[str]:
+            # One record: no batch (it would gain nothing); an error keeps it.
+            sent.extend(self._redeliver(r, data) for r in records)
+            return [r.id for r in records]
+
+        done = self.store.redeliver(lambda r: r.id == record.id, publish, limit=1)
         if not done:
             raise ReplayConflict(f"dead letter {record.id} is being replayed by someone else")
         return sent[0]
@@ -192,14 +214,14 @@ class DeadLetterQueue:
         envelope sent, or the :class:`ReplayError` of a record kept. Unlike
         :meth:`replay_all`, a failing record (not replayable, its handler or
         event type unknown here, a failed publish, held by a concurrent
-        replay) does not stop the others; each failed publish costs one more
-        pass over the queue, as a store's pass ends at a failing publish.
-        One streaming pass otherwise: memory stays flat however many match.
+        replay) does not stop the others. Records are published in chunks,
+        each in one ``bus.batch()``, and removed once their chunk was sent
+        (and confirmed); a chunk whose sending failed keeps all its records,
+        each reported. One streaming pass: memory stays flat however many match.
         """
         kept: set[str] = set()
-        waiting: dict[str, DeadLetter] = {}  # selected in this pass, not yet published
-        current: list[DeadLetter] = []  # the record being published
-        sent: list[str] = []
+        waiting: dict[str, DeadLetter] = {}  # selected, not yet handed to publish
+        replayed = 0
 
         def choose(record: DeadLetter) -> bool:
             if record.id in kept or not select(record):
@@ -211,31 +233,50 @@ class DeadLetterQueue:
             waiting[record.id] = record
             return True
 
-        def publish(record: DeadLetter) -> None:
-            current[:] = [record]
-            envelope = self._redeliver(record, None)
-            current.clear()
-            waiting.pop(record.id, None)
-            sent.append(record.id)
-            report(record, envelope)
+        def publish(records: list[DeadLetter]) -> list[str]:
+            nonlocal replayed
+            for record in records:
+                waiting.pop(record.id, None)
+            sent, failed = self._publish_chunk(records)
+            for record, error in failed:
+                kept.add(record.id)
+                report(record, error)
+            for record, envelope in sent:
+                report(record, envelope)
+            replayed += len(sent)
+            return [record.id for record, _ in sent]
 
-        while True:
-            waiting.clear()
-            try:
-                self.store.redeliver(choose, publish)
-            except ReplayError as exc:  # the store removed those sent before; this one stays
-                if not current:
-                    raise
-                failed = current.pop()
-                kept.add(failed.id)
-                report(failed, exc)
-                continue
-            break
+        self.store.redeliver(choose, publish)
         for record in waiting.values():  # selected, then skipped: a concurrent replay holds it
             report(
                 record, ReplayConflict(f"dead letter {record.id} is being replayed by someone else")
             )
-        return len(sent)
+        return replayed
+
+    def _publish_chunk(self, records: _Records) -> tuple[_Sent, _Kept]:
+        """Re-publish records in one batch: (record, envelope) sent, (record, error) kept.
+
+        A record that fails on its own (undecodable envelope, handler not
+        subscribed, too large) raises before anything of it is sent and
+        leaves the batch to the others. A batch that could not be sent keeps
+        every record: any of them may have been delivered (at-least-once).
+        """
+        sent: _Sent = []
+        failed: _Kept = []
+        try:
+            with self._batch():
+                for record in records:
+                    try:
+                        sent.append((record, self._redeliver(record, None)))
+                    except ReplayError as exc:  # caught here: raising would discard the batch
+                        failed.append((record, exc))
+        except PublishError as exc:
+            error = ReplayError(
+                f"re-publish of a batch of {len(records)} record(s) failed, all kept: {exc}"
+            )
+            error.__cause__ = exc
+            return [], failed + [(record, error) for record, _ in sent]
+        return sent, failed
 
     def delete(self, record_ids: Collection[str]) -> int:
         """Delete these records (full ids) without replaying them; returns how many were found.

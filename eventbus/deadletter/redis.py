@@ -3,8 +3,9 @@
 kombu's Redis transport LPUSHes each message (a JSON wrapper whose ``body`` is
 base64) and consumers BRPOP from the other end, so the oldest record is at
 index -1. Browsing reads pages from that end; removal is ``LREM`` of the exact
-stored element. A replay first claims its record with ``SET NX`` (with a
-TTL), so two operators replaying the same record publish it once.
+stored element. A replay first claims a page's records with ``SET NX`` (with a
+TTL), so two operators replaying the same record publish it once, and holds
+the claims until the page was sent and its records removed.
 """
 
 from __future__ import annotations
@@ -12,11 +13,20 @@ from __future__ import annotations
 from collections.abc import Collection, Generator, Iterator
 
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import BrokerDeadLetterStore, Publish, Select, decode_record, unwrap
+from eventbus.deadletter.store import (
+    REPLAY_CHUNK,
+    BrokerDeadLetterStore,
+    Publish,
+    Select,
+    decode_record,
+    unwrap,
+)
 
 __all__ = ["RedisDeadLetterStore"]
 
-PAGE_SIZE = 500  #: list elements read per LRANGE round trip
+#: List elements read per LRANGE round trip; a replay publishes a page's
+#: selected records as one chunk (store.REPLAY_CHUNK explains the size).
+PAGE_SIZE = REPLAY_CHUNK
 CLAIM_TTL = 300  #: seconds a replay may hold a record before another may take it
 
 
@@ -53,8 +63,9 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
             yield decode_record(*unwrap(raw))
 
     def redeliver(self, select: Select, publish: Publish, *, limit: int | None = None) -> list[str]:
-        # Page by page: claim the selected records in one round trip, publish
-        # them, then remove and release them in one more.
+        # Page by page (a page is a replay chunk): claim the selected records
+        # in one round trip, publish them together, then remove and release
+        # them in one more.
         done: list[str] = []
         pages = self._pages()
         try:
@@ -89,20 +100,21 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
                 for _, record in chosen:
                     pipe.set(self._claim_key(record.id), "1", nx=True, ex=CLAIM_TTL)
                 claimed = [pair for pair, ok in zip(chosen, pipe.execute(), strict=True) if ok]
-            replayed: list[bytes] = []
+            replayed: list[tuple[bytes, DeadLetter]] = []
             try:
-                for raw, record in claimed:
-                    publish(record)
-                    replayed.append(raw)
-                    done.append(record.id)
+                if claimed:
+                    # Returns once the whole chunk was sent; raises: none is removed.
+                    sent = set(publish([record for _, record in claimed]))
+                    replayed = [pair for pair in claimed if pair[1].id in sent]
             finally:
                 with client.pipeline(transaction=False) as pipe:
-                    for raw in replayed:
+                    for raw, _ in replayed:
                         # Count -1 searches from the tail, where these records are.
                         pipe.lrem(self.queue_name, -1, raw)
                     for _, record in claimed:
                         pipe.delete(self._claim_key(record.id))
-                    results = pipe.execute()
+                    results = pipe.execute() if claimed else []
+            done.extend(record.id for _, record in replayed)
             return sum(int(n) for n in results[: len(replayed)])
 
     def remove(self, record_ids: Collection[str]) -> int:
