@@ -97,9 +97,18 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
         with self.app.connection_for_write() as conn:
             client = conn.default_channel.client
             with client.pipeline(transaction=False) as pipe:
-                for _, record in chosen:
+                for raw, record in chosen:
                     pipe.set(self._claim_key(record.id), "1", nx=True, ex=CLAIM_TTL)
-                claimed = [pair for pair, ok in zip(chosen, pipe.execute(), strict=True) if ok]
+                    # Still there once claimed? This page may have been read before a
+                    # concurrent replay removed the record (it removes, then releases).
+                    pipe.lpos(self.queue_name, raw, rank=-1)
+                answers = pipe.execute()
+            held = [pair for pair, ok in zip(chosen, answers[0::2], strict=True) if ok]
+            claimed = [
+                pair
+                for pair, ok, at in zip(chosen, answers[0::2], answers[1::2], strict=True)
+                if ok and at is not None
+            ]
             replayed: list[tuple[bytes, DeadLetter]] = []
             try:
                 if claimed:
@@ -111,9 +120,9 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
                     for raw, _ in replayed:
                         # Count -1 searches from the tail, where these records are.
                         pipe.lrem(self.queue_name, -1, raw)
-                    for _, record in claimed:
+                    for _, record in held:  # after the LREMs: see the claim above
                         pipe.delete(self._claim_key(record.id))
-                    results = pipe.execute() if claimed else []
+                    results = pipe.execute() if held else []
             done.extend(record.id for _, record in replayed)
             return sum(int(n) for n in results[: len(replayed)])
 
