@@ -1,14 +1,16 @@
-"""Dead letters on RabbitMQ: browse with ``basic_get`` and give everything back.
+"""Dead letters on RabbitMQ: browse with a consumer and give everything back.
 
 AMQP 0-9-1 has no "peek". Browsing consumes every message unacknowledged on
 a private channel and then closes it, which makes the broker requeue them all in
-their original order. While one browser holds a message, no other sees it:
-that is what makes a replay exclusive. A record is acked (removed) only after
+their original order; the browse ends once the broker shows them again.
+While one browser holds a message, no other sees it: that is what makes a
+replay exclusive. A record is acked (removed) only after
 the chunk of records replayed with it was published and confirmed.
 """
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Collection, Generator, Iterator
 from contextlib import contextmanager
@@ -29,37 +31,48 @@ from eventbus.deadletter.store import (
 __all__ = ["AmqpDeadLetterStore"]
 
 IDLE_TIMEOUT = 1.0  #: seconds without a message after which a browse ends early
+#: Seconds a browse waits, at most, once its channel closed, until the broker
+#: shows the messages it held as ready again (it requeues them after its
+#: close-ok: a browse started at once could find the queue empty). Reached
+#: only when another browser took messages meanwhile.
+REQUEUE_WAIT = 2.0
 
 
-class AmqpDeadLetterStore(BrokerDeadLetterStore):
-    """Browse the queue on a throwaway channel; close it to requeue."""
+class _Browse:
+    """One browse: its (message, record) walk, and how many messages it holds."""
 
-    @contextmanager
-    def _browsing(self) -> Iterator[Iterator[tuple[Message, DeadLetter]]]:
-        """Every (message, record), held unacked until the block ends, then requeued.
+    def __init__(self, conn: Any, channel: Any, bound: Any) -> None:
+        self.bound = bound
+        self.seen = 0
+        self.acked = 0
+        self._walk = self._messages(conn, channel)
 
-        A consumer without a prefetch limit streams the queue (one
-        ``basic_get`` per record would cost a round trip each); nothing is
-        acked unless the caller acks it (inside the block: closing the
-        channel requeues the rest).
-        """
-        with self.app.connection_for_write() as conn:
-            channel = conn.channel()
-            walk = self._walk(conn, channel)
-            try:
-                yield walk
-            finally:
-                try:
-                    walk.close()  # cancels its consumer, if the walk stopped early
-                finally:
-                    channel.close()  # unacked messages go back to the queue
+    def __iter__(self) -> Iterator[tuple[Message, DeadLetter]]:
+        return self._walk
 
-    def _walk(self, conn: Any, channel: Any) -> Generator[tuple[Message, DeadLetter], None, None]:
-        bound = self.queue.bind(channel)
+    @property
+    def held(self) -> int:
+        return self.seen - self.acked
+
+    def ack(self, message: Message) -> None:
+        message.ack()
+        self.acked += 1
+
+    def stop(self) -> None:
+        self._walk.close()  # cancels its consumer, if the walk stopped early
+
+    def ready(self) -> int:
+        _, count, _ = self.bound.queue_declare(passive=True)
+        return int(count)
+
+    def _messages(
+        self, conn: Any, channel: Any
+    ) -> Generator[tuple[Message, DeadLetter], None, None]:
+        bound = self.bound
         bound.declare()
         # Bound the walk by the depth seen at the start, so records appended
         # meanwhile (or requeued by another browser) do not make it endless.
-        _, depth, _ = bound.queue_declare(passive=True)
+        depth = self.ready()
         if not depth:
             return
         arrived: deque[Message] = deque()
@@ -67,9 +80,8 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
         consumer = Consumer(
             channel, queues=[bound], no_ack=False, on_message=arrived.append, accept=["json"]
         )
-        seen = 0
         with consumer:
-            while seen < depth:
+            while self.seen < depth:
                 if not arrived:
                     try:
                         conn.drain_events(timeout=IDLE_TIMEOUT)
@@ -77,21 +89,58 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
                         return  # the rest is held by another browser
                     continue
                 message = arrived.popleft()
-                seen += 1
+                self.seen += 1
                 yield message, decode_record(message.body, message.headers)
 
+
+class AmqpDeadLetterStore(BrokerDeadLetterStore):
+    """Browse the queue on a throwaway channel; close it to requeue."""
+
+    @contextmanager
+    def _browsing(self) -> Iterator[_Browse]:
+        """Every (message, record), held unacked until the block ends, then requeued.
+
+        A consumer without a prefetch limit streams the queue (one
+        ``basic_get`` per record would cost a round trip each); nothing is
+        acked unless the caller acks it (inside the block: closing the
+        channel requeues the rest, and the block ends once they are back).
+        """
+        with self.app.connection_for_write() as conn:
+            channel = conn.channel()
+            browse = _Browse(conn, channel, self.queue.bind(channel))
+            try:
+                yield browse
+            finally:
+                try:
+                    browse.stop()
+                    held = browse.held
+                    expected = browse.ready() + held if held else 0
+                finally:
+                    channel.close()  # unacked messages go back to the queue
+            if held:
+                self._wait_ready(conn, expected)
+
+    def _wait_ready(self, conn: Any, expected: int) -> None:
+        bound = self.queue.bind(conn.default_channel)
+        deadline = time.monotonic() + REQUEUE_WAIT
+        while True:
+            _, ready, _ = bound.queue_declare(passive=True)
+            if ready >= expected or time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
+
     def __iter__(self) -> Iterator[DeadLetter]:
-        with self._browsing() as walk:
-            for _, record in walk:
+        with self._browsing() as browse:
+            for _, record in browse:
                 yield record
 
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)
         found = 0
-        with self._browsing() as walk:
-            for message, record in walk:
+        with self._browsing() as browse:
+            for message, record in browse:
                 if record.id in wanted:
-                    message.ack()
+                    browse.ack(message)
                     found += 1
         return found
 
@@ -103,27 +152,27 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
         done: list[str] = []
         chunk: list[tuple[Message, DeadLetter]] = []
 
-        def flush() -> None:
+        def flush(browse: _Browse) -> None:
             try:
                 sent = set(publish([record for _, record in chunk]))
                 for message, record in chunk:
                     if record.id in sent:
-                        message.ack()
+                        browse.ack(message)
                         done.append(record.id)
             finally:
                 chunk.clear()
 
         try:
-            with self._browsing() as walk:
-                for message, record in walk:
+            with self._browsing() as browse:
+                for message, record in browse:
                     if limit is not None and len(done) + len(chunk) >= limit:
                         break
                     if select(record):
                         chunk.append((message, record))
                         if len(chunk) >= REPLAY_CHUNK:
-                            flush()
+                            flush(browse)
                 if chunk:  # acked before the browse's channel closes
-                    flush()
+                    flush(browse)
         finally:
             self._announce_replayed(done)
         return done
