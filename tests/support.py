@@ -32,6 +32,11 @@ BROKER_URLS = {
 #: Where idempotency claims and sequence positions live in tests (any broker).
 STATE_REDIS_URL = os.environ.get("EVENTBUS_TEST_STATE_URL", "redis://127.0.0.1:6379/9")
 DEFAULT_TIMEOUT = 20.0  #: seconds a test waits for a worker before failing
+#: The Redis transport of :func:`make_app`'s apps: kombu's own, unless
+#: EVENTBUS_TEST_REDIS_TRANSPORT=eventbus (eventbus.transport.redis, celeryconfig's default).
+REDIS_TRANSPORT = {"eventbus": "eventbus.transport.redis:Transport"}.get(
+    os.environ.get("EVENTBUS_TEST_REDIS_TRANSPORT", "")
+)
 
 _reachability: dict[str, str | None] = {}
 
@@ -135,6 +140,8 @@ def make_app(broker_url: str, *, default_queue: str | None = None, **overrides: 
     )
     if default_queue:
         app.conf.task_default_queue = default_queue
+    if REDIS_TRANSPORT and broker_url.startswith("redis://"):
+        app.conf.broker_transport = REDIS_TRANSPORT
     app.conf.update(overrides)
     return app
 

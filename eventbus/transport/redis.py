@@ -1,0 +1,294 @@
+"""kombu's Redis transport, with a take-and-record that is one atomic step.
+
+kombu's Redis transport takes a message off a queue with ``BRPOP`` and
+records it as unacked (``ZADD unacked_index`` and ``HSET unacked``, in
+``QoS.append``) in a second round trip. A consumer killed between the two,
+or a Redis crashing between them, loses that message for good: it is on no
+queue and in no unacked hash (celery/kombu#1733, celery/celery#7950).
+
+Here a consumer sends ``EVALSHA`` of a Lua script instead of ``BRPOP``: over
+the same keys ``BRPOP`` would wait on (the channel's queue order, each
+priority step, ``global_keyprefix``), the script records the first available
+message exactly as ``QoS.append`` would and pops it, and returns it. Redis
+runs a script atomically and writes its effects to the AOF as one unit, so
+no kill and no crash falls between the take and the record. ``QoS.append``
+then only does the in-process bookkeeping for such a message.
+
+The script does not block. When every queue is empty it returns nothing, and
+the channel polls again ``eventbus_poll_interval`` seconds later (transport
+option, default :data:`DEFAULT_POLL_INTERVAL`): a hub timer wakes an idle
+worker's event loop, and ``drain_events`` waits no longer than that. A busy
+consumer gets a message from every call, so the interval adds no latency
+under load; an idle one sees a new message at most that much later.
+
+Everything else is kombu's: publishing, acks and rejects, the restore of
+unacked messages after ``visibility_timeout``, fanout (``LISTEN``),
+priorities, health checks. Messages of consumers that do not ack
+(``no_ack``) are popped without a record, as kombu does. A message the script
+cannot read the way kombu would record it (not a JSON object, no string
+delivery tag, exchange or routing key) is popped unrecorded and goes through
+kombu's own ``QoS.append``.
+
+Use it with ``broker_transport = "eventbus.transport.redis:Transport"`` (the
+repository's ``celeryconfig`` does on a ``redis://`` broker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import logging
+from collections.abc import Callable
+from queue import Empty
+from time import monotonic, time
+from typing import Any
+
+import kombu.connection as kombu_connection
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import loads
+from redis.exceptions import NoScriptError
+
+# kombu's annotations of these classes are partial: subclass them as untyped.
+kombu_redis: Any = importlib.import_module("kombu.transport.redis")
+
+__all__ = ["DEFAULT_POLL_INTERVAL", "TAKE_SCRIPT", "Channel", "QoS", "Transport"]
+
+logger = logging.getLogger(__name__)
+
+#: Seconds an idle channel waits before it looks at its queues again.
+DEFAULT_POLL_INTERVAL = 0.05
+#: Seconds a channel waits after Redis refused the script (out of memory, say).
+ERROR_BACKOFF = 1.0
+
+#: KEYS: the unacked index, the unacked hash, then the queue keys in the order
+#: BRPOP would take them. ARGV: the time to record, then per queue key "1" to
+#: record its message as unacked or "0" not to (a consumer without acks).
+#: Returns nil, or {position of the key among the queue keys (from 1), the
+#: message, its delivery tag if recorded else nil}. The writes come before the
+#: pop: should Redis refuse a write (out of memory), nothing was taken.
+TAKE_SCRIPT = """
+for i = 3, #KEYS do
+  local item = redis.call('LINDEX', KEYS[i], -1)
+  if item then
+    local tag = false
+    if ARGV[i - 1] == '1' then
+      local ok, message = pcall(cjson.decode, item)
+      if ok and type(message) == 'table' and type(message['properties']) == 'table' then
+        local properties = message['properties']
+        local info = properties['delivery_info']
+        local candidate = properties['delivery_tag']
+        if type(candidate) == 'string' and type(info) == 'table'
+            and type(info['exchange']) == 'string'
+            and type(info['routing_key']) == 'string' then
+          redis.call('ZADD', KEYS[1], ARGV[1], candidate)
+          redis.call('HSET', KEYS[2], candidate, '[' .. item .. ','
+            .. cjson.encode(info['exchange']) .. ','
+            .. cjson.encode(info['routing_key']) .. ']')
+          tag = candidate
+        end
+      end
+    end
+    redis.call('RPOP', KEYS[i])
+    return {i - 2, item, tag}
+  end
+end
+return false
+"""
+TAKE_SCRIPT_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
+
+
+class QoS(kombu_redis.QoS):  # type: ignore[misc]
+    """kombu's Redis QoS; a message the script recorded is not recorded again."""
+
+    def append(self, message: Any, delivery_tag: str) -> None:
+        recorded: set[str] | None = getattr(self.channel.connection, "eventbus_recorded", None)
+        if recorded is not None and delivery_tag in recorded:
+            recorded.discard(delivery_tag)
+            # Only the in-process bookkeeping (prefetch, restore at shutdown).
+            virtual.QoS.append(self, message, delivery_tag)
+            return
+        super().append(message, delivery_tag)
+
+
+class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
+    """kombu's poller; ``get`` waits no longer than an idle channel's next poll."""
+
+    #: The event loop's ``call_later`` (set by :meth:`Transport.register_with_event_loop`).
+    call_later: Callable[..., Any] | None = None
+    _short_wait = False
+    _restore_due = 0.0
+
+    def get(self, callback: Any, timeout: float | None = None) -> Any:
+        wait = self.idle_wait()
+        if wait is not None and (timeout is None or wait < timeout):
+            timeout, self._short_wait = wait, True
+        try:
+            return super().get(callback, timeout)
+        finally:
+            self._short_wait = False
+
+    def idle_wait(self) -> float | None:
+        """Seconds until the first idle consuming channel polls again (None: none idle)."""
+        now = monotonic()
+        waits = [
+            channel.eventbus_idle_until - now
+            for channel in self._channels
+            if channel.active_queues and channel.eventbus_idle_until > now
+        ]
+        return max(min(waits), 0.0) if waits else None
+
+    def maybe_restore_messages(self) -> Any:
+        # drain_events comes back after every short wait: restore at most once a
+        # second there, as often as kombu does with its 1 s BRPOP timeout.
+        if self._short_wait:
+            now = monotonic()
+            if now < self._restore_due:
+                return None
+            self._restore_due = now + 1.0
+        return super().maybe_restore_messages()
+
+
+class Channel(kombu_redis.Channel):  # type: ignore[misc]
+    """kombu's Redis channel, taking messages with :data:`TAKE_SCRIPT` instead of BRPOP."""
+
+    QoS = QoS
+
+    #: Seconds between two polls of a channel whose queues were all empty.
+    eventbus_poll_interval = DEFAULT_POLL_INTERVAL
+    #: ``monotonic()`` before which the channel does not poll (it found nothing).
+    eventbus_idle_until = 0.0
+    _eventbus_script_cached = False
+    _eventbus_polled: list[str] = []
+
+    from_transport_options = (
+        *kombu_redis.Channel.from_transport_options,
+        "eventbus_poll_interval",
+    )
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._eventbus_no_ack: set[str] = set()
+        super().__init__(*args, **kwargs)
+
+    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+        # A consumer without acks never acks: its messages must not be recorded.
+        if no_ack:
+            self._eventbus_no_ack.add(queue)
+        else:
+            self._eventbus_no_ack.discard(queue)
+        return super().basic_consume(queue, no_ack, *args, **kwargs)
+
+    def _basic_cancel(self, consumer_tag: str) -> Any:
+        queue = self._tag_to_queue.get(consumer_tag)
+        ret = super()._basic_cancel(consumer_tag)
+        if queue is not None and queue not in self._active_queues:
+            self._eventbus_no_ack.discard(queue)
+        return ret
+
+    def _brpop_start(self, timeout: float | None = None) -> None:
+        if self.eventbus_idle_until > monotonic():
+            return  # all empty a moment ago: the idle timer (or drain_events) comes back
+        queues = self._queue_cycle.consume(len(self.active_queues))
+        if not queues:
+            return
+        polled = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        record = [
+            "1" if self.ack_emulation and queue not in self._eventbus_no_ack else "0"
+            for _ in self.priority_steps
+            for queue in queues
+        ]
+        prefix = self.global_keyprefix
+        keys = [
+            prefix + self.unacked_index_key,
+            prefix + self.unacked_key,
+            *(prefix + key for key in polled),
+        ]
+        script = (
+            ("EVALSHA", TAKE_SCRIPT_SHA) if self._eventbus_script_cached else ("EVAL", TAKE_SCRIPT)
+        )
+        connection = self.client.connection
+        self._eventbus_polled = polled
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()
+        connection.send_command(*script, len(keys), *keys, repr(time()), *record)
+
+    def _brpop_read(self, **options: Any) -> bool:
+        try:
+            try:
+                reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
+            except self.connection_errors:
+                # Disconnect, so that the next poll reconnects.
+                self.client.connection.disconnect()
+                raise
+            except NoScriptError:
+                # Redis restarted (or flushed its script cache): EVAL it next time.
+                self._eventbus_script_cached = False
+                raise Empty() from None
+            except self.ResponseError:
+                logger.warning(
+                    "Redis refused eventbus's take script; polling again in %.1f s",
+                    ERROR_BACKOFF,
+                    exc_info=True,
+                )
+                self._eventbus_idle(ERROR_BACKOFF)
+                raise Empty() from None
+            self._eventbus_script_cached = True
+            if not reply:
+                self._eventbus_idle(self.eventbus_poll_interval)
+                raise Empty()
+            position, item, tag = reply
+            self._eventbus_deliver(self._eventbus_polled[int(position) - 1], item, tag)
+            return True
+        finally:
+            self._in_poll = None
+            self._flush_brpop_reauth()
+
+    def _eventbus_deliver(self, key: str, item: bytes, tag: bytes | None) -> None:
+        dest = key.rsplit(self.sep, 1)[0]
+        self._queue_cycle.rotate(dest)
+        recorded: set[str] = self.connection.eventbus_recorded
+        delivery_tag = bytes_to_str(tag) if tag is not None else None
+        if delivery_tag is not None:
+            recorded.add(delivery_tag)
+        try:
+            self.connection._deliver(loads(bytes_to_str(item)), dest)
+        finally:
+            if delivery_tag is not None and delivery_tag in recorded:
+                # The message never reached QoS.append (it could not be read, or
+                # no consumer acks it): drop the record, as kombu keeps none then.
+                recorded.discard(delivery_tag)
+                self.qos._remove_from_indices(delivery_tag).execute()
+
+    def _eventbus_idle(self, seconds: float) -> None:
+        """Poll again in ``seconds``: at once when the hub timer fires, or when due."""
+        self.eventbus_idle_until = monotonic() + seconds
+        # (no connection: the channel is closing)
+        call_later = getattr(getattr(self.connection, "cycle", None), "call_later", None)
+        if call_later is not None:
+            call_later(seconds, self._eventbus_wake)
+
+    def _eventbus_wake(self) -> None:
+        self.eventbus_idle_until = 0.0
+
+
+class Transport(kombu_redis.Transport):  # type: ignore[misc]
+    """kombu's Redis transport whose consumers take and record each message atomically."""
+
+    Channel = Channel
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.cycle = MultiChannelPoller()
+        #: Delivery tags the script recorded, not yet seen by QoS.append.
+        self.eventbus_recorded: set[str] = set()
+
+    def register_with_event_loop(self, connection: Any, loop: Any) -> None:
+        super().register_with_event_loop(connection, loop)
+        self.cycle.call_later = loop.call_later
+
+
+# Connection.as_uri() names a transport by its URL scheme through this map (the
+# worker's banner, Flower's broker page): show a redis:// URL, not the class path.
+_aliases: dict[Any, str] = kombu_connection.resolve_aliases
+for _name in (f"{__name__}:Transport", Transport):
+    _aliases.setdefault(_name, "redis")

@@ -1,0 +1,468 @@
+"""eventbus's Redis transport (:mod:`eventbus.transport.redis`) on a real Redis.
+
+A consumer takes a message off its queue and records it as unacked in one
+script: the message is in the unacked hash and index, under its delivery tag,
+as soon as it left the queue, whatever happens to the consumer afterwards.
+Acks, restores after the visibility timeout, priorities and
+``global_keyprefix`` work as on kombu's transport; a real worker runs
+handlers on it and sleeps between polls when idle.
+
+Each test uses queue names, and unacked keys or a key prefix, of its own on
+the shared Redis, and deletes them; the tests that crash or count commands
+start a private ``redis-server``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import kombu.transport.redis as kombu_redis
+import pytest
+import redis
+from kombu import Connection, Exchange, Queue
+from kombu.message import Message
+
+from eventbus import EventBus
+from eventbus.transport.redis import DEFAULT_POLL_INTERVAL, TAKE_SCRIPT, Transport
+from tests.faults.brokers import PrivateRedis
+from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
+
+from .helpers import OrderPlaced, Recorder, assert_stays, wait_for
+
+pytestmark = pytest.mark.redis
+
+TRANSPORT = "eventbus.transport.redis:Transport"
+
+
+class Box:
+    """One test's queue, and the transport options that keep its Redis keys its own.
+
+    With a ``global_keyprefix`` every key kombu writes starts with it; without
+    one, the unacked hash, index and mutex get names of the test's own.
+    """
+
+    def __init__(self, url: str, *, prefixed: bool, **options: Any) -> None:
+        uid = uuid.uuid4().hex[:10]
+        self.url = url
+        self.name = f"it.transport.{uid}"
+        self.prefix = f"it-transport-{uid}:" if prefixed else ""
+        self.options: dict[str, Any] = dict(options)
+        if prefixed:
+            self.options["global_keyprefix"] = self.prefix
+        else:
+            self.options.update(
+                unacked_key=f"{self.name}.unacked",
+                unacked_index_key=f"{self.name}.unacked_index",
+                unacked_mutex_key=f"{self.name}.unacked_mutex",
+            )
+        self.queue = Queue(
+            self.name,
+            Exchange(self.name, type="direct"),
+            routing_key=self.name,
+            max_priority=9,
+        )
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+
+    def connection(self, transport: str | None = TRANSPORT, **options: Any) -> Connection:
+        return Connection(
+            self.url,
+            transport=transport,
+            transport_options={**self.options, **options},
+            connect_timeout=3,
+        )
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    @property
+    def unacked_key(self) -> str:
+        return self.key(self.options.get("unacked_key", "unacked"))
+
+    @property
+    def unacked_index_key(self) -> str:
+        return self.key(self.options.get("unacked_index_key", "unacked_index"))
+
+    def unacked(self) -> dict[str, Any]:
+        """The unacked hash: delivery tag -> [message, exchange, routing_key]."""
+        raw = self.client.hgetall(self.unacked_key)
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def unacked_index(self) -> dict[str, float]:
+        return {
+            k.decode(): s
+            for k, s in self.client.zrange(self.unacked_index_key, 0, -1, withscores=True)
+        }
+
+    def waiting(self) -> int:
+        """Messages on the queue, every priority step."""
+        steps = kombu_redis.PRIORITY_STEPS
+        keys = {self.key(self.name if not p else f"{self.name}\x06\x16{p}") for p in steps}
+        return sum(int(self.client.llen(key)) for key in keys)
+
+    def publish(self, body: Any, *, priority: int = 0) -> None:
+        with self.connection() as conn:
+            conn.Producer().publish(
+                body,
+                exchange=self.queue.exchange,
+                routing_key=self.name,
+                declare=[self.queue],
+                priority=priority,
+                retry=True,
+            )
+
+    def close(self) -> None:
+        try:
+            if self.prefix:
+                keys = list(self.client.scan_iter(match=f"{self.prefix}*", count=1000))
+                if keys:
+                    self.client.delete(*keys)
+            else:
+                keys = list(self.client.scan_iter(match=f"*{self.name}*", count=1000))
+                if keys:
+                    self.client.delete(*keys)
+        finally:
+            self.client.close()
+
+
+@pytest.fixture
+def make_box() -> Iterator[Callable[..., Box]]:
+    url = require_broker("redis")
+    boxes: list[Box] = []
+
+    def make(*, prefixed: bool = False, **options: Any) -> Box:
+        box = Box(url, prefixed=prefixed, **options)
+        boxes.append(box)
+        return box
+
+    try:
+        yield make
+    finally:
+        for box in boxes:
+            box.close()
+
+
+def drain_one(conn: Connection, box: Box, *, no_ack: bool = False, timeout: float = 10) -> Message:
+    """Consume the next message of the box's queue; return it, not acked."""
+    got: list[Message] = []
+    with conn.Consumer([box.queue], callbacks=[lambda _body, m: got.append(m)], no_ack=no_ack):
+        deadline = time.monotonic() + timeout
+        while not got:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no message on {box.name} within {timeout}s"
+            with contextlib.suppress(TimeoutError):
+                conn.drain_events(timeout=remaining)
+    return got[0]
+
+
+@pytest.mark.parametrize("prefixed", [False, True], ids=["no-prefix", "global_keyprefix"])
+def test_a_taken_message_is_recorded_as_unacked_until_acked(
+    make_box: Callable[..., Box], prefixed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a message on a queue, and kombu's own record of a message spied on
+    box = make_box(prefixed=prefixed)
+    box.publish({"n": 1})
+    assert box.waiting() == 1
+    kombu_records: list[str] = []
+    kombu_append = kombu_redis.QoS.append
+
+    def spy(qos: Any, message: Any, delivery_tag: str) -> None:
+        kombu_records.append(delivery_tag)
+        kombu_append(qos, message, delivery_tag)
+
+    monkeypatch.setattr(kombu_redis.QoS, "append", spy)
+
+    # When a consumer on eventbus's transport takes it
+    with box.connection() as conn:
+        assert isinstance(conn.transport, Transport)
+        message = drain_one(conn, box)
+
+        # Then it left the queue and is in the unacked hash and index under its
+        # tag, stored as kombu stores it: [message, exchange, routing_key]
+        tag = message.delivery_tag
+        assert box.waiting() == 0
+        assert box.unacked() == {tag: [message._raw, box.name, box.name]}
+        assert abs(box.unacked_index()[tag] - time.time()) < 60
+        # And QoS recorded nothing a second time, but knows the message is in flight
+        assert kombu_records == []
+        assert conn.default_channel.qos._delivered.keys() >= {tag}
+        assert not conn.transport.eventbus_recorded
+
+        # When it is acked, Then the record is gone
+        message.ack()
+        assert box.unacked() == {}
+        assert box.unacked_index() == {}
+
+
+@pytest.mark.parametrize("prefixed", [False, True], ids=["no-prefix", "global_keyprefix"])
+def test_priorities_are_taken_in_kombus_order(make_box: Callable[..., Box], prefixed: bool) -> None:
+    # Given the same messages of mixed priorities on two queues
+    priorities = [0, 9, 3, 6, 9, 0, 5]
+    ours, kombus = make_box(prefixed=prefixed), make_box(prefixed=prefixed)
+    for box in (ours, kombus):
+        for n, priority in enumerate(priorities):
+            box.publish({"n": n}, priority=priority)
+
+    # When one queue is consumed on eventbus's transport, the other on kombu's
+    def consume(box: Box, transport: str | None) -> list[int]:
+        order = []
+        with box.connection(transport) as conn:
+            for _ in priorities:
+                message = drain_one(conn, box)
+                if transport == TRANSPORT:
+                    assert message.delivery_tag in box.unacked()
+                order.append(message.payload["n"])
+                message.ack()
+        return order
+
+    # Then both take them in the same order, and leave nothing behind
+    assert consume(ours, TRANSPORT) == consume(kombus, None)
+    for box in (ours, kombus):
+        assert box.waiting() == 0
+        assert box.unacked() == {}
+
+
+def test_a_consumer_without_acks_leaves_no_record(make_box: Callable[..., Box]) -> None:
+    # Given a message, When a no_ack consumer takes it
+    box = make_box()
+    box.publish({"n": 1})
+    with box.connection() as conn:
+        message = drain_one(conn, box, no_ack=True)
+
+    # Then nothing waits for an ack that never comes
+    assert message.payload == {"n": 1}
+    assert box.waiting() == 0
+    assert box.unacked() == {}
+    assert box.unacked_index() == {}
+
+
+@pytest.mark.parametrize("prefixed", [False, True], ids=["no-prefix", "global_keyprefix"])
+def test_a_message_taken_by_a_consumer_that_died_comes_back(
+    make_box: Callable[..., Box], prefixed: bool
+) -> None:
+    # Given a message taken by the script alone, as by a consumer killed right
+    # after (no Python ran after the take)
+    box = make_box(prefixed=prefixed, visibility_timeout=1, unacked_restore_throttle=1)
+    box.publish({"n": 7})
+    taken = box.client.eval(
+        TAKE_SCRIPT,
+        3,
+        box.unacked_index_key,
+        box.unacked_key,
+        box.key(box.name),
+        repr(time.time()),
+        "1",
+    )
+    assert taken is not None
+    position, item, tag = taken
+    assert position == 1
+    assert box.waiting() == 0
+    assert box.unacked() == {tag.decode(): [json.loads(item), box.name, box.name]}
+
+    # When another consumer runs past the visibility timeout
+    with box.connection() as conn:
+        message = drain_one(conn, box, timeout=15)
+
+        # Then it got the message again, marked redelivered, under the same tag
+        assert message.payload == {"n": 7}
+        assert message.delivery_tag == tag.decode()
+        assert message.delivery_info.get("redelivered") or message.headers.get("redelivered")
+        message.ack()
+    assert box.unacked() == {}
+    assert box.waiting() == 0
+
+
+def test_drain_events_gets_a_message_published_while_idle(
+    make_box: Callable[..., Box],
+) -> None:
+    # Given a consumer waiting on an empty queue
+    box = make_box()
+    box.publish({"n": 0})
+    with box.connection() as conn:
+        drain_one(conn, box).ack()
+        published_at: list[float] = []
+
+        def publish_later() -> None:
+            time.sleep(0.5)  # let the consumer find the queue empty a few times
+            published_at.append(time.monotonic())
+            box.publish({"n": 1})
+
+        # When a message is published half a second later
+        thread = threading.Thread(target=publish_later)
+        thread.start()
+        try:
+            message = drain_one(conn, box, timeout=10)
+            received_at = time.monotonic()
+        finally:
+            thread.join()
+
+        # Then the consumer gets it soon after, recorded
+        assert message.payload == {"n": 1}
+        assert received_at - published_at[0] < 1.0
+        assert message.delivery_tag in box.unacked()
+        message.ack()
+
+        # And with nothing to take, drain_events times out when asked to
+        started = time.monotonic()
+        with conn.Consumer([box.queue], callbacks=[lambda *_: None]), pytest.raises(TimeoutError):
+            conn.drain_events(timeout=0.3)
+        assert time.monotonic() - started < 1.5
+
+
+@pytest.fixture
+def private_redis() -> Iterator[PrivateRedis]:
+    server = PrivateRedis()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def test_a_taken_message_survives_a_redis_crash_right_after(private_redis: PrivateRedis) -> None:
+    # Given a Redis with an AOF fsynced on every write, and a message on a queue
+    box = Box(private_redis.url, prefixed=False)
+    try:
+        box.publish({"n": 1})
+
+        # When a consumer takes it and Redis is SIGKILLed right away
+        with box.connection() as conn:
+            message = drain_one(conn, box)
+            private_redis.crash()
+        private_redis.start()
+
+        # Then the restarted Redis still has it, recorded as unacked
+        assert box.waiting() == 0
+        assert list(box.unacked()) == [message.delivery_tag]
+        assert list(box.unacked_index()) == [message.delivery_tag]
+    finally:
+        box.client.close()
+
+
+def test_a_flushed_script_cache_is_refilled(private_redis: PrivateRedis) -> None:
+    # Given a consumer that took a message (its script is cached by then)
+    box = Box(private_redis.url, prefixed=False)
+    try:
+        box.publish({"n": 1})
+        box.publish({"n": 2})
+        with box.connection() as conn:
+            drain_one(conn, box).ack()
+
+            # When Redis forgets its scripts (as after a restart)
+            box.client.script_flush()
+
+            # Then the consumer takes the next message all the same, recorded
+            message = drain_one(conn, box)
+            assert message.payload == {"n": 2}
+            assert list(box.unacked()) == [message.delivery_tag]
+            message.ack()
+        stats = box.client.info("commandstats")
+        assert "cmdstat_brpop" not in stats
+        assert stats["cmdstat_evalsha"]["failed_calls"] >= 1  # the NOSCRIPT
+    finally:
+        box.client.close()
+
+
+def run_handlers(url: str, *, events: int, **options: Any) -> tuple[float, int]:
+    """A real worker on eventbus's transport runs a handler of ``events`` published events.
+
+    Returns how long a worker idle for half a second took to run a new event,
+    and how many messages were dead-lettered.
+    """
+    uid = uuid.uuid4().hex[:10]
+    queue = f"it.transport-worker.{uid}"
+    app = make_app(
+        url,
+        broker_transport=TRANSPORT,
+        broker_transport_options={
+            "unacked_key": f"{queue}.unacked",
+            "unacked_index_key": f"{queue}.unacked_index",
+            "unacked_mutex_key": f"{queue}.unacked_mutex",
+            **options,
+        },
+    )
+    bus = EventBus(app, default_queue=queue, dead_letter_queue=f"{queue}.dlq")
+    recorder = Recorder()
+    name = f"it.{uid}.handler"
+    bus.subscribe(OrderPlaced, handler=recorder.handler(name), name=name)
+    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=10)
+    try:
+        with running_worker(app, bus.queues, pool="threads", concurrency=2) as worker:
+            assert isinstance(worker.consumer.connection.transport, Transport)
+            envelopes = [
+                bus.publish(OrderPlaced(order_id=f"o-{i}", quantity=1)) for i in range(events)
+            ]
+            wait_for(
+                lambda: recorder.count() >= events,
+                message=lambda: f"{recorder.count()}/{events} handler runs",
+            )
+            assert sorted(c.event_id for c in recorder.calls()) == sorted(
+                str(e.event_id) for e in envelopes
+            )
+            wait_for(
+                lambda: client.hlen(f"{queue}.unacked") == 0,
+                message=lambda: f"every message acked ({client.hlen(f'{queue}.unacked')} unacked)",
+            )
+
+            # An idle worker: a message published now is handled soon after
+            assert_stays(lambda: recorder.count() == events, duration=0.5)
+            published = time.monotonic()
+            bus.publish(OrderPlaced(order_id="late", quantity=1))
+            wait_for(lambda: recorder.count() > events, message="the late event handled")
+            latency = recorder.calls()[-1].at - published
+            return latency, len(bus.dead_letters)
+    finally:
+        delete_queues(app, queue)
+        delete_state(app)
+        app.close()
+        client.close()
+
+
+def test_a_worker_runs_every_event_on_eventbus_transport() -> None:
+    # Given a worker on eventbus's transport, When 20 events are published
+    # Then it runs each once, acks every message, and an idle worker wakes up for a new one
+    url = require_broker("redis")
+    latency, dead_letters = run_handlers(url, events=20)
+    assert latency < 2.0
+    assert dead_letters == 0
+
+
+def test_an_idle_worker_polls_at_the_interval_not_busily(
+    private_redis: PrivateRedis,
+) -> None:
+    # Given a worker on eventbus's transport, idle on a private Redis
+    def takes() -> int:
+        with private_redis.client() as client:
+            stats = client.info("commandstats")
+        return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha"))
+
+    uid = uuid.uuid4().hex[:10]
+    queue = f"it.transport-idle.{uid}"
+    app = make_app(private_redis.url, broker_transport=TRANSPORT)
+    bus = EventBus(app, default_queue=queue, dead_letter_queue=f"{queue}.dlq")
+    recorder = Recorder()
+    bus.subscribe(OrderPlaced, handler=recorder.handler("idle"), name=f"it.{uid}.idle")
+    try:
+        with running_worker(app, bus.queues, pool="solo", concurrency=1):
+            wait_for(lambda: takes() > 0, message="the worker polling")
+            # When it stays idle for two seconds
+            before, started = takes(), time.monotonic()
+            time.sleep(2.0)  # the measured idle period, not a wait for the worker
+            polls = takes() - before
+            elapsed = time.monotonic() - started
+            # Then it polled about once per interval: not in a busy loop, not stalled
+            expected = elapsed / DEFAULT_POLL_INTERVAL
+            assert expected / 4 <= polls <= expected * 1.5, f"{polls} polls in {elapsed:.1f}s"
+            # And a new event still gets handled
+            bus.publish(OrderPlaced(order_id="o-1", quantity=1))
+            wait_for(lambda: recorder.count() == 1, message="the event handled")
+        with private_redis.client() as client:
+            assert "cmdstat_brpop" not in client.info("commandstats")
+    finally:
+        delete_state(app)
+        app.close()
