@@ -5,6 +5,8 @@ broker is a private ``redis-server`` the test may crash (see
 :mod:`tests.faults.brokers`); idempotency and ordering state and the
 handlers' effects stay on the shared Redis (``tests.support.STATE_REDIS_URL``)
 under a key prefix of the test's own, so a broker fault never touches them.
+The Redis workers run eventbus's transport (:mod:`eventbus.transport.redis`),
+or kombu's own with ``EVENTBUS_FAULTS_TRANSPORT=kombu``.
 
 Each test records one figure line per result (``kill[redis] atomic: published=2000
 handled=2000 lost=0 duplicate_effects=0``): printed, and listed again at the
@@ -15,6 +17,7 @@ report carries its workers' logs.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 import uuid
@@ -35,11 +38,17 @@ from tests.faults.brokers import (
     rabbitmq_messages,
     restart_rabbitmq,
 )
-from tests.faults.fault_app import Effects, FaultConfig, HandlerSet, build_bus
+from tests.faults.fault_app import REDIS_TRANSPORTS, Effects, FaultConfig, HandlerSet, build_bus
 from tests.faults.workers import WorkerProcess
 from tests.support import STATE_REDIS_URL, delete_queues, delete_state, require_broker
 
 FIGURES: list[str] = []  #: every figure line of this pytest run, in order
+
+#: The Redis transport of the workers (a key of REDIS_TRANSPORTS): eventbus's by
+#: default; ``EVENTBUS_FAULTS_TRANSPORT=kombu`` shows kombu's own loss.
+REDIS_TRANSPORT = os.environ.get("EVENTBUS_FAULTS_TRANSPORT", "eventbus")
+if REDIS_TRANSPORT not in REDIS_TRANSPORTS:
+    raise ValueError(f"EVENTBUS_FAULTS_TRANSPORT={REDIS_TRANSPORT!r}: not a Redis transport")
 
 #: How long a crashed Redis or a stopped RabbitMQ stays down, seconds.
 REDIS_DOWN_FOR, RABBITMQ_DOWN_FOR = 1.0, 2.0
@@ -187,12 +196,20 @@ class FaultEnv:
             effects_prefix=f"eventbus-faults-{uid}:fx:",
             handlers=handlers,
             work=work,
+            transport=REDIS_TRANSPORT,
         )
         self.effects = Effects(self.config.effects_url, self.config.effects_prefix)
         self.bus = build_bus(self.config, self.effects)
         self.app = self.bus.app
         self.workers: list[WorkerProcess] = []
         self.publishers: list[Publisher] = []
+
+    @property
+    def label(self) -> str:
+        """Figure lines' broker: ``redis``, ``redis+kombu`` (kombu's transport), ``rabbitmq``."""
+        if self.kind == "redis" and self.config.transport != "eventbus":
+            return f"redis+{self.config.transport}"
+        return self.kind
 
     def start_workers(
         self, count: int, *, concurrency: int, loglevel: str = "WARNING"
@@ -226,6 +243,19 @@ class FaultEnv:
             # unacked message in one hash (the broker is this test's alone).
             keys = {channel._q_for_pri(self.config.queue, pri) for pri in channel.priority_steps}
             return sum(int(client.llen(key)) for key in keys) + int(client.hlen("unacked"))
+
+    def takes(self) -> dict[str, int]:
+        """How the private Redis's clients took messages since it (re)started: commands by name.
+
+        ``brpop`` (kombu's transport), ``eval`` and ``evalsha`` (eventbus's script).
+        """
+        assert self.broker.private is not None, "only on Redis"
+        with contextlib.closing(self.broker.private.client()) as client:
+            stats = client.info("commandstats")
+        return {
+            name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+            for name in ("brpop", "eval", "evalsha")
+        }
 
     def dead_letters(self) -> int:
         return len(self.bus.dead_letters)

@@ -35,6 +35,14 @@ HandlerSet = Literal["kill", "count", "ordered"]
 #: Redis visibility timeout of the fault tests, seconds: how long a dead
 #: worker's unacked messages wait before another worker gets them.
 VISIBILITY_TIMEOUT = 8
+#: The Redis transport of a fault test's workers and publisher, by the name
+#: ``EVENTBUS_FAULTS_TRANSPORT`` gives (default ``eventbus``): eventbus's, whose
+#: consumers take and record a message in one step, or kombu's own (``BRPOP``,
+#: then the record in a second round trip), to show the loss it has.
+REDIS_TRANSPORTS: dict[str, str | None] = {
+    "eventbus": "eventbus.transport.redis:Transport",
+    "kombu": None,
+}
 #: Handler retries must wait less than the visibility timeout (EventBus checks).
 RETRY_OPTIONS: dict[str, Any] = {"max_retries": 5, "retry_backoff": 1, "retry_backoff_max": 4}
 
@@ -69,6 +77,7 @@ class FaultConfig:
     handlers: HandlerSet
     work: float = 0.0  #: seconds each run of :data:`PLAIN` works (sleeps) after its write
     worker: str = "publisher"  #: who runs the handlers: effects are counted per worker
+    transport: str = "eventbus"  #: on Redis, a key of :data:`REDIS_TRANSPORTS`
 
     def environ(self) -> dict[str, str]:
         return {f"EVENTBUS_FAULTS_{k.upper()}": str(v) for k, v in asdict(self).items()}
@@ -150,7 +159,9 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
     The handlers write to ``effects``.
     """
     transport_options: dict[str, Any] = {}
+    transport: str | None = None
     if config.on_redis:
+        transport = REDIS_TRANSPORTS[config.transport]
         transport_options = {
             "visibility_timeout": VISIBILITY_TIMEOUT,
             # Look for a dead worker's messages every second, not every 100 s.
@@ -164,6 +175,7 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
         config.broker_url,
         eventbus_redis_url=config.state_url,
         eventbus_redis_prefix=config.state_prefix,
+        broker_transport=transport,
         broker_transport_options=transport_options,
         # Flower's task-sent events are not what these tests count: leave
         # the publisher's and the brokers' time to the task messages.
