@@ -20,7 +20,11 @@ from bench.settings import make_app
 logger = logging.getLogger(__name__)
 
 QUEUE = os.environ.get("BENCH_QUEUE", "bench.raw_app")
-app = make_app("bench-raw-app", os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14"))
+app = make_app(
+    "bench-raw-app",
+    os.environ.get("BENCH_BROKER_URL", "redis://127.0.0.1:6379/14"),
+    stock_transport=True,  # raw Celery as deployed: kombu's own Redis transport
+)
 
 STATISTICS: Counter[str] = Counter()
 SENT_EMAILS: list[str] = []

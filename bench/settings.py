@@ -13,8 +13,21 @@ from typing import Any
 from celery import Celery
 
 
-def make_app(main: str, broker_url: str, **overrides: Any) -> Celery:
+def make_app(
+    main: str, broker_url: str, *, stock_transport: bool = False, **overrides: Any
+) -> Celery:
+    """An app configured from ``celeryconfig`` on ``broker_url``.
+
+    On Redis celeryconfig picks eventbus's transport (``eventbus.transport.redis``)
+    for its own URL; here the URL is the caller's, so the transport follows it:
+    eventbus's on Redis, the URL's own elsewhere, kombu's own with
+    ``stock_transport`` (what a plain Celery deployment runs).
+    """
     app = Celery(main, set_as_current=False)
     app.config_from_object("celeryconfig")
     app.conf.update(broker_url=broker_url, **overrides)
+    if stock_transport or not broker_url.startswith("redis://"):
+        app.conf.broker_transport = None
+    elif "broker_transport" not in overrides:
+        app.conf.broker_transport = "eventbus.transport.redis:Transport"
     return app

@@ -32,10 +32,10 @@ BROKER_URLS = {
 #: Where idempotency claims and sequence positions live in tests (any broker).
 STATE_REDIS_URL = os.environ.get("EVENTBUS_TEST_STATE_URL", "redis://127.0.0.1:6379/9")
 DEFAULT_TIMEOUT = 20.0  #: seconds a test waits for a worker before failing
-#: The Redis transport of :func:`make_app`'s apps: kombu's own, unless
-#: EVENTBUS_TEST_REDIS_TRANSPORT=eventbus (eventbus.transport.redis, celeryconfig's default).
+#: The Redis transport of :func:`make_app`'s apps: eventbus's (eventbus.transport.redis,
+#: celeryconfig's default), or kombu's own with EVENTBUS_TEST_REDIS_TRANSPORT=kombu.
 REDIS_TRANSPORT = {"eventbus": "eventbus.transport.redis:Transport"}.get(
-    os.environ.get("EVENTBUS_TEST_REDIS_TRANSPORT", "")
+    os.environ.get("EVENTBUS_TEST_REDIS_TRANSPORT", "eventbus")
 )
 
 _reachability: dict[str, str | None] = {}
