@@ -14,7 +14,7 @@ import threading
 import time
 import weakref
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Retry
@@ -283,11 +283,7 @@ class EventBus(BaseEventBus):
         try:
             with (
                 self.app.producer_or_acquire() as producer,
-                confirmed(
-                    producer,
-                    timeout=self.app.conf.get("eventbus_confirm_timeout"),
-                    enabled=self.app.conf.get("eventbus_publish_confirms", True),
-                ),
+                self._confirmed(producer),
                 producer.batch(max_size),
             ):
                 state.producer = producer
@@ -331,11 +327,7 @@ class EventBus(BaseEventBus):
                 # RabbitMQ the broker confirms them, waited for once per event.
                 with (
                     self.app.producer_or_acquire() as producer,
-                    confirmed(
-                        producer,
-                        timeout=self.app.conf.get("eventbus_confirm_timeout"),
-                        enabled=self.app.conf.get("eventbus_publish_confirms", True),
-                    ),
+                    self._confirmed(producer),
                     # One message gains nothing from a batch (on Redis a
                     # pipeline object per event costs more than it saves).
                     producer.batch() if len(subscriptions) > 1 else nullcontext(),
@@ -359,6 +351,14 @@ class EventBus(BaseEventBus):
                     ) from exc
                 time.sleep(min(interval + step * attempt, interval_max))
                 attempt += 1
+
+    def _confirmed(self, producer: Any) -> AbstractContextManager[None]:
+        """Confirms of the block's publishes on RabbitMQ (:mod:`eventbus.confirms`)."""
+        return confirmed(
+            producer,
+            timeout=self.app.conf.get("eventbus_confirm_timeout"),
+            enabled=self.app.conf.get("eventbus_publish_confirms", True),
+        )
 
     def _dispatch_in_batch(
         self,
