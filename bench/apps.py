@@ -11,6 +11,7 @@ built on first access from the environment:
 ``BENCH_BROKER_URL``   broker (default ``redis://127.0.0.1:6379/14``)
 ``BENCH_RUN``          run id, the queue-name prefix (``bench.<run>.eventbus`` ...)
 ``BENCH_COUNTER_URL``  Redis for the execution counters (default db 15)
+``BENCH_STOCK_TRANSPORT``  set: kombu's own Redis transport (the raw Celery worker)
 
 The benchmark scripts call :func:`build` directly instead.
 """
@@ -103,10 +104,16 @@ class BenchApp:
         return [self.queues["eventbus"], self.queues["raw"], self.queues["pubsub"]]
 
 
-def build(broker_url: str, run: str) -> BenchApp:
-    """The app, its bus with 5 handlers, 5 raw tasks and 5 celery-pubsub subscribers."""
+def build(broker_url: str, run: str, *, stock_transport: bool = False) -> BenchApp:
+    """The app, its bus with 5 handlers, 5 raw tasks and 5 celery-pubsub subscribers.
+
+    ``stock_transport``: kombu's own Redis transport (raw Celery as deployed)
+    instead of eventbus's (celeryconfig's default on Redis).
+    """
     queues = queue_names(run)
-    app = make_app(f"bench-{run}", broker_url, **exchange_names(run))
+    app = make_app(
+        f"bench-{run}", broker_url, stock_transport=stock_transport, **exchange_names(run)
+    )
     bus = EventBus(app, default_queue=queues["eventbus"], dead_letter_queue=queues["dlq"])
 
     for i in range(FANOUT):
@@ -197,6 +204,7 @@ def from_env() -> BenchApp:
         _from_env = build(
             os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER_URL),
             os.environ.get("BENCH_RUN", "default"),
+            stock_transport=bool(os.environ.get("BENCH_STOCK_TRANSPORT")),
         )
     return _from_env
 

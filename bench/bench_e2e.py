@@ -1,8 +1,11 @@
 """End to end: events fully handled per second, 5 no-op handlers, real worker.
 
-One ``celery -A bench.apps:app worker`` subprocess per (broker, pool) serves all
-three contenders (eventbus handlers, raw tasks, celery-pubsub tasks, each on its
-own queue), so they meet the same worker; runs are interleaved on it. A run's
+Real ``celery -A bench.apps:app worker`` subprocesses per (broker, pool), same
+flags and settings: by default (``--workers split``) one runs eventbus's
+handlers on eventbus's Redis transport (celeryconfig's default), the other the
+raw tasks and celery-pubsub's on kombu's own transport, each product as it is
+deployed (on RabbitMQ both transports are kombu's); ``--workers shared`` runs
+all three on one worker. Both stay up; runs are interleaved. A run's
 clock starts at its first publish and stops when the Redis counter of its
 executions reaches N*5 (each no-op handler INCRs it; polled, with a deadline).
 Publisher and worker share the machine. Best and median are printed; ratios
@@ -11,6 +14,7 @@ are of the best runs.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
@@ -65,7 +69,9 @@ def run_once(
     return n / (done - start), n / (published - start)
 
 
-def bench_broker(broker: str, pools: list[str], n: int, reps: int) -> list[dict[str, Any]]:
+def bench_broker(
+    broker: str, pools: list[str], n: int, reps: int, *, split: bool
+) -> list[dict[str, Any]]:
     url = BROKER_URLS[broker]
     run = new_run_id("e2e")
     janitor = Janitor(broker, url)
@@ -79,20 +85,48 @@ def bench_broker(broker: str, pools: list[str], n: int, reps: int) -> list[dict[
         for pool in pools:
             concurrency = POOLS[pool]
             setting = f"{pool} c={concurrency}"
-            worker = Worker(
-                "bench.apps:app",
-                queues=bench.consume_queues,
-                pool=pool,
-                concurrency=concurrency,
-                name=f"{run}-{pool}",
-                env=env,
-            )
-            print(f"{broker} {setting}: $ {' '.join(worker.argv[1:])}", flush=True)
+            if split:
+                # Each product on its own worker: eventbus's on eventbus's Redis
+                # transport (celeryconfig's default), raw Celery's and
+                # celery-pubsub's on kombu's own, as each is deployed.
+                plan = [
+                    ("eb", [bench.queues["eventbus"]], env),
+                    (
+                        "stock",
+                        [bench.queues["raw"], bench.queues["pubsub"]],
+                        {**env, "BENCH_STOCK_TRANSPORT": "1"},
+                    ),
+                ]
+            else:
+                plan = [("all", bench.consume_queues, env)]
+            workers = [
+                Worker(
+                    "bench.apps:app",
+                    queues=queues,
+                    pool=pool,
+                    concurrency=concurrency,
+                    name=f"{run}-{pool}-{tag}",
+                    env=worker_env,
+                )
+                for tag, queues, worker_env in plan
+            ]
+            for worker, (_, _, worker_env) in zip(workers, plan, strict=True):
+                transport = "kombu's" if worker_env.get("BENCH_STOCK_TRANSPORT") else "default"
+                print(
+                    f"{broker} {setting}: $ {' '.join(worker.argv[1:])}  ({transport} transport)",
+                    flush=True,
+                )
             rates: dict[str, list[float]] = {c: [] for c in CONTENDERS}
             pub_rates: dict[str, list[float]] = {c: [] for c in CONTENDERS}
-            with worker:
-                waited = worker.wait_ready(bench.app)
-                print(f"{broker} {setting}: worker ready in {waited:.1f}s", flush=True)
+            with contextlib.ExitStack() as stack:
+                for worker in workers:
+                    stack.enter_context(worker)
+                for worker in workers:
+                    waited = worker.wait_ready(bench.app)
+                    print(
+                        f"{broker} {setting}: worker {worker.nodename} ready in {waited:.1f}s",
+                        flush=True,
+                    )
                 for contender in CONTENDERS:
                     run_once(
                         bench,
@@ -142,6 +176,13 @@ def main() -> int:
         default="both",
         help="prefork --concurrency=2, threads --concurrency=4",
     )
+    p.add_argument(
+        "--workers",
+        choices=("split", "shared"),
+        default="split",
+        help="split (default): eventbus's worker on eventbus's Redis transport, raw Celery's "
+        "and celery-pubsub's on kombu's own; shared: one worker for all three",
+    )
     args = p.parse_args()
     install_signal_handlers()
     pools = ["prefork", "threads"] if args.pool == "both" else [args.pool]
@@ -155,7 +196,9 @@ def main() -> int:
         if why:
             print(f"{broker}: SKIPPED, broker unavailable ({why})", flush=True)
             continue
-        results += bench_broker(broker, pools, args.events, args.reps)
+        results += bench_broker(
+            broker, pools, args.events, args.reps, split=args.workers == "split"
+        )
 
     rows = []
     ratios = []
