@@ -216,3 +216,48 @@ def test_atomic_commits_the_writes_with_the_done_mark(redis_client: Any) -> None
     with pytest.raises(ClaimLost), store.atomic(other) as tx:
         tx.incr(counter)
     assert int(redis_client.get(counter)) == 1
+
+
+def test_a_done_mark_costs_no_round_trip_of_its_own(redis_client: Any) -> None:
+    # Given a Redis idempotency store and a second one (another worker's connections)
+    store = RedisIdempotencyStore(redis_client, prefix=redis_client.prefix, ttl=600)
+    other = RedisIdempotencyStore(redis_client, prefix=redis_client.prefix, ttl=600)
+    assert store.claim("h", "e1", "task-a", LONG) is Claim.RUN
+
+    # When the handler completes: the mark is sent, its answer not waited for
+    store.complete("h", "e1")
+    assert store._local.unread == 1
+
+    # Then another worker never runs the event again: busy until the mark lands, then done
+    assert other.claim("h", "e1", "task-b", LONG) in (Claim.BUSY, Claim.DONE)
+    wait_for(lambda: other.claim("h", "e1", "task-b", LONG) is Claim.DONE, message="mark")
+    # And the next claim on the first store reads the mark's answer with its own
+    assert store.claim("h", "e2", "task-a", LONG) is Claim.RUN
+    assert store._local.unread == 0
+    assert store.is_done("h", "e1")
+
+
+def test_a_forked_child_uses_connections_of_its_own(redis_client: Any) -> None:
+    import multiprocessing
+
+    # Given a store whose thread already holds a connection with an unread mark
+    store = RedisIdempotencyStore(redis_client, prefix=redis_client.prefix, ttl=600)
+    assert store.claim("h", "parent-1", "task-p", LONG) is Claim.RUN
+    store.complete("h", "parent-1")
+
+    # When a forked child (a prefork pool process) claims and completes events
+    def child() -> None:
+        for n in range(20):
+            assert store.claim("h", f"child-{n}", "task-c", LONG) is Claim.RUN
+            store.complete("h", f"child-{n}")
+        store.flush()
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(30)
+
+    # Then the child did its work, and the parent's connection still answers it in order
+    assert process.exitcode == 0
+    assert store.claim("h", "parent-2", "task-p", LONG) is Claim.RUN
+    assert all(store.is_done("h", f"child-{n}") for n in range(20))
+    assert store.is_done("h", "parent-1")
