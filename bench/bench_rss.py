@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import (
     BROKER_URLS,
+    COUNTER_URL,
     POOLS,
+    ExecutionCounter,
     Janitor,
     TaskEventCounter,
     Worker,
@@ -132,6 +134,11 @@ def measure(
         # without the dead-letter exchange eventbus adds on RabbitMQ: keep
         # one declaration (the DLX changes nothing in memory).
         "EVENTBUS_BROKER_DLX": "0",
+        # The example handlers' idempotency/ordering state (a worker with such
+        # handlers and no Redis refuses to start): the counters' db, a prefix
+        # of the run's, removed at the end (ExecutionCounter.cleanup).
+        "EVENTBUS_REDIS_URL": COUNTER_URL,
+        "EVENTBUS_REDIS_PREFIX": f"bench:{run}:state:",
     }
     worker = Worker(
         APP_SPEC[kind],
@@ -222,6 +229,7 @@ def bench_broker(
             events.stop()
         load_app.pool.force_close_all()
         janitor.cleanup()
+        ExecutionCounter(run).cleanup()  # the handlers' state keys (bench:<run>:state:*)
     return results
 
 
