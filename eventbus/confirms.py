@@ -22,16 +22,22 @@ wait). A channel already in confirm mode (the application set kombu's
 ``confirm_publish``) is also handled: a :class:`_Tags` tracker hears every Ack
 and Nack, and the first message of a block is confirmed on its own to learn
 the broker's count.
+
+Inside a block, py-amqp's poll before each publish (a non-blocking read for a
+``connection.blocked`` notice) reads nothing: the block's wait reads what
+arrived (see :func:`_polls_deferred`).
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from amqp import Channel as AmqpChannel  # type: ignore[import-untyped]
+from amqp import Connection as AmqpConnection
 from amqp import spec
 from amqp.exceptions import MessageNacked  # type: ignore[import-untyped]
 from kombu.exceptions import OperationalError
@@ -43,6 +49,10 @@ __all__ = ["DEFAULT_CONFIRM_TIMEOUT", "PublishNotConfirmed", "confirmed", "confi
 DEFAULT_CONFIRM_TIMEOUT = 10.0  #: seconds to wait for a block's confirms (eventbus_confirm_timeout)
 
 _TRACKER = "_eventbus_confirm_tags"  # attribute of the py-amqp channel holding its _Tags
+
+#: A block's publishes whose poll reads nothing; beyond, the polls read again (a
+#: long batch leaves about that many confirms at most unread on the socket).
+DEFERRED_POLLS_MAX = 1000
 
 
 class PublishNotConfirmed(PublishError, OperationalError):
@@ -203,7 +213,8 @@ def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator
             channel.basic_publish = publish
         tags.active = True
         try:
-            yield
+            with _polls_deferred(channel, tags):
+                yield
         finally:
             if not counting:
                 channel.basic_publish = per_message
@@ -236,6 +247,47 @@ def _count_every_publish(channel: Any, tags: _Tags) -> None:
     channel.basic_publish = publish
     tags.counts_all = True
     setattr(channel, _COUNTING, True)
+
+
+@contextmanager
+def _polls_deferred(channel: Any, tags: _Tags) -> Iterator[None]:
+    """In the block, the polls of py-amqp's publishes read nothing; the block's wait reads.
+
+    Before each message py-amqp polls the connection (``drain_events(timeout=0)``,
+    when the broker sends ``connection.blocked`` notices, as RabbitMQ does): two
+    socket timeout changes and a ``recv``, for a frame at most (a confirm of an
+    earlier message of the block, mostly). In the block, the block's thread
+    is answered at once that nothing arrived, which a poll may always be
+    told; every frame stays on the socket, in order, for the block's wait,
+    which reads every frame up to the block's last confirm (a
+    ``connection.blocked`` notice among them included) before the publisher
+    returns. Reads that wait (a queue declare's answer, py-amqp's own
+    per-message confirm) and other threads' reads are not touched. After
+    :data:`DEFERRED_POLLS_MAX` publishes in one block (a batch) the polls read
+    again, a frame each as py-amqp does: the unread confirms stop growing.
+    """
+    connection = channel.connection
+    if not isinstance(connection, AmqpConnection):
+        yield
+        return
+    drain_events = connection.drain_events
+    own = vars(connection).get("drain_events")  # (py-amqp's is the class's)
+    owner = threading.get_ident()
+    mine = tags.mine
+
+    def deferred(timeout: float | None = None) -> Any:
+        if timeout == 0 and len(mine) < DEFERRED_POLLS_MAX and threading.get_ident() == owner:
+            raise TimeoutError  # socket.timeout: nothing arrived yet
+        return drain_events(timeout=timeout)
+
+    connection.drain_events = deferred
+    try:
+        yield
+    finally:
+        if own is None:
+            vars(connection).pop("drain_events", None)
+        else:
+            connection.drain_events = own
 
 
 @contextmanager

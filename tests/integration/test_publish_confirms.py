@@ -108,6 +108,43 @@ def test_an_event_is_confirmed_once_after_all_its_messages(
 
 
 @pytest.mark.rabbitmq
+def test_an_events_polls_are_left_to_its_wait(
+    rabbitmq_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = rabbitmq_env
+    # Given three handlers, on a bus that has published (its channel is in confirm mode)
+    subscribe_three(env)
+    close_pooled_connection(env.app)
+    env.bus.publish(OrderPlaced(order_id="o-1", quantity=1))
+    reads: list[float | None] = []  # the timeout of every frame read on any connection
+    blocking_read = amqp.Connection.blocking_read
+
+    def traced_read(connection: Any, timeout: float | None = None) -> Any:
+        reads.append(timeout)
+        return blocking_read(connection, timeout)
+
+    monkeypatch.setattr(amqp.Connection, "blocking_read", traced_read)
+
+    # When an event is published
+    trace = trace_wire(monkeypatch)
+    env.bus.publish(OrderPlaced(order_id="o-2", quantity=1))
+
+    # Then py-amqp's poll before each of its 6 messages read nothing (timeout
+    # 0); the wait for the confirms that followed them read every frame
+    assert trace[:6] == ["publish"] * 6, trace
+    assert reads and 0 not in reads, reads
+    wait_for(lambda: env.queue_length() == 6, message=lambda: f"{env.queue_length()} queued")
+
+    # And outside an event py-amqp polls as it does: a plain task and its
+    # task-sent event, through the same pooled producer, poll once each
+    reads[:] = []
+    env.app.send_task(env.name("plain"), queue=env.queue)
+    assert reads == [0, 0]
+    with env.app.producer_or_acquire() as producer:
+        assert "drain_events" not in vars(producer.connection.connection)
+
+
+@pytest.mark.rabbitmq
 @pytest.mark.parametrize("connected", [False, True], ids=["new-connection", "connected"])
 def test_a_message_the_broker_nacks_is_a_publish_error(
     connected: bool, monkeypatch: pytest.MonkeyPatch

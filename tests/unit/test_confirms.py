@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from collections import defaultdict, deque
 from types import SimpleNamespace
 from typing import Any
 
+import amqp
 import pytest
 from amqp.exceptions import MessageNacked
 from kombu import Connection, Queue
 from kombu.exceptions import OperationalError
 
-from eventbus import EventBus, PublishError
+from eventbus import EventBus, PublishError, confirms
 from eventbus.confirms import PublishNotConfirmed, confirmed, confirmed_channel
 from tests.support import make_app
 
@@ -369,3 +372,98 @@ def test_the_bus_leaves_the_transport_options_alone(url: str) -> None:
         assert app.conf.broker_transport_options == {"visibility_timeout": 60}
     finally:
         app.close()
+
+
+# -- py-amqp's polls before each publish, in a block ---------------------------------
+
+
+class PolledChannel(FakeChannel):
+    """A FakeChannel on a real (unconnected) py-amqp connection whose reads are recorded."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        super().__init__()
+        self.reads: list[tuple[str, float | None]] = []  # (thread name, timeout)
+
+        def drain_events(connection: Any, timeout: float | None = None) -> None:
+            self.reads.append((threading.current_thread().name, timeout))
+            if timeout == 0:
+                raise TimeoutError  # nothing arrived
+
+        monkeypatch.setattr(amqp.Connection, "drain_events", drain_events)
+        self.connection = amqp.Connection("127.0.0.1:1")  # never connects
+        self.connection.confirm_publish = False
+
+    def _basic_publish(self, body: str, **kwargs: Any) -> None:
+        # As py-amqp: poll the connection (connection.blocked notices), then send.
+        with contextlib.suppress(TimeoutError):
+            self.connection.drain_events(timeout=0)
+        super()._basic_publish(body, **kwargs)
+
+
+def test_a_blocks_polls_read_nothing_and_its_wait_reads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a channel on a py-amqp connection that polls before each publish
+    channel = PolledChannel(monkeypatch)
+
+    # When a block publishes three messages (the broker acks them)
+    publish_block(channel, 3, {"tag": 3, "multiple": True})
+
+    # Then none of its polls read the socket: the wait after them reads
+    assert channel.reads == []
+    assert channel.log[-4:] == ["publish:1", "publish:2", "publish:3", "wait"]
+    # And after the block the connection is py-amqp's own again: a publish polls
+    assert "drain_events" not in vars(channel.connection)
+    channel.basic_publish("outside")
+    assert channel.reads == [("MainThread", 0)]
+
+
+def test_reads_that_wait_and_other_threads_polls_are_left_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a channel on a py-amqp connection, in a block
+    channel = PolledChannel(monkeypatch)
+    with confirmed_channel(channel, timeout=1):
+        channel.basic_publish("m0")
+        channel.confirm(1)
+
+        # When the block's thread reads with a timeout (an RPC's answer, a
+        # per-message confirm) and another thread polls the same connection
+        channel.connection.drain_events(timeout=None)
+        channel.connection.drain_events(timeout=2)
+        other = threading.Thread(target=poll, args=(channel,), name="other", daemon=True)
+        other.start()
+        other.join(5)
+
+    # Then those reads went to the socket, the block's own poll did not
+    assert channel.reads == [("MainThread", None), ("MainThread", 2), ("other", 0)]
+
+
+def poll(channel: PolledChannel) -> None:
+    with contextlib.suppress(TimeoutError):
+        channel.connection.drain_events(timeout=0)
+
+
+def test_a_long_blocks_polls_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a block allowed 3 publishes with polls that read nothing
+    monkeypatch.setattr(confirms, "DEFERRED_POLLS_MAX", 3)
+    channel = PolledChannel(monkeypatch)
+
+    # When it publishes 5 messages
+    publish_block(channel, 5, {"tag": 5, "multiple": True})
+
+    # Then the polls of the 4th and 5th read again (confirms left unread stay bounded)
+    assert channel.reads == [("MainThread", 0), ("MainThread", 0)]
+
+
+def test_an_error_in_the_block_gives_the_connection_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a channel on a py-amqp connection
+    channel = PolledChannel(monkeypatch)
+
+    # When a block fails after a publish
+    with pytest.raises(RuntimeError), confirmed_channel(channel, timeout=1):
+        channel.basic_publish("m0")
+        raise RuntimeError("boom")
+
+    # Then the connection polls again as py-amqp does
+    assert "drain_events" not in vars(channel.connection)
+    channel.basic_publish("outside")
+    assert channel.reads == [("MainThread", 0)]
