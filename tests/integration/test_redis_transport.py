@@ -9,7 +9,7 @@ handlers on it and sleeps between polls when idle.
 
 Each test uses queue names, and unacked keys or a key prefix, of its own on
 the shared Redis, and deletes them; the tests that crash or count commands
-start a private ``redis-server``.
+use a private ``redis-server`` (the ``private_redis`` fixture, ``tests/conftest.py``).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from kombu.message import Message
 
 from eventbus import EventBus
 from eventbus.transport.redis import DEFAULT_POLL_INTERVAL, TAKE_SCRIPT, Transport
-from tests.faults.brokers import PrivateRedis
+from tests.brokers import PrivateRedis
 from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
 
 from .helpers import OrderPlaced, Recorder, assert_stays, wait_for
@@ -312,16 +312,6 @@ def test_drain_events_gets_a_message_published_while_idle(
         with conn.Consumer([box.queue], callbacks=[lambda *_: None]), pytest.raises(TimeoutError):
             conn.drain_events(timeout=0.3)
         assert time.monotonic() - started < 1.5
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_a_taken_message_survives_a_redis_crash_right_after(private_redis: PrivateRedis) -> None:

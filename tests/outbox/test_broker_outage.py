@@ -1,38 +1,28 @@
 """The outbox against a real broker that goes away: nothing is lost, nothing is sent twice.
 
-The broker is a private redis-server (never the shared one), stopped and
-started again; a real Celery worker handles what the relay published.
+The broker is a private redis-server (never the shared one; the
+``private_redis`` fixture of ``tests/conftest.py``), stopped and started
+again; a real Celery worker handles what the relay published.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import Counter
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from eventbus import Envelope, EventBus
 from eventbus.outbox import Outbox, RelayResult
+from tests.brokers import PrivateRedis
 from tests.outbox.conftest import rows
 from tests.outbox.events import EVENTS, OrderPlaced, placed
-from tests.outbox.private_redis import PrivateRedis
 from tests.support import assert_stays, make_app, running_worker, unique, wait_for
 
 EVENTS_COMMITTED = 12
 
 pytestmark = pytest.mark.redis
-
-
-@pytest.fixture
-def private_redis() -> Iterator[PrivateRedis]:
-    server = PrivateRedis()
-    server.start()
-    try:
-        yield server
-    finally:
-        server.close()
 
 
 def test_with_the_broker_stopped_commits_succeed_and_every_row_is_published_once_later(
