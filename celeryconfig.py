@@ -71,6 +71,10 @@ task_ignore_result = True  # handlers are side effects; no result backend needed
 worker_send_task_events = True
 task_send_sent_event = True
 task_track_started = True
+# A worker with an EventBus sends its buffered task events every this many
+# seconds (Celery: after every turn of its event loop); 0 = Celery's way.
+# See eventbus.task_events.
+eventbus_task_events_interval = float(os.environ.get("EVENTBUS_TASK_EVENTS_INTERVAL", "0.05"))
 
 # -- eventbus defaults (see eventbus.options) --------------------------------
 eventbus_default_queue = os.environ.get("EVENTBUS_QUEUE", "eventbus")

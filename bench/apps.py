@@ -107,13 +107,17 @@ class BenchApp:
 def build(broker_url: str, run: str, *, stock_transport: bool = False) -> BenchApp:
     """The app, its bus with 5 handlers, 5 raw tasks and 5 celery-pubsub subscribers.
 
-    ``stock_transport``: kombu's own Redis transport (raw Celery as deployed)
-    instead of eventbus's (celeryconfig's default on Redis).
+    ``stock_transport``: raw Celery as deployed, for the raw tasks' and
+    celery-pubsub's worker: kombu's own Redis transport instead of eventbus's
+    (celeryconfig's default on Redis), and Celery's own sending of task
+    events instead of eventbus's batches (eventbus.task_events), which the bus
+    on this app would otherwise install in the worker.
     """
     queues = queue_names(run)
-    app = make_app(
-        f"bench-{run}", broker_url, stock_transport=stock_transport, **exchange_names(run)
-    )
+    overrides: dict[str, Any] = {**exchange_names(run)}
+    if stock_transport:
+        overrides["eventbus_task_events_interval"] = 0
+    app = make_app(f"bench-{run}", broker_url, stock_transport=stock_transport, **overrides)
     bus = EventBus(app, default_queue=queues["eventbus"], dead_letter_queue=queues["dlq"])
 
     for i in range(FANOUT):

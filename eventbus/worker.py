@@ -11,6 +11,7 @@
   that is not ``[args, kwargs, embed]``, keyword arguments, linked tasks,
   garbled headers: "rejected"), before the request is built: the handler
   never runs it, whatever the pool, and the worker never stops over it.
+* Celery's task events go out in batches, on a timer (:mod:`eventbus.task_events`).
 * At start: the worker also consumes the handler queues when started without
   ``-Q``, never consumes the dead-letter queue, declares it, and (RabbitMQ)
   uses the handler queues' dead-letter-exchange declaration.
@@ -36,6 +37,7 @@ from eventbus.errors import (
     PayloadTooLarge,
     SequenceGap,
 )
+from eventbus.task_events import BatchedTaskEvents
 
 if TYPE_CHECKING:
     from kombu.message import Message
@@ -62,6 +64,8 @@ class WorkerHooks:
         signals.task_failure.connect(self.on_task_failure, dispatch_uid=uid)
         signals.worker_init.connect(self.on_worker_init, dispatch_uid=uid)
         bus.app.steps["consumer"].add(_unusable_message_step(self))
+        # One per app (a set of step classes), whatever the number of buses on it.
+        bus.app.steps["consumer"].add(BatchedTaskEvents)
 
     # -- terminal failures of handler tasks -----------------------------------
 

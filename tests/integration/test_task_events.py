@@ -1,0 +1,131 @@
+"""A worker with an EventBus sends Celery's task events in batches: receivers still see them all.
+
+What Flower reads is Celery's event stream: a receiver on the app's event
+exchange, listening before the worker starts, must see ``task-received``,
+``task-started`` and ``task-succeeded`` for every handler run, from
+``task.multi`` messages that each carry many events.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from celery.events.receiver import EventReceiver
+
+from .conftest import Env
+from .helpers import OrderPlaced, wait_for
+
+TASK_EVENTS = ("task-received", "task-started", "task-succeeded")
+
+
+class EventRecorder(EventReceiver):  # type: ignore[misc]
+    """Celery's event receiver (Flower's), counting the messages as well as the events."""
+
+    def __init__(self, app: Any, connection: Any) -> None:
+        super().__init__(
+            connection, handlers={"*": self._record}, app=app, node_id=f"rec-{uuid.uuid4().hex}"
+        )
+        self.events: Counter[tuple[str, str]] = Counter()  # (type, task name)
+        self.probes = 0
+        self.task_messages = 0  # messages carrying a worker's task events
+        self._names: dict[str, str] = {}  # task id -> task name (from task-received)
+        self._lock = threading.Lock()
+
+    def _receive(self, body: Any, message: Any, *args: Any, **kwargs: Any) -> None:
+        # (task-sent events come from the publisher, one message each: not counted)
+        if isinstance(body, list) or body.get("type") in TASK_EVENTS:
+            with self._lock:
+                self.task_messages += 1
+        super()._receive(body, message, *args, **kwargs)
+
+    def _record(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            kind = event["type"]
+            if kind == "eventbus-probe":
+                self.probes += 1
+                return
+            if kind == "task-received":
+                self._names[event["uuid"]] = event["name"]
+            name = self._names.get(event.get("uuid", ""), "?")
+            self.events[(kind, name)] += 1
+
+    def count(self, kind: str, names: list[str]) -> int:
+        with self._lock:
+            return sum(self.events[(kind, name)] for name in names)
+
+
+@pytest.fixture
+def recorder(env: Env) -> Iterator[EventRecorder]:
+    """A receiver on the test's own event exchange, shown to be listening."""
+    exchange = f"{env.queue}.ev"
+    env.extra_queues.append(exchange)  # deleted at teardown (its Redis keys too)
+    env.app.conf.update(worker_send_task_events=True, event_exchange=exchange)
+    with env.connection() as conn:
+        rec = EventRecorder(env.app, conn)
+        thread = threading.Thread(target=rec.capture, kwargs={"limit": None}, daemon=True)
+        thread.start()
+        try:
+            # Redis fanout keeps nothing for a late listener: probe until heard.
+            with env.app.connection_for_write() as probe_conn:
+                dispatcher = env.app.events.Dispatcher(probe_conn, enabled=True)
+                wait_for(
+                    lambda: dispatcher.send("eventbus-probe") or rec.probes,
+                    timeout=20,
+                    interval=0.1,
+                    message="the event receiver hears a probe",
+                )
+                dispatcher.close()
+            yield rec
+        finally:
+            rec.should_stop = True
+            thread.join(timeout=10)
+
+
+def test_every_task_event_reaches_receivers_in_batches(env: Env, recorder: EventRecorder) -> None:
+    # Given three handlers, and task events sent every 0.5 s by the worker
+    env.app.conf.eventbus_task_events_interval = 0.5
+    names = [env.name(f"h{i}") for i in range(3)]
+    for name in names:
+        env.bus.subscribe(OrderPlaced, name=name, handler=lambda envelope: None)
+    env.start_worker(pool="threads", concurrency=2)
+
+    # When 30 events are published (90 handler runs)
+    for i in range(30):
+        env.bus.publish(OrderPlaced(order_id=f"o-{i}", quantity=1))
+
+    # Then the receiver sees each run received, started and succeeded
+    for kind in TASK_EVENTS:
+        wait_for(
+            lambda kind=kind: recorder.count(kind, names) == 90,
+            message=lambda kind=kind: f"{recorder.count(kind, names)}/90 {kind}",
+        )
+    assert all(recorder.events[(kind, name)] == 30 for kind in TASK_EVENTS for name in names)
+    # And its 270 events came in a few messages, not one or more per run
+    assert recorder.task_messages <= 270 // 5, recorder.task_messages
+
+
+def test_the_buffer_limit_sends_without_waiting_for_the_timer(
+    env: Env, recorder: EventRecorder
+) -> None:
+    # Given a timer that never fires during the test, and a buffer of 3 events
+    env.app.conf.update(eventbus_task_events_interval=3600, eventbus_task_events_buffer=3)
+    name = env.name("h")
+    env.bus.subscribe(OrderPlaced, name=name, handler=lambda envelope: None)
+    env.start_worker(pool="solo")  # one thread: every send fills the buffer in turn
+
+    # When 4 events are handled (12 task events)
+    for i in range(4):
+        env.bus.publish(OrderPlaced(order_id=f"o-{i}", quantity=1))
+
+    # Then all 12 arrive, in 4 full buffers of 3
+    wait_for(
+        lambda: recorder.count("task-succeeded", [name]) == 4,
+        message=lambda: f"{recorder.count('task-succeeded', [name])}/4 task-succeeded",
+    )
+    assert sum(recorder.count(kind, [name]) for kind in TASK_EVENTS) == 12
+    assert recorder.task_messages == 4
