@@ -1,135 +1,80 @@
-"""Brokers that fail on purpose: a private Redis that crashes, a RabbitMQ that restarts.
+"""Brokers that fail on purpose: a private Redis that crashes, a private RabbitMQ that restarts.
 
-The Redis fault tests never touch the shared Redis on 6379 as a broker: each
-starts a :class:`PrivateRedis` (AOF fsynced on every write, no RDB snapshots)
-on a free loopback port, and crashes it with SIGKILL. RabbitMQ is shared:
-:func:`restart_rabbitmq` stops its application for a moment and always
-starts it again.
+The fault tests never break a shared broker, which other test runs use at the
+same time. On Redis each test starts a :class:`~tests.brokers.PrivateRedis`
+(AOF fsynced on every write, no RDB snapshots) on a free loopback port and
+crashes it with SIGKILL (:func:`restart_redis`). On RabbitMQ the run starts a
+node of its own, :class:`PrivateRabbitMQ` (its own node name, ports, data and
+log directories, Erlang cookie, no plugins, no config file), one per pytest
+session, launched at collection so that it boots while the first tests run
+(``tests/faults/conftest.py``); :func:`restart_rabbitmq` stops its
+application (``rabbitmqctl stop_app``) and always starts it again. The node
+is killed and its directories removed at the end of the session; its epmd
+registration goes with it.
+
+A restart holds the broker down until the parties of the test have seen the
+outage (``until``: a publish refused, workers that logged the lost
+connection...), within :data:`HOLD_TIMEOUT`, not for a fixed time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-import redis
 from kombu.connection import Connection
 
+from tests.brokers import PrivateRedis, free_port, require_server
 from tests.support import wait_for
 
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
-RABBITMQCTL = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+#: The RabbitMQ scripts run as the calling user (``/usr/sbin``'s wrappers switch
+#: to the ``rabbitmq`` user and its home, hence its Erlang cookie).
+RABBITMQ_BIN = Path(os.environ.get("EVENTBUS_TEST_RABBITMQ_BIN", "/usr/lib/rabbitmq/bin"))
+RABBITMQ_SERVER = str(RABBITMQ_BIN / "rabbitmq-server")
+#: Seconds a restart may hold the broker down waiting for the outage to be seen.
+HOLD_TIMEOUT = 30.0
+#: Seconds a private RabbitMQ node may take to boot (about 10 on a loaded 2-core machine).
+RABBITMQ_BOOT_TIMEOUT = 60.0
+
+Describe = str | Callable[[], str]
 
 
-def free_port() -> int:
-    """A free loopback port below the ephemeral range.
+def hold_down(until: Callable[[], bool], waiting_for: Describe) -> None:
+    """Keep the broker down until ``until()``; fail, naming ``waiting_for``, after HOLD_TIMEOUT."""
 
-    Outgoing connections never take such a port, so it is still free when a
-    crashed server starts again on it.
+    def message() -> str:
+        text = waiting_for() if callable(waiting_for) else waiting_for
+        return f"the outage to be seen within {HOLD_TIMEOUT:.0f}s: {text}"
+
+    wait_for(until, timeout=HOLD_TIMEOUT, interval=0.02, message=message)
+
+
+def restart_redis(
+    server: PrivateRedis,
+    *,
+    until: Callable[[], bool],
+    waiting_for: Describe,
+    on_down: Callable[[], None] = lambda: None,
+) -> None:
+    """Crash ``server`` (SIGKILL), hold it down until ``until()``, start it again on its AOF.
+
+    ``on_down`` runs right after the crash.
     """
-    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    low = int(range_file.read_text().split()[0]) if range_file.exists() else 32768
-    for _ in range(200):
-        port = random.randrange(max(1024, low - 10000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
-
-
-class PrivateRedis:
-    """A redis-server of one test's own: loopback, a free port, AOF with ``fsync always``.
-
-    :meth:`crash` kills it with SIGKILL; :meth:`start` brings it back on the
-    same port and directory, where it reloads its append-only file. With
-    ``appendfsync always`` Redis answers a write only after the write is on
-    disk, so whatever a client was told survives the crash.
-    """
-
-    def __init__(self) -> None:
-        if not os.access(REDIS_SERVER, os.X_OK):
-            message = f"{REDIS_SERVER} not found: the Redis fault tests start their own server"
-            if os.environ.get("CI"):
-                pytest.fail(message)
-            pytest.skip(message)
-        self.port = free_port()
-        self.directory = Path(tempfile.mkdtemp(prefix="eventbus-faults-redis-"))
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        assert self.process is None, "already running"
-        command = [
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always",
-            "--save", "", "--logfile", "redis.log",
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
-        wait_for(self.ping, timeout=10, message=lambda: f"private redis-server up\n{self.log()}")
-
-    def ping(self) -> bool:
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1)
-        try:
-            return bool(client.ping())
-        except redis.RedisError:
-            # Still loading its AOF, or not listening yet.
-            return False
-        finally:
-            client.close()
-
-    def crash(self) -> None:
-        assert self.process is not None, "not running"
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-        self.process = None
-
-    def restart(self, *, down_for: float, on_down: Callable[[], None] = lambda: None) -> None:
-        """Crash, stay down ``down_for`` seconds, start again on the same port and AOF.
-
-        ``on_down`` runs right after the crash.
-        """
-        self.crash()
-        try:
-            on_down()
-            time.sleep(down_for)  # hold the broker down
-        finally:
-            self.start()
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=3, socket_timeout=10)
-
-    def log(self) -> str:
-        path = self.directory / "redis.log"
-        return path.read_text(errors="replace")[-3000:] if path.exists() else "(no log)"
-
-    def close(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-            self.process = None
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
-def rabbitmqctl(*args: str, timeout: float = 60) -> str:
-    done = subprocess.run(
-        [RABBITMQCTL, *args], capture_output=True, text=True, timeout=timeout, check=False
-    )
-    if done.returncode:
-        raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
-    return done.stdout
+    server.crash()
+    try:
+        on_down()
+        hold_down(until, waiting_for)
+    finally:
+        server.start()
 
 
 def amqp_answers(url: str) -> bool:
@@ -142,46 +87,158 @@ def amqp_answers(url: str) -> bool:
         return False
 
 
+class PrivateRabbitMQ:
+    """A RabbitMQ node of this pytest run's own, on loopback and free ports.
+
+    :meth:`launch` starts ``rabbitmq-server`` in a session of its own and
+    :meth:`wait_up` waits for it to answer; :meth:`ctl` runs ``rabbitmqctl``
+    against it; :meth:`close` kills the whole session.
+    """
+
+    def __init__(self) -> None:
+        require_server(RABBITMQ_SERVER, "the RabbitMQ fault tests start a node")
+        uid = uuid.uuid4().hex[:8]
+        self.node = f"eventbus-faults-{uid}@localhost"
+        self.port = free_port()
+        self.dist_port = free_port()
+        while self.dist_port == self.port:
+            self.dist_port = free_port()
+        self.directory = Path(tempfile.mkdtemp(prefix="eventbus-faults-rabbitmq-"))
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.launched_at = 0.0
+        self.up_after = 0.0  #: seconds from launch to the first answer :meth:`wait_up` saw
+
+    def environ(self) -> dict[str, str]:
+        d = self.directory
+        for sub in ("home", "conf.d"):
+            (d / sub).mkdir(exist_ok=True)
+        for empty in ("enabled_plugins", "rabbitmq-env.conf"):
+            (d / empty).touch()
+        return {
+            **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
+            # The node writes its Erlang cookie in $HOME; rabbitmqctl reads it there.
+            "HOME": str(d / "home"),
+            "RABBITMQ_NODENAME": self.node,
+            "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
+            "RABBITMQ_NODE_PORT": str(self.port),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
+            "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
+            "RABBITMQ_LOG_BASE": str(d / "log"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": str(d / "enabled_plugins"),
+            # Not the machine's node: no rabbitmq-env.conf, no rabbitmq.conf.
+            "RABBITMQ_CONF_ENV_FILE": str(d / "rabbitmq-env.conf"),
+            "RABBITMQ_CONFIG_FILE": str(d / "none"),
+            "RABBITMQ_CONFIG_FILES": str(d / "conf.d"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": str(d / "none.config"),
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+            "ERL_EPMD_ADDRESS": "127.0.0.1",
+        }
+
+    def launch(self) -> None:
+        """Start booting the node, in a session of its own; :meth:`wait_up` waits for it."""
+        assert self.process is None, "already running"
+        self.launched_at = time.monotonic()
+        with (self.directory / "rabbitmq-server.out").open("ab") as out:
+            self.process = subprocess.Popen(
+                [RABBITMQ_SERVER], cwd=self.directory,
+                env=self.environ(), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+
+    def wait_up(self) -> float:
+        """Wait until the node answers AMQP; return how long this waited, in seconds."""
+        started = time.monotonic()
+        wait_for(
+            self.answers,
+            timeout=max(1.0, self.launched_at + RABBITMQ_BOOT_TIMEOUT - started),
+            interval=0.1,
+            message=lambda: f"private RabbitMQ node {self.node} up\n{self.log()}",
+        )
+        if not self.up_after:
+            self.up_after = time.monotonic() - self.launched_at
+        return time.monotonic() - started
+
+    def answers(self) -> bool:
+        """Whether it answers AMQP; raises if its process exited (it never will answer)."""
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(
+                f"rabbitmq-server exited with {self.process.returncode}\n{self.log()}"
+            )
+        return amqp_answers(self.url)
+
+    def ctl(self, *args: str, timeout: float = 60) -> str:
+        """``rabbitmqctl -n <node> args``; raises with its output if it fails."""
+        done = subprocess.run(
+            [str(RABBITMQ_BIN / "rabbitmqctl"), "-n", self.node, *args],
+            env=self.environ(), capture_output=True, text=True, timeout=timeout, check=False,
+        )  # fmt: skip
+        if done.returncode:
+            raise RuntimeError(f"rabbitmqctl {' '.join(args)}: {done.stderr or done.stdout}")
+        return done.stdout
+
+    def start_app(self) -> None:
+        self.ctl("start_app")
+        wait_for(self.answers, timeout=30, interval=0.05, message="RabbitMQ back up")
+
+    def ensure_running(self) -> None:
+        """Start the application again if it does not answer (a test left it stopped)."""
+        if not self.answers():
+            self.start_app()
+
+    def messages(self, queue: str) -> int:
+        """Messages in a queue, ready and unacknowledged (0 if it does not exist)."""
+        out = self.ctl("list_queues", "-q", "--no-table-headers", "name", "messages", timeout=30)
+        for line in out.splitlines():
+            name, _, count = line.rpartition("\t")
+            if name.strip() == queue:
+                return int(count)
+        return 0
+
+    def log(self) -> str:
+        parts = [
+            self.directory / "rabbitmq-server.out",
+            self.directory / "log" / f"{self.node}.log",
+        ]
+        return "\n".join(p.read_text(errors="replace")[-3000:] for p in parts if p.exists())
+
+    def close(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            # The whole session: the start script, beam.smp and its helpers.
+            # epmd drops the node's name when beam's connection to it closes.
+            with contextlib.suppress(ProcessLookupError):  # gone already
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
 def restart_rabbitmq(
-    url: str, *, down_for: float, on_down: Callable[[], None] = lambda: None
+    node: PrivateRabbitMQ,
+    *,
+    until: Callable[[], bool],
+    waiting_for: Describe,
+    on_down: Callable[[], None] = lambda: None,
 ) -> None:
-    """``rabbitmqctl stop_app``, stay down ``down_for`` seconds, ``start_app``.
+    """``rabbitmqctl stop_app``, hold the node down until ``until()``, ``start_app``.
 
     ``on_down`` runs once the application is stopped. The application is
-    started again whatever happens, and this returns only once the broker at
-    ``url`` answers AMQP again.
+    started again whatever happens, and this returns only once it answers
+    AMQP again.
     """
     try:
-        rabbitmqctl("stop_app")
+        node.ctl("stop_app")
         on_down()
-        time.sleep(down_for)  # hold the broker down
+        hold_down(until, waiting_for)
     finally:
-        rabbitmqctl("start_app")
-        wait_for(lambda: amqp_answers(url), timeout=30, interval=0.1, message="RabbitMQ back up")
-
-
-def ensure_rabbitmq_running(url: str) -> None:
-    """Start the RabbitMQ application if it does not answer (a test left it stopped)."""
-    if not amqp_answers(url):
-        rabbitmqctl("start_app")
-        wait_for(lambda: amqp_answers(url), timeout=30, interval=0.1, message="RabbitMQ back up")
-
-
-def rabbitmq_messages(queue: str) -> int:
-    """Messages in a RabbitMQ queue, ready and unacknowledged (0 if it does not exist)."""
-    out = rabbitmqctl("list_queues", "-q", "--no-table-headers", "name", "messages", timeout=30)
-    for line in out.splitlines():
-        name, _, count = line.rpartition("\t")
-        if name.strip() == queue:
-            return int(count)
-    return 0
+        node.start_app()
 
 
 class BrokerRestart:
     """A broker restart running in a thread, timed.
 
     Not a daemon thread: an interrupted test run still waits for it, so a
-    stopped RabbitMQ is always started again.
+    stopped broker is always started again.
     """
 
     def __init__(self, restart: Callable[[], None]) -> None:

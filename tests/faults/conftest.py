@@ -1,7 +1,8 @@
 """Fixtures of the fault-injection tests: a broker that fails, worker subprocesses, figures.
 
-Every test runs on Redis and on RabbitMQ (``fault_broker``). On Redis the
-broker is a private ``redis-server`` the test may crash (see
+Every test runs on Redis and on RabbitMQ (``fault_broker``). The broker is
+one the test may break: on Redis a private ``redis-server`` of the test's
+own, on RabbitMQ a private node of the pytest run's own (see
 :mod:`tests.faults.brokers`); idempotency and ordering state and the
 handlers' effects stay on the shared Redis (``tests.support.STATE_REDIS_URL``)
 under a key prefix of the test's own, so a broker fault never touches them.
@@ -31,12 +32,14 @@ from _pytest.terminal import TerminalReporter
 from kombu.connection import Connection
 
 from eventbus import Envelope, PublishError
+from tests.brokers import PrivateRedis
 from tests.faults.brokers import (
+    RABBITMQ_SERVER,
     BrokerRestart,
-    PrivateRedis,
-    ensure_rabbitmq_running,
-    rabbitmq_messages,
+    Describe,
+    PrivateRabbitMQ,
     restart_rabbitmq,
+    restart_redis,
 )
 from tests.faults.fault_app import REDIS_TRANSPORTS, Effects, FaultConfig, HandlerSet, build_bus
 from tests.faults.workers import WorkerProcess
@@ -50,44 +53,52 @@ REDIS_TRANSPORT = os.environ.get("EVENTBUS_FAULTS_TRANSPORT", "eventbus")
 if REDIS_TRANSPORT not in REDIS_TRANSPORTS:
     raise ValueError(f"EVENTBUS_FAULTS_TRANSPORT={REDIS_TRANSPORT!r}: not a Redis transport")
 
-#: How long a crashed Redis or a stopped RabbitMQ stays down, seconds.
-REDIS_DOWN_FOR, RABBITMQ_DOWN_FOR = 1.0, 2.0
-
 _ENVS = pytest.StashKey["FaultEnv"]()
+_NODE = pytest.StashKey[PrivateRabbitMQ]()
 
 
 class FaultBroker:
     """The broker of one fault test, and how to restart it."""
 
-    def __init__(self, kind: str) -> None:
+    def __init__(self, kind: str, rabbitmq: PrivateRabbitMQ | None = None) -> None:
         self.kind = kind
         self.private: PrivateRedis | None = None
+        self.rabbitmq = rabbitmq
         if kind == "redis":
             self.private = PrivateRedis()
             self.private.start()
             self.url = self.private.url
         else:
-            self.url = require_broker("rabbitmq")
+            assert rabbitmq is not None, "a RabbitMQ fault broker needs the private node"
+            self.url = rabbitmq.url
         self.restarts: list[BrokerRestart] = []
 
-    @property
-    def down_for(self) -> float:
-        """How long a restart holds the broker down, in seconds."""
-        return REDIS_DOWN_FOR if self.private is not None else RABBITMQ_DOWN_FOR
-
-    def restart(self, *, on_down: Callable[[], None] = lambda: None) -> BrokerRestart:
+    def restart(
+        self,
+        *,
+        until: Callable[[], bool],
+        waiting_for: Describe,
+        on_down: Callable[[], None] = lambda: None,
+    ) -> BrokerRestart:
         """Crash (Redis) or stop (RabbitMQ) the broker and bring it back, in a thread.
 
-        ``on_down`` runs while the broker is down.
+        ``on_down`` runs once the broker is down; it stays down until
+        ``until()`` says the outage was seen (see
+        :func:`tests.faults.brokers.hold_down`; ``waiting_for`` says by whom).
         """
-        private = self.private
+        private, rabbitmq = self.private, self.rabbitmq
         if private is not None:
             restart = BrokerRestart(
-                lambda: private.restart(down_for=self.down_for, on_down=on_down)
+                lambda: restart_redis(
+                    private, until=until, waiting_for=waiting_for, on_down=on_down
+                )
             )
         else:
+            assert rabbitmq is not None
             restart = BrokerRestart(
-                lambda: restart_rabbitmq(self.url, down_for=self.down_for, on_down=on_down)
+                lambda: restart_rabbitmq(
+                    rabbitmq, until=until, waiting_for=waiting_for, on_down=on_down
+                )
             )
         self.restarts.append(restart)
         return restart.start()
@@ -98,8 +109,49 @@ class FaultBroker:
                 restart.join()
         if self.private is not None:
             self.private.close()
-        else:
-            ensure_rabbitmq_running(self.url)
+        if self.rabbitmq is not None:
+            self.rabbitmq.ensure_running()  # the next test's broker too
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Launch the private RabbitMQ node now if a RabbitMQ fault test is to run.
+
+    A node takes 6 to 20 seconds to boot on a 2-core machine: it boots while
+    the first (Redis) tests run. One node per session: a restart of its
+    application takes about a second.
+    """
+    wanted = any(
+        isinstance(item, pytest.Function)
+        and getattr(item, "callspec", None) is not None
+        and item.callspec.params.get("fault_broker") == "rabbitmq"
+        for item in session.items
+    )
+    if wanted and os.access(RABBITMQ_SERVER, os.X_OK):  # if not, the fixture skips or fails
+        node = PrivateRabbitMQ()
+        node.launch()
+        session.config.stash[_NODE] = node
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    node = session.config.stash.get(_NODE, None)
+    if node is not None:
+        node.close()
+
+
+@pytest.fixture(scope="session")
+def private_rabbitmq(request: pytest.FixtureRequest) -> PrivateRabbitMQ:
+    """The RabbitMQ node of this pytest run's own, once it answers; killed at the session's end."""
+    node = request.config.stash.get(_NODE, None)
+    if node is None:
+        node = PrivateRabbitMQ()
+        node.launch()
+        request.config.stash[_NODE] = node
+    waited = node.wait_up()
+    FIGURES.append(
+        f"private RabbitMQ node {node.node}: answered {node.up_after:.1f}s after its launch "
+        f"(the first RabbitMQ test waited {waited:.1f}s for it)"
+    )
+    return node
 
 
 @pytest.fixture(
@@ -109,9 +161,12 @@ class FaultBroker:
     ]
 )
 def fault_broker(request: pytest.FixtureRequest) -> Iterator[FaultBroker]:
-    """A broker each test may break: a private redis-server, or the shared RabbitMQ."""
+    """A broker each test may break: a private redis-server, or the private RabbitMQ node."""
     require_broker("redis")  # the shared Redis keeps the state and the effects
-    broker = FaultBroker(request.param)
+    if request.param == "rabbitmq":
+        broker = FaultBroker("rabbitmq", request.getfixturevalue("private_rabbitmq"))
+    else:
+        broker = FaultBroker("redis")
     try:
         yield broker
     finally:
@@ -180,7 +235,7 @@ class FaultEnv:
     """One fault test's world: its broker, a publishing bus, the effects, the workers."""
 
     def __init__(
-        self, broker: FaultBroker, handlers: HandlerSet, log_dir: Path, *, work: float = 0.0
+        self, broker: FaultBroker, handlers: HandlerSet, log_dir: Path, *, gated: bool = False
     ) -> None:
         uid = uuid.uuid4().hex[:10]
         self.broker = broker
@@ -195,7 +250,7 @@ class FaultEnv:
             effects_url=STATE_REDIS_URL,
             effects_prefix=f"eventbus-faults-{uid}:fx:",
             handlers=handlers,
-            work=work,
+            gated=gated,
             transport=REDIS_TRANSPORT,
         )
         self.effects = Effects(self.config.effects_url, self.config.effects_prefix)
@@ -234,8 +289,8 @@ class FaultEnv:
 
     def remaining(self) -> int:
         """Messages of the handler queue the broker holds: waiting, or delivered and unacked."""
-        if self.broker.private is None:
-            return rabbitmq_messages(self.config.queue)
+        if self.broker.rabbitmq is not None:
+            return self.broker.rabbitmq.messages(self.config.queue)
         with Connection(self.broker.url, connect_timeout=3) as conn:
             channel = conn.default_channel
             client = channel.client
@@ -264,6 +319,8 @@ class FaultEnv:
         parts = [worker.log() for worker in self.workers]
         if self.broker.private is not None:
             parts.append(f"--- private redis-server:\n{self.broker.private.log()}")
+        if self.broker.rabbitmq is not None:
+            parts.append(f"--- private RabbitMQ node:\n{self.broker.rabbitmq.log()}")
         return "\n".join(parts)
 
     def close(self) -> None:
@@ -287,8 +344,8 @@ def fault_env(
     """Build the test's :class:`FaultEnv` for a handler set; everything is cleaned up after."""
     envs: list[FaultEnv] = []
 
-    def make(handlers: HandlerSet, *, work: float = 0.0) -> FaultEnv:
-        env = FaultEnv(fault_broker, handlers, tmp_path, work=work)
+    def make(handlers: HandlerSet, *, gated: bool = False) -> FaultEnv:
+        env = FaultEnv(fault_broker, handlers, tmp_path, gated=gated)
         envs.append(env)
         request.node.stash[_ENVS] = env
         return env

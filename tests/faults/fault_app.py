@@ -13,7 +13,6 @@ from a duplicate effect (two runs).
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -43,6 +42,9 @@ REDIS_TRANSPORTS: dict[str, str | None] = {
     "eventbus": "eventbus.transport.redis:Transport",
     "kombu": None,
 }
+#: Seconds a gated run of :data:`PLAIN` waits for the test to open its gate
+#: before it fails (and retries): a test that never opens it fails clearly.
+GATE_TIMEOUT = 60
 #: Handler retries must wait less than the visibility timeout (EventBus checks).
 RETRY_OPTIONS: dict[str, Any] = {"max_retries": 5, "retry_backoff": 1, "retry_backoff_max": 4}
 
@@ -75,7 +77,7 @@ class FaultConfig:
     effects_url: str  #: the handlers' effects; the same Redis as the state (atomic())
     effects_prefix: str
     handlers: HandlerSet
-    work: float = 0.0  #: seconds each run of :data:`PLAIN` works (sleeps) after its write
+    gated: bool = False  #: each run of :data:`PLAIN` waits at :meth:`Effects.gate` after its write
     worker: str = "publisher"  #: who runs the handlers: effects are counted per worker
     transport: str = "eventbus"  #: on Redis, a key of :data:`REDIS_TRANSPORTS`
 
@@ -87,7 +89,7 @@ class FaultConfig:
         values: dict[str, Any] = {
             name: environ[f"EVENTBUS_FAULTS_{name.upper()}"] for name in cls.__dataclass_fields__
         }
-        values["work"] = float(values["work"])
+        values["gated"] = values["gated"] == "True"
         return cls(**values)
 
     @property
@@ -103,10 +105,18 @@ class Effects:
     consumer received, by event id (whether a lost event ever reached a
     worker), ``<prefix>workers`` counts runs of :data:`PLAIN` by worker, and
     ``<prefix>seq:<aggregate>`` lists the sequences :data:`ORDERED` ran.
+
+    The gate (:meth:`pass_gate`, :meth:`open_gate`) holds gated runs mid-run
+    until the test opens it: ``<prefix>gate:held`` counts the runs waiting at
+    it, ``<prefix>gate:passed`` the runs it let through.
     """
 
     def __init__(self, url: str, prefix: str) -> None:
         self.client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=10)
+        # Its socket waits longer than a blocked BRPOPLPUSH (redis-py does not adjust it).
+        self.gate_client = redis.Redis.from_url(
+            url, socket_connect_timeout=5, socket_timeout=GATE_TIMEOUT + 10
+        )
         self.prefix = prefix
 
     def runs_key(self, handler: str) -> str:
@@ -124,6 +134,35 @@ class Effects:
             if worker is not None:
                 pipe.hincrby(f"{self.prefix}workers", worker, 1)
             pipe.execute()
+
+    def pass_gate(self) -> None:
+        """Wait, blocked in Redis, until the test opens the gate; at most :data:`GATE_TIMEOUT`.
+
+        ``BRPOPLPUSH`` from the gate list to itself returns its token and puts
+        it back: every run waiting is let through by one push, and every later
+        run passes at once.
+        """
+        self.client.incr(f"{self.prefix}gate:held")
+        try:
+            token = self.gate_client.brpoplpush(
+                f"{self.prefix}gate", f"{self.prefix}gate", GATE_TIMEOUT
+            )
+        finally:
+            self.client.decr(f"{self.prefix}gate:held")
+        if token is None:
+            raise RuntimeError(f"the test did not open the gate within {GATE_TIMEOUT}s")
+        self.client.incr(f"{self.prefix}gate:passed")
+
+    def open_gate(self) -> None:
+        self.client.lpush(f"{self.prefix}gate", "open")
+
+    def held(self) -> int:
+        """Runs waiting at the gate now."""
+        return int(self.client.get(f"{self.prefix}gate:held") or 0)
+
+    def passed(self) -> int:
+        """Runs the gate let through."""
+        return int(self.client.get(f"{self.prefix}gate:passed") or 0)
 
     def runs(self, handler: str) -> dict[str, int]:
         """Runs of ``handler`` by event id."""
@@ -147,6 +186,7 @@ class Effects:
 
     def close(self) -> None:
         self.client.close()
+        self.gate_client.close()
 
 
 def _text(value: bytes | str) -> str:
@@ -183,14 +223,14 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
         **overrides,
     )
     bus = EventBus(app, default_queue=config.queue, dead_letter_queue=config.dead_letter_queue)
-    worker, work = config.worker, config.work
+    worker, gated = config.worker, config.gated
 
     if config.handlers in ("kill", "count"):
 
         def plain(envelope: Envelope[Probe]) -> None:
             effects.record(PLAIN, str(envelope.event_id), worker)
-            if work:
-                time.sleep(work)  # the rest of the handler's work
+            if gated:
+                effects.pass_gate()  # the rest of the run, as long as the test wants
 
         bus.subscribe(Probe, handler=plain, name=PLAIN, **RETRY_OPTIONS)
 

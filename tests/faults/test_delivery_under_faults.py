@@ -42,8 +42,6 @@ pytestmark = pytest.mark.faults
 
 EVENTS = 2000
 AGGREGATES, STEPS = 50, 20
-#: Seconds each run works in the consuming test, so the broker goes down mid-way.
-CONSUME_WORK = 0.004
 #: Seconds the broker must hold none of the queue's messages before events
 #: still not handled count as lost (nothing is left to deliver them).
 DRAINED_FOR = 2.0
@@ -222,8 +220,13 @@ def test_broker_restart_while_publishing_loses_no_acknowledged_event(
     # When 2,000 events are published and the broker restarts a third of the way
     publisher = env.publisher(envelopes).start()
     wait_for(lambda: publisher.attempted >= EVENTS // 3, timeout=30, message="a third published")
+    # and stays down until a publish failed (the publisher saw the outage)
     attempted_when_down: list[int] = []
-    restart = env.broker.restart(on_down=lambda: attempted_when_down.append(publisher.attempted))
+    restart = env.broker.restart(
+        on_down=lambda: attempted_when_down.append(publisher.attempted),
+        until=lambda: bool(publisher.refused),
+        waiting_for=lambda: f"a publish refused ({publisher.attempted} attempted, none refused)",
+    )
     outage = restart.join()
     # (the broker went down before the last publish: the fault hit publishing)
     assert attempted_when_down and attempted_when_down[0] < EVENTS, attempted_when_down
@@ -250,28 +253,53 @@ def test_broker_restart_while_publishing_loses_no_acknowledged_event(
 def test_broker_restart_while_consuming_loses_no_event(
     fault_env: Callable[..., FaultEnv], figure: Figure
 ) -> None:
-    # Given 2,000 published events and two prefork workers consuming them
-    env = fault_env("count", work=CONSUME_WORK)
+    # Given 2,000 published events and two prefork workers consuming them,
+    # each run held mid-way at a gate the test opens
+    env = fault_env("count", gated=True)
     envelopes = probes(EVENTS)
     event_ids = [str(envelope.event_id) for envelope in envelopes]
     publisher = env.publisher(envelopes).start()
     publisher.join(timeout=60)
     assert publisher.acknowledged == event_ids, publisher.first_error
     workers = env.start_workers(2, concurrency=2)
+    pool = sum(worker.concurrency for worker in workers)
 
-    # When the broker restarts once both workers have run events
+    # When the broker goes down while every pool process of both workers is mid-run
     wait_for(
-        lambda: len(env.effects.by_worker()) == 2,
+        lambda: env.effects.held() == pool,
         timeout=30,
         interval=0.01,
-        message=lambda: f"both workers running\n{env.logs()}",
+        message=lambda: (
+            f"every pool process mid-run: {env.effects.held()}/{pool} runs held, "
+            f"runs by worker {env.effects.by_worker()}\n{env.logs()}"
+        ),
     )
     handled_when_down: list[int] = []
+    mid_run_when_down: list[int] = []
+
+    def on_down() -> None:
+        handled_when_down.append(env.effects.handled(PLAIN))
+        mid_run_when_down.append(env.effects.held())
+        env.effects.open_gate()  # those runs end, and ack, with the broker down
+
+    def outage_seen() -> bool:
+        return env.effects.passed() >= mid_run_when_down[0] and all(
+            worker.broker_errors() for worker in workers
+        )
+
+    # and stays down until those runs ended and each worker logged a broken connection
     restart = env.broker.restart(
-        on_down=lambda: handled_when_down.append(env.effects.handled(PLAIN))
+        on_down=on_down,
+        until=outage_seen,
+        waiting_for=lambda: (
+            f"{env.effects.passed()}/{mid_run_when_down[0]} runs held at the outage ended, "
+            f"broker errors logged by worker: {[w.broker_errors() for w in workers]}"
+        ),
     )
     outage = restart.join()
-    # (the broker went down with events still to run: the fault hit consuming)
+    # (the broker went down with every pool process mid-run and events still to
+    # run: the fault hit consuming)
+    assert mid_run_when_down == [pool], mid_run_when_down
     assert handled_when_down and handled_when_down[0] < EVENTS, handled_when_down
 
     # Then the workers reconnect and run every event at least once
@@ -281,8 +309,8 @@ def test_broker_restart_while_consuming_loses_no_event(
     dead_letters = env.dead_letters()
     figure(
         f"restart-consume[{env.label}]: {result.figures()} (broker down at "
-        f"{handled_when_down[0]} handled, restart took {outage:.1f}s, "
-        f"dead_letters={dead_letters})"
+        f"{handled_when_down[0]} handled, {mid_run_when_down[0]} mid-run, "
+        f"restart took {outage:.1f}s, dead_letters={dead_letters})"
     )
     assert dead_letters == 0
     check_losses(

@@ -19,6 +19,10 @@ from tests.faults.fault_app import FaultConfig
 from tests.support import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+#: What a worker logs when it finds its broker connection broken: its consumer
+#: lost it (it reconnects), or a finished run's ack could not be sent. A Redis
+#: consumer whose prefetch is full polls nothing: only its acks fail.
+BROKER_ERRORS = ("consumer: Connection to broker lost", "Couldn't ack")
 
 
 class WorkerProcess:
@@ -100,6 +104,13 @@ class WorkerProcess:
             return f"--- {self.name}: no log"
         text = self.log_path.read_text(errors="replace")
         return f"--- {self.name} ({self.log_path}):\n{text[-tail:]}"
+
+    def broker_errors(self) -> int:
+        """How many times the worker logged a broker connection failing (:data:`BROKER_ERRORS`)."""
+        if not self.log_path.exists():
+            return 0
+        text = self.log_path.read_text(errors="replace")
+        return sum(text.count(needle) for needle in BROKER_ERRORS)
 
     def count_in_log(self, needle: str) -> int:
         if not self.log_path.exists():
