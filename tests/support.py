@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -102,6 +103,38 @@ def assert_stays(
         if time.monotonic() >= deadline:
             return
         time.sleep(interval)  # poll
+
+
+def run_concurrently(fn: Callable[[], object], n: int, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Run ``fn`` in ``n`` threads at once (named ``op0``, ``op1``, ...) and wait for them all.
+
+    The threads start ``fn`` together (a barrier), as operators acting at the
+    same moment would. Fails the test if any thread is still running
+    ``timeout`` seconds after the start; re-raises what the threads raised,
+    as one exception group, once all have finished.
+    """
+    start = threading.Barrier(n)
+    raised: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            start.wait(timeout)
+            fn()
+        except BaseException as exc:  # re-raised in the test's thread below
+            raised.append(exc)
+
+    # Daemons: a thread that hangs must not keep the test run from exiting.
+    threads = [threading.Thread(target=run, name=f"op{i}", daemon=True) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    running = [thread.name for thread in threads if thread.is_alive()]
+    if running:
+        raise AssertionError(f"still running after {timeout}s: {', '.join(running)}")
+    if raised:
+        raise BaseExceptionGroup(f"{len(raised)} of {n} threads raised", raised)
 
 
 def make_app(broker_url: str, *, default_queue: str | None = None, **overrides: Any) -> Celery:

@@ -7,6 +7,7 @@ import uuid
 from collections import Counter
 
 from eventbus import DeadLetter
+from tests.support import run_concurrently
 
 from .conftest import Env
 from .helpers import OrderPlaced, wait_for
@@ -74,22 +75,13 @@ def test_concurrent_replays_publish_each_record_once(env: Env) -> None:
     for n in range(300):
         env.bus.dead_letter_store.append(record_for(env, name, n))
     counts: Counter[str] = Counter()
-    errors: list[BaseException] = []
 
     def replay() -> None:
-        try:
-            counts[threading.current_thread().name] += env.bus.dead_letters.replay_all()
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        counts[threading.current_thread().name] += env.bus.dead_letters.replay_all()
 
     # When three operators replay all of them at the same time
-    threads = [threading.Thread(target=replay, name=f"op{i}") for i in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    run_concurrently(replay, 3, timeout=60)
     # Then together they replayed each record once: 300 messages, an empty DLQ
-    assert not errors
     assert sum(counts.values()) == 300
     assert env.queue_length() == 300
     assert len(env.bus.dead_letters) == 0
