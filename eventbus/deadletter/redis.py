@@ -2,15 +2,18 @@
 
 kombu's Redis transport LPUSHes each message (a JSON wrapper whose ``body`` is
 base64) and consumers BRPOP from the other end, so the oldest record is at
-index -1. Browsing reads pages from that end; removal is ``LREM`` of the exact
-stored element. A replay first claims a page's records with ``SET NX`` (with a
-TTL), so two operators replaying the same record publish it once, and holds
-the claims until the page was sent and its records removed.
+index -1. Browsing reads pages from that end, and before each page checks that
+removals by others have not shifted its place (``_pages``); removal is
+``LREM`` of the exact stored element. A replay first claims a page's records
+with ``SET NX`` (with a TTL), so two operators replaying the same record
+publish it once, and holds the claims until the page was sent and its records
+removed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Generator, Iterator
+from typing import Any
 
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import (
@@ -28,31 +31,67 @@ __all__ = ["RedisDeadLetterStore"]
 #: selected records as one chunk (store.REPLAY_CHUNK explains the size).
 PAGE_SIZE = REPLAY_CHUNK
 CLAIM_TTL = 300  #: seconds a replay may hold a record before another may take it
+#: Elements looked for per round trip when a walk finds its place taken by
+#: others' removals; the first is nearly always still there.
+RESUME_BATCH = 16
 
 
 class RedisDeadLetterStore(BrokerDeadLetterStore):
     """Browse and edit the dead-letter list in place."""
 
-    def _pages(self) -> Generator[list[bytes], int | None, None]:
-        """Pages of raw elements, oldest first; send back how many of a page you removed.
+    def _pages(self) -> Generator[list[bytes], Collection[bytes] | None, None]:
+        """Pages of raw elements, oldest first; send back the elements of a page you removed.
 
-        Pages are addressed from the tail (the oldest end), where LPUSHes of
-        new failures do not shift them; removals inside a page do, which is
-        why the caller reports them.
+        Pages are addressed by index from the tail (the oldest end), where
+        LPUSHes of new failures do not shift them. Removals do, and a
+        concurrent replay or delete removes elements too: counting only our
+        own made a replay skip records that nobody then replayed. So each
+        page is read together with a check that the newest element read and
+        left in the list (the anchor) is where our own removals put it; if
+        it is not, the walk resumes just after wherever it is now.
         """
         with self.app.connection_for_write() as conn:
             client = conn.default_channel.client
-            end = -1
+            end = -1  # index of the oldest element not read yet
+            # Elements read and left in the list, newest first (at most a page of
+            # them): the first is the anchor, at index end + 1; the others are
+            # where to resume if another removed it. Empty: none was left.
+            left_behind: list[bytes] = []
             while True:
-                length = int(client.llen(self.queue_name))
-                if -end > length:
-                    return
-                start = max(end - PAGE_SIZE + 1, -length)
-                page = client.lrange(self.queue_name, start, end)
+                with client.pipeline(transaction=True) as pipe:  # MULTI: check and read at once
+                    pipe.lindex(self.queue_name, end + 1)
+                    pipe.lrange(self.queue_name, end - PAGE_SIZE + 1, end)
+                    at_anchor, page = pipe.execute()
+                if left_behind and at_anchor != left_behind[0]:
+                    end, left_behind = self._resume(client, left_behind)
+                    continue
                 if not page:
                     return
-                removed = yield list(reversed(page))
-                end = start - 1 + (removed or 0)
+                removed = set((yield list(reversed(page))) or ())
+                end -= len(page) - len(removed)
+                left = [raw for raw in page if raw not in removed]  # LRANGE: newest first
+                left_behind = (left + left_behind)[:PAGE_SIZE]
+
+    def _resume(self, client: Any, left_behind: list[bytes]) -> tuple[int, list[bytes]]:
+        """Where a walk resumes after others removed elements: (end, what is still left behind).
+
+        Just after the newest element read and left behind that is still in
+        the list. If none is (others removed them all), the walk reads what
+        is left from the tail again: more than it needs to, but a replay
+        claims each record before it publishes it, so it publishes none twice
+        (a listing may show such a record twice, where it used to skip some).
+        """
+        for first in range(0, len(left_behind), RESUME_BATCH):
+            candidates = left_behind[first : first + RESUME_BATCH]
+            with client.pipeline(transaction=True) as pipe:  # MULTI: positions and length agree
+                pipe.llen(self.queue_name)
+                for raw in candidates:
+                    pipe.lpos(self.queue_name, raw, rank=-1)
+                length, *positions = pipe.execute()
+            for n, position in enumerate(positions):
+                if position is not None:  # LPOS counts from the head
+                    return int(position) - int(length) - 1, left_behind[first + n :]
+        return -1, []
 
     def _raw_elements(self) -> Iterator[bytes]:
         for page in self._pages():
@@ -91,9 +130,10 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
 
     def _redeliver_page(
         self, chosen: list[tuple[bytes, DeadLetter]], publish: Publish, done: list[str]
-    ) -> int:
+    ) -> list[bytes]:
+        """Claim, publish and remove the chosen records; return the elements this removed."""
         if not chosen:
-            return 0
+            return []
         with self.app.connection_for_write() as conn:
             client = conn.default_channel.client
             with client.pipeline(transaction=False) as pipe:
@@ -124,7 +164,11 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
                         pipe.delete(self._claim_key(record.id))
                     results = pipe.execute() if held else []
             done.extend(record.id for _, record in replayed)
-            return sum(int(n) for n in results[: len(replayed)])
+            return [
+                raw
+                for (raw, _), n in zip(replayed, results[: len(replayed)], strict=True)
+                if int(n)
+            ]
 
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)

@@ -30,6 +30,7 @@ from eventbus import DeadLetter, Envelope, ReplayError
 from eventbus.confirms import PublishNotConfirmed
 from eventbus.deadletter.store import REPLAY_CHUNK
 from eventbus.errors import ReplayConflict
+from tests.support import run_concurrently
 
 from .conftest import Env
 from .helpers import OrderPlaced, Recorder, wait_for
@@ -244,6 +245,42 @@ def test_concurrent_replays_across_chunks_publish_each_record_once(env: Env) -> 
     # Then together they replayed each record once: n messages, an empty DLQ
     assert not errors
     assert sum(counts.values()) == n
+    wait_for(lambda: env.queue_length() == n, message=lambda: f"{env.queue_length()}/{n} queued")
+    listed_eventually(env, [])
+    assert claim_keys(env) == []
+
+
+def test_a_replay_running_while_another_removes_records_misses_none(env: Env) -> None:
+    if env.kind != "redis":
+        pytest.skip("RabbitMQ: a browse holds its messages, no other replay removes them meanwhile")
+    # Given two failure groups interleaved over more than two chunks
+    a, b = env.name("a"), env.name("b")
+    env.bus.subscribe(OrderPlaced, name=a, handler=lambda e: None)
+    env.bus.subscribe(OrderPlaced, name=b, handler=lambda e: None)
+    records = [record_for(env, a if n % 2 else b, n) for n in range(2 * REPLAY_CHUNK + 100)]
+    store = env.bus.dead_letter_store
+    for record in records:
+        store.append(record)
+    of_a = [r.id for r in records if r.handler == a]
+    of_b = [r.id for r in records if r.handler == b]
+    replayed_b: list[int] = []
+
+    def replay_b() -> None:
+        replayed_b.append(env.bus.dead_letters.replay_all(handler=b))
+
+    def report(record: DeadLetter, outcome: Envelope[Any] | ReplayError) -> None:
+        # While the first chunk of a is being sent, another operator replays
+        # all of b: records behind and ahead of this replay leave the DLQ.
+        if not replayed_b:
+            run_concurrently(replay_b, 1, timeout=60)
+
+    # When every record of a is replayed meanwhile
+    replayed_a = env.bus.dead_letters.replay_each(lambda r: r.handler == a, report)
+
+    # Then each operator replayed every record of its group, and the DLQ is empty
+    assert replayed_b == [len(of_b)]
+    assert replayed_a == len(of_a)
+    n = len(records)
     wait_for(lambda: env.queue_length() == n, message=lambda: f"{env.queue_length()}/{n} queued")
     listed_eventually(env, [])
     assert claim_keys(env) == []
