@@ -21,7 +21,17 @@ worker's event loop, and ``drain_events`` waits no longer than that. A busy
 consumer gets a message from every call, so the interval adds no latency
 under load; an idle one sees a new message at most that much later.
 
-Everything else is kombu's: publishing, acks and rejects, the restore of
+In a worker (a connection registered with an event loop), acks are sent
+together: ``QoS.ack`` frees the prefetch slot at once, and the records of
+the acked messages are removed (``ZREM``/``HDEL``) for all of them in one
+pipeline, every ``eventbus_ack_interval`` seconds (transport option,
+default :data:`DEFAULT_ACK_INTERVAL`; 0 sends each ack at once, as kombu
+does), when :data:`ACK_BATCH_MAX` are waiting, and when the channel closes.
+A worker killed in between leaves those records, and its messages run again
+after ``visibility_timeout``: at least once, as with a kill just before an
+ack. Without an event loop every ack is sent at once.
+
+Everything else is kombu's: publishing, rejects, the restore of
 unacked messages after ``visibility_timeout``, fanout (``LISTEN``),
 priorities, health checks. Messages of consumers that do not ack
 (``no_ack``) are popped without a record, as kombu does. A message the script
@@ -38,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import threading
 from collections.abc import Callable
 from queue import Empty
 from time import monotonic, time
@@ -52,7 +63,15 @@ from redis.exceptions import NoScriptError
 # kombu's annotations of these classes are partial: subclass them as untyped.
 kombu_redis: Any = importlib.import_module("kombu.transport.redis")
 
-__all__ = ["DEFAULT_POLL_INTERVAL", "TAKE_SCRIPT", "Channel", "QoS", "Transport"]
+__all__ = [
+    "ACK_BATCH_MAX",
+    "DEFAULT_ACK_INTERVAL",
+    "DEFAULT_POLL_INTERVAL",
+    "TAKE_SCRIPT",
+    "Channel",
+    "QoS",
+    "Transport",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +79,10 @@ logger = logging.getLogger(__name__)
 DEFAULT_POLL_INTERVAL = 0.05
 #: Seconds a channel waits after Redis refused the script (out of memory, say).
 ERROR_BACKOFF = 1.0
+#: Seconds a worker's acks wait to be sent together.
+DEFAULT_ACK_INTERVAL = 0.02
+#: Acks waiting on one channel that are sent at once, without waiting for the interval.
+ACK_BATCH_MAX = 100
 
 #: KEYS: the unacked index, the unacked hash, then the queue keys in the order
 #: BRPOP would take them. ARGV: the time to record, then per queue key "1" to
@@ -99,7 +122,16 @@ TAKE_SCRIPT_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
 
 
 class QoS(kombu_redis.QoS):  # type: ignore[misc]
-    """kombu's Redis QoS; a message the script recorded is not recorded again."""
+    """kombu's Redis QoS; a message the script recorded is not recorded again.
+
+    In a worker, an ack's records are removed with other acks' (see the module).
+    """
+
+    def ack(self, delivery_tag: str) -> None:
+        if not self.channel.eventbus_defer_ack(delivery_tag):
+            super().ack(delivery_tag)
+            return
+        virtual.QoS.ack(self, delivery_tag)  # the prefetch slot is free now
 
     def append(self, message: Any, delivery_tag: str) -> None:
         recorded: set[str] | None = getattr(self.channel.connection, "eventbus_recorded", None)
@@ -168,7 +200,44 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._eventbus_no_ack: set[str] = set()
+        self._eventbus_acks: list[str] = []  # acked, records not removed yet
+        self._eventbus_acks_lock = threading.Lock()  # (pool threads ack)
         super().__init__(*args, **kwargs)
+
+    def eventbus_defer_ack(self, delivery_tag: str) -> bool:
+        """Keep an ack to send with others; False: send it now (no event loop, closing)."""
+        transport = self.connection
+        if transport.eventbus_ack_timer is None or self._closing:
+            return False
+        with self._eventbus_acks_lock:
+            self._eventbus_acks.append(delivery_tag)
+            full = len(self._eventbus_acks) >= ACK_BATCH_MAX
+        transport.eventbus_ack_channels.add(self)
+        if full:
+            self.eventbus_send_acks()
+        return True
+
+    def eventbus_send_acks(self) -> None:
+        """Remove the records of the acks waiting, in one pipeline."""
+        with self._eventbus_acks_lock:
+            tags, self._eventbus_acks = self._eventbus_acks, []
+        if not tags:
+            return
+        try:
+            with self.qos.pipe_or_acquire() as pipe:
+                pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+        except Exception:
+            # Kept for the next try; if none succeeds (the connection is gone),
+            # the records stay and the messages come back after visibility_timeout.
+            with self._eventbus_acks_lock:
+                self._eventbus_acks[:0] = tags
+            logger.warning("could not send %d acks to Redis; retrying", len(tags), exc_info=True)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.eventbus_send_acks()
+            self.connection.eventbus_ack_channels.discard(self)
+        super().close()
 
     def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
         # A consumer without acks never acks: its messages must not be recorded.
@@ -281,10 +350,24 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
         self.cycle = MultiChannelPoller()
         #: Delivery tags the script recorded, not yet seen by QoS.append.
         self.eventbus_recorded: set[str] = set()
+        #: Channels with acks waiting, and the event loop's timer that sends them.
+        self.eventbus_ack_channels: set[Channel] = set()
+        self.eventbus_ack_timer: Any = None
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)
         self.cycle.call_later = loop.call_later
+        if self.eventbus_ack_timer is not None:  # registered again after a reconnect
+            self.eventbus_ack_timer.cancel()
+            self.eventbus_ack_timer = None
+        options = self.client.transport_options
+        interval = float(options.get("eventbus_ack_interval", DEFAULT_ACK_INTERVAL) or 0)
+        if interval > 0:
+            self.eventbus_ack_timer = loop.call_repeatedly(interval, self.eventbus_send_acks)
+
+    def eventbus_send_acks(self) -> None:
+        for channel in list(self.eventbus_ack_channels):
+            channel.eventbus_send_acks()
 
 
 # Connection.as_uri() names a transport by its URL scheme through this map (the
