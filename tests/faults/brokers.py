@@ -29,6 +29,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 
 from kombu.connection import Connection
@@ -106,8 +107,7 @@ class PrivateRabbitMQ:
         self.directory = Path(tempfile.mkdtemp(prefix="eventbus-faults-rabbitmq-"))
         self.url = f"amqp://guest:guest@127.0.0.1:{self.port}//"
         self.process: subprocess.Popen[bytes] | None = None
-        self.launched_at = 0.0
-        self.up_after = 0.0  #: seconds from launch to the first answer :meth:`wait_up` saw
+        self.launched_at = 0.0  #: time.time() of :meth:`launch`
 
     def environ(self) -> dict[str, str]:
         d = self.directory
@@ -138,7 +138,7 @@ class PrivateRabbitMQ:
     def launch(self) -> None:
         """Start booting the node, in a session of its own; :meth:`wait_up` waits for it."""
         assert self.process is None, "already running"
-        self.launched_at = time.monotonic()
+        self.launched_at = time.time()  # compared with the node's log timestamps
         with (self.directory / "rabbitmq-server.out").open("ab") as out:
             self.process = subprocess.Popen(
                 [RABBITMQ_SERVER], cwd=self.directory,
@@ -148,16 +148,24 @@ class PrivateRabbitMQ:
 
     def wait_up(self) -> float:
         """Wait until the node answers AMQP; return how long this waited, in seconds."""
-        started = time.monotonic()
+        started = time.time()
         wait_for(
             self.answers,
             timeout=max(1.0, self.launched_at + RABBITMQ_BOOT_TIMEOUT - started),
             interval=0.1,
             message=lambda: f"private RabbitMQ node {self.node} up\n{self.log()}",
         )
-        if not self.up_after:
-            self.up_after = time.monotonic() - self.launched_at
-        return time.monotonic() - started
+        return time.time() - started
+
+    def boot_seconds(self) -> float | None:
+        """Seconds from :meth:`launch` to the node's "Server startup complete" (its log)."""
+        path = self.directory / "log" / f"{self.node}.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        for line in text.splitlines():
+            if "Server startup complete" in line:
+                stamp = datetime.fromisoformat(line.split(" [", 1)[0])
+                return stamp.timestamp() - self.launched_at
+        return None
 
     def answers(self) -> bool:
         """Whether it answers AMQP; raises if its process exited (it never will answer)."""

@@ -77,7 +77,7 @@ class FaultConfig:
     effects_url: str  #: the handlers' effects; the same Redis as the state (atomic())
     effects_prefix: str
     handlers: HandlerSet
-    gated: bool = False  #: each run of :data:`PLAIN` waits at :meth:`Effects.gate` after its write
+    gated: bool = False  #: each run of :data:`PLAIN` waits at :meth:`Effects.pass_gate`
     worker: str = "publisher"  #: who runs the handlers: effects are counted per worker
     transport: str = "eventbus"  #: on Redis, a key of :data:`REDIS_TRANSPORTS`
 
