@@ -34,6 +34,7 @@ from eventbus.errors import (
 )
 from eventbus.events import EventRegistry
 from eventbus.options import HandlerOptions
+from eventbus.sent_events import SentEvents
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -326,9 +327,10 @@ class EventBus(BaseEventBus):
         while True:
             sent: list[str] = []
             try:
-                # On Redis all K messages (and their task-sent events) go out
-                # in one pipeline; other transports publish at once. On
-                # RabbitMQ the broker confirms them, waited for once per event.
+                # On Redis all K messages (and their task-sent events, in one
+                # message: eventbus.sent_events) go out in one pipeline; other
+                # transports publish at once. On RabbitMQ the broker confirms
+                # them, waited for once per event.
                 with (
                     self.app.producer_or_acquire() as producer,
                     self._confirmed(producer),
@@ -336,11 +338,18 @@ class EventBus(BaseEventBus):
                     # pipeline object per event costs more than it saves).
                     producer.batch() if len(subscriptions) > 1 else nullcontext(),
                 ):
+                    sent_events = SentEvents(self.app)
                     for sub, queue in self._bound_queues(producer, subscriptions):
                         sub.task.apply_async(
-                            args, producer=producer, argsrepr=argsrepr, kwargsrepr="{}", **queue
+                            args,
+                            producer=producer,
+                            argsrepr=argsrepr,
+                            kwargsrepr="{}",
+                            event_dispatcher=sent_events,
+                            **queue,
                         )
                         sent.append(sub.name)
+                    sent_events.send(producer)
                 return
             except self._retryable_publish_errors() as exc:
                 # Celery already retried each message by its policy; a batch
@@ -429,10 +438,17 @@ class EventBus(BaseEventBus):
         batch.events += 1
         producer = batch.producer
         try:
+            sent_events = SentEvents(self.app)
             for sub, queue in self._bound_queues(producer, subscriptions):
                 sub.task.apply_async(
-                    args, producer=producer, argsrepr=argsrepr, kwargsrepr="{}", **queue
+                    args,
+                    producer=producer,
+                    argsrepr=argsrepr,
+                    kwargsrepr="{}",
+                    event_dispatcher=sent_events,
+                    **queue,
                 )
+            sent_events.send(producer)
         except self._retryable_publish_errors() as exc:
             batch.failure = exc
             raise PublishError(

@@ -19,6 +19,7 @@ from celery.signals import after_task_publish, before_task_publish
 from kombu import Queue
 
 from eventbus import EventBus
+from eventbus.sent_events import SentEvents
 from tests.support import delete_queues, make_app, wait_for
 
 from .conftest import Env
@@ -46,6 +47,14 @@ class Sent:
             return bind(queue, channel)
 
         monkeypatch.setattr(EventDispatcher, "publish", record_event)
+        # (eventbus's stand-in for the dispatcher: the events of one event go out together)
+        collect = SentEvents.publish
+
+        def record_collected(collector: Any, type: str, *args: Any, **kwargs: Any) -> Any:
+            self.events.append(type)
+            return collect(collector, type, *args, **kwargs)
+
+        monkeypatch.setattr(SentEvents, "publish", record_collected)
         monkeypatch.setattr(Queue, "bind", record_bind)
 
     def on_before(self, sender: Any = None, **kwargs: Any) -> None:

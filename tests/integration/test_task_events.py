@@ -1,9 +1,10 @@
-"""A worker with an EventBus sends Celery's task events in batches: receivers still see them all.
+"""Celery's task events, sent in batches by eventbus: receivers still see every one.
 
 What Flower reads is Celery's event stream: a receiver on the app's event
-exchange, listening before the worker starts, must see ``task-received``,
-``task-started`` and ``task-succeeded`` for every handler run, from
-``task.multi`` messages that each carry many events.
+exchange, listening before the worker starts, must see ``task-sent`` for
+every handler message (one message per published event carries them), and
+``task-received``, ``task-started`` and ``task-succeeded`` for every handler
+run, from ``task.multi`` messages that each carry many events.
 """
 
 from __future__ import annotations
@@ -33,14 +34,18 @@ class EventRecorder(EventReceiver):  # type: ignore[misc]
         self.events: Counter[tuple[str, str]] = Counter()  # (type, task name)
         self.probes = 0
         self.task_messages = 0  # messages carrying a worker's task events
+        self.sent_messages = 0  # messages carrying task-sent events
+        self.sent: list[dict[str, Any]] = []  # the task-sent events
         self._names: dict[str, str] = {}  # task id -> task name (from task-received)
         self._lock = threading.Lock()
 
     def _receive(self, body: Any, message: Any, *args: Any, **kwargs: Any) -> None:
-        # (task-sent events come from the publisher, one message each: not counted)
-        if isinstance(body, list) or body.get("type") in TASK_EVENTS:
-            with self._lock:
+        types = {event.get("type") for event in (body if isinstance(body, list) else [body])}
+        with self._lock:
+            if types & set(TASK_EVENTS):
                 self.task_messages += 1
+            if "task-sent" in types:
+                self.sent_messages += 1
         super()._receive(body, message, *args, **kwargs)
 
     def _record(self, event: dict[str, Any]) -> None:
@@ -49,7 +54,9 @@ class EventRecorder(EventReceiver):  # type: ignore[misc]
             if kind == "eventbus-probe":
                 self.probes += 1
                 return
-            if kind == "task-received":
+            if kind == "task-sent":
+                self.sent.append(event)
+            if kind in ("task-sent", "task-received"):
                 self._names[event["uuid"]] = event["name"]
             name = self._names.get(event.get("uuid", ""), "?")
             self.events[(kind, name)] += 1
@@ -129,3 +136,32 @@ def test_the_buffer_limit_sends_without_waiting_for_the_timer(
     )
     assert sum(recorder.count(kind, [name]) for kind in TASK_EVENTS) == 12
     assert recorder.task_messages == 4
+
+
+def test_each_handler_message_is_announced_once_per_event(
+    env: Env, recorder: EventRecorder
+) -> None:
+    # Given three handlers (no worker: only the publisher's events)
+    names = [env.name(f"h{i}") for i in range(3)]
+    for name in names:
+        env.bus.subscribe(OrderPlaced, name=name, handler=lambda envelope: None)
+
+    # When 10 events are published, 4 of them in a batch
+    for i in range(6):
+        env.bus.publish(OrderPlaced(order_id=f"o-{i}", quantity=1))
+    with env.bus.batch():
+        for i in range(6, 10):
+            env.bus.publish(OrderPlaced(order_id=f"o-{i}", quantity=1))
+
+    # Then the receiver sees a task-sent event for each of the 30 messages,
+    # naming its handler and its queue, with the message's task id
+    wait_for(
+        lambda: recorder.count("task-sent", names) == 30,
+        message=lambda: f"{recorder.count('task-sent', names)}/30 task-sent",
+    )
+    assert all(recorder.events[("task-sent", name)] == 10 for name in names)
+    assert {event["queue"] for event in recorder.sent} == {env.queue}
+    assert len({event["uuid"] for event in recorder.sent}) == 30
+    assert all(event["args"].startswith("(") for event in recorder.sent)
+    # And they came in one message per event, not one per handler message
+    assert recorder.sent_messages == 10
