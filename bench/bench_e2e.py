@@ -2,14 +2,15 @@
 
 Real ``celery -A bench.apps:app worker`` subprocesses per (broker, pool), same
 flags and settings: by default (``--workers split``) one runs eventbus's
-handlers on eventbus's Redis transport (celeryconfig's default), the other the
-raw tasks and celery-pubsub's on kombu's own transport, each product as it is
-deployed (on RabbitMQ both transports are kombu's); ``--workers shared`` runs
-all three on one worker. Both stay up; runs are interleaved. A run's
-clock starts at its first publish and stops when the Redis counter of its
-executions reaches N*5 (each no-op handler INCRs it; polled, with a deadline).
-Publisher and worker share the machine. Best and median are printed; ratios
-are of the best runs.
+handlers as eventbus deploys them (eventbus's Redis transport, celeryconfig's
+default; task events sent in batches, ``eventbus.task_events``), the other the
+raw tasks and celery-pubsub's as plain Celery runs them (kombu's own transport,
+Celery's own sending of task events); on RabbitMQ both transports are kombu's.
+``--workers shared`` runs all three on one worker (eventbus's settings). Both
+stay up; runs are interleaved. A run's clock starts at its first publish and
+stops when the Redis counter of its executions reaches N*5 (each no-op handler
+INCRs it; polled, with a deadline). Publisher and worker share the machine.
+Best and median are printed; ratios are of the best runs.
 """
 
 from __future__ import annotations
@@ -111,9 +112,12 @@ def bench_broker(
                 for tag, queues, worker_env in plan
             ]
             for worker, (_, _, worker_env) in zip(workers, plan, strict=True):
-                transport = "kombu's" if worker_env.get("BENCH_STOCK_TRANSPORT") else "default"
+                stock = bool(worker_env.get("BENCH_STOCK_TRANSPORT"))
+                transport = "eventbus's" if broker == "redis" and not stock else "kombu's"
+                events = "Celery's" if stock else "eventbus's batched"
                 print(
-                    f"{broker} {setting}: $ {' '.join(worker.argv[1:])}  ({transport} transport)",
+                    f"{broker} {setting}: $ {' '.join(worker.argv[1:])}  "
+                    f"({transport} transport, {events} task events)",
                     flush=True,
                 )
             rates: dict[str, list[float]] = {c: [] for c in CONTENDERS}
