@@ -21,7 +21,6 @@ import importlib.util
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -39,6 +38,7 @@ import redis
 
 from eventbus import DeadLetter
 from eventbus.deadletter.store import DEAD_LETTER_TASK, store_for_app
+from tests.brokers import free_port
 from tests.support import require_broker, wait_for
 
 pytestmark = pytest.mark.redis
@@ -67,12 +67,6 @@ def require_flower() -> None:
         if os.environ.get("CI"):
             pytest.fail("flower is not importable; CI is set: install '.[test]'")
         pytest.skip("flower is not installed")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # -- the processes -----------------------------------------------------------------

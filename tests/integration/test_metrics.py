@@ -8,9 +8,7 @@ main process's endpoint.
 from __future__ import annotations
 
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import urllib.error
@@ -24,6 +22,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventbus.metrics import register
+from tests.brokers import free_port
 
 from . import metrics_app
 from .conftest import Env
@@ -33,26 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 3
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def free_port() -> int:
-    """A free port for the worker to bind, below the ephemeral range.
-
-    A port from ``bind(0)`` is free again once closed, and this machine's other
-    outgoing connections may take it before the worker binds it; they never
-    take one below ``ip_local_port_range``.
-    """
-    range_file = Path("/proc/sys/net/ipv4/ip_local_port_range")
-    low = int(range_file.read_text().split()[0]) if range_file.exists() else 32768
-    for _ in range(200):
-        port = random.randrange(max(1024, low - 10000), low)
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port below the ephemeral range")
 
 
 def parse(text: str) -> Samples:

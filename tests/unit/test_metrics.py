@@ -27,17 +27,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from eventbus import Envelope, EventBus, InMemoryEventBus
 from eventbus.metrics import DeadLetterCollector, HandlerMetrics, register
 from eventbus.metrics_worker import start_worker_metrics
+from tests.brokers import free_port
 from tests.contract.events import ItemAdded, ItemRemoved
 from tests.support import make_app, unique
 
 ROOT = Path(__file__).resolve().parents[2]
 OK, FLAKY, DOOMED = "unit.metrics.ok", "unit.metrics.flaky", "unit.metrics.doomed"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
