@@ -12,6 +12,8 @@
   garbled headers: "rejected"), before the request is built: the handler
   never runs it, whatever the pool, and the worker never stops over it.
 * Celery's task events go out in batches, on a timer (:mod:`eventbus.task_events`).
+* The worker's event loop does not wait in its poll while callbacks (late
+  acks) are queued (:mod:`eventbus.worker_loop`).
 * At start: the worker also consumes the handler queues when started without
   ``-Q``, never consumes the dead-letter queue, declares it, and (RabbitMQ)
   uses the handler queues' dead-letter-exchange declaration.
@@ -38,6 +40,7 @@ from eventbus.errors import (
     SequenceGap,
 )
 from eventbus.task_events import BatchedTaskEvents
+from eventbus.worker_loop import ReadyCallbacksFirst
 
 if TYPE_CHECKING:
     from kombu.message import Message
@@ -66,6 +69,8 @@ class WorkerHooks:
         bus.app.steps["consumer"].add(_unusable_message_step(self))
         # One per app (a set of step classes), whatever the number of buses on it.
         bus.app.steps["consumer"].add(BatchedTaskEvents)
+        # kombu's event loop waits up to 10 s with callbacks (late acks) queued.
+        bus.app.steps["consumer"].add(ReadyCallbacksFirst)
 
     # -- terminal failures of handler tasks -----------------------------------
 
