@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import sys
 import threading
-import time
 from collections import Counter
 from typing import Any
 
@@ -53,12 +52,20 @@ def main() -> dict[str, Any]:
     call_command("migrate", verbosity=0)
     bus = InMemoryEventBus()
     handled: Counter[int] = Counter()
+    runs_by_relay: Counter[str] = Counter()
     lock = threading.Lock()
+    all_relaying = threading.Event()
 
     def handle(envelope: Envelope[Numbered]) -> None:
-        time.sleep(0.005)  # a publish takes a moment: the relays overlap
         with lock:
             handled[envelope.data.n] += 1
+            runs_by_relay[threading.current_thread().name] += 1
+            if len(runs_by_relay) == 3:
+                all_relaying.set()
+        # Each relay holds its first batch (its rows locked) until all three
+        # are publishing at once: they overlap, each on rows the others skipped.
+        if not all_relaying.wait(timeout=20):
+            raise RuntimeError("the three relays never published at the same time")
 
     bus.subscribe(Numbered, name="pg_cases.handle")(handle)
     with transaction.atomic():
@@ -79,13 +86,14 @@ def main() -> dict[str, Any]:
         finally:
             own.close()
 
-    threads = [threading.Thread(target=relay) for _ in range(3)]
+    threads = [threading.Thread(target=relay, name=f"relay-{i}") for i in range(3)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
     return {
         "skip_locked": connection.features.has_select_for_update_skip_locked,
+        "overlapped": all_relaying.is_set(),
         "handled": len(handled),
         "twice": sorted(n for n, count in handled.items() if count > 1),
         "relays": sorted(result["published"] for result in results),

@@ -178,5 +178,6 @@ def test_relays_side_by_side_on_postgresql_publish_each_row_once() -> None:
 
     # Then every event was handled exactly once (SKIP LOCKED: each took other rows)
     assert out["skip_locked"]
+    assert out["overlapped"]
     assert (out["handled"], out["twice"]) == (60, [])
     assert sum(out["relays"]) == 60

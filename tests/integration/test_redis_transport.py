@@ -29,7 +29,7 @@ from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 
 from eventbus import EventBus
-from eventbus.transport.redis import DEFAULT_POLL_INTERVAL, TAKE_SCRIPT, Transport
+from eventbus.transport.redis import DEFAULT_POLL_INTERVAL, TAKE_SCRIPT, Channel, Transport
 from tests.brokers import PrivateRedis
 from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
 
@@ -128,6 +128,19 @@ class Box:
                     self.client.delete(*keys)
         finally:
             self.client.close()
+
+
+def counting(monkeypatch: pytest.MonkeyPatch, cls: type, name: str) -> list[float]:
+    """Patch ``cls.name`` to note the time of each call; return the list of times."""
+    calls: list[float] = []
+    original = getattr(cls, name)
+
+    def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append(time.monotonic())
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, name, counted)
+    return calls
 
 
 @pytest.fixture
@@ -278,21 +291,23 @@ def test_a_message_taken_by_a_consumer_that_died_comes_back(
 
 
 def test_drain_events_gets_a_message_published_while_idle(
-    make_box: Callable[..., Box],
+    make_box: Callable[..., Box], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Given a consumer waiting on an empty queue
     box = make_box()
     box.publish({"n": 0})
+    found_empty = counting(monkeypatch, Channel, "_eventbus_idle")
     with box.connection() as conn:
         drain_one(conn, box).ack()
         published_at: list[float] = []
 
         def publish_later() -> None:
-            time.sleep(0.5)  # let the consumer find the queue empty a few times
+            seen = len(found_empty)
+            wait_for(lambda: len(found_empty) >= seen + 3, message="the queue found empty 3 times")
             published_at.append(time.monotonic())
             box.publish({"n": 1})
 
-        # When a message is published half a second later
+        # When a message is published once the consumer found the queue empty a few times
         thread = threading.Thread(target=publish_later)
         thread.start()
         try:
@@ -440,9 +455,9 @@ def test_an_idle_worker_polls_at_the_interval_not_busily(
     try:
         with running_worker(app, bus.queues, pool="solo", concurrency=1):
             wait_for(lambda: takes() > 0, message="the worker polling")
-            # When it stays idle for two seconds
+            # When it stays idle for 20 polls
             before, started = takes(), time.monotonic()
-            time.sleep(2.0)  # the measured idle period, not a wait for the worker
+            wait_for(lambda: takes() - before >= 20, message="20 polls of the idle worker")
             polls = takes() - before
             elapsed = time.monotonic() - started
             # Then it polled about once per interval: not in a busy loop, not stalled
