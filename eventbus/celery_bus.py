@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from celery.exceptions import Retry
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
-from kombu.utils.functional import ChannelPromise
 
+from eventbus.bound_queues import bound_queues
 from eventbus.bus import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
 from eventbus.confirms import confirmed
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore, store_for_app
@@ -51,9 +51,6 @@ BATCH_MAX_MESSAGES = 1000
 
 #: kombu's Redis visibility_timeout when none is configured, in seconds.
 REDIS_DEFAULT_VISIBILITY_TIMEOUT = 3600
-
-#: Attribute of a producer's channel: its bound copies of handler queues (see _bound_queues).
-_BOUND_QUEUES = "_eventbus_bound_queues"
 
 _BUSES: weakref.WeakKeyDictionary[Any, EventBus] = weakref.WeakKeyDictionary()
 
@@ -338,18 +335,7 @@ class EventBus(BaseEventBus):
                     # pipeline object per event costs more than it saves).
                     producer.batch() if len(subscriptions) > 1 else nullcontext(),
                 ):
-                    sent_events = SentEvents(self.app)
-                    for sub, queue in self._bound_queues(producer, subscriptions):
-                        sub.task.apply_async(
-                            args,
-                            producer=producer,
-                            argsrepr=argsrepr,
-                            kwargsrepr="{}",
-                            event_dispatcher=sent_events,
-                            **queue,
-                        )
-                        sent.append(sub.name)
-                    sent_events.send(producer)
+                    self._send_messages(producer, args, argsrepr, subscriptions, sent)
                 return
             except self._retryable_publish_errors() as exc:
                 # Celery already retried each message by its policy; a batch
@@ -365,6 +351,29 @@ class EventBus(BaseEventBus):
                 time.sleep(min(interval + step * attempt, interval_max))
                 attempt += 1
 
+    def _send_messages(
+        self,
+        producer: Any,
+        args: tuple[dict[str, Any]],
+        argsrepr: str,
+        subscriptions: Sequence[Subscription],
+        sent: list[str],
+    ) -> None:
+        """One message per handler on ``producer`` (names appended to ``sent``), then
+        their task-sent events as one message (:mod:`eventbus.sent_events`)."""
+        sent_events = SentEvents(self.app)
+        for sub, queue in bound_queues(self.app, producer, subscriptions):
+            sub.task.apply_async(
+                args,
+                producer=producer,
+                argsrepr=argsrepr,
+                kwargsrepr="{}",
+                event_dispatcher=sent_events,
+                **queue,
+            )
+            sent.append(sub.name)
+        sent_events.send(producer)
+
     def _confirmed(self, producer: Any) -> AbstractContextManager[None]:
         """Confirms of the block's publishes on RabbitMQ (:mod:`eventbus.confirms`)."""
         return confirmed(
@@ -372,54 +381,6 @@ class EventBus(BaseEventBus):
             timeout=self.app.conf.get("eventbus_confirm_timeout"),
             enabled=self.app.conf.get("eventbus_publish_confirms", True),
         )
-
-    def _bound_queues(
-        self, producer: Any, subscriptions: Sequence[Subscription]
-    ) -> list[tuple[Subscription, dict[str, Any]]]:
-        """Each handler task's queue bound to the producer's channel, as ``apply_async`` options.
-
-        Celery sends each message with ``declare=[queue]``, and kombu's
-        ``maybe_declare`` binds an unbound queue to the channel (a copy of the
-        queue and its exchange, ~40 us here) only to find it in the connection's
-        cache of declared entities. Given the queue Celery would route the task
-        to (its ``queue`` option; a name as Celery's router resolves it), bound
-        to the channel once, it skips the copy; everything else is unchanged:
-        the declaration (cached per connection), the retry, the signals.
-        A queue Celery's router could not resolve, or a producer not
-        connected yet, gets no option: Celery routes as usual.
-        """
-        channel = getattr(producer, "_channel", None)
-        if isinstance(channel, ChannelPromise):
-            # A pooled producer gets its connection's default channel as a
-            # promise (RabbitMQ's confirms have resolved it already): once
-            # connected, it is the channel kombu's publish resolves next.
-            connection = producer.connection
-            channel = producer.channel if connection is not None and connection.connected else None
-        if channel is None:
-            return [(sub, {}) for sub in subscriptions]
-        cache: dict[str, tuple[Any, Any]] | None = getattr(channel, _BOUND_QUEUES, None)
-        if cache is None:
-            cache = {}
-            try:
-                setattr(channel, _BOUND_QUEUES, cache)  # lives and dies with the channel
-            except AttributeError:
-                return [(sub, {}) for sub in subscriptions]
-        options: list[tuple[Subscription, dict[str, Any]]] = []
-        queues = None
-        for sub in subscriptions:
-            queue = sub.task.queue
-            if not isinstance(queue, Queue):
-                if queues is None:
-                    queues = self.app.amqp.router.queues
-                queue = queues.get(queue) if isinstance(queue, str) else None
-                if queue is None:  # Celery's router decides (creates it, or refuses)
-                    options.append((sub, {}))
-                    continue
-            known = cache.get(sub.name)
-            if known is None or known[0] is not queue:
-                known = cache[sub.name] = (queue, queue.bind(channel))
-            options.append((sub, {"queue": known[1]}))
-        return options
 
     def _dispatch_in_batch(
         self,
@@ -436,19 +397,8 @@ class EventBus(BaseEventBus):
                 f"this batch already failed ({batch.failure})"
             )
         batch.events += 1
-        producer = batch.producer
         try:
-            sent_events = SentEvents(self.app)
-            for sub, queue in self._bound_queues(producer, subscriptions):
-                sub.task.apply_async(
-                    args,
-                    producer=producer,
-                    argsrepr=argsrepr,
-                    kwargsrepr="{}",
-                    event_dispatcher=sent_events,
-                    **queue,
-                )
-            sent_events.send(producer)
+            self._send_messages(batch.producer, args, argsrepr, subscriptions, [])
         except self._retryable_publish_errors() as exc:
             batch.failure = exc
             raise PublishError(
