@@ -22,6 +22,8 @@ from kombu import Connection, Exchange, Queue
 from eventbus import EventBus
 from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
 
+from .redis_box import make_box  # noqa: F401 - a fixture of the Redis transport tests
+
 #: Brokers that refuse connections at once: nothing listens on port 1.
 CLOSED_BROKER_URLS = {
     "redis": "redis://127.0.0.1:1/0",

@@ -21,11 +21,9 @@ from tests.brokers import PrivateRedis
 from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
 
 from .helpers import OrderPlaced, Recorder, wait_for
-from .test_redis_transport import TRANSPORT, Box, drain_one, make_box
+from .redis_box import TRANSPORT, Box, drain_one
 
 pytestmark = pytest.mark.redis
-
-__all__ = ["make_box"]  # (a fixture, used here)
 
 
 class HandlerApp:
