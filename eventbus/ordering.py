@@ -40,6 +40,7 @@ costs two Redis round trips per run, and blocks only the aggregate that waits
 from __future__ import annotations
 
 import enum
+import json
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -58,13 +59,30 @@ __all__ = [
     "Sequencer",
     "Turn",
     "TurnKind",
+    "aggregate_key",
 ]
 
 DEFAULT_GAP_TIMEOUT = 60.0  #: seconds without progress before a wait becomes a gap
 
 
 def aggregate_key(aggregate_type: str | None, aggregate_id: str) -> str:
-    return f"{aggregate_type or ''}:{aggregate_id}"
+    """The aggregate's part of its sequence counter's and positions' keys: one per aggregate.
+
+    ``Order:7`` while the type has no ``:`` (the id may have any): the type
+    ends at the first ``:``, so no two aggregates share a key, and it is the
+    key earlier versions wrote, so counters and positions already in Redis go on.
+    A type with a ``:`` gets the pair as JSON with each ``:`` escaped
+    (``["Order\\u003aeu","7"]``): a key without any ``:``, which no type
+    without one can have. (Before, ``("Order:eu", "7")`` shared ``Order:eu:7``
+    with ``("Order", "eu:7")``; the latter keeps it.) No type and an empty
+    type are the same, as they always were.
+    """
+    kind = aggregate_type or ""
+    if ":" not in kind:
+        return f"{kind}:{aggregate_id}"
+    return json.dumps([kind, aggregate_id], ensure_ascii=False, separators=(",", ":")).replace(
+        ":", "\\u003a"
+    )
 
 
 # -- at publish ------------------------------------------------------------------
@@ -90,7 +108,7 @@ class InMemorySequencer(Sequencer):
 
 
 class RedisSequencer(Sequencer):
-    """``INCR <prefix>seq:<aggregate_type>:<aggregate_id>``: atomic across publishers.
+    """``INCR <prefix>seq:<aggregate>``: atomic across publishers (:func:`aggregate_key`).
 
     The counters never expire: they are the aggregates' positions. On a Redis
     without persistence a restart starts them again at 1.

@@ -112,3 +112,30 @@ def test_a_missing_predecessor_dead_letters_the_waiting_event_and_replay_restore
         harness.bus.dead_letters.replay(records["sequence_gap"].id)
         harness.wait(lambda: seen == [1, 2], "sequence 2")
     assert len(harness.bus.dead_letters) == 0
+
+
+def test_aggregates_that_read_alike_joined_with_a_colon_are_ordered_apart(
+    harness: Harness,
+) -> None:
+    # Given an ordered handler, and two aggregates that are both "Order:eu:7"
+    # when type and id are joined with ':'
+    seen: list[tuple[str | None, str | None, int | None]] = []
+
+    def record(envelope: Envelope[Any]) -> None:
+        with harness.lock:
+            seen.append((envelope.aggregate_type, envelope.aggregate_id, envelope.sequence))
+
+    harness.bus.subscribe(ItemAdded, handler=record, name="t.colon", ordered=True)
+    with harness.worker():
+        # When each publishes its first event
+        first = harness.bus.publish(
+            ItemAdded(sku="A", quantity=1), aggregate_type="Order:eu", aggregate_id="7"
+        )
+        second = harness.bus.publish(
+            ItemAdded(sku="B", quantity=1), aggregate_type="Order", aggregate_id="eu:7"
+        )
+        # Then each is its aggregate's sequence 1, and the handler ran both
+        harness.wait(lambda: len(seen) == 2, "both events")
+    assert (first.sequence, second.sequence) == (1, 1)
+    assert sorted(seen, key=str) == sorted([("Order:eu", "7", 1), ("Order", "eu:7", 1)], key=str)
+    assert len(harness.bus.dead_letters) == 0

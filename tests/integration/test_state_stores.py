@@ -30,6 +30,7 @@ from eventbus.ordering import (
     Resequencer,
     Sequencer,
     TurnKind,
+    aggregate_key,
 )
 from tests.contract.events import ItemAdded
 from tests.support import STATE_REDIS_URL, require_broker, wait_for
@@ -87,6 +88,30 @@ def test_each_aggregate_counts_its_own_sequence(sequencer: Sequencer) -> None:
     assert [sequencer.next_sequence("Cart", "1") for _ in range(3)] == [1, 2, 3]
     assert sequencer.next_sequence("Cart", "2") == 1
     assert sequencer.next_sequence("Order", "1") == 1
+
+
+def test_aggregates_whose_type_and_id_share_a_colon_count_apart(sequencer: Sequencer) -> None:
+    # Given two aggregates that read the same when type and id are joined with ':'
+    # When each publishes events
+    # Then each has a sequence of its own
+    assert sequencer.next_sequence("Order:eu", "7") == 1
+    assert sequencer.next_sequence("Order", "eu:7") == 1
+    assert sequencer.next_sequence("Order:eu", "7") == 2
+    assert sequencer.next_sequence("Order", "eu:7") == 2
+
+
+def test_a_counter_written_before_the_key_encoding_changed_goes_on(redis_client: Any) -> None:
+    # Given a counter an earlier release wrote for ("Order", "eu:7"): "<prefix>seq:Order:eu:7"
+    # (the key of every aggregate whose type has no ':' is what it always was)
+    prefix = redis_client.prefix
+    redis_client.set(f"{prefix}seq:Order:eu:7", 41)
+    redis_client.set(f"{prefix}seq::7", 9)  # no aggregate type
+    sequencer = RedisSequencer(redis_client, prefix=prefix)
+    # When the aggregate publishes again, Then its numbers go on
+    assert sequencer.next_sequence("Order", "eu:7") == 42
+    assert sequencer.next_sequence(None, "7") == 10
+    # And the aggregate whose type holds the ':' starts a counter of its own
+    assert sequencer.next_sequence("Order:eu", "7") == 1
 
 
 # -- the resequencer ---------------------------------------------------------------
@@ -168,6 +193,19 @@ def test_reset_forgets_the_position(reseq: Resequencer) -> None:
     reseq.complete("h", "Cart:1", 1)
     reseq.reset("h", "Cart:1")
     assert kind(reseq, 1, owner="again") is TurnKind.RUN
+
+
+def test_aggregates_whose_type_and_id_share_a_colon_keep_positions_apart(
+    reseq: Resequencer,
+) -> None:
+    # Given ("Order:eu", "7") handled its sequence 1
+    first, second = aggregate_key("Order:eu", "7"), aggregate_key("Order", "eu:7")
+    assert reseq.acquire("h", first, 1, "a", gap=LONG, lease=LONG).kind is TurnKind.RUN
+    reseq.complete("h", first, 1)
+    # When ("Order", "eu:7") brings its own sequence 1, Then it runs (not a duplicate)
+    assert reseq.acquire("h", second, 1, "b", gap=LONG, lease=LONG).kind is TurnKind.RUN
+    # And the first one's next event waits for nobody
+    assert reseq.acquire("h", first, 2, "c", gap=LONG, lease=LONG).kind is TurnKind.RUN
 
 
 def test_positions_are_per_handler(reseq: Resequencer) -> None:
