@@ -23,12 +23,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Self, TypeVar
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from eventbus.errors import EnvelopeDecodeError, EventBusError
+from eventbus.errors import EnvelopeDecodeError, EventBusError, EventValidationError
 from eventbus.events import Event, EventRegistry, EventTypeRef, registry, resolve_event_type
 from eventbus.upcasting import UPCAST_FROM_KEY
 
@@ -61,6 +61,21 @@ class Envelope(BaseModel, Generic[EventT]):
     causation_id: str | None = None
     metadata: dict[str, Any] = Field(default_factory=dict)
     data: EventT
+
+    # Invalid fields raise EventValidationError (also pydantic's ValidationError),
+    # as an event's invalid data does.
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise EventValidationError.from_pydantic(_type_name(data), exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise EventValidationError.from_pydantic(_type_name(obj), exc) from None
 
     @field_validator("occurred_at")
     @classmethod
@@ -121,6 +136,12 @@ class Envelope(BaseModel, Generic[EventT]):
     def with_metadata(self, **items: Any) -> Envelope[EventT]:
         """A copy with ``items`` merged into ``metadata`` (the event id is kept)."""
         return self.model_copy(update={"metadata": {**self.metadata, **items}})
+
+
+def _type_name(fields: object) -> str:
+    """The event type named in envelope fields being validated, for the error message."""
+    name = fields.get("event_type") if isinstance(fields, Mapping) else None
+    return name if isinstance(name, str) else "<unknown>"
 
 
 def decode_envelope(
@@ -220,6 +241,7 @@ def wrap(
         # A new event with no correlation starts its own conversation.
         correlation_id=correlation_id if correlation_id is not None else str(event_id),
         causation_id=causation_id,
-        metadata=dict(metadata or {}),
+        # (not a mapping: the envelope refuses it, naming the field)
+        metadata=dict(metadata) if isinstance(metadata, Mapping) else metadata or {},
         data=event,
     )

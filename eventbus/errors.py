@@ -4,7 +4,8 @@
 
     EventBusError
     ├── EventError                  an event type or event data is wrong
-    │   ├── EventValidationError    payload failed its pydantic schema (at publish)
+    │   ├── EventValidationError    invalid event data or envelope field (also pydantic's
+    │   │                           ValidationError: construction, create_event, publish)
     │   ├── UnknownEventType        no event class is registered under that name
     │   ├── DuplicateEventType      two classes claim the same type name
     │   ├── PayloadTooLarge         the envelope is over eventbus_max_payload_bytes
@@ -28,6 +29,15 @@
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Self
+
+from pydantic import ValidationError
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_core.core_schema import ErrorType
+
+InputType = Literal["python", "json"]
 
 __all__ = [
     "ConcurrencyError",
@@ -64,22 +74,73 @@ class EventError(EventBusError):
     """An event type or an event's data is wrong."""
 
 
-class EventValidationError(EventError, ValueError):
-    """Event data failed validation against its event class.
+class EventValidationError(EventError, ValidationError):
+    """Event data, or a field of its envelope, failed validation.
 
-    Raised by ``publish``/``create_event`` before anything is sent. The message
-    names the event type and every failing field; ``errors`` holds pydantic's
-    structured list.
+    Raised wherever eventbus finds invalid data, before anything is sent:
+    constructing an event (``TodoCreated(...)``, ``TodoCreated.model_validate``
+    and ``model_validate_json``), :func:`~eventbus.create_event`, ``publish``,
+    building an envelope. Readers of messages and stored events (the worker,
+    the store, replay) see it as the cause of their own errors.
+
+    It is also pydantic's ``ValidationError`` (so a ``ValueError``):
+    ``except ValidationError`` keeps catching it, and ``errors()`` returns
+    pydantic's structured list. Its message is one line naming the event type
+    and every failing field, without the values given.
     """
 
-    def __init__(self, event_type: str, errors: list[dict[str, object]]) -> None:
-        self.event_type = event_type
-        self.errors = errors
-        details = "; ".join(_describe(err) for err in errors)
-        super().__init__(f"invalid data for event {event_type!r}: {details}")
+    def __new__(cls, event_type: str, errors: Sequence[Any], *pydantic_args: Any) -> Self:
+        if pydantic_args:
+            # pydantic's own construction (from_exception_data, unpickling):
+            # its line errors, the input type and whether to hide the input.
+            return super().__new__(cls, event_type, errors, *pydantic_args)
+        # Error dicts, such as pydantic's errors() list.
+        return cls.from_exception_data(event_type, [_line_error(err) for err in errors])
+
+    def __init__(self, *args: Any) -> None:
+        pass  # complete already (BaseException.__init__ would replace pydantic's args)
+
+    @classmethod
+    def from_pydantic(
+        cls, event_type: str, error: ValidationError, *, input_type: InputType = "python"
+    ) -> Self:
+        """pydantic's ``error`` as an :class:`EventValidationError` of ``event_type``.
+
+        ``input_type`` is ``"json"`` for an error of ``model_validate_json``.
+        """
+        if isinstance(error, cls) and error.event_type == event_type:
+            return error
+        return cls.from_exception_data(event_type, error.errors(), input_type=input_type)  # type: ignore[arg-type]
+
+    @property
+    def event_type(self) -> str:
+        return self.title
+
+    def __str__(self) -> str:
+        details = "; ".join(
+            _describe(err) for err in self.errors(include_url=False, include_input=False)
+        )
+        return f"invalid data for event {self.event_type!r}: {details}"
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
 
 
-def _describe(error: dict[str, object]) -> str:
+def _line_error(error: Mapping[str, Any]) -> InitErrorDetails:
+    """One of pydantic's error dicts as pydantic takes it back; any other type as its own."""
+    kind = error.get("type")
+    line: dict[str, Any] = {"loc": tuple(error.get("loc", ())), "input": error.get("input")}
+    if isinstance(kind, str) and kind in _PYDANTIC_ERROR_TYPES:
+        line["type"] = kind
+        if "ctx" in error:
+            line["ctx"] = error["ctx"]
+    else:
+        # (With no context, pydantic leaves the message's braces alone.)
+        line["type"] = PydanticCustomError(str(kind or "invalid"), str(error.get("msg") or kind))
+    return line  # type: ignore[return-value]
+
+
+def _describe(error: Mapping[str, Any]) -> str:
     loc = error.get("loc", ())
     where = ".".join(str(part) for part in loc) if isinstance(loc, (tuple, list)) else str(loc)
     return f"{where or '<root>'}: {error.get('msg')}"
@@ -254,3 +315,6 @@ class OutboxRowError(OutboxError):
     schema or is too large to send. The relay marks the row failed
     (``failed_at``, ``last_error``), logs it and goes on; it is never retried.
     """
+
+
+_PYDANTIC_ERROR_TYPES: frozenset[str] = frozenset(ErrorType.__args__)  # type: ignore[attr-defined]

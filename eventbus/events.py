@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from enum import Enum
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -66,12 +66,45 @@ class Event(BaseModel):
 
     Unknown fields are rejected, so a typo in a field name fails at publish
     time instead of silently dropping data. Instances are immutable.
+
+    Invalid data raises :class:`~eventbus.errors.EventValidationError`, which
+    is also pydantic's ``ValidationError``: from the constructor,
+    ``model_validate``, ``model_validate_json`` and ``model_validate_strings``.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_type: ClassVar[str]
     event_version: ClassVar[int] = 1
+
+    def __init__(self, /, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise EventValidationError.from_pydantic(_name_of(type(self)), exc) from None
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise EventValidationError.from_pydantic(_name_of(cls), exc) from None
+
+    @classmethod
+    def model_validate_json(cls, json_data: Any, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_json(json_data, *args, **kwargs)
+        except ValidationError as exc:
+            raise EventValidationError.from_pydantic(
+                _name_of(cls), exc, input_type="json"
+            ) from None
+
+    @classmethod
+    def model_validate_strings(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        try:
+            return super().model_validate_strings(obj, *args, **kwargs)
+        except ValidationError as exc:
+            raise EventValidationError.from_pydantic(_name_of(cls), exc) from None
 
     def __init_subclass__(cls, *, registry: EventRegistry | None = None, **kwargs: Any) -> None:
         # ``registry`` is for __pydantic_init_subclass__, which runs once the
@@ -91,10 +124,7 @@ class Event(BaseModel):
     @classmethod
     def parse_data(cls, data: Mapping[str, Any]) -> Event:
         """Validate ``data`` into an instance, raising :class:`EventValidationError`."""
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            raise EventValidationError(cls.event_type, exc.errors(include_url=False)) from None  # type: ignore[arg-type]
+        return cls.model_validate(data)
 
 
 #: What callers may pass wherever an event type is expected: the class, its
@@ -194,6 +224,11 @@ class EventRegistry:
             schema["x-event-version"] = cls.event_version
             schemas[cls.event_type] = schema
         return schemas
+
+
+def _name_of(cls: type[Event]) -> str:
+    """The type name errors give: an intermediate base class has none, its name does."""
+    return getattr(cls, "event_type", None) or cls.__qualname__
 
 
 def _origin(cls: type) -> str:

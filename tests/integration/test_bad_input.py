@@ -37,7 +37,7 @@ def test_invalid_event_data_is_refused_before_sending(env: Env) -> None:
     # Then the error names the event type and the field, and nothing was sent
     assert raised.value.event_type == "it.order.placed"
     assert "quantity" in str(raised.value)
-    assert [err["loc"] for err in raised.value.errors] == [("quantity",)]
+    assert [err["loc"] for err in raised.value.errors()] == [("quantity",)]
     assert env.queue_length() == 0
     assert env.bus.published[OrderPlaced.event_type] == 0
     # (and the queue length check does see a message that is sent)

@@ -60,7 +60,7 @@ def test_invalid_data_names_every_bad_field() -> None:
     message = str(err.value)
     assert "unit.order_placed" in message
     assert "order_id" in message and "total_cents" in message and "totl_cents" in message
-    assert {tuple(e["loc"]) for e in err.value.errors} >= {("order_id",), ("total_cents",)}
+    assert {tuple(e["loc"]) for e in err.value.errors()} >= {("order_id",), ("total_cents",)}
 
 
 def test_unknown_type_name_lists_what_is_registered() -> None:
