@@ -21,7 +21,7 @@ from eventbus.deadletter.queue import DeadLetterQueue
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import DeadLetterStore
 from eventbus.delivery import Guard
-from eventbus.envelope import Envelope, wrap
+from eventbus.envelope import Envelope, check_ids, wrap
 from eventbus.errors import EventBusError, PayloadTooLarge, ReplayError, SubscriptionError
 from eventbus.events import Event, EventRegistry, EventTypeRef, registry, resolve_event_type
 from eventbus.options import HandlerOptions
@@ -228,7 +228,10 @@ class BaseEventBus(ABC):
 
         ``event`` is an :class:`Event` (wrapped in a new envelope with the
         keyword fields) or an envelope from :func:`~eventbus.create_event`.
-        Data is validated before anything is sent. With no subscriber nothing
+        Data is validated before anything is sent
+        (:class:`~eventbus.errors.EventValidationError`, also for an aggregate
+        id, aggregate type, correlation or causation id over 255 characters).
+        With no subscriber nothing
         is sent, but the event is counted in :attr:`published`. An event with
         an ``aggregate_id`` and no ``sequence`` gets the aggregate's next
         sequence number when a handler of its type is ordered (or
@@ -247,6 +250,7 @@ class BaseEventBus(ABC):
                 resolve_event_type(
                     envelope.event_type, self.event_registry
                 )  # raises UnknownEventType
+            check_ids(envelope)  # (an envelope may be built or copied by hand)
         elif isinstance(event, Event):
             resolve_event_type(type(event), self.event_registry)
             envelope = wrap(

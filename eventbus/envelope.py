@@ -32,9 +32,15 @@ from eventbus.errors import EnvelopeDecodeError, EventBusError, EventValidationE
 from eventbus.events import Event, EventRegistry, EventTypeRef, registry, resolve_event_type
 from eventbus.upcasting import UPCAST_FROM_KEY
 
-__all__ = ["Envelope", "create_event", "decode_envelope"]
+__all__ = ["MAX_ID_LENGTH", "Envelope", "check_ids", "create_event", "decode_envelope"]
 
 EventT = TypeVar("EventT", bound=Event)
+
+#: The longest aggregate id, aggregate type, correlation id and causation id
+#: published, in characters: the event store and the outbox keep them in
+#: columns of this size, and ordering keeps the aggregate in Redis keys.
+MAX_ID_LENGTH = 255
+_ID_FIELDS = ("aggregate_id", "aggregate_type", "correlation_id", "causation_id")
 
 
 def _utcnow() -> datetime:
@@ -199,7 +205,8 @@ def create_event(
                              aggregate_id=todo_id, aggregate_type="Todo")
         bus.publish(event)
 
-    Raises :class:`~eventbus.errors.EventValidationError` naming each bad field,
+    Raises :class:`~eventbus.errors.EventValidationError` naming each bad field
+    (of the data, or an id over :data:`MAX_ID_LENGTH` characters),
     :class:`~eventbus.errors.UnknownEventType` for a name nobody registered.
     """
     event_class = resolve_event_type(event_type, event_registry)
@@ -221,6 +228,27 @@ def create_event(
     )
 
 
+def check_ids(envelope: Envelope[Any]) -> None:
+    """Refuse an envelope whose ids are over :data:`MAX_ID_LENGTH` characters.
+
+    Checked where envelopes are made (:func:`create_event`) and published,
+    not where they are read: a message already sent is still handled.
+    """
+    errors = [
+        {
+            "type": "string_too_long",
+            "loc": (name,),
+            # Not the whole value in the error: it may be a megabyte.
+            "input": f"{value[:40]}... ({len(value)} characters)",
+            "ctx": {"max_length": MAX_ID_LENGTH},
+        }
+        for name in _ID_FIELDS
+        if (value := getattr(envelope, name)) is not None and len(value) > MAX_ID_LENGTH
+    ]
+    if errors:
+        raise EventValidationError(envelope.event_type, errors)
+
+
 def wrap(
     event: Event,
     *,
@@ -230,9 +258,9 @@ def wrap(
     causation_id: object = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> Envelope[Any]:
-    """Wrap an already validated event in a fresh envelope."""
+    """Wrap an already validated event in a fresh envelope (its ids checked: :func:`check_ids`)."""
     event_id = uuid4()
-    return Envelope(
+    envelope: Envelope[Any] = Envelope(
         event_id=event_id,
         event_type=event.event_type,
         version=event.event_version,
@@ -245,3 +273,5 @@ def wrap(
         metadata=dict(metadata) if isinstance(metadata, Mapping) else metadata or {},
         data=event,
     )
+    check_ids(envelope)
+    return envelope

@@ -114,6 +114,41 @@ def test_invalid_data_raises_before_any_handler_runs(harness: Harness) -> None:
     assert sum(harness.bus.published.values()) == 0
 
 
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"aggregate_id": "x" * 256},
+        {"aggregate_id": "x" * 1024 * 1024},
+        {"aggregate_id": "7", "aggregate_type": "T" * 256},
+        {"correlation_id": "c" * 256},
+        {"causation_id": "c" * 256},
+    ],
+    ids=["id-256", "id-1MB", "type-256", "correlation-256", "causation-256"],
+)
+def test_an_identity_field_over_255_characters_is_refused_before_anything_is_sent(
+    harness: Harness, fields: dict[str, str]
+) -> None:
+    # Given a subscribed handler (the event store and the outbox keep these in 255 characters)
+    harness.bus.subscribe(ItemAdded, handler=lambda env: harness.record("a", env), name="t.cap")
+    field = next(iter(fields.keys() - {"aggregate_id"}), "aggregate_id")
+    with harness.worker():
+        # When an event is published with one of them longer: Then it is refused, naming it
+        with pytest.raises(EventValidationError) as err:
+            harness.bus.publish(ItemAdded(sku="X", quantity=1), **fields)
+        assert field in str(err.value) and "255" in str(err.value)
+        assert len(str(err.value)) < 300
+        # And so is the same envelope built with create_event
+        with pytest.raises(EventValidationError):
+            create_event(ItemAdded, {"sku": "X", "quantity": 1}, **fields)
+        # And 255 characters are fine
+        ok = {name: value[:255] for name, value in fields.items()}
+        harness.bus.publish(ItemAdded(sku="Y", quantity=1), **ok)
+        harness.wait(lambda: harness.count("a") == 1, "the event of 255 characters")
+    # And nothing of the refused one was sent or counted
+    assert harness.calls == [("a", harness.calls[0][1])]
+    assert sum(harness.bus.published.values()) == 1
+
+
 def test_event_without_subscribers_is_counted_not_sent(harness: Harness) -> None:
     envelope = harness.bus.publish(ItemRemoved(sku="nobody-listens"))
     assert harness.bus.published["contract.item_removed"] == 1
