@@ -22,16 +22,16 @@ broker_url = (
     or "redis://127.0.0.1:6379/0"
 )
 broker_connection_retry_on_startup = True
-# Redis: eventbus's transport (eventbus.transport.redis) takes each message off its
-# queue and records it as unacked in one atomic script. kombu's own takes it with
-# BRPOP and records it in a second round trip: a worker killed, or Redis crashing,
-# in between loses that message. An idle worker polls its queues every 0.05 s
-# (transport option eventbus_poll_interval). EVENTBUS_REDIS_TRANSPORT=kombu keeps
-# kombu's transport. Chosen from broker_url here: an app that loads this module
-# and then sets another broker_url must set broker_transport to match (None: the
-# URL's own transport).
-if broker_url.startswith("redis://") and os.environ.get("EVENTBUS_REDIS_TRANSPORT") != "kombu":
-    broker_transport = "eventbus.transport.redis:Transport"
+# No broker_transport here: a worker of an app with an EventBus picks it from the
+# app's broker URL when it starts (eventbus.transport.selection), so an app that
+# loads this module and then sets another broker_url gets the right one. On
+# redis:// and rediss:// that is eventbus's transport (eventbus.transport.redis):
+# it takes each message off its queue and records it as unacked in one atomic
+# script, where kombu's own takes it with BRPOP and records it in a second round
+# trip (a worker killed, or Redis crashing, in between loses that message). An idle
+# worker polls its queues every 0.05 s (transport option eventbus_poll_interval).
+# EVENTBUS_REDIS_TRANSPORT=kombu keeps kombu's transport (the worker warns).
+eventbus_redis_transport = os.environ.get("EVENTBUS_REDIS_TRANSPORT") or "eventbus"
 # Redis re-delivers an unacked message after visibility_timeout seconds. Handler
 # tasks ack late and retries wait up to eventbus_retry_backoff_max, which must
 # stay below this value (EventBus refuses a handler that would not).

@@ -18,16 +18,17 @@ def make_app(
 ) -> Celery:
     """An app configured from ``celeryconfig`` on ``broker_url``.
 
-    On Redis celeryconfig picks eventbus's transport (``eventbus.transport.redis``)
-    for its own URL; here the URL is the caller's, so the transport follows it:
-    eventbus's on Redis, the URL's own elsewhere, kombu's own with
-    ``stock_transport`` (what a plain Celery deployment runs).
+    The transport follows the URL: eventbus's on Redis, the URL's own
+    elsewhere, kombu's own with ``stock_transport`` (what a plain Celery
+    deployment runs).
     """
     app = Celery(main, set_as_current=False)
     app.config_from_object("celeryconfig")
     app.conf.update(broker_url=broker_url, **overrides)
     if stock_transport or not broker_url.startswith("redis://"):
         app.conf.broker_transport = None
+        if stock_transport:  # (unset, an EventBus's worker would pick eventbus's)
+            app.conf.eventbus_redis_transport = "kombu"
     elif "broker_transport" not in overrides:
         app.conf.broker_transport = "eventbus.transport.redis:Transport"
     return app

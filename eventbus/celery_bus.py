@@ -35,6 +35,7 @@ from eventbus.errors import (
 from eventbus.events import EventRegistry
 from eventbus.options import HandlerOptions
 from eventbus.sent_events import SentEvents
+from eventbus.transport.selection import bind_transport, check_transport
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -92,6 +93,9 @@ class EventBus(BaseEventBus):
         self._broker_dead_lettering: bool | None = None
         self._state: State | None = None
         self._batches = threading.local()  # the thread's open batch(), if any
+        self._transport_checked = False
+        # First, so that a worker picks its transport before anything connects.
+        bind_transport(app)
         from eventbus.worker import WorkerHooks
 
         self._worker_hooks = WorkerHooks(self)
@@ -284,7 +288,7 @@ class EventBus(BaseEventBus):
         state = _Batch()
         try:
             with (
-                self.app.producer_or_acquire() as producer,
+                self._producer() as producer,
                 self._confirmed(producer),
                 producer.batch(max_size),
             ):
@@ -329,7 +333,7 @@ class EventBus(BaseEventBus):
                 # transports publish at once. On RabbitMQ the broker confirms
                 # them, waited for once per event.
                 with (
-                    self.app.producer_or_acquire() as producer,
+                    self._producer() as producer,
                     self._confirmed(producer),
                     # One message gains nothing from a batch (on Redis a
                     # pipeline object per event costs more than it saves).
@@ -373,6 +377,13 @@ class EventBus(BaseEventBus):
             )
             sent.append(sub.name)
         sent_events.send(producer)
+
+    def _producer(self) -> AbstractContextManager[Any]:
+        """A producer from the app's pool, once the broker transport was found to fit its URL."""
+        if not self._transport_checked:
+            check_transport(self.app)  # ConfigurationError: a transport that cannot serve the URL
+            self._transport_checked = True
+        return self.app.producer_or_acquire()  # type: ignore[no-any-return]
 
     def _confirmed(self, producer: Any) -> AbstractContextManager[None]:
         """Confirms of the block's publishes on RabbitMQ (:mod:`eventbus.confirms`)."""

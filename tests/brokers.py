@@ -64,19 +64,56 @@ class PrivateRedis:
     survives a restart (no AOF, no RDB snapshots).
     """
 
-    def __init__(self, *, persistent: bool = True) -> None:
+    def __init__(self, *, persistent: bool = True, tls: bool = False) -> None:
         require_server(REDIS_SERVER, "this test starts a redis-server of its own")
         self.persistent = persistent
+        self.tls = tls
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="eventbus-test-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
+        if tls:
+            self._make_certificate()
+            #: The server checked against the test's CA (``bare_url``: not checked).
+            self.url = (
+                f"rediss://127.0.0.1:{self.port}/0"
+                f"?ssl_cert_reqs=required&ssl_ca_certs={self.certificate}"
+            )
+            self.bare_url = f"rediss://127.0.0.1:{self.port}/0"
+
+    @property
+    def certificate(self) -> Path:
+        return self.directory / "server.crt"
+
+    def _make_certificate(self) -> None:
+        """A self-signed certificate for 127.0.0.1 (it is its own CA), made with openssl."""
+        openssl = shutil.which("openssl") or "/usr/bin/openssl"
+        require_server(openssl, "this test makes a TLS certificate with openssl")
+        subprocess.run(
+            [
+                openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                "-keyout", str(self.directory / "server.key"), "-out", str(self.certificate),
+                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            ],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
 
     def start(self) -> None:
         assert self.process is None, "already running"
         persistence = ["--appendonly", "yes", "--appendfsync", "always"]
+        # With TLS, only the TLS port listens: every client that gets an answer spoke TLS.
+        listen = (
+            [
+                "--port", "0", "--tls-port", str(self.port),
+                "--tls-cert-file", str(self.certificate),
+                "--tls-key-file", str(self.directory / "server.key"),
+                "--tls-ca-cert-file", str(self.certificate), "--tls-auth-clients", "no",
+            ]
+            if self.tls
+            else ["--port", str(self.port)]
+        )  # fmt: skip
         command = [
-            REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
+            REDIS_SERVER, *listen, "--bind", "127.0.0.1",
             "--dir", str(self.directory), "--save", "", "--logfile", "redis.log",
             *(persistence if self.persistent else ["--appendonly", "no"]),
         ]  # fmt: skip
@@ -87,7 +124,10 @@ class PrivateRedis:
         """Whether it answers; raises if its process exited (it never will answer)."""
         if self.process is not None and self.process.poll() is not None:
             raise RuntimeError(f"redis-server exited with {self.process.returncode}\n{self.log()}")
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5, socket_timeout=1)
+        client = redis.Redis(
+            "127.0.0.1", self.port, socket_connect_timeout=0.5, socket_timeout=1,
+            **self._tls_options(),
+        )  # fmt: skip
         try:
             return bool(client.ping())
         except redis.RedisError:
@@ -115,7 +155,13 @@ class PrivateRedis:
                 process.wait(5)
 
     def client(self) -> redis.Redis:
-        return redis.Redis(port=self.port, socket_connect_timeout=3, socket_timeout=10)
+        return redis.Redis(
+            "127.0.0.1", self.port, socket_connect_timeout=3, socket_timeout=10,
+            **self._tls_options(),
+        )  # fmt: skip
+
+    def _tls_options(self) -> dict[str, object]:
+        return {"ssl": True, "ssl_ca_certs": str(self.certificate)} if self.tls else {}
 
     def log(self) -> str:
         path = self.directory / "redis.log"

@@ -33,11 +33,10 @@ BROKER_URLS = {
 #: Where idempotency claims and sequence positions live in tests (any broker).
 STATE_REDIS_URL = os.environ.get("EVENTBUS_TEST_STATE_URL", "redis://127.0.0.1:6379/9")
 DEFAULT_TIMEOUT = 20.0  #: seconds a test waits for a worker before failing
-#: The Redis transport of :func:`make_app`'s apps: eventbus's (eventbus.transport.redis,
-#: celeryconfig's default), or kombu's own with EVENTBUS_TEST_REDIS_TRANSPORT=kombu.
-REDIS_TRANSPORT = {"eventbus": "eventbus.transport.redis:Transport"}.get(
-    os.environ.get("EVENTBUS_TEST_REDIS_TRANSPORT", "eventbus")
-)
+#: The Redis transport of :func:`make_app`'s apps (their ``eventbus_redis_transport``):
+#: eventbus's (eventbus.transport.redis, which a bus's worker picks from a redis:// URL
+#: by itself), or kombu's own with EVENTBUS_TEST_REDIS_TRANSPORT=kombu.
+REDIS_TRANSPORT = os.environ.get("EVENTBUS_TEST_REDIS_TRANSPORT", "eventbus")
 
 _reachability: dict[str, str | None] = {}
 
@@ -173,8 +172,7 @@ def make_app(broker_url: str, *, default_queue: str | None = None, **overrides: 
     )
     if default_queue:
         app.conf.task_default_queue = default_queue
-    if REDIS_TRANSPORT and broker_url.startswith("redis://"):
-        app.conf.broker_transport = REDIS_TRANSPORT
+    app.conf.eventbus_redis_transport = REDIS_TRANSPORT
     app.conf.update(overrides)
     return app
 

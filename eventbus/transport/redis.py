@@ -39,8 +39,9 @@ cannot read the way kombu would record it (not a JSON object, no string
 delivery tag, exchange or routing key) is popped unrecorded and goes through
 kombu's own ``QoS.append``.
 
-Use it with ``broker_transport = "eventbus.transport.redis:Transport"`` (the
-repository's ``celeryconfig`` does on a ``redis://`` broker).
+An app with an ``EventBus`` gets it on a ``redis://`` broker, and
+:class:`SecureTransport` on ``rediss://``, unless ``broker_transport`` is set
+(:mod:`eventbus.transport.selection` chooses from the app's broker URL).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import logging
+import ssl
 import threading
 from collections.abc import Callable
 from queue import Empty
@@ -70,6 +72,7 @@ __all__ = [
     "TAKE_SCRIPT",
     "Channel",
     "QoS",
+    "SecureTransport",
     "Transport",
 ]
 
@@ -375,3 +378,33 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 _aliases: dict[Any, str] = kombu_connection.resolve_aliases
 for _name in (f"{__name__}:Transport", Transport):
     _aliases.setdefault(_name, "redis")
+
+
+class SecureTransport(Transport):
+    """eventbus's transport for ``rediss://`` URLs: TLS also without SSL options.
+
+    kombu gives its own ``rediss`` transport TLS without certificate checks
+    (``ssl_cert_reqs=CERT_NONE``, and a warning) when neither
+    ``broker_use_ssl`` nor ``ssl_*`` options in the URL are set
+    (``Connection._init_params``); a transport named by its path gets nothing,
+    and would speak plain TCP to the TLS port. This one does what kombu's
+    does. :mod:`eventbus.transport.selection` picks it for ``rediss://``.
+    """
+
+    def __init__(self, client: Any, *args: Any, **kwargs: Any) -> None:
+        if not client.ssl:
+            global _unverified_tls_warned
+            if not _unverified_tls_warned:
+                _unverified_tls_warned = True
+                logger.warning(
+                    "rediss:// broker with no SSL options: TLS without checking the "
+                    "server's certificate (as kombu does); set broker_use_ssl, or "
+                    "ssl_cert_reqs=required and ssl_ca_certs in the URL, to check it"
+                )
+            client.ssl = {"ssl_cert_reqs": ssl.CERT_NONE}
+        super().__init__(client, *args, **kwargs)
+
+
+_unverified_tls_warned = False
+_aliases.setdefault(f"{__name__}:SecureTransport", "rediss")
+_aliases.setdefault(SecureTransport, "rediss")

@@ -216,6 +216,8 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
         eventbus_redis_url=config.state_url,
         eventbus_redis_prefix=config.state_prefix,
         broker_transport=transport,
+        # (kombu's: broker_transport unset would get eventbus's, chosen from the URL)
+        eventbus_redis_transport="kombu" if transport is None else "eventbus",
         broker_transport_options=transport_options,
         # Flower's task-sent events are not what these tests count: leave
         # the publisher's and the brokers' time to the task messages.
