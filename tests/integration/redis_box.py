@@ -18,6 +18,8 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 
+from eventbus.transport.redis import TAKE_SCRIPT
+from eventbus.transport.refused import KEPT_BYTES
 from tests.support import require_broker
 
 TRANSPORT = "eventbus.transport.redis:Transport"
@@ -81,6 +83,22 @@ class Box:
             k.decode(): s
             for k, s in self.client.zrange(self.unacked_index_key, 0, -1, withscores=True)
         }
+
+    def take(self, *, limit: int = 0, tag: str = "fresh-tag") -> Any:
+        """Run the take script on the box's queue alone, as a consumer (then killed) would."""
+        return self.client.eval(
+            TAKE_SCRIPT,
+            3,
+            self.unacked_index_key,
+            self.unacked_key,
+            self.key(self.name),
+            repr(time.time()),
+            tag,
+            KEPT_BYTES,
+            "1",
+            self.name,
+            limit,
+        )
 
     def waiting(self) -> int:
         """Messages on the queue, every priority step."""
