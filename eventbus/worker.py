@@ -493,6 +493,10 @@ class _Screen:
                 "undecodable",
                 None,
             )
+        task = headers.get("task")
+        if task is not None and not isinstance(task, str):  # Celery looks it up in a dict
+            exc = EnvelopeDecodeError(f"the task name is not a string: {_short(task)}")
+            return exc, "rejected", None
         if not isinstance(message.body, bytes | str | None):  # (a forged Redis message)
             return (
                 EnvelopeDecodeError(f"the body is a {type(message.body).__name__}, not bytes"),
@@ -607,6 +611,9 @@ def _routing_key(message: Message) -> object:
 def _task_message_problem(message: Message) -> str | None:
     """What Celery's strategy would choke on in a protocol 2 task message, if anything."""
     headers = message.headers
+    if headers.get("expires") is not None:
+        # Publish never sets it; Celery discards an expired message unrecorded.
+        return f"a handler task never expires, got expires={_short(headers.get('expires'))}"
     if not isinstance(headers.get("id"), str):
         return f"task id must be a string, got {_short(headers.get('id'))}"
     timelimit = headers.get("timelimit")

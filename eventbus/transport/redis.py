@@ -457,11 +457,16 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         """kombu's message from what was taken, or the stand-in of an element it cannot read."""
         try:
             return self.Message(raw_message, channel=self)
-        except Exception:  # RecursionError too: whatever the element holds
+        except Exception as exc:  # RecursionError too: whatever the element holds
             if self._eventbus_taken is None:
                 raise  # not taken by the script (a fanout message): kombu's own behaviour
             item, delivery_tag, queue = self._eventbus_taken
-            logger.warning("an element of %r is not a kombu message", queue, exc_info=True)
+            logger.warning(
+                "an element of %r is not a kombu message (%s: %.200s): delivered as a stand-in",
+                queue,
+                type(exc).__name__,
+                exc,
+            )
             return self.Message(self._eventbus_stand_in(item, delivery_tag, queue), channel=self)
 
     def _eventbus_idle(self, seconds: float) -> None:
