@@ -111,18 +111,10 @@ ACK_BATCH_MAX = 100
 #: limit is never decoded (only the part after a kombu message's body, for its
 #: task name and id); one that is not a kombu message (or over the limit) is
 #: taken as a stand-in (:mod:`eventbus.transport.refused`): its first bytes
-#: (hex) and its size. The writes come before the pop: should Redis refuse a
-#: write (out of memory), nothing was taken.
+#: and its size. The writes come before the pop: should Redis refuse a write
+#: (out of memory), nothing was taken. The pop is an LTRIM, which, unlike
+#: RPOP, does not copy the element into the script a second time.
 TAKE_SCRIPT = """
-local function hex(s)
-  local parts = {}
-  for i = 1, #s, 256 do
-    local chunk = string.sub(s, i, i + 255)
-    parts[#parts + 1] = string.format(string.rep('%02x', #chunk), string.byte(chunk, 1, -1))
-  end
-  return table.concat(parts)
-end
-
 -- The headers of a kombu element, its body unread: kombu writes the body
 -- first, in base64 (no quote in it), and the rest is small.
 local function headers_of(item)
@@ -160,7 +152,7 @@ for i = 3, #KEYS do
           else
             tag = false
           end
-          redis.call('RPOP', KEYS[i])
+          redis.call('LTRIM', KEYS[i], 0, -2)
           return {i - 2, item, tag, 0}
         end
       end
@@ -180,7 +172,7 @@ for i = 3, #KEYS do
       end
     end
     local stand_in = cjson.encode({
-      ['body'] = hex(string.sub(item, 1, tonumber(ARGV[3]))),
+      ['body'] = string.sub(item, 1, tonumber(ARGV[3])),
       ['content-encoding'] = 'utf-8',
       ['content-type'] = 'application/x-eventbus-undecodable',
       ['headers'] = headers,
@@ -196,7 +188,7 @@ for i = 3, #KEYS do
       redis.call('ZADD', KEYS[1], ARGV[1], tag)
       redis.call('HSET', KEYS[2], tag, '[' .. stand_in .. ',"",' .. cjson.encode(queue) .. ']')
     end
-    redis.call('RPOP', KEYS[i])
+    redis.call('LTRIM', KEYS[i], 0, -2)
     return {i - 2, stand_in, tag, 1}
   end
 end

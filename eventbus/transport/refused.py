@@ -6,8 +6,10 @@ that is not a message kombu can read (not JSON, not a kombu message, nested
 deeper than a JSON decoder goes), or one larger than its queue's limit (never
 decoded, by Redis or by the worker), is taken, recorded as unacked and
 delivered as a stand-in: a kombu message of content type :data:`CONTENT_TYPE`
-carrying the element's first :data:`KEPT_BYTES` bytes (hex) and its size (and,
-for an oversized kombu message, its ``task`` and ``id`` headers).
+whose body is the element's first :data:`KEPT_BYTES` bytes, as a JSON string
+(a byte that is not UTF-8 reads as U+FFFD in Python, as it does in a dead
+letter's ``raw_body``), and whose headers give the element's size (and, for
+an oversized kombu message, its ``task`` and ``id``).
 
 No serializer is registered for that content type, so nothing ever decodes
 it; eventbus's worker dead-letters it (reason: :data:`REASON_HEADER`) and acks
@@ -44,7 +46,7 @@ Refusal = Literal["undecodable", "oversized"]
 def stand_in(raw: bytes, *, reason: Refusal, delivery_tag: str, queue: str) -> dict[str, Any]:
     """The kombu message (as on the wire) standing in for the element ``raw`` of ``queue``."""
     return {
-        "body": raw[:KEPT_BYTES].hex(),
+        "body": raw[:KEPT_BYTES].decode("utf-8", "replace"),
         "content-encoding": "utf-8",
         "content-type": CONTENT_TYPE,
         "headers": {SIZE_HEADER: len(raw), REASON_HEADER: reason},
@@ -68,10 +70,9 @@ def read_stand_in(
         return None
     headers = headers if isinstance(headers, Mapping) else {}
     reason: Refusal = "oversized" if headers.get(REASON_HEADER) == "oversized" else "undecodable"
-    text = body.decode("ascii", "replace") if isinstance(body, bytes) else str(body or "")
-    try:
-        raw = bytes.fromhex(text[: 2 * KEPT_BYTES])
-    except ValueError:  # forged: keep what it carries
-        raw = text[:KEPT_BYTES].encode()
+    if isinstance(body, bytes):
+        raw = body[:KEPT_BYTES]
+    else:
+        raw = str(body or "").encode("utf-8", "replace")[:KEPT_BYTES]
     size = headers.get(SIZE_HEADER)
-    return reason, raw, size if type(size) is int and size >= len(raw) else len(raw)
+    return reason, raw, size if type(size) is int and size >= 0 else len(raw)

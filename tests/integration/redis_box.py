@@ -76,7 +76,8 @@ class Box:
     def unacked(self) -> dict[str, Any]:
         """The unacked hash: delivery tag -> [message, exchange, routing_key]."""
         raw = self.client.hgetall(self.unacked_key)
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        # (as kombu reads it: a byte that is not UTF-8 reads as U+FFFD)
+        return {k.decode(): json.loads(v.decode("utf-8", "replace")) for k, v in raw.items()}
 
     def unacked_index(self) -> dict[str, float]:
         return {
