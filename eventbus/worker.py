@@ -50,6 +50,7 @@ from eventbus.errors import (
 )
 from eventbus.nesting import nests_deeper_than
 from eventbus.task_events import BatchedTaskEvents
+from eventbus.transport.amqp import guard_deep_headers
 from eventbus.transport.refused import read_stand_in
 from eventbus.worker_loop import ReadyCallbacksFirst
 
@@ -267,6 +268,7 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
         def __init__(self, consumer: Any, **kwargs: Any) -> None:
             super().__init__(consumer, **kwargs)
             _warn_of_unsafe_content(hooks.bus.app)
+            guard_deep_headers()  # (RabbitMQ: py-amqp)
             # Runs when the blueprint is applied, before the Tasks step reads
             # these callbacks. Written record: ack. Not ours, or not written:
             # Celery's own handling (log and ack, or reject: on RabbitMQ the
@@ -468,16 +470,12 @@ class _Screen:
         content_type, headers = message.content_type, message.headers
         stood_in = read_stand_in(content_type, headers, message.body)
         if stood_in is not None:
-            reason, raw, size = stood_in
             exc: BaseException = (
-                PayloadTooLarge("<not read>", size, self.limit)
-                if reason == "oversized"
-                else EnvelopeDecodeError(
-                    "the element on the queue is not a message (not JSON, not a kombu "
-                    "message, or nested too deep to decode)"
-                )
+                PayloadTooLarge("<not read>", stood_in.size, self.limit)
+                if stood_in.reason == "oversized"
+                else EnvelopeDecodeError(f"the broker delivered {stood_in.why}")
             )
-            return exc, reason, (raw, size)
+            return exc, stood_in.reason, (stood_in.raw, stood_in.size)
         if content_type != JSON:
             return (
                 EnvelopeDecodeError(

@@ -24,11 +24,11 @@ in Python (an element Redis could read but Python cannot).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from eventbus.deadletter.record import MAX_RAW_BODY
 
-__all__ = ["CONTENT_TYPE", "KEPT_BYTES", "Refusal", "read_stand_in", "stand_in"]
+__all__ = ["CONTENT_TYPE", "KEPT_BYTES", "Refusal", "StandIn", "read_stand_in", "stand_in"]
 
 #: The content type of a stand-in: never accepted, never decoded.
 CONTENT_TYPE = "application/x-eventbus-undecodable"
@@ -36,11 +36,25 @@ CONTENT_TYPE = "application/x-eventbus-undecodable"
 SIZE_HEADER = "x-eventbus-raw-size"
 #: Header: why the element was not delivered as it is.
 REASON_HEADER = "x-eventbus-refused"
+#: Header (optional): what was wrong with it, in words.
+WHY_HEADER = "x-eventbus-why"
 #: Bytes of the element a stand-in keeps (what a dead letter keeps).
 KEPT_BYTES = MAX_RAW_BODY
 
 #: Why: ``undecodable`` (not a message kombu can read) or ``oversized`` (over the limit).
 Refusal = Literal["undecodable", "oversized"]
+
+#: What a stand-in says when it does not say why.
+NOT_A_MESSAGE = "not a message (not JSON, not a kombu message, or nested too deep to decode)"
+
+
+class StandIn(NamedTuple):
+    """What a stand-in stands in for."""
+
+    reason: Refusal
+    raw: bytes  #: the first bytes of the element (or body)
+    size: int  #: the element's size in bytes
+    why: str  #: what was wrong with it
 
 
 def stand_in(raw: bytes, *, reason: Refusal, delivery_tag: str, queue: str) -> dict[str, Any]:
@@ -59,10 +73,8 @@ def stand_in(raw: bytes, *, reason: Refusal, delivery_tag: str, queue: str) -> d
     }
 
 
-def read_stand_in(
-    content_type: object, headers: object, body: object
-) -> tuple[Refusal, bytes, int] | None:
-    """(reason, the element's first bytes, its size) if this is a stand-in, else None.
+def read_stand_in(content_type: object, headers: object, body: object) -> StandIn | None:
+    """What this message stands in for, if it is a stand-in, else None.
 
     A producer may forge one: whatever its headers say, it is refused.
     """
@@ -75,4 +87,10 @@ def read_stand_in(
     else:
         raw = str(body or "").encode("utf-8", "replace")[:KEPT_BYTES]
     size = headers.get(SIZE_HEADER)
-    return reason, raw, size if type(size) is int and size >= 0 else len(raw)
+    why = headers.get(WHY_HEADER)
+    return StandIn(
+        reason,
+        raw,
+        size if type(size) is int and size >= 0 else len(raw),
+        why[:200] if isinstance(why, str) else NOT_A_MESSAGE,
+    )

@@ -18,6 +18,7 @@ from eventbus.deadletter.record import MAX_RAW_BODY
 from tests.support import REDIS_TRANSPORT, require_broker
 
 from .conftest import Env
+from .deep_headers import publish_deep_headers
 from .helpers import UNPICKLED, OrderPlaced, Recorder, Tripwire, wait_for
 
 
@@ -339,3 +340,30 @@ def _unacked_on(env: Env) -> list[str]:
             if env.queue.encode() in value[-len(env.queue) - 200 :]:
                 tags.append(tag.decode())
     return tags
+
+
+# -- headers nested deeper than py-amqp decodes (RabbitMQ) ------------------------------
+
+
+def test_headers_nested_deeper_than_amqp_decodes_are_dead_lettered(rabbitmq_env: Env) -> None:
+    # Given a handler and a running worker on RabbitMQ
+    env = rabbitmq_env
+    recorder = Recorder()
+    name = env.name("orders")
+    env.bus.subscribe(OrderPlaced, name=name, handler=recorder.handler(name))
+    env.start_worker()
+
+    # When a message whose headers nest 5,000 deep lands on its queue (py-amqp
+    # decodes header tables recursively: a RecursionError in the connection)
+    publish_deep_headers(env.broker_url, env.queue, "[[], {}, {}]", depth=5000)
+
+    # Then the worker goes on with the next good event
+    _worker_still_handles_events(env, recorder, name)
+    # And the message is one dead letter, undecodable, its queue named
+    wait_for(lambda: len(env.bus.dead_letters) >= 1, message="a dead letter")
+    [record] = env.bus.dead_letters.list()
+    assert record.reason == "undecodable"
+    assert record.queue == env.queue
+    assert "headers" in record.exception_message
+    assert record.raw_body == "[[], {}, {}]"
+    assert env.queue_length() == 0

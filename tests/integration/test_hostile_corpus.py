@@ -5,7 +5,8 @@ UTF-8, zero length, 10 MiB, deep nesting in body and headers, every envelope
 field with a wrong type, unknown event types and versions, pickle / YAML /
 msgpack and other content types, missing and forged headers; on Redis with
 eventbus's transport also raw list elements no producer writes (kombu's own
-transport stops its worker on those: README, Limits). They go to one handler
+transport stops its worker on those: README, Limits), on RabbitMQ headers
+nested deeper than py-amqp decodes. They go to one handler
 queue interleaved with 500 good events. Then every good event was handled
 exactly once, every bad message is exactly one dead letter with a reason, the
 worker's consumer never restarted, nothing was unpickled.
@@ -39,6 +40,7 @@ from eventbus.transport.refused import CONTENT_TYPE as STAND_IN
 from tests.support import REDIS_TRANSPORT
 
 from .conftest import Env
+from .deep_headers import publish_deep_headers
 from .helpers import UNPICKLED, OrderPlaced, Recorder, Tripwire, assert_stays, wait_for
 
 GOOD_EVENTS = 500
@@ -56,6 +58,8 @@ class Bad:
     body: bytes
     #: Message headers; None: ``body`` is a raw list element (Redis only).
     headers: dict[str, Any] | None
+    #: Headers nested 5,000 deep (RabbitMQ only: published by a process of its own).
+    deep_amqp_headers: bool = False
     content_type: str = "application/json"
     #: Nothing in its record can name it (an empty list element): counted only.
     anonymous: bool = False
@@ -112,6 +116,7 @@ class Corpus:
     queue: str
     rng: random.Random
     raw_elements: bool
+    amqp: bool
     messages: list[Bad] = field(default_factory=list)
 
     def key(self) -> str:
@@ -270,6 +275,12 @@ class Corpus:
         # -- raw list elements no producer writes (eventbus's Redis transport) --------
         if self.raw_elements:
             self.add_raw_elements()
+        # -- headers deeper than py-amqp decodes (RabbitMQ) ------------------------
+        if self.amqp:
+            for _ in range(2):
+                key = self.key()
+                body = f'["{key}"]'.encode()
+                self.add("amqp-headers-5000-deep", body, {}, deep_amqp_headers=True)
         return self.messages
 
     def add_raw_elements(self) -> None:
@@ -348,7 +359,7 @@ def test_hostile_corpus_among_good_events(env: Env, figure: Callable[[str], str]
     worker = env.start_worker(pool="threads", concurrency=4)
     rng = random.Random(seed)
     raw_elements = label == "redis"  # kombu's transport stops on them: README, Limits
-    bad = Corpus(name, env.queue, rng, raw_elements).build()
+    bad = Corpus(name, env.queue, rng, raw_elements, amqp=env.kind == "rabbitmq").build()
     assert len([b for b in bad if b.headers is not None]) >= 300
 
     # When the bad messages land on its queue, interleaved with good events
@@ -371,6 +382,9 @@ def test_hostile_corpus_among_good_events(env: Env, figure: Callable[[str], str]
             if message.headers is None:
                 assert client is not None
                 client.lpush(env.queue, message.body)
+                continue
+            if message.deep_amqp_headers:
+                publish_deep_headers(env.broker_url, env.queue, message.body.decode())
                 continue
             producer.publish(
                 message.body,

@@ -174,7 +174,8 @@ def test_an_element_that_is_not_a_message_is_recorded_as_a_stand_in_and_comes_ba
     [(recorded_tag, [message, exchange, routing_key])] = box.unacked().items()
     assert (recorded_tag, exchange, routing_key) == ("fresh-1", "", box.name)
     assert message == json.loads(item.decode("utf-8", "replace"))
-    assert read_stand_in(message["content-type"], message["headers"], message["body"]) == expected
+    stood_in = read_stand_in(message["content-type"], message["headers"], message["body"])
+    assert stood_in is not None and stood_in[:3] == expected
 
     # When a consumer runs past the visibility timeout
     with box.connection() as conn:
@@ -183,7 +184,7 @@ def test_an_element_that_is_not_a_message_is_recorded_as_a_stand_in_and_comes_ba
         # Then the stand-in came back to its queue and to the consumer, under the same tag
         assert got.delivery_tag == "fresh-1"
         assert got.content_type == CONTENT_TYPE
-        assert read_stand_in(got.content_type, got.headers, got.body) == expected
+        assert read_stand_in(got.content_type, got.headers, got.body)[:3] == expected
         got.ack()
     assert box.unacked() == {}
     assert box.waiting() == 0
@@ -210,7 +211,7 @@ def test_an_element_over_its_queues_limit_is_taken_unread(make_box: Callable[...
         # Then it gets a stand-in: the element's first bytes and size, its task
         # name and id (read past the body), recorded under the stand-in's tag
         assert message.content_type == CONTENT_TYPE
-        assert read_stand_in(message.content_type, message.headers, message.body) == (
+        assert read_stand_in(message.content_type, message.headers, message.body)[:3] == (
             "oversized",
             element[:KEPT_BYTES],
             len(element),
@@ -241,7 +242,7 @@ def test_an_element_redis_reads_and_python_cannot_is_delivered_as_a_stand_in(
 
         # Then it is a stand-in, under the tag Redis recorded the element with
         assert message.content_type == CONTENT_TYPE
-        assert read_stand_in(message.content_type, message.headers, message.body) == (
+        assert read_stand_in(message.content_type, message.headers, message.body)[:3] == (
             "undecodable",
             deep[:KEPT_BYTES],
             len(deep),
