@@ -372,11 +372,14 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
                         consumer.strategies[sub.name] = checked(strategy)
                 # eventbus's Redis transport: an element too large to be a
                 # handler message is taken unread (a stand-in), not decoded.
+                # Not on Celery's default queue: the app's other tasks share it.
                 limit_elements = getattr(
                     getattr(consumer.connection, "transport", None), "eventbus_limit", None
                 )
                 if limit_elements is not None:
-                    limit_elements(hooks.bus.queues, _element_limit(hooks.bus))
+                    default = hooks.bus.app.conf.task_default_queue
+                    queues = [q for q in hooks.bus.queues if q != default]
+                    limit_elements(queues, _element_limit(hooks.bus))
 
             def checked(strategy: Callable[..., None]) -> Callable[..., None]:
                 def checked_strategy(message: Message, payload: Any, *args: Any) -> None:
@@ -443,8 +446,9 @@ class _Screen:
 
     def update(self) -> None:
         """Read the bus's queues and limits again (at each connection)."""
-        bus = self.hooks.bus
+        self.bus = bus = self.hooks.bus
         self.queues = frozenset(bus.queues)
+        self.app_tasks = bus.app.tasks
         self.limit = bus.max_payload_bytes
         amqp = bus.app.amqp
         self.headers_allowance = (
@@ -462,8 +466,10 @@ class _Screen:
         """Why a message of the bus's is dead-lettered unread, if it is.
 
         Checked in this order: a transport's stand-in (:mod:`eventbus.transport.refused`);
-        the content type, JSON only (a pickle is never unpickled); the headers'
-        nesting; the size of the body and headers.
+        the content type, JSON only (a pickle is never unpickled), for whatever
+        task a handler queue carries; then, unless it is another task of the app
+        (a queue may carry them too: Celery's business), the headers' nesting
+        and type, and the size of the body and headers.
         """
         # Whatever Celery decodes of it from here on, it decodes as JSON only.
         message.accept = _JSON_ONLY
@@ -492,6 +498,8 @@ class _Screen:
                 None,
             )
         task = headers.get("task")
+        if isinstance(task, str) and task in self.app_tasks and not self.bus.has_handler(task):
+            return None  # another task of the app, on a queue it shares with handlers
         if task is not None and not isinstance(task, str):  # Celery looks it up in a dict
             exc = EnvelopeDecodeError(f"the task name is not a string: {_short(task)}")
             return exc, "rejected", None

@@ -303,6 +303,31 @@ def test_headers_count_toward_the_payload_limit(env: Env) -> None:
     assert len(env.bus.dead_letters) == 1
 
 
+def test_another_task_of_the_app_on_the_default_queue_is_not_held_to_the_handlers_limit(
+    env: Env,
+) -> None:
+    # Given a 4 KiB limit, a handler on Celery's default queue, and a plain task
+    # of the app there too
+    env.app.conf.eventbus_max_payload_bytes = 4096
+    env.app.conf.task_default_queue = env.queue
+    recorder, name = _subscribed(env)
+    ran: list[int] = []
+
+    @env.app.task(name=env.name("plain"), shared=False)
+    def plain(data: str) -> None:
+        ran.append(len(data))
+
+    env.start_worker()
+
+    # When that task is sent 20 KB of data
+    plain.delay("z" * 20_000)
+
+    # Then it runs: the payload limit is the handlers'
+    wait_for(lambda: ran == [20_000], message=lambda: f"the plain task to run, ran: {ran}")
+    _still_handles_a_good_event(env, recorder, name)
+    assert len(env.bus.dead_letters) == 0
+
+
 # -- a few hundred random bodies ---------------------------------------------------------
 
 FUZZ_MESSAGES = 300
