@@ -3,14 +3,22 @@
 * Every terminal failure of a handler task becomes exactly one dead letter:
   Celery's ``task_failure`` signal fires for exhausted retries, permanent
   errors, hard time limits, and lost workers whose message is not re-queued.
-* A message on a handler queue that never becomes a task run (not JSON, a
-  pickle, which is never unpickled, not a task message, an unknown task) is
-  dead-lettered and acked by a consumer step, instead of Celery's log-and-drop.
-* So is a handler task message over ``eventbus_max_payload_bytes``
-  ("oversized"), or one Celery would choke on building its request (a body
-  that is not ``[args, kwargs, embed]``, keyword arguments, linked tasks,
-  garbled headers: "rejected"), before the request is built: the handler
-  never runs it, whatever the pool, and the worker never stops over it.
+* A message on a handler queue that never becomes a task run (not JSON, not
+  a task message, an unknown task) is dead-lettered and acked by a consumer
+  step, instead of Celery's log-and-drop.
+* Before Celery reads a message from a handler queue (or for a handler task),
+  the step screens it: handler queues take JSON only, whatever the app's
+  ``accept_content`` (a pickle is never unpickled, a YAML never loaded: the
+  content type is checked before anything is decoded, "undecodable"); headers
+  nested deeper than :data:`MAX_HEADER_DEPTH` are "undecodable"; a message
+  whose body and headers are over ``eventbus_max_payload_bytes`` is
+  "oversized"; a Redis stand-in (:mod:`eventbus.transport.refused`) is
+  dead-lettered for what it stands in for. A worker warns at start when the
+  app accepts pickle or YAML.
+* So is a message Celery would choke on building its request (a body that is
+  not ``[args, kwargs, embed]``, keyword arguments, linked tasks, garbled
+  headers: "rejected"), before the request is built: the handler never runs
+  it, whatever the pool, and the worker never stops over it.
 * Celery's task events go out in batches, on a timer (:mod:`eventbus.task_events`).
 * The worker's event loop does not wait in its poll while callbacks (late
   acks) are queued (:mod:`eventbus.worker_loop`).
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import reprlib
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -39,7 +48,10 @@ from eventbus.errors import (
     PayloadTooLarge,
     SequenceGap,
 )
+from eventbus.nesting import nests_deeper_than
 from eventbus.task_events import BatchedTaskEvents
+from eventbus.transport.amqp import guard_deep_headers
+from eventbus.transport.refused import read_stand_in
 from eventbus.worker_loop import ReadyCallbacksFirst
 
 if TYPE_CHECKING:
@@ -143,28 +155,48 @@ class WorkerHooks:
     # -- messages that never become a task run ------------------------------
 
     def dead_letter_message(
-        self, message: Message, exc: BaseException, reason: DeadLetterReason
+        self,
+        message: Message,
+        exc: BaseException,
+        reason: DeadLetterReason,
+        raw: tuple[bytes, int] | None = None,
     ) -> bool:
-        """Record a raw message from a handler queue; False if it is not ours or not written."""
-        if (message.delivery_info or {}).get("routing_key") not in self.bus.queues:
+        """Record a raw message from a handler queue; False if it is not ours or not written.
+
+        ``raw``: the bytes to keep and the size, when the body is not the
+        message as it was on the queue (a transport's stand-in).
+        """
+        queues = frozenset(self.bus.queues)
+        if not self.owns_message(message, queues):
             return False
-        body = message.body if isinstance(message.body, bytes) else str(message.body).encode()
         headers = message.headers if isinstance(message.headers, dict) else {}
+        queue = _routing_key(message)
         task_name, task_id = headers.get("task"), headers.get("id")
+        if raw is None:
+            body = message.body
+            body = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
+            raw = body[:MAX_RAW_BODY], len(body)
         return self.write(
             DeadLetter(
                 handler=task_name if self.bus.has_handler(task_name) else None,
                 reason=reason,
                 attempts=1,
                 exception_type=type(exc).__name__,
-                exception_message=f"{exc} (content-type {message.content_type!r})",
+                exception_message=f"{exc} (content-type {_short(message.content_type)})",
                 # Any JSON value may stand in a hostile header.
-                task_id=None if task_id is None else str(task_id)[:200],
-                queue=(message.delivery_info or {}).get("routing_key"),
-                raw_body=body[:MAX_RAW_BODY].decode("utf-8", "replace"),
-                raw_size=len(body),
+                task_id=None if task_id is None else _text(task_id),
+                queue=queue if queue is None or queue in queues else _text(queue),
+                raw_body=raw[0][:MAX_RAW_BODY].decode("utf-8", "replace"),
+                raw_size=raw[1],
             )
         )
+
+    def owns_message(self, message: Message, queues: frozenset[str]) -> bool:
+        """Whether ``message`` came from one of ``queues``, or is for a handler task of the bus."""
+        if _routing_key(message) in queues:
+            return True
+        headers = message.headers
+        return isinstance(headers, dict) and self.bus.has_handler(headers.get("task"))
 
     # -- worker start ---------------------------------------------------------
 
@@ -235,6 +267,8 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
 
         def __init__(self, consumer: Any, **kwargs: Any) -> None:
             super().__init__(consumer, **kwargs)
+            _warn_of_unsafe_content(hooks.bus.app)
+            guard_deep_headers()  # (RabbitMQ: py-amqp)
             # Runs when the blueprint is applied, before the Tasks step reads
             # these callbacks. Written record: ack. Not ours, or not written:
             # Celery's own handling (log and ack, or reject: on RabbitMQ the
@@ -245,16 +279,19 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
             invalid_task = consumer.on_invalid_task
 
             def on_decode_error(message: Message, exc: BaseException) -> None:
-                hooks.dead_letter_message(message, exc, "undecodable")
-                decode(message, exc)  # logs and acks
+                if hooks.dead_letter_message(message, exc, "undecodable"):
+                    message.ack()
+                else:
+                    decode(message, exc)  # logs and acks
 
             def on_unknown_message(body: Any, message: Message) -> None:
                 exc = EnvelopeDecodeError("not a Celery task message (no task header)")
                 handled_or(unknown_message, body, message)(message, exc, "rejected")
 
             def on_unknown_task(body: Any, message: Message, exc: BaseException) -> None:
-                name = (message.headers or {}).get("task")
-                reason = EnvelopeDecodeError(f"no handler task named {name!r} on this worker")
+                headers = message.headers if isinstance(message.headers, dict) else {}
+                name = _short(headers.get("task"))
+                reason = EnvelopeDecodeError(f"no handler task named {name} on this worker")
                 handled_or(unknown_task, body, message, exc)(message, reason, "rejected")
 
             def on_invalid_task(body: Any, message: Message, exc: BaseException) -> None:
@@ -276,13 +313,55 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
             consumer.on_unknown_task = on_unknown_task
             consumer.on_invalid_task = on_invalid_task
 
+            # Every message the task consumer receives is looked at first here,
+            # before Celery reads its headers or decodes its body: one from a
+            # handler queue (or for a handler task) that is not JSON, whose
+            # headers are nested too deep, or that is oversized, is
+            # dead-lettered unread. Celery builds this handler at each
+            # (re)connection.
+            create_task_handler = consumer.create_task_handler
+            screen = _Screen(hooks)
+
+            def create_screened_task_handler(*args: Any, **kwargs: Any) -> Callable[..., Any]:
+                on_task_received = create_task_handler(*args, **kwargs)
+                screen.update()
+
+                def on_screened_task_received(message: Message) -> Any:
+                    if screen.owns(message):
+                        try:
+                            refusal = screen.refusal(message)
+                        except Exception as exc:  # whatever it holds: never stop the worker
+                            logger.exception("eventbus could not screen %s", _describe(message))
+                            refusal = exc, "undecodable", None
+                        if refusal is not None:
+                            dead_letter_refused(message, *refusal)
+                            return None
+                    return on_task_received(message)
+
+                return on_screened_task_received
+
+            consumer.create_task_handler = create_screened_task_handler
+
+            def dead_letter_refused(
+                message: Message,
+                exc: BaseException,
+                reason: DeadLetterReason,
+                raw: tuple[bytes, int] | None,
+            ) -> None:
+                if hooks.dead_letter_message(message, exc, reason, raw):
+                    message.ack()
+                    return
+                # Not written: never run it. RabbitMQ hands the rejected message
+                # to the dead-letter exchange; Redis drops it (logged).
+                logger.error("rejected %s: %s", _describe(message), exc)
+                message.reject_log_error(logger, consumer.connection_errors, requeue=False)
+
             # Handler task messages are checked in the consumer, before the
             # task's strategy builds a request: whatever the pool, a message
-            # that is oversized or not a task message never reaches it, and
-            # never raises out of the consumer (Celery then stops the worker,
-            # and the redelivered message stops the next one). Celery
-            # rebuilds the strategies at each (re)connection and reload, so
-            # wrap them each time it does.
+            # that is not a task message never reaches it, and never raises out
+            # of the consumer (Celery then stops the worker, and the redelivered
+            # message stops the next one). Celery rebuilds the strategies at
+            # each (re)connection and reload, so wrap them each time it does.
             update_strategies = consumer.update_strategies
 
             def update_checked_strategies() -> None:
@@ -291,15 +370,19 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
                     strategy = consumer.strategies.get(sub.name)
                     if strategy is not None:
                         consumer.strategies[sub.name] = checked(strategy)
+                # eventbus's Redis transport: an element too large to be a
+                # handler message is taken unread (a stand-in), not decoded.
+                # Not on Celery's default queue: the app's other tasks share it.
+                limit_elements = getattr(
+                    getattr(consumer.connection, "transport", None), "eventbus_limit", None
+                )
+                if limit_elements is not None:
+                    default = hooks.bus.app.conf.task_default_queue
+                    queues = [q for q in hooks.bus.queues if q != default]
+                    limit_elements(queues, _element_limit(hooks.bus))
 
             def checked(strategy: Callable[..., None]) -> Callable[..., None]:
-                limit = hooks.bus.max_payload_bytes
-
                 def checked_strategy(message: Message, payload: Any, *args: Any) -> None:
-                    over = _oversized(message, limit) if limit else None
-                    if over is not None:
-                        dead_letter_oversized(message, PayloadTooLarge(over[1], over[0], limit))
-                        return
                     # InvalidTaskError goes to on_invalid_task: dead-lettered, acked.
                     problem = None if payload is not None else _task_message_problem(message)
                     if problem:
@@ -317,19 +400,148 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
 
                 return checked_strategy
 
-            def dead_letter_oversized(message: Message, exc: PayloadTooLarge) -> None:
-                if hooks.dead_letter_message(message, exc, "oversized"):
-                    message.ack()
-                    return
-                # Not written (or not from a handler queue): never run it.
-                # RabbitMQ hands the rejected message to the dead-letter
-                # exchange; Redis drops it (logged).
-                logger.error("rejected %s: %s", _describe(message), exc)
-                message.reject_log_error(logger, consumer.connection_errors, requeue=False)
-
             consumer.update_strategies = update_checked_strategies
 
     return DeadLetterUnusableMessages
+
+
+#: The one content type a handler queue takes, whatever the app accepts.
+JSON = "application/json"
+#: Content types (and serializer names) that run code or build objects when decoded.
+UNSAFE_CONTENT = {
+    "pickle": "pickle",
+    "application/x-python-serialize": "pickle",
+    "yaml": "yaml",
+    "application/x-yaml": "yaml",
+}
+#: Levels of nesting a handler message's headers may have (Celery's own have 3).
+MAX_HEADER_DEPTH = 32
+#: Bytes of headers Celery writes besides ``argsrepr`` and ``kwargsrepr`` (ids,
+#: names, limits, stamps): beyond this and those two, headers count toward
+#: ``eventbus_max_payload_bytes``.
+CELERY_HEADERS_ALLOWANCE = 4 * 1024
+
+
+def _warn_of_unsafe_content(app: Any) -> None:
+    """Warn (at worker start) that the app accepts content that runs code when decoded."""
+    accepted = app.conf.accept_content or ()
+    unsafe = sorted({UNSAFE_CONTENT[a] for a in map(str, accepted) if a.lower() in UNSAFE_CONTENT})
+    if unsafe:
+        logger.warning(
+            "the Celery app accepts %s (accept_content=%r): eventbus's handler queues "
+            "still take JSON only (a message of another content type is dead-lettered, "
+            "never decoded), but the app's other tasks decode what they receive, and a "
+            "pickle runs code: accept JSON only",
+            " and ".join(unsafe),
+            list(accepted),
+        )
+
+
+class _Screen:
+    """What a worker checks of a message before Celery reads it (see the consumer step)."""
+
+    def __init__(self, hooks: WorkerHooks) -> None:
+        self.hooks = hooks
+        self.update()
+
+    def update(self) -> None:
+        """Read the bus's queues and limits again (at each connection)."""
+        self.bus = bus = self.hooks.bus
+        self.queues = frozenset(bus.queues)
+        self.app_tasks = bus.app.tasks
+        self.limit = bus.max_payload_bytes
+        amqp = bus.app.amqp
+        self.headers_allowance = (
+            CELERY_HEADERS_ALLOWANCE
+            + int(amqp.argsrepr_maxsize or 0)
+            + int(amqp.kwargsrepr_maxsize or 0)
+        )
+
+    def owns(self, message: Message) -> bool:
+        return self.hooks.owns_message(message, self.queues)
+
+    def refusal(
+        self, message: Message
+    ) -> tuple[BaseException, DeadLetterReason, tuple[bytes, int] | None] | None:
+        """Why a message of the bus's is dead-lettered unread, if it is.
+
+        Checked in this order: a transport's stand-in (:mod:`eventbus.transport.refused`);
+        the content type, JSON only (a pickle is never unpickled), for whatever
+        task a handler queue carries; then, unless it is another task of the app
+        (a queue may carry them too: Celery's business), the headers' nesting
+        and type, and the size of the body and headers.
+        """
+        # Whatever Celery decodes of it from here on, it decodes as JSON only.
+        message.accept = _JSON_ONLY
+        content_type, headers = message.content_type, message.headers
+        stood_in = read_stand_in(content_type, headers, message.body)
+        if stood_in is not None:
+            exc: BaseException = (
+                PayloadTooLarge("<not read>", stood_in.size, self.limit)
+                if stood_in.reason == "oversized"
+                else EnvelopeDecodeError(f"the broker delivered {stood_in.why}")
+            )
+            return exc, stood_in.reason, (stood_in.raw, stood_in.size)
+        if content_type != JSON:
+            return (
+                EnvelopeDecodeError(
+                    f"content type {_short(content_type)} is not taken on a handler queue "
+                    "(JSON only): never decoded"
+                ),
+                "undecodable",
+                None,
+            )
+        if not isinstance(headers, dict) or nests_deeper_than(headers, MAX_HEADER_DEPTH):
+            return (
+                EnvelopeDecodeError(f"headers nested deeper than {MAX_HEADER_DEPTH} levels"),
+                "undecodable",
+                None,
+            )
+        task = headers.get("task")
+        if isinstance(task, str) and task in self.app_tasks and not self.bus.has_handler(task):
+            return None  # another task of the app, on a queue it shares with handlers
+        if task is not None and not isinstance(task, str):  # Celery looks it up in a dict
+            exc = EnvelopeDecodeError(f"the task name is not a string: {_short(task)}")
+            return exc, "rejected", None
+        if not isinstance(message.body, bytes | str | None):  # (a forged Redis message)
+            return (
+                EnvelopeDecodeError(f"the body is a {type(message.body).__name__}, not bytes"),
+                "undecodable",
+                None,
+            )
+        if self.limit:
+            extra = max(0, _compact_size(headers) - self.headers_allowance)
+            try:
+                over = _oversized(message, self.limit, extra)
+            except (DecodeError, RecursionError) as exc:  # (nested deeper than json goes)
+                return exc, "undecodable", None
+            if over is not None:
+                return PayloadTooLarge(over[1], over[0], self.limit), "oversized", None
+        return None
+
+
+_JSON_ONLY = frozenset({JSON})
+
+
+def _element_limit(bus: EventBus) -> int:
+    """Bytes past which a Redis list element cannot hold a handler message within the limit.
+
+    kombu's Redis element carries the body in base64 (4/3 of it), with the
+    headers and properties beside it; the body holds the envelope with Celery's
+    spaces (see :func:`_oversized`). 0: no limit.
+    """
+    limit = bus.max_payload_bytes
+    if not limit:
+        return 0
+    amqp = bus.app.amqp
+    headers = CELERY_HEADERS_ALLOWANCE + int(amqp.argsrepr_maxsize or 0)
+    headers += int(amqp.kwargsrepr_maxsize or 0)
+    body = (limit + MESSAGE_WRAPPER_MARGIN) * 3 // 2
+    return body * 4 // 3 + limit + headers + ELEMENT_PROPERTIES_MARGIN
+
+
+#: Bytes of a Redis element besides its body and headers (properties, keys).
+ELEMENT_PROPERTIES_MARGIN = 4 * 1024
 
 
 #: Bytes a task message may carry beyond its envelope's limit: Celery's
@@ -337,18 +549,18 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
 MESSAGE_WRAPPER_MARGIN = 1024
 
 
-def _oversized(message: Message, limit: int) -> tuple[int, str] | None:
+def _oversized(message: Message, limit: int, extra: int = 0) -> tuple[int, str] | None:
     """The size putting a task message over ``limit`` and its event type, or None.
 
-    Publish measures the envelope as compact JSON; Celery's serializer adds a
-    space after every ``,`` and ``:`` (at most half as much again) and the
-    task list around it. A body within the limit passes unread; one beyond
-    what that can add is oversized unread; one in between is decoded (as
-    Celery's strategy does next, from the same cache) and its envelope
-    measured as publish measures it.
+    ``extra``: bytes of headers that count toward the limit. Publish measures
+    the envelope as compact JSON; Celery's serializer adds a space after every
+    ``,`` and ``:`` (at most half as much again) and the task list around it.
+    A body within the limit passes unread; one beyond what that can add is
+    oversized unread; one in between is decoded (as Celery's strategy does
+    next, from the same cache) and its envelope measured as publish measures it.
     """
     body = message.body
-    size = len(body.encode() if isinstance(body, str) else body or b"")
+    size = len(body.encode() if isinstance(body, str) else body or b"") + extra
     if size <= limit:
         return None
     if size > (limit + MESSAGE_WRAPPER_MARGIN) * 3 // 2:
@@ -359,9 +571,9 @@ def _oversized(message: Message, limit: int) -> tuple[int, str] | None:
     envelope = _first_argument(payload)
     event_type = envelope.get("event_type") if isinstance(envelope, dict) else None
     label = event_type if isinstance(event_type, str) else "<not an envelope>"
-    if envelope is not None and (size := _compact_size(envelope)) > limit:
+    if envelope is not None and (size := _compact_size(envelope) + extra) > limit:
         return size, label
-    if (size := _compact_size(payload)) > limit + MESSAGE_WRAPPER_MARGIN:
+    if (size := _compact_size(payload) + extra) > limit + MESSAGE_WRAPPER_MARGIN:
         return size, label
     return None
 
@@ -376,29 +588,55 @@ def _first_argument(payload: object) -> object:
 
 
 def _compact_size(value: object) -> int:
-    return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    try:
+        return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    except (TypeError, ValueError):  # keys JSON has no form for (an AMQP table's are strings)
+        return len(str(value).encode("utf-8", "replace"))
+
+
+#: A repr bounded in length and depth, for any value a hostile message holds.
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxstring, _REPR.maxother, _REPR.maxlong = 3, 100, 100, 40
+
+
+def _short(value: object) -> str:
+    """``value``'s repr, at most a few hundred characters, whatever it is."""
+    return _REPR.repr(value)
+
+
+def _text(value: object) -> str:
+    """A string field of a record from any value: a string cut to 200 characters, else its repr."""
+    return value[:200] if isinstance(value, str) else _short(value)
+
+
+def _routing_key(message: Message) -> object:
+    info = message.delivery_info
+    return info.get("routing_key") if isinstance(info, dict) else None
 
 
 def _task_message_problem(message: Message) -> str | None:
     """What Celery's strategy would choke on in a protocol 2 task message, if anything."""
     headers = message.headers
+    if headers.get("expires") is not None:
+        # Publish never sets it; Celery discards an expired message unrecorded.
+        return f"a handler task never expires, got expires={_short(headers.get('expires'))}"
     if not isinstance(headers.get("id"), str):
-        return f"task id must be a string, got {headers.get('id')!r:.100}"
+        return f"task id must be a string, got {_short(headers.get('id'))}"
     timelimit = headers.get("timelimit")
     if timelimit and not (
         isinstance(timelimit, list | tuple)
         and len(timelimit) == 2
         and all(t is None or isinstance(t, int | float) for t in timelimit)
     ):
-        return f"timelimit must be [hard, soft] seconds, got {timelimit!r:.100}"
+        return f"timelimit must be [hard, soft] seconds, got {_short(timelimit)}"
     shadow = headers.get("shadow")
     if shadow is not None and not isinstance(shadow, str):
         # Under another name type the run vanishes: no result, no failure, no log
-        return f"shadow (the task's display name) must be a string, got {shadow!r:.100}"
+        return f"shadow (the task's display name) must be a string, got {_short(shadow)}"
     retries = headers.get("retries")
     if retries is not None and not (isinstance(retries, int) and retries >= 0):
         # on_task_failure counts the attempts from it
-        return f"retries must be a count, got {retries!r:.100}"
+        return f"retries must be a count, got {_short(retries)}"
     # Decoded as Celery's strategy decodes it next (from the same cache); a
     # body it cannot decode raises to the consumer's callbacks.
     body = message.decode()
@@ -427,5 +665,5 @@ _LINKS = frozenset({"callbacks", "errbacks", "chain", "chord"})
 
 def _describe(message: Message) -> str:
     headers = message.headers if isinstance(message.headers, dict) else {}
-    queue = (message.delivery_info or {}).get("routing_key")
-    return f"message {headers.get('id')!r} of task {headers.get('task')!r} on {queue!r}"
+    task_id, task, queue = headers.get("id"), headers.get("task"), _routing_key(message)
+    return f"message {_short(task_id)} of task {_short(task)} on {_short(queue)}"

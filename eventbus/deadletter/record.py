@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+import json
 import traceback as tb
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["MAX_RAW_BODY", "DeadLetter", "DeadLetterReason"]
+from eventbus.nesting import nests_deeper_than
+
+__all__ = [
+    "MAX_ENVELOPE_DEPTH",
+    "MAX_EXCEPTION_MESSAGE",
+    "MAX_RAW_BODY",
+    "MAX_TRACEBACK",
+    "DeadLetter",
+    "DeadLetterReason",
+]
 
 #: Why a message was dead-lettered.
 DeadLetterReason = Literal[
@@ -26,6 +36,14 @@ DeadLetterReason = Literal[
 ]
 
 MAX_RAW_BODY = 64 * 1024  #: bytes of an undecodable body kept in its record
+#: Bytes (UTF-8) of an exception message kept in a record, the mark of the cut included.
+MAX_EXCEPTION_MESSAGE = 16 * 1024
+#: Bytes (UTF-8) of a traceback kept in a record: its start (the frames), marked as cut.
+MAX_TRACEBACK = 64 * 1024
+#: Levels of nesting an envelope may have to be kept as one: pydantic writes and
+#: reads a record only so deep (about 200 levels); a deeper one is kept as
+#: ``raw_body`` (JSON text), and the record is not replayable.
+MAX_ENVELOPE_DEPTH = 100
 
 
 class DeadLetter(BaseModel):
@@ -33,7 +51,10 @@ class DeadLetter(BaseModel):
 
     ``envelope`` is the event exactly as it was sent (the wire dict), so the
     record survives even if the event class changed since; ``raw_body`` is set
-    instead when the message could not be decoded at all.
+    instead when the message could not be decoded at all (or its envelope nests
+    deeper than :data:`MAX_ENVELOPE_DEPTH`). ``exception_message`` and
+    ``traceback`` are cut to :data:`MAX_EXCEPTION_MESSAGE` and
+    :data:`MAX_TRACEBACK` bytes, the cut marked at the end.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -54,6 +75,29 @@ class DeadLetter(BaseModel):
     envelope: dict[str, Any] | None = None
     raw_body: str | None = None
     raw_size: int | None = None
+
+    @field_validator("exception_message")
+    @classmethod
+    def _cut_exception_message(cls, value: str) -> str:
+        return _cut(value, MAX_EXCEPTION_MESSAGE)
+
+    @field_validator("traceback")
+    @classmethod
+    def _cut_traceback(cls, value: str | None) -> str | None:
+        return None if value is None else _cut(value, MAX_TRACEBACK)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _keep_deep_envelope_as_text(cls, data: Any) -> Any:
+        envelope = data.get("envelope") if isinstance(data, dict) else None
+        if isinstance(envelope, dict) and nests_deeper_than(envelope, MAX_ENVELOPE_DEPTH):
+            try:
+                text = json.dumps(envelope, default=str)
+            except RecursionError:
+                text = f"<an envelope nested more than {MAX_ENVELOPE_DEPTH} levels deep>"
+            data = {**data, "envelope": None, "raw_body": text[:MAX_RAW_BODY]}
+            data["raw_size"] = len(text)
+        return data
 
     @property
     def replayable(self) -> bool:
@@ -119,3 +163,15 @@ def _qualified_name(cls: type) -> str:
 
 def _str_or_none(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _cut(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` bytes (UTF-8), else its start and a mark of the cut."""
+    if len(text) <= limit // 4:  # (UTF-8 takes at most 4 bytes a character)
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    mark = f"\n[... cut by eventbus: {len(text)} characters in all, {len(data)} bytes]"
+    kept = data[: limit - len(mark.encode())].decode("utf-8", "ignore")
+    return kept + mark

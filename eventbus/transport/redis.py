@@ -31,13 +31,26 @@ A worker killed in between leaves those records, and its messages run again
 after ``visibility_timeout``: at least once, as with a kill just before an
 ack. Without an event loop every ack is sent at once.
 
+Whatever bytes sit on a list, the consumer gets a message, and a recorded
+one. kombu's transport raises out of ``drain_events`` on an element that is
+not a JSON kombu message (not JSON, a JSON array, a body that is not base64,
+headers nested deeper than ``json`` goes), which stops a Celery worker, and
+the element is gone. Here an element the script cannot read as a kombu
+message is taken as a stand-in (:mod:`eventbus.transport.refused`): a kombu
+message of a content type nothing decodes, with the element's first bytes and
+its size, recorded as unacked under a delivery tag the consumer passes (a
+fresh one per stand-in). So is an element the consumer finds unreadable after
+Redis could read it (its record's tag kept), and one larger than its queue's
+limit (:meth:`Transport.eventbus_limit`; an EventBus worker sets it for its
+handler queues): the script checks the size before it decodes anything, so
+Redis never spends time decoding such an element. eventbus's worker
+dead-letters stand-ins; kombu's restore after ``visibility_timeout`` puts a
+stand-in back like any message.
+
 Everything else is kombu's: publishing, rejects, the restore of
 unacked messages after ``visibility_timeout``, fanout (``LISTEN``),
 priorities, health checks. Messages of consumers that do not ack
-(``no_ack``) are popped without a record, as kombu does. A message the script
-cannot read the way kombu would record it (not a JSON object, no string
-delivery tag, exchange or routing key) is popped unrecorded and goes through
-kombu's own ``QoS.append``.
+(``no_ack``) are popped without a record, as kombu does.
 
 An app with an ``EventBus`` gets it on a ``redis://`` broker, and
 :class:`SecureTransport` on ``rediss://``, unless ``broker_transport`` is set
@@ -51,7 +64,7 @@ import importlib
 import logging
 import ssl
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from queue import Empty
 from time import monotonic, time
 from typing import Any
@@ -60,7 +73,10 @@ import kombu.connection as kombu_connection
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
+from kombu.utils.uuid import uuid
 from redis.exceptions import NoScriptError
+
+from eventbus.transport.refused import KEPT_BYTES, stand_in
 
 # kombu's annotations of these classes are partial: subclass them as untyped.
 kombu_redis: Any = importlib.import_module("kombu.transport.redis")
@@ -88,35 +104,95 @@ DEFAULT_ACK_INTERVAL = 0.02
 ACK_BATCH_MAX = 100
 
 #: KEYS: the unacked index, the unacked hash, then the queue keys in the order
-#: BRPOP would take them. ARGV: the time to record, then per queue key "1" to
-#: record its message as unacked or "0" not to (a consumer without acks).
+#: BRPOP would take them. ARGV: the time to record; a fresh delivery tag (for a
+#: stand-in); how many bytes of an element a stand-in keeps; then per queue key:
+#: "1" to record its message as unacked or "0" not to (a consumer without
+#: acks), the queue's name, and its size limit in bytes (0: none).
 #: Returns nil, or {position of the key among the queue keys (from 1), the
-#: message, its delivery tag if recorded else nil}. The writes come before the
-#: pop: should Redis refuse a write (out of memory), nothing was taken.
+#: message, its delivery tag if recorded else nil, 1 if the message is a
+#: stand-in (the fresh tag is used up) else 0}. An element over its queue's
+#: limit is never decoded (only the part after a kombu message's body, for its
+#: task name and id); one that is not a kombu message (or over the limit) is
+#: taken as a stand-in (:mod:`eventbus.transport.refused`): its first bytes
+#: and its size. The writes come before the pop: should Redis refuse a write
+#: (out of memory), nothing was taken. The pop is an LTRIM, which, unlike
+#: RPOP, does not copy the element into the script a second time.
 TAKE_SCRIPT = """
+-- The headers of a kombu element, its body unread: kombu writes the body
+-- first, in base64 (no quote in it), and the rest is small.
+local function headers_of(item)
+  if string.sub(item, 1, 10) ~= '{"body": "' then return nil end
+  local close = string.find(item, '"', 11, true)
+  if not close or #item - close > 65536 then return nil end
+  local ok, rest = pcall(cjson.decode, '{' .. string.sub(item, close + 2))
+  if ok and type(rest) == 'table' and type(rest['headers']) == 'table' then
+    return rest['headers']
+  end
+  return nil
+end
+
 for i = 3, #KEYS do
   local item = redis.call('LINDEX', KEYS[i], -1)
   if item then
-    local tag = false
-    if ARGV[i - 1] == '1' then
+    local arg = 4 + (i - 3) * 3
+    local record, queue, limit = ARGV[arg] == '1', ARGV[arg + 1], tonumber(ARGV[arg + 2])
+    local refused = 'oversized'
+    if limit == 0 or #item <= limit then
+      refused = 'undecodable'
       local ok, message = pcall(cjson.decode, item)
       if ok and type(message) == 'table' and type(message['properties']) == 'table' then
         local properties = message['properties']
         local info = properties['delivery_info']
-        local candidate = properties['delivery_tag']
-        if type(candidate) == 'string' and type(info) == 'table'
+        local tag = properties['delivery_tag']
+        if type(tag) == 'string' and type(info) == 'table'
             and type(info['exchange']) == 'string'
             and type(info['routing_key']) == 'string' then
-          redis.call('ZADD', KEYS[1], ARGV[1], candidate)
-          redis.call('HSET', KEYS[2], candidate, '[' .. item .. ','
-            .. cjson.encode(info['exchange']) .. ','
-            .. cjson.encode(info['routing_key']) .. ']')
-          tag = candidate
+          if record then
+            redis.call('ZADD', KEYS[1], ARGV[1], tag)
+            redis.call('HSET', KEYS[2], tag, '[' .. item .. ','
+              .. cjson.encode(info['exchange']) .. ','
+              .. cjson.encode(info['routing_key']) .. ']')
+          else
+            tag = false
+          end
+          redis.call('LTRIM', KEYS[i], 0, -2)
+          return {i - 2, item, tag, 0}
         end
       end
     end
-    redis.call('RPOP', KEYS[i])
-    return {i - 2, item, tag}
+    local headers = {}
+    headers['x-eventbus-raw-size'] = #item
+    headers['x-eventbus-refused'] = refused
+    if refused == 'oversized' then
+      -- which task, for the dead letter
+      local original = headers_of(item)
+      if original then
+        for _, name in ipairs({'task', 'id'}) do
+          if type(original[name]) == 'string' then
+            headers[name] = string.sub(original[name], 1, 200)
+          end
+        end
+      end
+    end
+    local stand_in = cjson.encode({
+      ['body'] = string.sub(item, 1, tonumber(ARGV[3])),
+      ['content-encoding'] = 'utf-8',
+      ['content-type'] = 'application/x-eventbus-undecodable',
+      ['headers'] = headers,
+      ['properties'] = {
+        ['delivery_info'] = {['exchange'] = '', ['routing_key'] = queue},
+        ['delivery_tag'] = ARGV[2],
+        ['priority'] = 0,
+      },
+    })
+    local tag = false
+    if record then
+      tag = ARGV[2]
+      redis.call('ZADD', KEYS[1], ARGV[1], tag)
+      redis.call('HSET', KEYS[2], tag, '[' .. stand_in .. ',"",' .. cjson.encode(queue) .. ']')
+    end
+    redis.call('LTRIM', KEYS[i], 0, -2)
+    return {i - 2, stand_in, tag, 1}
   end
 end
 return false
@@ -205,6 +281,10 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._eventbus_no_ack: set[str] = set()
         self._eventbus_acks: list[str] = []  # acked, records not removed yet
         self._eventbus_acks_lock = threading.Lock()  # (pool threads ack)
+        #: The delivery tag of the next stand-in (a new one once used).
+        self._eventbus_tag = uuid()
+        #: (element, its record's tag, queue) while the script's take is delivered.
+        self._eventbus_taken: tuple[bytes, str | None, str] | None = None
         super().__init__(*args, **kwargs)
 
     def eventbus_defer_ack(self, delivery_tag: str) -> bool:
@@ -242,13 +322,30 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             self.connection.eventbus_ack_channels.discard(self)
         super().close()
 
-    def basic_consume(self, queue: str, no_ack: bool, *args: Any, **kwargs: Any) -> Any:
+    def basic_consume(
+        self, queue: str, no_ack: bool, callback: Any, consumer_tag: str, **kwargs: Any
+    ) -> Any:
         # A consumer without acks never acks: its messages must not be recorded.
         if no_ack:
             self._eventbus_no_ack.add(queue)
         else:
             self._eventbus_no_ack.discard(queue)
-        return super().basic_consume(queue, no_ack, *args, **kwargs)
+        ret = super().basic_consume(
+            queue, no_ack=no_ack, callback=callback, consumer_tag=consumer_tag, **kwargs
+        )
+
+        # kombu's callback (virtual.Channel.basic_consume), but a message it
+        # cannot build (a body that is not base64, headers that are a list...)
+        # goes to the consumer as a stand-in, instead of raising out of
+        # drain_events and stopping the worker.
+        def deliver(raw_message: Any) -> Any:
+            message = self._eventbus_message(raw_message)
+            if not no_ack:
+                self.qos.append(message, message.delivery_tag)
+            return callback(message)
+
+        self.connection._callbacks[queue] = deliver
+        return ret
 
     def _basic_cancel(self, consumer_tag: str) -> Any:
         queue = self._tag_to_queue.get(consumer_tag)
@@ -264,11 +361,12 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if not queues:
             return
         polled = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
-        record = [
-            "1" if self.ack_emulation and queue not in self._eventbus_no_ack else "0"
-            for _ in self.priority_steps
-            for queue in queues
-        ]
+        limits = self.connection.eventbus_element_limits
+        per_key: list[str | int] = []
+        for _ in self.priority_steps:
+            for queue in queues:
+                record = self.ack_emulation and queue not in self._eventbus_no_ack
+                per_key += ("1" if record else "0", queue, limits.get(queue, 0))
         prefix = self.global_keyprefix
         keys = [
             prefix + self.unacked_index_key,
@@ -282,7 +380,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self._eventbus_polled = polled
         self._in_poll = connection
         self._brpop_sent_at = monotonic()
-        connection.send_command(*script, len(keys), *keys, repr(time()), *record)
+        connection.send_command(
+            *script, len(keys), *keys, repr(time()), self._eventbus_tag, KEPT_BYTES, *per_key
+        )
 
     def _brpop_read(self, **options: Any) -> bool:
         try:
@@ -308,7 +408,9 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
             if not reply:
                 self._eventbus_idle(self.eventbus_poll_interval)
                 raise Empty()
-            position, item, tag = reply
+            position, item, tag, stand_in = reply
+            if stand_in:
+                self._eventbus_tag = uuid()  # used up
             self._eventbus_deliver(self._eventbus_polled[int(position) - 1], item, tag)
             return True
         finally:
@@ -323,13 +425,44 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if delivery_tag is not None:
             recorded.add(delivery_tag)
         try:
-            self.connection._deliver(loads(bytes_to_str(item)), dest)
+            try:
+                payload = loads(bytes_to_str(item))
+            except (ValueError, RecursionError):
+                # Redis could read it (or it would be a stand-in), Python cannot:
+                # deeper than Python's recursion limit lets json go.
+                payload = None
+            if payload is None:
+                payload = self._eventbus_stand_in(item, delivery_tag, dest)
+            self._eventbus_taken = (item, delivery_tag, dest)
+            self.connection._deliver(payload, dest)
         finally:
-            if delivery_tag is not None and delivery_tag in recorded:
-                # The message never reached QoS.append (it could not be read, or
-                # no consumer acks it): drop the record, as kombu keeps none then.
+            self._eventbus_taken = None
+            # Not seen by QoS.append (delivering it raised first): its record
+            # stays in Redis, and kombu's restore brings it back after
+            # visibility_timeout, as for a consumer that died holding it.
+            if delivery_tag is not None:
                 recorded.discard(delivery_tag)
-                self.qos._remove_from_indices(delivery_tag).execute()
+
+    def _eventbus_stand_in(self, item: bytes, delivery_tag: str | None, queue: str) -> Any:
+        """An undecodable element's stand-in, under its record's tag (if it has one)."""
+        tag = delivery_tag or uuid()
+        return stand_in(item, reason="undecodable", delivery_tag=tag, queue=queue)
+
+    def _eventbus_message(self, raw_message: Any) -> Any:
+        """kombu's message from what was taken, or the stand-in of an element it cannot read."""
+        try:
+            return self.Message(raw_message, channel=self)
+        except Exception as exc:  # RecursionError too: whatever the element holds
+            if self._eventbus_taken is None:
+                raise  # not taken by the script (a fanout message): kombu's own behaviour
+            item, delivery_tag, queue = self._eventbus_taken
+            logger.warning(
+                "an element of %r is not a kombu message (%s: %.200s): delivered as a stand-in",
+                queue,
+                type(exc).__name__,
+                exc,
+            )
+            return self.Message(self._eventbus_stand_in(item, delivery_tag, queue), channel=self)
 
     def _eventbus_idle(self, seconds: float) -> None:
         """Poll again in ``seconds``: at once when the hub timer fires, or when due."""
@@ -353,6 +486,8 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
         self.cycle = MultiChannelPoller()
         #: Delivery tags the script recorded, not yet seen by QoS.append.
         self.eventbus_recorded: set[str] = set()
+        #: Queue name -> bytes an element may have to be read (see :meth:`eventbus_limit`).
+        self.eventbus_element_limits: dict[str, int] = {}
         #: Channels with acks waiting, and the event loop's timer that sends them.
         self.eventbus_ack_channels: set[Channel] = set()
         self.eventbus_ack_timer: Any = None
@@ -371,6 +506,17 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     def eventbus_send_acks(self) -> None:
         for channel in list(self.eventbus_ack_channels):
             channel.eventbus_send_acks()
+
+    def eventbus_limit(self, queues: Iterable[str], max_bytes: int) -> None:
+        """Take elements of ``queues`` over ``max_bytes`` unread, as stand-ins (0: no limit).
+
+        Such an element is never decoded, by Redis or by the consumer: it is
+        delivered as a stand-in (:mod:`eventbus.transport.refused`) with its
+        first bytes and its size. A worker of an
+        :class:`~eventbus.EventBus` sets this for its handler queues.
+        """
+        for queue in queues:
+            self.eventbus_element_limits[queue] = max(0, int(max_bytes))
 
 
 # Connection.as_uri() names a transport by its URL scheme through this map (the

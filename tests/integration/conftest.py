@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from typing import Any
 
 import pytest
+from _pytest.terminal import TerminalReporter
 from kombu import Connection, Exchange, Queue
 
 from eventbus import EventBus
@@ -155,3 +156,26 @@ def env(make_env: Callable[..., Env], request: pytest.FixtureRequest) -> Env:
     """The test's app, bus and queue names (label: the test's short name)."""
     label = request.node.originalname.removeprefix("test_")[:24]
     return make_env(label)
+
+
+#: The figure lines of this pytest run's integration tests, listed again at its end.
+FIGURES: list[str] = []
+
+
+@pytest.fixture
+def figure() -> Callable[[str], str]:
+    """Record a figure line: printed now, listed again at the end of the run."""
+
+    def record(line: str) -> str:
+        print(line)
+        FIGURES.append(line)
+        return line
+
+    return record
+
+
+def pytest_terminal_summary(terminalreporter: TerminalReporter) -> None:
+    if FIGURES:
+        terminalreporter.section("integration figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)

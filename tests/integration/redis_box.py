@@ -18,6 +18,8 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 
+from eventbus.transport.redis import TAKE_SCRIPT
+from eventbus.transport.refused import KEPT_BYTES
 from tests.support import require_broker
 
 TRANSPORT = "eventbus.transport.redis:Transport"
@@ -74,13 +76,30 @@ class Box:
     def unacked(self) -> dict[str, Any]:
         """The unacked hash: delivery tag -> [message, exchange, routing_key]."""
         raw = self.client.hgetall(self.unacked_key)
-        return {k.decode(): json.loads(v) for k, v in raw.items()}
+        # (as kombu reads it: a byte that is not UTF-8 reads as U+FFFD)
+        return {k.decode(): json.loads(v.decode("utf-8", "replace")) for k, v in raw.items()}
 
     def unacked_index(self) -> dict[str, float]:
         return {
             k.decode(): s
             for k, s in self.client.zrange(self.unacked_index_key, 0, -1, withscores=True)
         }
+
+    def take(self, *, limit: int = 0, tag: str = "fresh-tag") -> Any:
+        """Run the take script on the box's queue alone, as a consumer (then killed) would."""
+        return self.client.eval(
+            TAKE_SCRIPT,
+            3,
+            self.unacked_index_key,
+            self.unacked_key,
+            self.key(self.name),
+            repr(time.time()),
+            tag,
+            KEPT_BYTES,
+            "1",
+            self.name,
+            limit,
+        )
 
     def waiting(self) -> int:
         """Messages on the queue, every priority step."""

@@ -26,7 +26,8 @@ import pytest
 import redis
 
 from eventbus import EventBus
-from eventbus.transport.redis import DEFAULT_POLL_INTERVAL, TAKE_SCRIPT, Channel, Transport
+from eventbus.transport.redis import DEFAULT_POLL_INTERVAL, Channel, Transport
+from eventbus.transport.refused import CONTENT_TYPE, KEPT_BYTES, read_stand_in
 from tests.brokers import PrivateRedis
 from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
 
@@ -125,17 +126,10 @@ def test_a_message_taken_by_a_consumer_that_died_comes_back(
     # after (no Python ran after the take)
     box = make_box(prefixed=prefixed, visibility_timeout=1, unacked_restore_throttle=1)
     box.publish({"n": 7})
-    taken = box.client.eval(
-        TAKE_SCRIPT,
-        3,
-        box.unacked_index_key,
-        box.unacked_key,
-        box.key(box.name),
-        repr(time.time()),
-        "1",
-    )
+    taken = box.take()
     assert taken is not None
-    position, item, tag = taken
+    position, item, tag, stand_in = taken
+    assert stand_in == 0
     assert position == 1
     assert box.waiting() == 0
     assert box.unacked() == {tag.decode(): [json.loads(item), box.name, box.name]}
@@ -151,6 +145,113 @@ def test_a_message_taken_by_a_consumer_that_died_comes_back(
         message.ack()
     assert box.unacked() == {}
     assert box.waiting() == 0
+
+
+@pytest.mark.parametrize(
+    "element",
+    [b"not json at all", b"", b'{"hello": "world"}', b"[1, 2]", bytes(range(256)) * 400],
+    ids=["not-json", "empty", "not-a-kombu-message", "json-array", "100-KiB-of-bytes"],
+)
+@pytest.mark.parametrize("prefixed", [False, True], ids=["no-prefix", "global_keyprefix"])
+def test_an_element_that_is_not_a_message_is_recorded_as_a_stand_in_and_comes_back(
+    make_box: Callable[..., Box], element: bytes, prefixed: bool
+) -> None:
+    # Given an element no producer writes, taken by the script alone, as by a
+    # consumer killed right after
+    box = make_box(prefixed=prefixed, visibility_timeout=1, unacked_restore_throttle=1)
+    box.client.lpush(box.key(box.name), element)
+    taken = box.take(tag="fresh-1")
+
+    # Then it left the queue, and is recorded as unacked under the fresh tag as
+    # a stand-in: its first bytes, its size, its queue
+    assert taken is not None
+    position, item, tag, stand_in = taken
+    assert (position, tag, stand_in) == (1, b"fresh-1", 1)
+    assert box.waiting() == 0
+    # (the stand-in's body is a JSON string: bytes that are not UTF-8 read as U+FFFD)
+    kept = element[:KEPT_BYTES].decode("utf-8", "replace").encode()[:KEPT_BYTES]
+    expected = ("undecodable", kept, len(element))
+    [(recorded_tag, [message, exchange, routing_key])] = box.unacked().items()
+    assert (recorded_tag, exchange, routing_key) == ("fresh-1", "", box.name)
+    assert message == json.loads(item.decode("utf-8", "replace"))
+    stood_in = read_stand_in(message["content-type"], message["headers"], message["body"])
+    assert stood_in is not None and stood_in[:3] == expected
+
+    # When a consumer runs past the visibility timeout
+    with box.connection() as conn:
+        got = drain_one(conn, box, timeout=15)
+
+        # Then the stand-in came back to its queue and to the consumer, under the same tag
+        assert got.delivery_tag == "fresh-1"
+        assert got.content_type == CONTENT_TYPE
+        assert read_stand_in(got.content_type, got.headers, got.body)[:3] == expected
+        got.ack()
+    assert box.unacked() == {}
+    assert box.waiting() == 0
+
+
+def test_an_element_over_its_queues_limit_is_taken_unread(make_box: Callable[..., Box]) -> None:
+    # Given a 10 KB task message on a queue
+    box = make_box()
+    with box.connection() as conn:
+        conn.Producer().publish(
+            {"n": "x" * 10_000},
+            exchange=box.queue.exchange,
+            routing_key=box.name,
+            declare=[box.queue],
+            headers={"task": "it.some.handler", "id": "task-1"},
+        )
+    [element] = box.client.lrange(box.key(box.name), 0, -1)
+
+    # When a consumer whose limit for that queue is 1000 bytes takes it
+    with box.connection() as conn:
+        conn.transport.eventbus_limit([box.name], 1000)
+        message = drain_one(conn, box)
+
+        # Then it gets a stand-in: the element's first bytes and size, its task
+        # name and id (read past the body), recorded under the stand-in's tag
+        assert message.content_type == CONTENT_TYPE
+        assert read_stand_in(message.content_type, message.headers, message.body)[:3] == (
+            "oversized",
+            element[:KEPT_BYTES],
+            len(element),
+        )
+        assert (message.headers["task"], message.headers["id"]) == ("it.some.handler", "task-1")
+        assert list(box.unacked()) == [message.delivery_tag]
+        message.ack()
+    assert box.unacked() == {}
+    assert box.waiting() == 0
+
+
+def test_an_element_redis_reads_and_python_cannot_is_delivered_as_a_stand_in(
+    make_box: Callable[..., Box],
+) -> None:
+    # Given a kombu message whose headers nest 990 deep: Redis's JSON decoder
+    # takes 1000 levels, Python's recursion limit stops json sooner in a consumer
+    box = make_box()
+    box.publish({"n": 1})
+    [element] = box.client.lrange(box.key(box.name), 0, -1)
+    deep = element.replace(b'"headers": {}', b'"headers": {"x": ' + b"[" * 990 + b"]" * 990 + b"}")
+    assert deep != element
+    box.client.delete(box.key(box.name))
+    box.client.lpush(box.key(box.name), deep)
+
+    # When a consumer takes it
+    with box.connection() as conn:
+        message = drain_one(conn, box)
+
+        # Then it is a stand-in, under the tag Redis recorded the element with
+        assert message.content_type == CONTENT_TYPE
+        assert read_stand_in(message.content_type, message.headers, message.body)[:3] == (
+            "undecodable",
+            deep[:KEPT_BYTES],
+            len(deep),
+        )
+        [(tag, record)] = box.client.hgetall(box.unacked_key).items()
+        assert tag.decode() == message.delivery_tag
+        assert record.startswith(b"[" + deep + b",")
+        message.ack()
+    assert box.client.hlen(box.unacked_key) == 0
 
 
 def test_drain_events_gets_a_message_published_while_idle(

@@ -1,7 +1,12 @@
-"""The payload limit at publish: an oversized envelope is refused before anything is sent."""
+"""The payload limit at publish: an oversized envelope is refused before anything is sent.
+
+(Publish puts no user data in headers: the worker counts headers toward the limit only
+beyond what Celery writes itself.)
+"""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -9,6 +14,7 @@ import pytest
 from celery import Celery
 
 from eventbus import EventBus, InMemoryEventBus, PayloadTooLarge
+from eventbus.worker import CELERY_HEADERS_ALLOWANCE
 from tests.contract.events import ItemAdded
 from tests.support import make_app, unique
 
@@ -104,3 +110,21 @@ def test_a_limit_of_zero_turns_the_check_off(app: Celery) -> None:
 
     assert bus.max_payload_bytes == 0
     assert len(seen) == 1
+
+
+def test_publish_puts_no_user_data_in_headers(app: Celery) -> None:
+    # Given a handler, with the default limit
+    bus = EventBus(app)
+    bus.subscribe(ItemAdded, handler=lambda envelope: None, name="t.headers")
+
+    # When an event of 200 KiB is published
+    bus.publish(ItemAdded(sku="h" * 200 * KIB, quantity=1))
+
+    # Then its message's headers stay within what the worker grants Celery's own
+    # headers (beyond that, headers count toward the payload limit)
+    with app.connection_for_write() as conn:
+        message = conn.SimpleQueue(bus.default_queue).get(timeout=1)
+    headers = json.dumps(message.headers, separators=(",", ":"), default=str)
+    allowance = CELERY_HEADERS_ALLOWANCE + app.amqp.argsrepr_maxsize + app.amqp.kwargsrepr_maxsize
+    assert len(headers.encode()) <= allowance
+    assert len(message.body) > 200 * KIB
