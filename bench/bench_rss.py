@@ -93,6 +93,7 @@ TASK_PREFIX = {
 }
 TARGET = 1.1
 BASELINE = "pydantic"  # the target's denominator
+HEAVIEST = 10  # modules listed per group in the import report
 LAUNCHER_LABEL = {"cli": "celery CLI", "direct": "no CLI plugins"}
 
 
@@ -218,6 +219,7 @@ def measure(
         assert worker.sampler is not None
         pss, procs = worker.sampler.pss()
         peak, samples = worker.sampler.peak, worker.sampler.samples
+        peak_procs = worker.sampler.peak_procs
     finally:
         # The figures are taken: the next worker may start while this one shuts
         # down (memory is per process tree); bench_broker() reaps them all.
@@ -232,6 +234,7 @@ def measure(
         "peak_rss": peak,
         "pss": pss,
         "procs": procs,
+        "peak_procs": peak_procs,
         "samples": samples,
         "ready_s": ready,
         "load_s": handled,
@@ -344,19 +347,25 @@ def import_report(
         f"models, bench.raw_models, weigh {mib(raw_models_rss['rss']):.2f} MiB RSS, "
         f"{mib(raw_models['py']):.2f} MiB Python)"
     )
-    heaviest = sorted(extra, key=lambda r: -py_of.get(r["module"], {}).get("py", 0))[:15]
-    lines.append("  heaviest modules (own weight, without what they import; who loads them):")
-    for r in heaviest:
-        lines.append(
-            f"    {r['module']:36s} {r['rss'] / 1024:7.0f} KiB RSS "
-            f"{py_of.get(r['module'], {}).get('py', 0) / 1024:7.0f} KiB Python  "
-            f"<- {r['importer'] or '(worker start/run)'}"
-            + (
-                ""
-                if group_of(r["module"]) in ("eventbus", "handlers")
-                else f" [{owner(r['module'])}]"
+
+    def py(r: dict[str, Any]) -> int:
+        return int(py_of.get(r["module"], {}).get("py", 0))
+
+    ours = [r for r in extra if group_of(r["module"]) in ("eventbus", "handlers")]
+    theirs = [r for r in extra if group_of(r["module"]) not in ("eventbus", "handlers")]
+    for title, rows in (
+        ("eventbus's and the example app's modules", ours),
+        ("other modules only they load ([the eventbus or app module that loads them])", theirs),
+    ):
+        if not rows:
+            continue
+        lines.append(f"  heaviest of {title}; own weight, without what they import:")
+        for r in sorted(rows, key=lambda r: -py(r))[:HEAVIEST]:
+            via = "" if rows is ours else f" [{owner(r['module'])}]"
+            lines.append(
+                f"    {r['module']:36s} {r['rss'] / 1024:6.0f} KiB RSS {py(r) / 1024:6.0f} KiB "
+                f"Python  <- {r['importer'] or '(worker start/run)'}{via}"
             )
-        )
     for kind, records in procs.items():
         lines.append(
             f"  RSS at shutdown, {kind}: "
@@ -378,6 +387,15 @@ def import_report(
         "raw_models_rss_mib": mib(raw_models_rss["rss"]),
         "raw_models_py_mib": mib(raw_models["py"]),
         "failed": runs["rss"]["failed_base"] + runs["rss"]["failed_extra"],
+        "weighed": [
+            {
+                "module": r["module"],
+                "importer": r["importer"],
+                "rss_kib": r["rss"] / 1024,
+                "py_kib": py(r) / 1024,
+            }
+            for r in extra
+        ],
     }
     return lines, record
 
@@ -425,7 +443,7 @@ def bench_broker(
                     )
                     print(
                         f"{broker} {r['setting']} {kind:8s}: peak RSS {mib(r['peak_rss']):6.1f} "
-                        f"MiB over {r['procs']} processes ({r['samples']} samples), "
+                        f"MiB over {r['peak_procs']} processes ({r['samples']} samples), "
                         f"PSS {mib(r['pss']):6.1f} MiB; ready {r['ready_s']:.1f}s, "
                         f"{r['messages']} messages in {r['load_s']:.1f}s",
                         flush=True,
@@ -567,8 +585,9 @@ def main() -> int:
     if "cli" in launchers:
         print(
             "note: the `celery` command imports every celery.commands entry point, here "
-            "eventbus's and flower's, so under 'celery CLI' the raw workers load eventbus "
-            "too; 'no CLI plugins' (bench/direct_worker.py) is the clean baseline."
+            "eventbus's (eventbus.errors, so pydantic) and flower's (tornado, "
+            "prometheus_client, redis-py...), in every worker, raw ones included; "
+            "'no CLI plugins' (bench/direct_worker.py) is the clean baseline."
         )
     headers = [
         "broker",

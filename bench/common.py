@@ -208,6 +208,7 @@ class TreeSampler(threading.Thread):
         self.pid = pid
         self.interval = interval
         self.peak = 0
+        self.peak_procs = 0  #: processes in the tree at the peak (a transient fork shows here)
         self.samples = 0
         self._stop_event = threading.Event()
 
@@ -219,12 +220,14 @@ class TreeSampler(threading.Thread):
         while not self._stop_event.is_set():
             total = 0
             try:
-                for proc in self.tree():
+                tree = self.tree()
+                for proc in tree:
                     with contextlib.suppress(psutil.Error):
                         total += proc.memory_info().rss
             except psutil.Error:
                 return
-            self.peak = max(self.peak, total)
+            if total > self.peak:
+                self.peak, self.peak_procs = total, len(tree)
             self.samples += 1
             self._stop_event.wait(self.interval)
 
