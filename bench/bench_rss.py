@@ -16,7 +16,9 @@ with the ``celery`` command (which itself imports every installed
 eventbus and pydantic too) and with ``bench.direct_worker`` (the same
 ``app.Worker(...).start()`` without the CLI: the clean baseline). The RSS
 summed over the worker's process tree (main process + pool children, psutil)
-is sampled every 20 ms from spawn to shutdown while the worker starts, then
+is sampled every 20 ms from spawn to shutdown (a process seen in fewer than 3
+samples is left out: the ``uname -p`` every worker's banner runs is, until its
+exec, a fork that counts the worker's pages twice) while the worker starts, then
 handles a load: per event, the 5 messages the example bus would send for a
 user.registered, a todo.created and a todo.completed event (envelope wire
 dicts) — without ``notify_assignee``, whose demo gateway fails twice per event
@@ -219,7 +221,7 @@ def measure(
         assert worker.sampler is not None
         pss, procs = worker.sampler.pss()
         peak, samples = worker.sampler.peak, worker.sampler.samples
-        peak_procs = worker.sampler.peak_procs
+        peak_procs, transient = worker.sampler.peak_procs, worker.sampler.transient
     finally:
         # The figures are taken: the next worker may start while this one shuts
         # down (memory is per process tree); bench_broker() reaps them all.
@@ -235,6 +237,7 @@ def measure(
         "pss": pss,
         "procs": procs,
         "peak_procs": peak_procs,
+        "transient": transient,
         "samples": samples,
         "ready_s": ready,
         "load_s": handled,
@@ -443,7 +446,8 @@ def bench_broker(
                     )
                     print(
                         f"{broker} {r['setting']} {kind:8s}: peak RSS {mib(r['peak_rss']):6.1f} "
-                        f"MiB over {r['peak_procs']} processes ({r['samples']} samples), "
+                        f"MiB over {r['peak_procs']} processes ({r['samples']} samples, "
+                        f"{r['transient']} transient left out), "
                         f"PSS {mib(r['pss']):6.1f} MiB; ready {r['ready_s']:.1f}s, "
                         f"{r['messages']} messages in {r['load_s']:.1f}s",
                         flush=True,
