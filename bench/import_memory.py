@@ -99,8 +99,8 @@ class WeighingFinder:
             finally:
                 self._done(name)
 
-        loader.create_module = create_module  # type: ignore[method-assign]
-        loader.exec_module = exec_module  # type: ignore[method-assign]
+        loader.create_module = create_module
+        loader.exec_module = exec_module
         return spec
 
     def _done(self, name: str) -> None:
