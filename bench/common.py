@@ -201,14 +201,22 @@ _LIVE: set[Worker] = set()
 
 
 class TreeSampler(threading.Thread):
-    """Samples the RSS summed over a process and all its descendants."""
+    """Samples the RSS summed over a process and all its descendants.
 
-    def __init__(self, pid: int, interval: float = 0.02) -> None:
+    A process seen in fewer than ``min_samples`` samples is left out of the
+    sums: a subprocess the worker runs is, until it calls exec, a fork whose
+    RSS is the worker's own pages counted a second time. Every Celery worker
+    runs one at startup (its banner's ``platform.platform()`` runs
+    ``uname -p``); caught by a sample, it doubled a worker's peak.
+    """
+
+    def __init__(self, pid: int, interval: float = 0.02, min_samples: int = 3) -> None:
         super().__init__(daemon=True)
         self.pid = pid
         self.interval = interval
-        self.peak = 0
+        self.min_samples = min_samples
         self.samples = 0
+        self._rss: list[dict[int, int]] = []  # per sample: pid -> RSS
         self._stop_event = threading.Event()
 
     def tree(self) -> list[psutil.Process]:
@@ -217,16 +225,43 @@ class TreeSampler(threading.Thread):
 
     def run(self) -> None:
         while not self._stop_event.is_set():
-            total = 0
+            sample = {}
             try:
                 for proc in self.tree():
                     with contextlib.suppress(psutil.Error):
-                        total += proc.memory_info().rss
+                        sample[proc.pid] = proc.memory_info().rss
             except psutil.Error:
                 return
-            self.peak = max(self.peak, total)
+            self._rss.append(sample)
             self.samples += 1
             self._stop_event.wait(self.interval)
+
+    def _lasting(self) -> set[int]:
+        seen: Counter[int] = Counter(pid for sample in list(self._rss) for pid in sample)
+        return {pid for pid, n in seen.items() if n >= self.min_samples or pid == self.pid}
+
+    @property
+    def peak(self) -> int:
+        """The largest RSS sum over the tree's lasting processes (bytes)."""
+        lasting = self._lasting()
+        return max(
+            (sum(rss for pid, rss in s.items() if pid in lasting) for s in list(self._rss)),
+            default=0,
+        )
+
+    @property
+    def peak_procs(self) -> int:
+        """How many lasting processes the tree had at its peak."""
+        lasting = self._lasting()
+        sums = [(sum(rss for pid, rss in s.items() if pid in lasting), s) for s in list(self._rss)]
+        if not sums:
+            return 0
+        return len([pid for pid in max(sums, key=lambda t: t[0])[1] if pid in lasting])
+
+    @property
+    def transient(self) -> int:
+        """Processes left out of the sums (seen in fewer than ``min_samples`` samples)."""
+        return len({pid for s in list(self._rss) for pid in s} - self._lasting())
 
     def pss(self) -> tuple[int, int]:
         """(sum of PSS, number of processes) right now: shared pages counted once."""

@@ -1,8 +1,10 @@
 """A raw Celery app with 5 plain tasks equivalent to the example handlers (for bench_rss).
 
-It imports neither eventbus nor pydantic: its worker is the baseline that
-``celery -A handlers worker`` is compared with. Same ``celeryconfig``
-settings; the tasks do the same trivial work on the envelope's wire dict.
+It imports neither eventbus nor pydantic: bench_rss shows its worker for
+reference (the "plain raw" column); the baseline ``celery -A handlers worker``
+is held to is ``bench.raw_pydantic_app``, which validates with pydantic. Same
+``celeryconfig`` settings; the tasks do the same trivial work on the
+envelope's wire dict.
 
 ``BENCH_BROKER_URL`` selects the broker, ``BENCH_QUEUE`` the tasks' queue.
 """
