@@ -231,10 +231,10 @@ def test_a_dead_letter_that_cannot_be_written_requeues_the_message(
     real_append = store.append
     failures = [DeadLetterError("connection reset")]
 
-    def flaky_append(record: Any) -> None:
+    def flaky_append(record: Any, **options: Any) -> None:
         if failures:
             raise failures.pop()
-        real_append(record)
+        real_append(record, **options)
 
     monkeypatch.setattr(store, "append", flaky_append)
     recorder = Recorder()
