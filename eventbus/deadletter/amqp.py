@@ -6,6 +6,12 @@ their original order; the browse ends once the broker shows them again.
 While one browser holds a message, no other sees it: that is what makes a
 replay exclusive. A record is acked (removed) only after
 the chunk of records replayed with it was published and confirmed.
+
+A queue cannot refuse a duplicate on write. A write that may repeat an
+earlier one (its confirm was lost, or the failed message was delivered
+again) first browses the queue for a record of the same id, and writes
+only if there is none. What remains: a record held at that moment by
+another browser (a listing, a replay) is not seen, and is written again.
 """
 
 from __future__ import annotations
@@ -95,6 +101,16 @@ class _Browse:
 
 class AmqpDeadLetterStore(BrokerDeadLetterStore):
     """Browse the queue on a throwaway channel; close it to requeue."""
+
+    def append_once(self, record: DeadLetter, *, again: bool = False) -> None:
+        if again:
+            try:
+                held = any(kept.id == record.id for kept in self)
+            except Exception as exc:
+                raise self._not_written(record, exc) from exc
+            if held:
+                return  # the earlier write went through
+        super().append_once(record)
 
     @contextmanager
     def _browsing(self) -> Iterator[_Browse]:
