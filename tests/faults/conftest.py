@@ -111,8 +111,16 @@ class FaultBroker:
         self.restarts.append(restart)
         return restart.start()
 
-    def refuse_writes(self, *, until: Callable[[], bool], waiting_for: Describe) -> float:
+    def refuse_writes(
+        self,
+        *,
+        until: Callable[[], bool],
+        waiting_for: Describe,
+        on_refusing: Callable[[], None] = lambda: None,
+    ) -> float:
         """Make the broker refuse writes until ``until()`` says it was seen; return the seconds.
+
+        ``on_refusing`` runs once the broker refuses writes.
 
         Redis stays up and full (``maxmemory 1``, ``noeviction``: every
         command that may grow memory gets an OOM error, reads and deletes
@@ -131,7 +139,7 @@ class FaultBroker:
                     timeout=HOLD_TIMEOUT,
                     message="a publish held by the memory alarm (a write in flight)",
                 )
-                self.restart(until=until, waiting_for=waiting_for).join()
+                self.restart(until=until, waiting_for=waiting_for, on_down=on_refusing).join()
             finally:
                 rabbitmq.block_publishers(False)
             return time.monotonic() - started
@@ -139,6 +147,7 @@ class FaultBroker:
             client.config_set("maxmemory-policy", "noeviction")
             client.config_set("maxmemory", 1)
             try:
+                on_refusing()
                 hold_down(until, waiting_for)
             finally:
                 client.config_set("maxmemory", 0)

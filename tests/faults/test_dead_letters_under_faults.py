@@ -296,3 +296,45 @@ def test_a_broker_outage_while_retrying_leaves_one_dead_letter_per_event(
     assert not result.lost, f"events with no record: {result.lost}"
     assert result.duplicates == 0, f"{result.duplicates} duplicate records: {duplicated(env)}"
     assert worker.alive(), worker.log()
+
+
+def test_acks_go_through_a_full_redis_and_a_failing_ack_is_logged_once(
+    fault_env: Callable[..., FaultEnv], figure: Figure
+) -> None:
+    # Given two prefork workers' runs held mid-way (eventbus's transport sends acks in batches)
+    env = fault_env("count", gated=True)
+    if env.label != "redis":
+        pytest.skip("Redis's maxmemory; eventbus's batched acks are its Redis transport's")
+    envelopes = [env.bus.publish(create_event(Probe, {"n": n})) for n in range(4)]
+    [worker] = env.start_workers(1, concurrency=4)
+    wait_for(
+        lambda: env.effects.held() == len(envelopes),
+        timeout=30,
+        message=lambda: f"every run held: {env.effects.held()}\n{env.logs()}",
+    )
+
+    # When Redis is full (every command that may grow memory refused) and the
+    # runs end: their acks are sent while it is full
+    def acked() -> bool:
+        return env.remaining() == 0
+
+    outage = env.broker.refuse_writes(
+        on_refusing=env.effects.open_gate,
+        until=lambda: env.effects.passed() == len(envelopes) and acked(),
+        waiting_for=lambda: (
+            f"the runs to end ({env.effects.passed()}/{len(envelopes)}) and their acks to "
+            f"reach the full Redis ({env.remaining()} messages still held); "
+            f"'acks to Redis' logged {worker.count_in_log('acks to Redis')}x"
+        ),
+    )
+
+    # Then every ack went through (deleting is what a full Redis still does),
+    # and the worker logged no ack failure per retry
+    failures = worker.count_in_log("acks to Redis")
+    figure(
+        f"full-redis-acks[{env.label}]: runs={len(envelopes)} acked_while_full="
+        f"{len(envelopes) if acked() else 0} ack_failures_logged={failures} "
+        f"(full for {outage:.1f}s)"
+    )
+    assert failures <= 1, worker.log()
+    assert worker.alive(), worker.log()

@@ -145,12 +145,12 @@ def test_acks_that_could_not_be_sent_are_sent_next_time(
         assert len(box.unacked()) == 1  # waiting
         # When the first send fails (Redis unreachable)
         channel = message.channel
-        acquire = channel.qos.pipe_or_acquire
-        monkeypatch.setattr(channel.qos, "pipe_or_acquire", _raises(redis.ConnectionError("down")))
+        acquire = channel.conn_or_acquire
+        monkeypatch.setattr(channel, "conn_or_acquire", _raises(redis.ConnectionError("down")))
         transport.eventbus_send_acks()
         assert len(box.unacked()) == 1
         # Then the next one sends the ack
-        monkeypatch.setattr(channel.qos, "pipe_or_acquire", acquire)
+        monkeypatch.setattr(channel, "conn_or_acquire", acquire)
         transport.eventbus_send_acks()
         assert box.unacked() == {}
 
