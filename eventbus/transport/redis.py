@@ -209,9 +209,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     def eventbus_defer_ack(self, delivery_tag: str) -> bool:
-        """Keep an ack to send with others; False: send it now (no event loop, closing)."""
+        """Keep an ack to send with others; False: send it now (no event loop, closing, closed).
+
+        A message whose channel closed (a worker that reconnected) can still be
+        acked late, as kombu allows: its channel keeps its connection pool.
+        """
         transport = self.connection
-        if transport.eventbus_ack_timer is None or self._closing:
+        if transport is None or transport.eventbus_ack_timer is None or self._closing:
             return False
         with self._eventbus_acks_lock:
             self._eventbus_acks.append(delivery_tag)
