@@ -17,13 +17,14 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-from celery.exceptions import Retry
+from celery.exceptions import Reject, Retry
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 
 from eventbus.bound_queues import bound_queues
 from eventbus.bus import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
 from eventbus.confirms import confirmed
+from eventbus.dead_letter_before_ack import request_class
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore, store_for_app
 from eventbus.delivery import Deferral
 from eventbus.envelope import Envelope
@@ -216,13 +217,13 @@ class EventBus(BaseEventBus):
         hooks = self._worker_hooks
 
         def run(task: Any, envelope: object = None, *args: object, **kwargs: object) -> str | None:
-            if args or kwargs:
-                raise EnvelopeDecodeError("a handler task takes exactly one envelope argument")
             request = task.request
             retries = request.retries or 0
 
             def will_retry(exc: BaseException) -> bool:
                 # What Celery's autoretry will do with this exception.
+                if isinstance(exc, Reject):
+                    return bool(exc.requeue)  # never autoretried: re-queued, or recorded
                 return (
                     isinstance(exc, retry_on)
                     and not isinstance(exc, permanent)
@@ -230,6 +231,8 @@ class EventBus(BaseEventBus):
                 )
 
             try:
+                if args or kwargs:
+                    raise EnvelopeDecodeError("a handler task takes exactly one envelope argument")
                 return guard(
                     Envelope.from_wire(envelope, event_registry),
                     owner=str(request.id),
@@ -238,6 +241,10 @@ class EventBus(BaseEventBus):
                 )
             except Deferral as deferral:
                 raise defer(task, deferral) from None
+            except Reject:
+                # The handler's own: Celery re-queues the message, or the task's
+                # Request records it before the ack (a dropping reject).
+                raise
             except Exception as exc:
                 if not will_retry(exc):
                     # Terminal: record it before the ack (re-queued if it cannot be).
@@ -254,7 +261,9 @@ class EventBus(BaseEventBus):
             "bind": True,
             "shared": False,  # registered on this app only
             "autoretry_for": options.retry_on,
-            "dont_autoretry_for": options.permanent_errors,
+            # A Reject (eventbus's own when a dead letter could not be written:
+            # re-queue) is never turned into a retry, which would count an attempt.
+            "dont_autoretry_for": (*options.permanent_errors, Reject),
             "max_retries": options.max_retries,
             "retry_backoff": options.retry_backoff or False,
             "retry_backoff_max": options.retry_backoff_max,
@@ -263,6 +272,13 @@ class EventBus(BaseEventBus):
             # message goes back to the queue.
             "acks_late": True,
             "reject_on_worker_lost": True,
+            # A terminal failure (a hard time limit too) is a dead letter, then an
+            # ack: never a reject, which RabbitMQ would dead-letter a second time.
+            "acks_on_failure": True,
+            "acks_on_timeout": True,
+            # Failures Celery reports in the worker's main process: the record
+            # is written (off the event loop) before the ack.
+            "Request": request_class(self.app.Task.Request, hooks),
             "ignore_result": True,
             "typing": False,  # run() checks its own argument (and dead-letters a bad one)
             "queue": self.handler_queue(options.queue or self.default_queue),

@@ -1,8 +1,13 @@
 """What an :class:`~eventbus.EventBus` does inside a Celery worker.
 
-* Every terminal failure of a handler task becomes exactly one dead letter:
-  Celery's ``task_failure`` signal fires for exhausted retries, permanent
-  errors, hard time limits, and lost workers whose message is not re-queued.
+* Every terminal failure of a handler task becomes exactly one dead letter,
+  written before its message is acknowledged: by the task itself (exhausted
+  retries, permanent errors), or for failures Celery reports in the worker's
+  main process (hard time limits, ``Reject(requeue=False)``, lost workers
+  whose message is not re-queued) by the handler task's ``Request``
+  (:mod:`eventbus.dead_letter_before_ack`) through a writer thread
+  (:mod:`eventbus.dead_letter_writer`). A record's id comes from its delivery
+  (task id, handler, attempt): written twice, it is one record.
 * A message on a handler queue that never becomes a task run (not JSON, not
   a task message, an unknown task) is dead-lettered and acked by a consumer
   step, instead of Celery's log-and-drop.
@@ -40,6 +45,8 @@ from celery import bootsteps, signals
 from celery.exceptions import InvalidTaskError, Reject, TimeLimitExceeded, WorkerLostError
 from kombu.exceptions import ContentDisallowed, DecodeError
 
+from eventbus.dead_letter_before_ack import reported_by_request, writer_step
+from eventbus.dead_letter_writer import DeadLetterWriter, delivery_record_id
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter, DeadLetterReason
 from eventbus.errors import (
     DeadLetterError,
@@ -74,10 +81,13 @@ class WorkerHooks:
 
     def __init__(self, bus: EventBus) -> None:
         self.bus = bus
+        #: Writes the records of failures reported in the worker's main process.
+        self.writer = DeadLetterWriter(lambda: bus.dead_letter_store)
         uid = f"eventbus-{id(bus)}"
         # Signals hold these bound methods weakly; the bus holds this object.
         signals.task_failure.connect(self.on_task_failure, dispatch_uid=uid)
         signals.worker_init.connect(self.on_worker_init, dispatch_uid=uid)
+        bus.app.steps["consumer"].add(writer_step(self.writer))
         bus.app.steps["consumer"].add(_unusable_message_step(self))
         # One per app (a set of step classes), whatever the number of buses on it.
         bus.app.steps["consumer"].add(BatchedTaskEvents)
@@ -98,9 +108,13 @@ class WorkerHooks:
         sub = self.bus.subscription_of(sender)
         if sub is None or exception is None:
             return
+        if reported_by_request(sender, exception, einfo):
+            return  # reported in the worker's main process: its Request writes the record
         request = sender.request
         if getattr(request, "eventbus_dead_lettered", False):
             return  # the task wrote its record itself (dead_letter_in_task)
+        # A failure the task reports outside its handler's run: written here,
+        # in the task's process, before its result goes back (and the ack).
         record = self.record_for(
             sender, sub, exception, args, getattr(einfo, "traceback", None), task_id
         )
@@ -112,12 +126,26 @@ class WorkerHooks:
         The record is written while the message is still unacked: if the write
         fails (the broker went away in between), the message is re-queued and
         the handler runs again later, instead of being acked with no record.
+        A message delivered again may have been recorded before: the store
+        then looks for the record before it writes (the record id is the same).
         """
         request = task.request
         record = self.record_for(task, sub, exc, request.args, None, request.id)
-        if not self.write(record):
+        redelivered = bool((request.delivery_info or {}).get("redelivered"))
+        try:
+            self.bus.dead_letter_store.append(record, again=redelivered)
+        except DeadLetterError as err:
+            logger.warning(
+                "dead letter %s not written (%s): its message goes back to its queue, and "
+                "the handler runs again",
+                record.summary(),
+                err,
+            )
             time.sleep(REQUEUE_PAUSE)  # not a hot loop while the broker recovers
-            raise Reject(f"dead letter not written: {exc!r}; message re-queued", requeue=True)
+            raise Reject(
+                f"dead letter not written: {exc!r}; message re-queued", requeue=True
+            ) from err
+        logger.error("dead-lettered %s", record.summary())
         request.eventbus_dead_lettered = True
 
     def record_for(
@@ -129,17 +157,61 @@ class WorkerHooks:
         tb: str | None,
         task_id: str | None,
     ) -> DeadLetter:
+        """The record of a failure reported inside the task (``task.request`` is its delivery)."""
         request = task.request
+        return self._record(
+            sub,
+            exception,
+            args,
+            tb,
+            task_id=task_id,
+            retries=request.retries,
+            queue=(request.delivery_info or {}).get("routing_key"),
+            worker=request.hostname,
+        )
+
+    def record_of_request(
+        self, request: Any, exception: BaseException, traceback: str | None
+    ) -> DeadLetter | None:
+        """The record of a failure Celery reported for a worker's ``Request`` (main process)."""
+        sub = self.bus.subscription_of(request.task)
+        if sub is None:
+            return None
+        return self._record(
+            sub,
+            exception,
+            request.args,
+            traceback,
+            task_id=request.id,
+            retries=request.request_dict.get("retries"),
+            queue=(request.delivery_info or {}).get("routing_key"),
+            worker=request.hostname,
+        )
+
+    def _record(
+        self,
+        sub: Subscription,
+        exception: BaseException,
+        args: Any,
+        tb: str | None,
+        *,
+        task_id: str | None,
+        retries: int | None,
+        queue: str | None,
+        worker: str | None,
+    ) -> DeadLetter:
+        attempts = (retries or 0) + 1
         return DeadLetter.from_exception(
             exception,
+            id=delivery_record_id(sub.name, task_id, attempts),
             handler=sub.name,
             reason=dead_letter_reason(sub, exception),
-            attempts=(request.retries or 0) + 1,
+            attempts=attempts,
             envelope=args[0] if args else None,
             traceback=tb,
             task_id=task_id,
-            queue=(request.delivery_info or {}).get("routing_key"),
-            worker=request.hostname,
+            queue=queue,
+            worker=worker,
         )
 
     def write(self, record: DeadLetter) -> bool:
@@ -244,6 +316,8 @@ def dead_letter_reason(sub: Subscription, exc: BaseException) -> DeadLetterReaso
         return "time_limit"
     if isinstance(exc, WorkerLostError):
         return "worker_lost"
+    if isinstance(exc, Reject):
+        return "rejected"
     if isinstance(exc, OrderingError):
         return "sequence_gap" if isinstance(exc, SequenceGap) else "late_event"
     options = sub.options

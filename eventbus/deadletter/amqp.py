@@ -6,6 +6,14 @@ their original order; the browse ends once the broker shows them again.
 While one browser holds a message, no other sees it: that is what makes a
 replay exclusive. A record is acked (removed) only after
 the chunk of records replayed with it was published and confirmed.
+
+A queue cannot refuse a duplicate on write. A write that may repeat an
+earlier one (its confirm was lost, or the failed message was delivered
+again) first browses the queue for a record of the same id, and writes
+only if there is none. A record another browse (a listing, a replay) holds
+is not seen: with another consumer on the queue the write waits for a later
+try instead. What remains: a record written by a write that is still waiting
+for its confirm elsewhere (another worker) is not seen yet either.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from eventbus.deadletter.store import (
     Select,
     decode_record,
 )
+from eventbus.errors import DeadLetterError
 
 __all__ = ["AmqpDeadLetterStore"]
 
@@ -95,6 +104,43 @@ class _Browse:
 
 class AmqpDeadLetterStore(BrokerDeadLetterStore):
     """Browse the queue on a throwaway channel; close it to requeue."""
+
+    def append_once(self, record: DeadLetter, *, again: bool = False) -> None:
+        if again and self._holds(record):
+            return  # the earlier write went through
+        super().append_once(record)
+
+    def _holds(self, record: DeadLetter) -> bool:
+        """Whether the queue holds a record of this id, as a browse no other browse overlapped saw.
+
+        A browse sees only the messages nobody else holds: with another browse
+        (a consumer of the DLQ) before or after, not finding the record proves
+        nothing, and the write waits for a later try.
+        """
+        try:
+            browsed = self._consumers()
+            if any(kept.id == record.id for kept in self):
+                return True
+            browsed += self._consumers()
+        except Exception as exc:
+            raise self._not_written(record, exc) from exc
+        if browsed:
+            raise DeadLetterError(
+                f"dead letter {record.id} may be in {self.queue_name!r} already, held by "
+                "another browse (a listing, a replay): looking again before writing it"
+            )
+        return False
+
+    def _consumers(self) -> int:
+        """Consumers of the queue now: browses (a worker never consumes the DLQ)."""
+        with self.app.connection_for_write() as conn:
+            try:
+                _, _, consumers = self.queue.bind(conn.default_channel).queue_declare(passive=True)
+            except conn.channel_errors as exc:
+                if getattr(exc, "reply_code", None) == 404:
+                    return 0  # not declared yet: nothing to browse
+                raise
+            return int(consumers)
 
     @contextmanager
     def _browsing(self) -> Iterator[_Browse]:

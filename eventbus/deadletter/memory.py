@@ -17,9 +17,10 @@ class InMemoryDeadLetterStore(DeadLetterStore):
         self._records: list[DeadLetter] = []
         self._lock = threading.Lock()
 
-    def append(self, record: DeadLetter) -> None:
+    def append(self, record: DeadLetter, *, again: bool = False) -> None:
         with self._lock:
-            self._records.append(record)
+            if not again or all(r.id != record.id for r in self._records):
+                self._records.append(record)
 
     def __iter__(self) -> Iterator[DeadLetter]:
         with self._lock:

@@ -8,12 +8,26 @@ removals by others have not shifted its place (``_pages``); removal is
 with ``SET NX`` (with a TTL), so two operators replaying the same record
 publish it once, and holds the claims until the page was sent and its records
 removed.
+
+Writing is idempotent: a record is pushed by :data:`APPEND_SCRIPT`, which
+sets a mark named after the record's id (with a TTL) and pushes the element
+in one atomic step, and pushes nothing when the mark is already there. A
+record's id names its failed delivery, so a write retried after its answer
+was lost, or the same failure recorded again after its message came back
+(an ack lost in an outage), leaves one record. The element is the one
+kombu's Redis transport would push (its JSON wrapper, body in base64); the
+task-sent event Flower lists it by follows, for a record that was pushed.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Generator, Iterator
 from typing import Any
+
+from kombu.serialization import dumps
+from kombu.utils.json import dumps as json_dumps
+from kombu.utils.uuid import uuid
 
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import (
@@ -24,6 +38,7 @@ from eventbus.deadletter.store import (
     decode_record,
     unwrap,
 )
+from eventbus.sent_events import SentEvents
 
 __all__ = ["RedisDeadLetterStore"]
 
@@ -34,10 +49,101 @@ CLAIM_TTL = 300  #: seconds a replay may hold a record before another may take i
 #: Elements looked for per round trip when a walk finds its place taken by
 #: others' removals; the first is nearly always still there.
 RESUME_BATCH = 16
+#: Seconds a record's written mark is kept, at least: longer than any
+#: redelivery of its message can take (twice the visibility timeout, if longer).
+WRITTEN_MARK_TTL = 24 * 3600
+
+#: KEYS: the record's written mark, the DLQ list. ARGV: the element, the mark's
+#: TTL. Returns 1 if it pushed the element, 0 if the mark was there already.
+#: The mark comes first: should Redis refuse the write (out of memory), nothing
+#: was written.
+APPEND_SCRIPT = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[2]) then
+  redis.call('LPUSH', KEYS[2], ARGV[1])
+  return 1
+end
+return 0
+"""
+
+logger = logging.getLogger(__name__)
 
 
 class RedisDeadLetterStore(BrokerDeadLetterStore):
-    """Browse and edit the dead-letter list in place."""
+    """Browse and edit the dead-letter list in place; write each record once."""
+
+    def append_once(self, record: DeadLetter, *, again: bool = False) -> None:
+        # Idempotent whatever ``again`` says: the script skips a record written before.
+        app = self.app
+        headers, properties, body, sent_event = self.task_message(record)
+        try:
+            with app.producer_or_acquire() as producer:
+                channel = producer.channel
+                element = self._element(channel, record, headers, properties, body)
+                prefix = getattr(channel, "global_keyprefix", "") or ""
+                # As kombu's own push (Channel._put). EVAL is not among the commands
+                # kombu's client prefixes (global_keyprefix): the keys go prefixed.
+                with channel.conn_or_acquire() as client:
+                    pushed = client.eval(
+                        APPEND_SCRIPT,
+                        2,
+                        prefix + self._written_key(record.id),
+                        prefix + self.queue_name,
+                        element,
+                        self._mark_ttl(),
+                    )
+                if pushed and sent_event:
+                    self._send_sent_event(producer, sent_event)
+        except Exception as exc:
+            raise self._not_written(record, exc) from exc
+        if not pushed:
+            logger.info("dead letter %s: written before, not written again", record.id)
+
+    def _element(
+        self, channel: Any, record: DeadLetter, headers: Any, properties: Any, body: Any
+    ) -> str:
+        """The list element kombu's Redis transport would push for this task message."""
+        content_type, content_encoding, payload = dumps(body, serializer="json")
+        message = channel.prepare_message(
+            payload,
+            None,
+            content_type,
+            content_encoding,
+            {**headers, "eventbus-dead-letter": record.id},
+            {**properties, "delivery_mode": 2},
+        )
+        # As kombu's virtual Channel.basic_publish does before its push.
+        message["body"], encoding = channel.encode_body(message["body"], channel.body_encoding)
+        message["properties"].update(body_encoding=encoding, delivery_tag=uuid())
+        message["properties"]["delivery_info"].update(
+            exchange=self.queue_name, routing_key=self.queue_name
+        )
+        return str(json_dumps(message))
+
+    def _send_sent_event(self, producer: Any, sent_event: dict[str, Any]) -> None:
+        """Celery's task-sent event of the record, which Flower lists it by; never fails a write."""
+        try:
+            events = SentEvents(self.app)
+            events.publish(
+                "task-sent",
+                {
+                    **sent_event,
+                    "queue": self.queue_name,
+                    "exchange": self.queue_name,
+                    "routing_key": self.queue_name,
+                },
+                producer,
+            )
+            events.send(producer)
+        except Exception:
+            logger.warning("could not send the task-sent event of a dead letter", exc_info=True)
+
+    def _written_key(self, record_id: str) -> str:
+        return f"eventbus.dlq-written:{self.queue_name}:{record_id}"
+
+    def _mark_ttl(self) -> int:
+        options = self.app.conf.broker_transport_options or {}
+        visibility = int(options.get("visibility_timeout") or 0)
+        return max(WRITTEN_MARK_TTL, 2 * visibility)
 
     def _pages(self) -> Generator[list[bytes], Collection[bytes] | None, None]:
         """Pages of raw elements, oldest first; send back the elements of a page you removed.

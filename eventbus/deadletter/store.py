@@ -74,7 +74,17 @@ class DeadLetterStore(ABC):
         self._claims_lock = threading.Lock()
 
     @abstractmethod
-    def append(self, record: DeadLetter) -> None: ...
+    def append(self, record: DeadLetter, *, again: bool = False) -> None:
+        """Write ``record`` durably; raise :class:`~eventbus.errors.DeadLetterError` if not.
+
+        ``again``: the record may have been written before (a write whose
+        answer was lost, a message delivered again): a store that can tell
+        keeps one copy. A record's id names its failed delivery.
+        """
+
+    def append_once(self, record: DeadLetter, *, again: bool = False) -> None:
+        """One attempt at :meth:`append`, for a caller that retries on its own schedule."""
+        self.append(record, again=again)
 
     @abstractmethod
     def __iter__(self) -> Iterator[DeadLetter]:
@@ -184,26 +194,27 @@ class BrokerDeadLetterStore(DeadLetterStore):
             origin=record.worker,
         )
 
-    def append(self, record: DeadLetter) -> None:
+    def append(self, record: DeadLetter, *, again: bool = False) -> None:
         # A dead letter that is not written makes the worker re-queue the
         # failed message and run the handler again: retry the write first, as
-        # publish does (a retry after an unconfirmed write may duplicate the
-        # record; replay and purge work on either copy).
+        # publish does. A retry may follow a write whose answer was lost:
+        # ``append_once`` is told (``again``), and a store that can tell
+        # keeps one copy (Redis: always; RabbitMQ: it looks first).
         policy = self.app.conf.task_publish_retry_policy or {}
         attempts = int(policy.get("max_retries", 3) or 0) + 1
         step = float(policy.get("interval_step", 0.2) or 0)
         interval_max = float(policy.get("interval_max", 1) or 0)
         for attempt in range(attempts):
             try:
-                self._append_once(record)
+                self.append_once(record, again=again or attempt > 0)
                 return
             except DeadLetterError as exc:
                 if attempt + 1 >= attempts:
                     raise
-                logger.warning("dead letter %s: write failed, retrying: %s", record.id, exc)
+                logger.debug("dead letter %s: write failed, retrying: %s", record.id, exc)
                 time.sleep(min(step * (attempt + 1), interval_max))
 
-    def _append_once(self, record: DeadLetter) -> None:
+    def append_once(self, record: DeadLetter, *, again: bool = False) -> None:
         app = self.app
         message = self.task_message(record)
         try:
@@ -227,9 +238,12 @@ class BrokerDeadLetterStore(DeadLetterStore):
                     retry_policy=app.conf.task_publish_retry_policy,
                 )
         except Exception as exc:
-            raise DeadLetterError(
-                f"could not write dead letter {record.id} to {self.queue_name!r}: {exc}"
-            ) from exc
+            raise self._not_written(record, exc) from exc
+
+    def _not_written(self, record: DeadLetter, exc: BaseException) -> DeadLetterError:
+        return DeadLetterError(
+            f"could not write dead letter {record.id} to {self.queue_name!r}: {exc}"
+        )
 
     def declare(self) -> None:
         """Declare the queue (and its exchange) now, so the broker can route to it."""

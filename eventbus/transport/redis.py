@@ -23,13 +23,16 @@ under load; an idle one sees a new message at most that much later.
 
 In a worker (a connection registered with an event loop), acks are sent
 together: ``QoS.ack`` frees the prefetch slot at once, and the records of
-the acked messages are removed (``ZREM``/``HDEL``) for all of them in one
+the acked messages are removed (``HDEL``/``ZREM``) for all of them in one
 pipeline, every ``eventbus_ack_interval`` seconds (transport option,
 default :data:`DEFAULT_ACK_INTERVAL`; 0 sends each ack at once, as kombu
 does), when :data:`ACK_BATCH_MAX` are waiting, and when the channel closes.
 A worker killed in between leaves those records, and its messages run again
 after ``visibility_timeout``: at least once, as with a kill just before an
-ack. Without an event loop every ack is sent at once.
+ack. Without an event loop every ack is sent at once. The pipeline is not a
+``MULTI`` (kombu's is): a Redis at ``maxmemory`` refuses ``MULTI`` but still
+deletes, so acks go through a full Redis; acks that fail are retried at
+each interval, with one warning until they go through again.
 
 Whatever bytes sit on a list, the consumer gets a message, and a recorded
 one. kombu's transport raises out of ``drain_events`` on an element that is
@@ -270,6 +273,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     #: ``monotonic()`` before which the channel does not poll (it found nothing).
     eventbus_idle_until = 0.0
     _eventbus_script_cached = False
+    _eventbus_acks_failing = False  # the last try to send acks failed (and was logged)
     _eventbus_polled: list[str] = []
 
     from_transport_options = (
@@ -288,9 +292,13 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
 
     def eventbus_defer_ack(self, delivery_tag: str) -> bool:
-        """Keep an ack to send with others; False: send it now (no event loop, closing)."""
+        """Keep an ack to send with others; False: send it now (no event loop, closing, closed).
+
+        A message whose channel closed (a worker that reconnected) can still be
+        acked late, as kombu allows: its channel keeps its connection pool.
+        """
         transport = self.connection
-        if transport.eventbus_ack_timer is None or self._closing:
+        if transport is None or transport.eventbus_ack_timer is None or self._closing:
             return False
         with self._eventbus_acks_lock:
             self._eventbus_acks.append(delivery_tag)
@@ -307,14 +315,25 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         if not tags:
             return
         try:
-            with self.qos.pipe_or_acquire() as pipe:
-                pipe.zrem(self.unacked_index_key, *tags).hdel(self.unacked_key, *tags).execute()
+            # Not in a MULTI: a full Redis (maxmemory) refuses MULTI, and these
+            # deletions are what it still takes. The record goes before its index
+            # entry: split by a crash, kombu's restore drops an entry whose record is gone.
+            with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+                pipe.hdel(self.unacked_key, *tags).zrem(self.unacked_index_key, *tags).execute()
         except Exception:
             # Kept for the next try; if none succeeds (the connection is gone),
             # the records stay and the messages come back after visibility_timeout.
             with self._eventbus_acks_lock:
                 self._eventbus_acks[:0] = tags
+            if self._eventbus_acks_failing:
+                logger.debug("could not send %d acks to Redis; retrying", len(tags))
+                return
+            self._eventbus_acks_failing = True  # said once, until they go through
             logger.warning("could not send %d acks to Redis; retrying", len(tags), exc_info=True)
+            return
+        if self._eventbus_acks_failing:
+            self._eventbus_acks_failing = False
+            logger.warning("acks sent to Redis again")
 
     def close(self) -> None:
         if not self.closed:

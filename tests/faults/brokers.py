@@ -194,6 +194,27 @@ class PrivateRabbitMQ:
         if not self.answers():
             self.start_app()
 
+    def block_publishers(self, blocked: bool = True) -> None:
+        """Raise (or clear) a memory alarm: the node stops reading a connection that publishes.
+
+        A publish then waits, unconfirmed, until the alarm clears or the node stops.
+        The setting outlives ``stop_app``/``start_app`` (the Erlang VM keeps it).
+        """
+        self.ctl("set_vm_memory_high_watermark", "0" if blocked else "0.4")
+        if not blocked:
+            # The node looks at its memory every 2.5 s: wait until the alarm is gone.
+            wait_for(
+                lambda: self.ctl("eval", "rabbit_alarm:get_alarms().").strip() == "[]",
+                timeout=30,
+                interval=0.2,
+                message="the memory alarm cleared",
+            )
+
+    def blocked_connections(self) -> int:
+        """Connections the node stopped reading because they published during an alarm."""
+        out = self.ctl("list_connections", "-q", "--no-table-headers", "state", timeout=30)
+        return sum(1 for line in out.splitlines() if line.strip() == "blocked")
+
     def messages(self, queue: str) -> int:
         """Messages in a queue, ready and unacknowledged (0 if it does not exist)."""
         out = self.ctl("list_queues", "-q", "--no-table-headers", "name", "messages", timeout=30)

@@ -34,16 +34,24 @@ from kombu.connection import Connection
 from eventbus import Envelope, PublishError
 from tests.brokers import PrivateRedis
 from tests.faults.brokers import (
+    HOLD_TIMEOUT,
     RABBITMQ_SERVER,
     BrokerRestart,
     Describe,
     PrivateRabbitMQ,
+    hold_down,
     restart_rabbitmq,
     restart_redis,
 )
 from tests.faults.fault_app import REDIS_TRANSPORTS, Effects, FaultConfig, HandlerSet, build_bus
 from tests.faults.workers import WorkerProcess
-from tests.support import STATE_REDIS_URL, delete_queues, delete_state, require_broker
+from tests.support import (
+    STATE_REDIS_URL,
+    delete_queues,
+    delete_state,
+    require_broker,
+    wait_for,
+)
 
 FIGURES: list[str] = []  #: every figure line of this pytest run, in order
 
@@ -102,6 +110,48 @@ class FaultBroker:
             )
         self.restarts.append(restart)
         return restart.start()
+
+    def refuse_writes(
+        self,
+        *,
+        until: Callable[[], bool],
+        waiting_for: Describe,
+        on_refusing: Callable[[], None] = lambda: None,
+    ) -> float:
+        """Make the broker refuse writes until ``until()`` says it was seen; return the seconds.
+
+        ``on_refusing`` runs once the broker refuses writes.
+
+        Redis stays up and full (``maxmemory 1``, ``noeviction``: every
+        command that may grow memory gets an OOM error, reads and deletes
+        still work). RabbitMQ stops in the middle of a write: a memory alarm
+        holds the first publish unconfirmed, then the node stops
+        (``stop_app``) and starts again.
+        """
+        started = time.monotonic()
+        private, rabbitmq = self.private, self.rabbitmq
+        if private is None:
+            assert rabbitmq is not None
+            rabbitmq.block_publishers()
+            try:
+                wait_for(
+                    lambda: rabbitmq.blocked_connections() > 0,
+                    timeout=HOLD_TIMEOUT,
+                    message="a publish held by the memory alarm (a write in flight)",
+                )
+                self.restart(until=until, waiting_for=waiting_for, on_down=on_refusing).join()
+            finally:
+                rabbitmq.block_publishers(False)
+            return time.monotonic() - started
+        with contextlib.closing(private.client()) as client:
+            client.config_set("maxmemory-policy", "noeviction")
+            client.config_set("maxmemory", 1)
+            try:
+                on_refusing()
+                hold_down(until, waiting_for)
+            finally:
+                client.config_set("maxmemory", 0)
+        return time.monotonic() - started
 
     def close(self) -> None:
         for restart in self.restarts:
@@ -334,7 +384,7 @@ class FaultEnv:
         finally:
             self.effects.close()
             if self.broker.private is None:
-                delete_queues(self.app, self.config.queue, self.config.dead_letter_queue)
+                delete_queues(self.app, *self.config.queues, self.config.dead_letter_queue)
             delete_state(self.app)  # the state and the effects share its prefix
             self.app.close()
 

@@ -27,9 +27,13 @@ PLAIN = "faults.plain"  #: not idempotent: a redelivery repeats its effect
 IDEM = "faults.idem"  #: idempotent; its effect is a plain write before the done mark
 ATOMIC = "faults.atomic"  #: idempotent; its effect commits with the done mark
 ORDERED = "faults.ordered"  #: ordered: appends each aggregate's sequence to a list
+TIMED = "faults.timed"  #: overruns its hard time limit: killed mid-run, dead-lettered as time_limit
+FAILING = "faults.failing"  #: always fails: retried, then dead-lettered as retries_exhausted
+OTHER = "faults.other"  #: on a queue of its own: runs while another handler's dead letter waits
 
-#: Which handlers a worker runs: the kill test's three, one counting handler, or the ordered one.
-HandlerSet = Literal["kill", "count", "ordered"]
+#: Which handlers a worker runs: the kill test's three, one counting handler, the
+#: ordered one, or the dead-letter tests' three (:data:`TIMED`, :data:`FAILING`, :data:`OTHER`).
+HandlerSet = Literal["kill", "count", "ordered", "dlq"]
 
 #: Redis visibility timeout of the fault tests, seconds: how long a dead
 #: worker's unacked messages wait before another worker gets them.
@@ -47,12 +51,32 @@ REDIS_TRANSPORTS: dict[str, str | None] = {
 GATE_TIMEOUT = 60
 #: Handler retries must wait less than the visibility timeout (EventBus checks).
 RETRY_OPTIONS: dict[str, Any] = {"max_retries": 5, "retry_backoff": 1, "retry_backoff_max": 4}
+#: Seconds :data:`TIMED` runs before its worker kills it (Celery's hard time limit).
+TIME_LIMIT = 2
+#: Retries of :data:`FAILING` before it is dead-lettered (3 attempts in all).
+FAILING_RETRIES = 2
 
 
 class Probe(Event):
     """One numbered event; the fault tests count what became of each."""
 
     event_type = "faults.probe"
+
+    n: int
+
+
+class Doomed(Event):
+    """One numbered event for :data:`TIMED`, which never finishes it."""
+
+    event_type = "faults.doomed"
+
+    n: int
+
+
+class Flaky(Event):
+    """One numbered event for :data:`FAILING`, which always fails it."""
+
+    event_type = "faults.flaky"
 
     n: int
 
@@ -95,6 +119,15 @@ class FaultConfig:
     @property
     def on_redis(self) -> bool:
         return self.broker_url.startswith("redis")
+
+    @property
+    def queues(self) -> list[str]:
+        """The queues a worker consumes: the test's queue, and :data:`OTHER`'s if it runs."""
+        return [self.queue, self.other_queue] if self.handlers == "dlq" else [self.queue]
+
+    @property
+    def other_queue(self) -> str:
+        return f"{self.queue}.other"
 
 
 class Effects:
@@ -152,6 +185,33 @@ class Effects:
         if token is None:
             raise RuntimeError(f"the test did not open the gate within {GATE_TIMEOUT}s")
         self.client.incr(f"{self.prefix}gate:passed")
+
+    def block(self) -> None:
+        """Wait, blocked in Redis, for what never comes: until the run is killed.
+
+        Fails after :data:`GATE_TIMEOUT` seconds (a run its time limit did not stop).
+        """
+        self.gate_client.brpop(f"{self.prefix}never", GATE_TIMEOUT)
+        raise RuntimeError(f"not stopped by its time limit within {GATE_TIMEOUT}s")
+
+    def break_dead_letters(self, broken: bool = True) -> None:
+        """Make every dead-letter write of the workers fail (see :func:`refuse_dead_letters`)."""
+        if broken:
+            self.client.set(f"{self.prefix}dlq:broken", "1")
+        else:
+            self.client.delete(f"{self.prefix}dlq:broken")
+
+    def dead_letters_broken(self) -> bool:
+        return bool(self.client.exists(f"{self.prefix}dlq:broken"))
+
+    def refused_writes(self) -> int:
+        """Dead-letter writes refused while :meth:`break_dead_letters` was on."""
+        return int(self.client.get(f"{self.prefix}dlq:refused") or 0)
+
+    def refuse_write(self) -> None:
+        """Count a refused write; take a second doing it, as a write to a broker that is gone."""
+        self.client.incr(f"{self.prefix}dlq:refused")
+        self.gate_client.brpop(f"{self.prefix}never", 1)
 
     def open_gate(self) -> None:
         self.client.lpush(f"{self.prefix}gate", "open")
@@ -218,12 +278,15 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
         broker_transport=transport,
         # (kombu's: broker_transport unset would get eventbus's, chosen from the URL)
         eventbus_redis_transport="kombu" if transport is None else "eventbus",
-        broker_transport_options=transport_options,
         # Flower's task-sent events are not what these tests count: leave
         # the publisher's and the brokers' time to the task messages.
         task_send_sent_event=False,
         **overrides,
     )
+    # Added to make_app's own options: their connection name keeps kombu from
+    # pooling this app's connections with another test's (process-wide, by
+    # URL and options), which a broker restart in that test left broken.
+    app.conf.broker_transport_options = {**app.conf.broker_transport_options, **transport_options}
     bus = EventBus(app, default_queue=config.queue, dead_letter_queue=config.dead_letter_queue)
     worker, gated = config.worker, config.gated
 
@@ -258,7 +321,48 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
 
         bus.subscribe(Step, handler=ordered, name=ORDERED, ordered=True, **RETRY_OPTIONS)
 
+    if config.handlers == "dlq":
+
+        def timed(envelope: Envelope[Doomed]) -> None:
+            effects.record(TIMED, str(envelope.event_id), worker)
+            effects.block()
+
+        def failing(envelope: Envelope[Flaky]) -> None:
+            effects.record(FAILING, str(envelope.event_id), worker)
+            raise RuntimeError(f"{FAILING} always fails")
+
+        def other(envelope: Envelope[Probe]) -> None:
+            effects.record(OTHER, str(envelope.event_id), worker)
+
+        once = {**RETRY_OPTIONS, "max_retries": 0}
+        bus.subscribe(Doomed, handler=timed, name=TIMED, time_limit=TIME_LIMIT, **once)
+        retried = {**RETRY_OPTIONS, "max_retries": FAILING_RETRIES}
+        bus.subscribe(Flaky, handler=failing, name=FAILING, **retried)
+        bus.subscribe(Probe, handler=other, name=OTHER, queue=config.other_queue, **once)
+
     return bus
+
+
+def refuse_dead_letters(bus: EventBus, effects: Effects) -> None:
+    """Dead-letter writes of this process fail while the test says so (``break_dead_letters``).
+
+    Each refused write takes a second, as one to a broker that went away does.
+    """
+    from eventbus.errors import DeadLetterError
+
+    store = bus.dead_letter_store
+    for name in ("append", "append_once"):
+        real = getattr(store, name, None)
+        if real is None:
+            continue
+
+        def refusing(record: Any, _real: Any = real, **options: Any) -> None:
+            if effects.dead_letters_broken():
+                effects.refuse_write()
+                raise DeadLetterError("the dead-letter queue is unreachable (refused by the test)")
+            _real(record, **options)
+
+        setattr(store, name, refusing)
 
 
 def count_receipts(bus: EventBus, effects: Effects) -> None:
@@ -291,3 +395,5 @@ if os.environ.get("EVENTBUS_FAULTS_BROKER_URL"):
     )
     app = bus.app
     count_receipts(bus, _effects)
+    if _config.handlers == "dlq":
+        refuse_dead_letters(bus, _effects)

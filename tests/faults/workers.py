@@ -52,7 +52,8 @@ class WorkerProcess:
         environ.update(self.config.environ(), PYTHONPATH=str(ROOT))
         command = [
             sys.executable, "-m", "celery", "-A", "tests.faults.fault_app", "worker",
-            "--pool=prefork", f"--concurrency={self.concurrency}", "-Q", self.config.queue,
+            "--pool=prefork", f"--concurrency={self.concurrency}",
+            "-Q", ",".join(self.config.queues),
             "-n", f"{self.name}@%h", f"--loglevel={self.loglevel}",
             "--without-gossip", "--without-mingle", "--without-heartbeat",
         ]  # fmt: skip

@@ -231,10 +231,10 @@ def test_a_dead_letter_that_cannot_be_written_requeues_the_message(
     real_append = store.append
     failures = [DeadLetterError("connection reset")]
 
-    def flaky_append(record: Any) -> None:
+    def flaky_append(record: Any, **options: Any) -> None:
         if failures:
             raise failures.pop()
-        real_append(record)
+        real_append(record, **options)
 
     monkeypatch.setattr(store, "append", flaky_append)
     recorder = Recorder()
@@ -253,3 +253,76 @@ def test_a_dead_letter_that_cannot_be_written_requeues_the_message(
     assert recorder.count(name) == 2
     assert record.reason == "permanent_error"
     assert_stays(lambda: len(env.bus.dead_letters) == 1, duration=0.3)
+
+
+def test_a_dead_letter_written_again_after_a_lost_answer_is_one_record(
+    env: Env, monkeypatch: Any
+) -> None:
+    # Given a handler that fails permanently, and a DLQ whose first write goes
+    # through but whose answer is lost (the connection broke right after it)
+    import eventbus.worker
+    from eventbus import DeadLetterError
+
+    monkeypatch.setattr(eventbus.worker, "REQUEUE_PAUSE", 0.05)
+    store = env.bus.dead_letter_store
+    real_append = store.append
+    answers_lost = [DeadLetterError("connection reset by peer after the write")]
+
+    def append_losing_the_answer(record: Any, **options: Any) -> None:
+        real_append(record, **options)
+        if answers_lost:
+            raise answers_lost.pop()
+
+    monkeypatch.setattr(store, "append", append_losing_the_answer)
+    recorder = Recorder()
+    name = env.name("picky")
+    env.bus.subscribe(
+        OrderPlaced,
+        name=name,
+        handler=recorder.handler(name, fail=lambda call: PermanentHandlerError("bad order")),
+    )
+    env.start_worker()
+
+    # When an event fails: the worker, told the write failed, re-queues the
+    # message, and the handler fails a second time on the same delivery
+    envelope = env.bus.publish(OrderPlaced(order_id="o-7", quantity=1))
+    wait_for(lambda: recorder.count(name) == 2, message=lambda: f"{recorder.count(name)}/2 runs")
+
+    # Then the failed delivery is one record, not two
+    wait_for(lambda: env.queue_length() == 0, message="the handler queue drained")
+    [record] = _dead_letters(env)
+    assert_stays(
+        lambda: len(env.bus.dead_letters) == 1,
+        duration=0.5,
+        message=lambda: f"{len(env.bus.dead_letters)} records of one failed delivery",
+    )
+    assert record.event_id == str(envelope.event_id)
+    assert record.attempts == 1
+    assert record.reason == "permanent_error"
+
+
+def test_the_same_failure_appended_twice_is_one_record(env: Env) -> None:
+    # Given the record of one failed delivery
+    name = env.name("h")
+    env.bus.subscribe(OrderPlaced, name=name, handler=lambda e: None)
+    store = env.bus.dead_letter_store
+    from eventbus import DeadLetter
+
+    record = DeadLetter(
+        id="5d8e1c0a9b7f4e3d8c2b1a0f9e8d7c6b",
+        handler=name,
+        reason="retries_exhausted",
+        attempts=3,
+        exception_type="ValueError",
+        exception_message="boom",
+        task_id="0a1b2c3d",
+    )
+
+    # When it is appended, then appended again as a write that may repeat an
+    # earlier one (after a lost answer, or for a message delivered again)
+    store.append(record)
+    store.append(record, again=True)
+
+    # Then the DLQ holds it once
+    assert [r.id for r in env.bus.dead_letters.list()] == [record.id]
+    assert len(env.bus.dead_letters) == 1

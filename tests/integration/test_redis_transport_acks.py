@@ -145,14 +145,37 @@ def test_acks_that_could_not_be_sent_are_sent_next_time(
         assert len(box.unacked()) == 1  # waiting
         # When the first send fails (Redis unreachable)
         channel = message.channel
-        acquire = channel.qos.pipe_or_acquire
-        monkeypatch.setattr(channel.qos, "pipe_or_acquire", _raises(redis.ConnectionError("down")))
+        acquire = channel.conn_or_acquire
+        monkeypatch.setattr(channel, "conn_or_acquire", _raises(redis.ConnectionError("down")))
         transport.eventbus_send_acks()
         assert len(box.unacked()) == 1
         # Then the next one sends the ack
-        monkeypatch.setattr(channel.qos, "pipe_or_acquire", acquire)
+        monkeypatch.setattr(channel, "conn_or_acquire", acquire)
         transport.eventbus_send_acks()
         assert box.unacked() == {}
+
+
+def test_an_ack_after_its_channel_closed_is_sent_without_stopping_the_worker(
+    make_box: Callable[..., Box], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a consumer whose acks are kept for a send (as in a worker), holding a message
+    box = make_box()
+    box.publish({"n": 1})
+    with box.connection() as conn:
+        transport = conn.transport
+        assert isinstance(transport, Transport)
+        monkeypatch.setattr(transport, "eventbus_ack_timer", object(), raising=False)
+        message = drain_one(conn, box)
+        # When its channel closes (the worker lost its connection and made a
+        # new one; kombu puts the message back), and the message is acked late
+        # (the dead letter of its run was written meanwhile)
+        message.channel.close()
+        assert message.channel.connection is None
+        message.ack()
+    # Then the ack raised nothing (an error there stops the worker), and the
+    # message waits on its queue, to run again
+    assert box.waiting() == 1
+    assert box.unacked() == {}
 
 
 def _raises(exc: BaseException) -> Callable[..., Any]:
