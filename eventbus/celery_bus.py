@@ -22,6 +22,7 @@ from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 
 from eventbus.bound_queues import bound_queues
+from eventbus.broker_errors import URL_ERRORS
 from eventbus.bus import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
 from eventbus.confirms import confirmed
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore, store_for_app
@@ -165,10 +166,15 @@ class EventBus(BaseEventBus):
         """
         if self._broker_dead_lettering is None:
             enabled = self.app.conf.get("eventbus_broker_dead_lettering", True)
-            with self.app.connection_for_write() as conn:  # no I/O: reads the URL
-                self._broker_dead_lettering = bool(enabled) and (
-                    conn.transport.driver_type == "amqp"
-                )
+            try:
+                with self.app.connection_for_write() as conn:  # no I/O: reads the URL
+                    driver = conn.transport.driver_type
+            except URL_ERRORS:
+                # A URL kombu cannot use (unknown scheme, malformed): the bus is
+                # still made, so that whatever uses the broker (publish, the DLQ,
+                # the CLI) can say what is wrong instead of the app's import.
+                return False
+            self._broker_dead_lettering = bool(enabled) and driver == "amqp"
         return self._broker_dead_lettering
 
     def handler_queue(self, name: str) -> Queue | str:
