@@ -22,7 +22,7 @@ from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 
 from eventbus.bound_queues import bound_queues
-from eventbus.broker_errors import URL_ERRORS
+from eventbus.broker_errors import URL_ERRORS, describe_broker_error, url_of
 from eventbus.bus import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
 from eventbus.confirms import confirmed
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore, store_for_app
@@ -35,6 +35,7 @@ from eventbus.errors import (
 )
 from eventbus.events import EventRegistry
 from eventbus.options import HandlerOptions
+from eventbus.redaction import safe_cause
 from eventbus.sent_events import SentEvents
 
 if TYPE_CHECKING:
@@ -414,8 +415,16 @@ class EventBus(BaseEventBus):
 
     def _retryable_publish_errors(self) -> tuple[type[BaseException], ...]:
         if self._publish_errors is None:
-            with self.app.connection_for_write() as conn:
-                errors = conn.connection_errors + conn.channel_errors
+            try:
+                with self.app.connection_for_write() as conn:
+                    errors = conn.connection_errors + conn.channel_errors
+            except URL_ERRORS as exc:
+                # Asked while a publish failed: the broker URL itself is unusable
+                # (unknown scheme, malformed), which no retry fixes.
+                url = url_of(self.app.conf.broker_url)
+                raise PublishError(
+                    f"cannot publish: {describe_broker_error(exc, [url])}"
+                ) from safe_cause(exc, [url])
             self._publish_errors = (KombuError, OSError, *errors)
         return self._publish_errors
 

@@ -114,19 +114,46 @@ def echo(text: object = "", *, err: bool = False, nl: bool = True) -> None:
 
 
 def known_urls() -> list[str]:
-    """The URLs this command may echo: options, environment, and the loaded app's settings."""
-    urls = [os.environ.get(name) or "" for name in URL_VARIABLES]
+    """The URLs this command may echo: options, environment, and the loaded app's settings.
+
+    Worked out once per command (and again once the app is loaded): ``echo``
+    asks for every line it prints.
+    """
     ctx = click.get_current_context(silent=True)
-    while ctx is not None:
-        urls += [str(v) for v in ctx.params.values() if isinstance(v, str) and "://" in v]
-        obj = ctx.obj
+    if ctx is None:
+        return _collect_urls(None)
+    root = ctx.find_root()
+    loaded = tuple(id(c.obj.loaded) for c in _chain(ctx) if isinstance(c.obj, BusContext))
+    cached = root.meta.get(_URLS_KEY)
+    if cached is None or cached[0] != loaded:
+        cached = root.meta[_URLS_KEY] = (loaded, _collect_urls(ctx))
+    urls: list[str] = cached[1]
+    return urls
+
+
+_URLS_KEY = "eventbus.known_urls"
+
+
+def _chain(ctx: click.Context) -> list[click.Context]:
+    chain: list[click.Context] = []
+    current: click.Context | None = ctx
+    while current is not None:
+        chain.append(current)
+        current = current.parent
+    return chain
+
+
+def _collect_urls(ctx: click.Context | None) -> list[str]:
+    urls = [os.environ.get(name) or "" for name in URL_VARIABLES]
+    for context in _chain(ctx) if ctx is not None else []:
+        urls += [str(v) for v in context.params.values() if _is_url(v)]
+        obj = context.obj
         bus = obj.loaded if isinstance(obj, BusContext) else None
         app = getattr(bus, "app", None) or getattr(obj, "app", None)
         conf = getattr(app, "conf", None)
         if conf is not None:
             urls += [str(conf.get(key) or "") for key in URL_SETTINGS]
             urls += [str(v) for k, v in conf.items() if k.startswith("eventbus_") and _is_url(v)]
-        ctx = ctx.parent
     return [url for url in urls if url]
 
 

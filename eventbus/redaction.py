@@ -19,6 +19,7 @@ CLI prints.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from urllib.parse import unquote
@@ -72,10 +73,16 @@ def redact(text: object, urls: Iterable[str | None] = ()) -> str:
     their passwords are masked wherever they appear, even outside a URL.
     """
     result = str(text)
-    # Longest first: a secret that contains another is masked whole.
-    for secret in sorted(url_secrets(urls), key=len, reverse=True):
+    for secret in _secrets_longest_first(tuple(str(url) for url in urls if url)):
         result = result.replace(secret, MASK)
     return _redact_patterns(result)
+
+
+@functools.lru_cache(maxsize=64)
+def _secrets_longest_first(urls: tuple[str, ...]) -> tuple[str, ...]:
+    # Longest first: a secret that contains another is masked whole. Cached:
+    # the CLI redacts every line it prints with the same few URLs.
+    return tuple(sorted(url_secrets(urls), key=len, reverse=True))
 
 
 def safe_cause(exc: BaseException, urls: Iterable[str | None] = ()) -> BaseException | None:
