@@ -66,7 +66,7 @@ def demo(broker: str | None, queue: str) -> None:
     """Run the example handlers on an in-process worker and narrate what happens."""
     from eventbus.demo import run_demo
 
-    sys.exit(run_demo(broker, echo=click.echo, queue=queue))
+    sys.exit(run_demo(broker, echo=echo, queue=queue))
 
 
 @click.command()
