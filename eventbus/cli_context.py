@@ -179,6 +179,11 @@ def handle_errors(func: F) -> F:
             raise
         except EventBusError as exc:
             fail(str(exc))
+        except BrokenPipeError:
+            # The reader went away (`eventbus dlq list | head`): nothing to say to it.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 1)  # Python's flush of stdout at exit must not fail again
+            raise click.exceptions.Exit(1) from None
         except Exception as exc:
             if os.environ.get("EVENTBUS_DEBUG"):
                 raise
