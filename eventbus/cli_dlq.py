@@ -393,9 +393,20 @@ def dlq_edit(
     record = dead_letters.get(record_id)
     if not record.replayable:
         fail(f"dead letter {record.id} has no decodable envelope ({record.reason}): purge it")
-    current, upcast = _current_data(bus, record)
+    try:
+        current, upcast = _current_data(bus, record)
+    except EventVersionError as exc:
+        if data_text is None and data_file is None:
+            fail(
+                f"dead letter {record.id} cannot be shown at the current schema: {exc}; "
+                "give the corrected data, of the current schema, with --data or --file"
+            )
+        current, upcast = (record.envelope or {}).get("data"), None
     if upcast:
-        echo(f"{record.id}: the data is edited and sent at the current schema ({upcast})", err=True)
+        echo(
+            f"{printable(record.id)}: the data is edited and sent at the current schema ({upcast})",
+            err=True,
+        )
     if data_text is not None:
         data = _json_object(data_text, "--data")
     elif data_file is not None:
@@ -425,6 +436,7 @@ def _current_data(bus: BaseEventBus, record: DeadLetter) -> tuple[Any, str | Non
     upcasters, as every reader does): the operator edits, and the replay
     sends, data of the version the handlers run today. ``None`` when no
     upcast was needed (or the type is unknown here: the replay says so).
+    Raises :class:`EventVersionError` when the upcasters cannot do it.
     """
     wire = record.envelope or {}
     data = wire.get("data")
@@ -436,10 +448,7 @@ def _current_data(bus: BaseEventBus, record: DeadLetter) -> tuple[Any, str | Non
         return data, None
     if not isinstance(data, dict) or not isinstance(version, int) or version == latest:
         return data, None
-    try:
-        data = bus.event_registry.upcasters.upcast(event_type, version, data, latest)
-    except EventVersionError as exc:
-        fail(f"dead letter {record.id} cannot be edited: {exc}")
+    data = bus.event_registry.upcasters.upcast(event_type, version, data, latest)
     return data, f"upcast from v{version} to v{latest}"
 
 

@@ -106,6 +106,28 @@ def test_edit_of_a_v1_record_with_data_still_invalid_at_v2_keeps_it() -> None:
     assert op.booked == [] and [r.id for r in op.bus.dead_letters.list()] == [record.id]
 
 
+def test_a_v1_record_the_upcaster_cannot_read_is_still_edited_with_v2_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a v1 record whose data the upcaster fails on (no weight_grams)
+    record = v1_dead_letter()
+    broken = record.model_copy(
+        update={
+            "id": "broken-v1-record",
+            "envelope": {**(record.envelope or {}), "data": {"carrier": "dhl"}},
+        }
+    )
+    op.bus.dead_letter_store.append(broken)
+    # Then the editor cannot show it at v2, and says what to do instead
+    monkeypatch.setattr("eventbus.cli_dlq._interactive", lambda: True)
+    result = invoke("dlq", "edit", broken.id)
+    assert result.exit_code == 1 and "with --data or --file" in result.stderr
+    # And corrected data of v2 goes through
+    result = invoke("dlq", "edit", broken.id, "--data", '{"carrier": "dhl", "weight_kg": 1}')
+    assert result.exit_code == 0, result.output
+    assert [e.data.weight_kg for e in op.booked] == [1.0]
+
+
 def test_replay_with_data_from_python_writes_the_current_version() -> None:
     record = v1_dead_letter()
     envelope = op.bus.dead_letters.replay(record.id, data={"carrier": "dpd", "weight_kg": 1.0})
