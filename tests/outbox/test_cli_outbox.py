@@ -180,6 +180,7 @@ SECRET_URLS = [
 ]
 
 
+@pytest.mark.filterwarnings("ignore:Query string argument:sqlalchemy.exc.SAWarning")
 @pytest.mark.parametrize("url", SECRET_URLS)
 def test_no_password_of_the_outbox_url_is_printed_or_raised(url: str) -> None:
     # The CLI, text and JSON
