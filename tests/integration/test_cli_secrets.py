@@ -185,7 +185,7 @@ class World:
 
     def close(self) -> None:
         app = make_app(self.redis)
-        delete_queues(app, self.queue, self.dead_letter_queue, "eventbus.demo")
+        delete_queues(app, self.queue, self.dead_letter_queue)
         app.close()
 
 
