@@ -26,6 +26,7 @@ from eventbus.errors import EventBusError, PayloadTooLarge, ReplayError, Subscri
 from eventbus.events import Event, EventRegistry, EventTypeRef, registry, resolve_event_type
 from eventbus.options import HandlerOptions
 from eventbus.ordering import DEFAULT_GAP_TIMEOUT
+from eventbus.upcasting import UPCAST_FROM_KEY
 
 if TYPE_CHECKING:
     from eventbus.idempotency import IdempotencyStore
@@ -361,8 +362,18 @@ class BaseEventBus(ABC):
         if data is not None:
             # Validate the correction on its own first, so the caller gets the
             # schema's own error (field by field), not a decode error.
-            self.event_registry.get(str(wire.get("event_type"))).parse_data(data)
+            event_class = self.event_registry.get(str(wire.get("event_type")))
+            event_class.parse_data(data)
             wire["data"] = dict(data)
+            # The correction is data of the current schema: sent as such, not
+            # upcast again from the version the record was written at.
+            if wire.get("version") != event_class.event_version:
+                metadata = wire.get("metadata")
+                wire["metadata"] = {
+                    **(metadata if isinstance(metadata, Mapping) else {}),
+                    UPCAST_FROM_KEY: wire.get("version"),
+                }
+                wire["version"] = event_class.event_version
             extra["eventbus_edited_at"] = datetime.now(UTC).isoformat()
         try:
             envelope = Envelope.from_wire(wire, self.event_registry)

@@ -22,6 +22,7 @@ from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 
 from eventbus.bound_queues import bound_queues
+from eventbus.broker_errors import URL_ERRORS, describe_broker_error, url_of
 from eventbus.bus import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
 from eventbus.confirms import confirmed
 from eventbus.dead_letter_before_ack import request_class
@@ -35,6 +36,7 @@ from eventbus.errors import (
 )
 from eventbus.events import EventRegistry
 from eventbus.options import HandlerOptions
+from eventbus.redaction import safe_cause
 from eventbus.sent_events import SentEvents
 from eventbus.transport.selection import bind_transport, check_transport
 
@@ -170,10 +172,15 @@ class EventBus(BaseEventBus):
         """
         if self._broker_dead_lettering is None:
             enabled = self.app.conf.get("eventbus_broker_dead_lettering", True)
-            with self.app.connection_for_write() as conn:  # no I/O: reads the URL
-                self._broker_dead_lettering = bool(enabled) and (
-                    conn.transport.driver_type == "amqp"
-                )
+            try:
+                with self.app.connection_for_write() as conn:  # no I/O: reads the URL
+                    driver = conn.transport.driver_type
+            except URL_ERRORS:
+                # A URL kombu cannot use (unknown scheme, malformed): the bus is
+                # still made, so that whatever uses the broker (publish, the DLQ,
+                # the CLI) can say what is wrong instead of the app's import.
+                return False
+            self._broker_dead_lettering = bool(enabled) and driver == "amqp"
         return self._broker_dead_lettering
 
     def handler_queue(self, name: str) -> Queue | str:
@@ -435,8 +442,16 @@ class EventBus(BaseEventBus):
 
     def _retryable_publish_errors(self) -> tuple[type[BaseException], ...]:
         if self._publish_errors is None:
-            with self.app.connection_for_write() as conn:
-                errors = conn.connection_errors + conn.channel_errors
+            try:
+                with self.app.connection_for_write() as conn:
+                    errors = conn.connection_errors + conn.channel_errors
+            except URL_ERRORS as exc:
+                # Asked while a publish failed: the broker URL itself is unusable
+                # (unknown scheme, malformed), which no retry fixes.
+                url = url_of(self.app.conf.broker_url)
+                raise PublishError(
+                    f"cannot publish: {describe_broker_error(exc, [url])}"
+                ) from safe_cause(exc, [url])
             self._publish_errors = (KombuError, OSError, *errors)
         return self._publish_errors
 

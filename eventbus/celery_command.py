@@ -28,4 +28,4 @@ class _LazyGroup(click.Group):
 
 @click.group(cls=_LazyGroup, name="eventbus")
 def eventbus() -> None:
-    """eventbus commands on this Celery app's bus (demo, publish, events, dlq)."""
+    """eventbus commands on this Celery app's bus (demo, publish, events, dlq, schema, outbox)."""

@@ -15,9 +15,9 @@ import sys
 
 import click
 
-from eventbus.bus import BaseEventBus
+from eventbus.bus import BaseEventBus, Subscription
 from eventbus.celery_bus import bus_for_app
-from eventbus.cli_context import BusContext, bus_of, handle_errors
+from eventbus.cli_context import BusContext, bus_of, echo, handle_errors, printable
 from eventbus.cli_dlq import dlq
 from eventbus.cli_outbox import outbox
 from eventbus.cli_schema import schema
@@ -66,7 +66,7 @@ def demo(broker: str | None, queue: str) -> None:
     """Run the example handlers on an in-process worker and narrate what happens."""
     from eventbus.demo import run_demo
 
-    sys.exit(run_demo(broker, echo=click.echo, queue=queue))
+    sys.exit(run_demo(broker, echo=echo, queue=queue))
 
 
 @click.command()
@@ -104,9 +104,9 @@ def publish(
         event_registry=bus.event_registry,
     )
     bus.publish(envelope)
-    handlers = [s.name for s in bus.subscriptions(event_type)]
-    click.echo(
-        f"published {event_type} {envelope.event_id} to {len(handlers)} handler(s)"
+    handlers = [printable(s.name) for s in bus.subscriptions(event_type)]
+    echo(
+        f"published {printable(event_type)} {envelope.event_id} to {len(handlers)} handler(s)"
         + (": " + ", ".join(handlers) if handlers else "")
     )
 
@@ -119,6 +119,11 @@ def events(ctx: click.Context, as_json: bool) -> None:
     """List event types and the handlers subscribed to each."""
     bus = bus_of(ctx)
     registry = bus.event_registry
+    default_queue = getattr(bus, "default_queue", None)  # the in-memory bus has no queues
+
+    def queue_of(sub: Subscription) -> str | None:
+        return sub.options.queue or default_queue
+
     if as_json:
         schemas = registry.json_schemas()
         out = [
@@ -126,25 +131,31 @@ def events(ctx: click.Context, as_json: bool) -> None:
                 "event_type": cls.event_type,
                 "version": cls.event_version,
                 "class": f"{cls.__module__}.{cls.__qualname__}",
-                "handlers": [s.describe() for s in bus.subscriptions(cls)],
+                # The queue each handler's messages go to, as the text view shows it.
+                "handlers": [
+                    {**s.describe(), "queue": queue_of(s)} for s in bus.subscriptions(cls)
+                ],
                 "schema": schemas[cls.event_type],
             }
             for cls in registry
         ]
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(out, indent=2, ensure_ascii=True))
         return
     for cls in registry:
         subs = bus.subscriptions(cls)
-        click.echo(f"{cls.event_type} (v{cls.event_version}, {cls.__module__}.{cls.__qualname__})")
+        echo(
+            f"{printable(cls.event_type)} (v{cls.event_version}, "
+            f"{cls.__module__}.{cls.__qualname__})"
+        )
         for sub in subs:
             opts = sub.options
-            click.echo(
-                f"  → {sub.name}  [queue={opts.queue or getattr(bus, 'default_queue', '-')}"
+            echo(
+                f"  → {printable(sub.name)}  [queue={printable(queue_of(sub) or '-')}"
                 f" max_retries={opts.max_retries} backoff={opts.retry_backoff}s"
                 f" jitter={'on' if opts.retry_jitter else 'off'}]"
             )
         if not subs:
-            click.echo("  (no handlers)")
+            echo("  (no handlers)")
 
 
 _COMMANDS = (demo, publish, events, dlq, schema, outbox)

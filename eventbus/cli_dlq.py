@@ -19,11 +19,12 @@ from typing import IO, Any, NoReturn, TypeVar
 
 import click
 
-from eventbus.cli_context import bus_of, fail, handle_errors
+from eventbus.bus import BaseEventBus
+from eventbus.cli_context import bus_of, echo, fail, handle_errors, printable
 from eventbus.deadletter.queue import DeadLetterQueue, Selection
 from eventbus.deadletter.record import DeadLetter
 from eventbus.envelope import Envelope
-from eventbus.errors import EventValidationError, ReplayError
+from eventbus.errors import EventBusError, EventValidationError, EventVersionError, ReplayError
 
 __all__ = ["dlq"]
 
@@ -116,7 +117,17 @@ def _interactive() -> bool:
 
 
 def _nothing_matched(filtered: bool) -> NoReturn:
-    fail("no dead letters match" if filtered else "no dead letters")
+    fail(_nothing(filtered))
+
+
+def _nothing(filtered: bool) -> str:
+    return "no dead letters match" if filtered else "no dead letters"
+
+
+def _json(record: DeadLetter, indent: int | None = None) -> str:
+    # ASCII only: a C1 control (or any character) arrives as a \u escape, so
+    # JSON piped to a terminal cannot drive it either.
+    return json.dumps(record.model_dump(mode="json"), indent=indent, ensure_ascii=True)
 
 
 # -- list, stats, show -------------------------------------------------------------
@@ -142,38 +153,43 @@ def dlq_list(
     limit: int | None,
     as_json: bool,
 ) -> None:
-    """List dead letters, oldest first, without consuming them."""
+    """List dead letters, oldest first, without consuming them.
+
+    An empty queue, or none matching, is an answer, not an error: exit 0
+    (with --json, nothing printed).
+    """
     matches = _matcher(Selection(handler, event_type, exception_type, since), None)
     records = itertools.islice(filter(matches, bus_of(ctx).dead_letters), limit)
     count = 0
     for record in records:
         count += 1
         if as_json:
-            click.echo(record.model_dump_json())
+            click.echo(_json(record))
             continue
         if count == 1:
-            click.echo(
+            echo(
                 f"{'ID':<32}  {'HANDLER':<34}  {'EVENT TYPE':<22}  {'EXCEPTION':<24}  "
                 f"{'ATT':>3}  FAILED AT (UTC)"
             )
-        click.echo(_row(record))
-    if count == 0:
-        _nothing_matched(any((handler, event_type, exception_type, since)))
+        echo(_row(record))
+    if count == 0 and not as_json:
+        echo(_nothing(any((handler, event_type, exception_type, since))))
 
 
 def _row(record: DeadLetter) -> str:
-    exception = record.exception_type.rsplit(".", 1)[-1]
+    exception = printable(record.exception_type.rsplit(".", 1)[-1])
     failed_at = record.failed_at
     failed_at = failed_at.astimezone(UTC) if failed_at.tzinfo else failed_at
+    handler = printable(record.handler or "?")
     return (
-        f"{record.id:<32}  {(record.handler or '?')[:34]:<34}  {_event_label(record):<22}  "
+        f"{printable(record.id):<32}  {handler[:34]:<34}  {_event_label(record):<22}  "
         f"{exception[:24]:<24}  {record.attempts:>3}  {failed_at:%Y-%m-%d %H:%M:%S}"
     )
 
 
 def _event_label(record: DeadLetter) -> str:
     if record.event_type:
-        return record.event_type[:22]
+        return printable(record.event_type)[:22]
     size = f" {record.raw_size}B" if record.raw_size is not None else ""
     return f"<undecodable>{size}"
 
@@ -183,7 +199,10 @@ def _event_label(record: DeadLetter) -> str:
 @click.pass_context
 @handle_errors
 def dlq_stats(ctx: click.Context, as_json: bool) -> None:
-    """Count dead letters by failure group (handler:exception), largest first."""
+    """Count dead letters by failure group (handler:exception), largest first.
+
+    An empty queue is an answer, not an error: exit 0 (with --json, a total of 0).
+    """
     groups = bus_of(ctx).dead_letters.groups()  # counts while it reads: flat memory
     ranked = sorted(groups.items(), key=lambda item: (-item[1], item[0]))
     total = sum(groups.values())
@@ -192,14 +211,14 @@ def dlq_stats(ctx: click.Context, as_json: bool) -> None:
             {"group": f"{h}:{e}", "handler": h, "exception_type": e, "count": n}
             for (h, e), n in ranked
         ]
-        click.echo(json.dumps({"groups": out, "total": total}))
+        click.echo(json.dumps({"groups": out, "total": total}, ensure_ascii=True))
     elif ranked:
-        click.echo(f"{'COUNT':>7}  GROUP (HANDLER:EXCEPTION)")
+        echo(f"{'COUNT':>7}  GROUP (HANDLER:EXCEPTION)")
         for (handler, exception), count in ranked:
-            click.echo(f"{count:>7}  {handler}:{exception}")
-        click.echo(f"{total:>7}  total")
-    if total == 0:
-        _nothing_matched(False)
+            echo(f"{count:>7}  {printable(handler)}:{printable(exception)}")
+        echo(f"{total:>7}  total")
+    else:
+        echo(_nothing(False))
 
 
 @dlq.command("show", short_help="Show one record in full, traceback included.")
@@ -214,7 +233,7 @@ def dlq_show(ctx: click.Context, record_id: str, as_json: bool) -> None:
     """
     record = bus_of(ctx).dead_letters.get(record_id)
     if as_json:
-        click.echo(record.model_dump_json(indent=2))
+        click.echo(_json(record, indent=2))
         return
     for name in (
         "id",
@@ -228,14 +247,29 @@ def dlq_show(ctx: click.Context, record_id: str, as_json: bool) -> None:
         "worker",
         "failed_at",
     ):
-        click.echo(f"{name + ':':<12} {getattr(record, name)}")
-    click.echo(f"{'exception:':<12} {record.exception_type}: {record.exception_message}")
+        echo(f"{name + ':':<12} {_field(record, name)}")
+    echo(
+        f"{'exception:':<12} {printable(record.exception_type)}: "
+        f"{printable(record.exception_message)}"
+    )
     if record.envelope is not None:
-        click.echo("envelope:\n" + json.dumps(record.envelope, indent=2))
+        echo("envelope:\n" + json.dumps(record.envelope, indent=2, ensure_ascii=True))
     if record.raw_body is not None:
-        click.echo(f"raw body ({record.raw_size} bytes):\n{record.raw_body[:2000]}")
+        raw = printable(record.raw_body[:2000], multiline=True)
+        echo(f"raw body ({record.raw_size} bytes):\n{raw}")
     if record.traceback:
-        click.echo("traceback:\n" + record.traceback.rstrip())
+        echo("traceback:\n" + printable(record.traceback.rstrip(), multiline=True))
+
+
+def _field(record: DeadLetter, name: str) -> str:
+    value = getattr(record, name)
+    if value is None and name == "handler":
+        return (
+            "(unknown: the message could not be decoded)"
+            if record.reason == "undecodable"
+            else "(unknown)"
+        )
+    return "-" if value is None else printable(value)
 
 
 # -- replay, edit ------------------------------------------------------------------
@@ -290,10 +324,13 @@ def dlq_replay(
     def report(record: DeadLetter, outcome: Envelope[Any] | ReplayError) -> None:
         if isinstance(outcome, ReplayError):
             outcomes[record.id] = False
-            click.echo(f"kept {record.id}: {outcome}", err=True)
+            echo(f"kept {printable(record.id)}: {printable(outcome)}", err=True)
         else:
             outcomes[record.id] = True
-            click.echo(f"replayed {record.id} to {record.handler} (event {outcome.event_id})")
+            echo(
+                f"replayed {printable(record.id)} to {printable(record.handler)} "
+                f"(event {outcome.event_id})"
+            )
 
     replayed = dead_letters.replay_each(matches, report)
     for record_id in named.keys() - outcomes.keys():  # replayed or purged meanwhile
@@ -301,7 +338,7 @@ def dlq_replay(
     kept = sum(1 for ok in outcomes.values() if not ok)
     if replayed + kept == 0:
         _nothing_matched(selected)
-    click.echo(f"replayed {replayed} dead letter(s)" + (f", kept {kept}" if kept else ""))
+    echo(f"replayed {replayed} dead letter(s)" + (f", kept {kept}" if kept else ""))
     if kept:
         raise click.exceptions.Exit(1)
 
@@ -311,13 +348,16 @@ def _dry_run(records: Iterable[DeadLetter], *, selected: bool) -> None:
     for record in records:
         if record.replayable:
             replayable += 1
-            click.echo(f"would replay {record.id} to {record.handler} (event {record.event_id})")
+            echo(
+                f"would replay {printable(record.id)} to {printable(record.handler)} "
+                f"(event {printable(record.event_id)})"
+            )
         else:
             kept += 1
-            click.echo(f"would keep {record.id}: not replayable ({record.reason})")
+            echo(f"would keep {printable(record.id)}: not replayable ({record.reason})")
     if replayable + kept == 0:
         _nothing_matched(selected)
-    click.echo(
+    echo(
         f"dry run: would replay {replayable} dead letter(s)"
         + (f", keep {kept}" if kept else "")
         + "; nothing was replayed"
@@ -348,11 +388,25 @@ def dlq_edit(
         raise click.UsageError("give --data or --file, not both")
     if data_text is None and data_file is None and not _interactive():
         raise click.UsageError("give --data or --file: not on a terminal, so no $EDITOR")
-    dead_letters = bus_of(ctx).dead_letters
+    bus = bus_of(ctx)
+    dead_letters = bus.dead_letters
     record = dead_letters.get(record_id)
     if not record.replayable:
         fail(f"dead letter {record.id} has no decodable envelope ({record.reason}): purge it")
-    current = (record.envelope or {}).get("data")
+    try:
+        current, upcast = _current_data(bus, record)
+    except EventVersionError as exc:
+        if data_text is None and data_file is None:
+            fail(
+                f"dead letter {record.id} cannot be shown at the current schema: {exc}; "
+                "give the corrected data, of the current schema, with --data or --file"
+            )
+        current, upcast = (record.envelope or {}).get("data"), None
+    if upcast:
+        echo(
+            f"{printable(record.id)}: the data is edited and sent at the current schema ({upcast})",
+            err=True,
+        )
     if data_text is not None:
         data = _json_object(data_text, "--data")
     elif data_file is not None:
@@ -364,14 +418,38 @@ def dlq_edit(
     try:
         envelope = dead_letters.replay(record.id, data=data)
     except EventValidationError as exc:
-        fail(f"{exc}; nothing was sent, {record.id} is kept")
+        schema = f" (the data must be of the current schema: {upcast})" if upcast else ""
+        fail(f"{exc}; nothing was sent, {record.id} is kept{schema}")
     changed = sorted(
         key for key in {*data, *(current or {})} if data.get(key) != (current or {}).get(key)
     )
-    click.echo(
-        f"replayed {record.id} to {record.handler} with corrected data "
-        f"(event {envelope.event_id}; changed: {', '.join(changed)})"
+    echo(
+        f"replayed {record.id} to {printable(record.handler)} with corrected data "
+        f"(event {envelope.event_id}; changed: {printable(', '.join(changed))})"
     )
+
+
+def _current_data(bus: BaseEventBus, record: DeadLetter) -> tuple[Any, str | None]:
+    """The record's data at its event class's current version, and how it got there.
+
+    A record written at an older schema version is upcast (the registry's
+    upcasters, as every reader does): the operator edits, and the replay
+    sends, data of the version the handlers run today. ``None`` when no
+    upcast was needed (or the type is unknown here: the replay says so).
+    Raises :class:`EventVersionError` when the upcasters cannot do it.
+    """
+    wire = record.envelope or {}
+    data = wire.get("data")
+    version = wire.get("version")
+    event_type = str(wire.get("event_type"))
+    try:
+        latest = bus.event_registry.get(event_type).event_version
+    except EventBusError:
+        return data, None
+    if not isinstance(data, dict) or not isinstance(version, int) or version == latest:
+        return data, None
+    data = bus.event_registry.upcasters.upcast(event_type, version, data, latest)
+    return data, f"upcast from v{version} to v{latest}"
 
 
 def _json_object(text: str, source: str) -> dict[str, Any]:
@@ -426,9 +504,9 @@ def dlq_purge(ctx: click.Context, record_ids: tuple[str, ...], yes: bool) -> Non
             fail("refusing to purge without --yes when not on a terminal")
         click.confirm(question, abort=True)
     if not records:
-        click.echo(f"purged {dead_letters.purge()} dead letter(s)")
+        echo(f"purged {dead_letters.purge()} dead letter(s)")
         return
     deleted = dead_letters.delete([record.id for record in records])
-    click.echo(f"deleted {deleted} dead letter(s)")
+    echo(f"deleted {deleted} dead letter(s)")
     if deleted < len(records):
         fail(f"{len(records) - deleted} of them were gone already (replayed or purged meanwhile)")

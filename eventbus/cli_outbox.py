@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from eventbus.cli_context import bus_of, fail, handle_errors
+from eventbus.cli_context import bus_of, echo, fail, handle_errors
 
 if TYPE_CHECKING:
     from eventbus.outbox import Outbox, RelayResult
@@ -132,11 +132,11 @@ def relay(
 
 
 def _loop(relay: Any, interval: float) -> None:
-    click.echo(f"relaying {relay.outbox!r} every {interval}s when idle (Ctrl-C stops)")
+    echo(f"relaying {relay.outbox!r} every {interval}s when idle (Ctrl-C stops)")
     with stop_on_signals() as stop:
         relay.run_forever(interval=interval, stop=stop, on_result=report)
     totals = relay.totals
-    click.echo(f"stopped: published {totals['published']}, failed {totals['failed']} in this run")
+    echo(f"stopped: published {totals['published']}, failed {totals['failed']} in this run")
 
 
 # -- shared with manage.py eventbus outbox (eventbus.contrib.django.cli) --------
@@ -144,7 +144,7 @@ def _loop(relay: Any, interval: float) -> None:
 
 def finish(result: RelayResult) -> None:
     """End a one-shot relay: its counts; exit 1 if a row failed or a publish failed."""
-    click.echo(summary(result))
+    echo(summary(result))
     if result.error is not None:
         fail(f"publish failed, rows left pending: {result.error}")
     if result.failed:
@@ -157,7 +157,7 @@ def stop_on_signals() -> Iterator[threading.Event]:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        click.echo(f"stopping ({signal.Signals(signum).name}) ...", err=True)
+        echo(f"stopping ({signal.Signals(signum).name}) ...", err=True)
         stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -172,9 +172,9 @@ def report(result: RelayResult) -> None:
     """One line per relay run that did something; a warning when a publish failed."""
     if result.published or result.failed or result.error:
         stamp = datetime.now(UTC).strftime("%H:%M:%S")
-        click.echo(f"{stamp} {summary(result)}")
+        echo(f"{stamp} {summary(result)}")
     if result.error:
-        click.echo(f"warning: publish failed, retrying: {result.error}", err=True)
+        echo(f"warning: publish failed, retrying: {result.error}", err=True)
 
 
 def summary(result: RelayResult) -> str:
@@ -186,20 +186,20 @@ def echo_status(state: OutboxStatus, failed: list[FailedRow], *, as_json: bool) 
     """Print ``outbox status``: the counts and the latest failed rows (also Django's)."""
     if as_json:
         out = {**state.as_dict(), "latest_failed": [row.as_dict() for row in failed]}
-        click.echo(json.dumps(out, indent=2))
+        click.echo(json.dumps(out, indent=2, ensure_ascii=True))
         return
     oldest = state.oldest_pending
     age = f" (oldest {_age(oldest)} old, {oldest:%Y-%m-%d %H:%M:%S} UTC)" if oldest else ""
-    click.echo(f"pending:   {state.pending}{age}")
-    click.echo(f"failed:    {state.failed}")
-    click.echo(f"published: {state.published}")
+    echo(f"pending:   {state.pending}{age}")
+    echo(f"failed:    {state.failed}")
+    echo(f"published: {state.published}")
     for row in failed:
-        click.echo(
+        echo(
             f"  failed #{row.id} {row.event_type} {row.event_id} at "
             f"{row.failed_at:%Y-%m-%d %H:%M:%S}: {row.last_error}"
         )
     if len(failed) < state.failed:
-        click.echo(f"  ... {state.failed - len(failed)} more (--failed N)")
+        echo(f"  ... {state.failed - len(failed)} more (--failed N)")
 
 
 @outbox.command()
@@ -239,7 +239,7 @@ def retry_failed(
         raise click.UsageError("give --id ID (repeatable) or --all")
     with _open(ctx, url, table) as box:
         count = box.retry_failed(None if all_rows else ids)
-    click.echo(f"{count} row(s) pending again")
+    echo(f"{count} row(s) pending again")
     if not count:
         raise click.exceptions.Exit(1)
 

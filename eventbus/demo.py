@@ -22,6 +22,7 @@ from celery import signals
 from celery.worker import state as worker_state
 
 from eventbus.envelope import create_event
+from eventbus.redaction import redact_url
 
 Echo = Callable[[str], None]
 
@@ -136,10 +137,8 @@ def wait_until(predicate: Callable[[], bool], what: str, timeout: float = STEP_T
 
 
 def redact(url: str) -> str:
-    """The broker URL without its password, for printing."""
-    from kombu.utils.url import maybe_sanitize_url
-
-    return str(maybe_sanitize_url(url))
+    """The broker URL without its password (userinfo or query), for printing."""
+    return redact_url(url)
 
 
 def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEMO_QUEUE) -> int:

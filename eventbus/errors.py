@@ -20,6 +20,7 @@
     │       └── LateEvent           it came after later events were handled
     └── DeadLetterError             a dead-letter operation failed
         ├── DeadLetterNotFound      no record with that id
+        ├── DeadLetterQueueUnavailable  the queue could not be read or changed (not: it is empty)
         └── ReplayError             a record could not be replayed
             └── ReplayConflict      another replay holds the record
     └── EventStoreError             an event store operation failed
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigurationError",
     "DeadLetterError",
     "DeadLetterNotFound",
+    "DeadLetterQueueUnavailable",
     "DuplicateEventType",
     "EnvelopeDecodeError",
     "EventBusError",
@@ -258,9 +260,19 @@ class DeadLetterError(EventBusError):
 class DeadLetterNotFound(DeadLetterError, LookupError):
     """No dead-letter record has this id."""
 
-    def __init__(self, record_id: str) -> None:
+    def __init__(self, record_id: str, *, hint: str = "") -> None:
         self.record_id = record_id
-        super().__init__(f"no dead letter with id {record_id!r}")
+        super().__init__(f"no dead letter with id {record_id!r}" + (f" ({hint})" if hint else ""))
+
+
+class DeadLetterQueueUnavailable(DeadLetterError):
+    """The dead-letter queue could not be read or changed: nothing is known about its records.
+
+    The broker refused the login or the vhost, could not be reached, or its
+    URL is wrong (unknown scheme, malformed). Never raised for a queue that
+    does not exist yet: that one is empty. The message names the problem and
+    the broker (its password masked).
+    """
 
 
 class ReplayError(DeadLetterError):

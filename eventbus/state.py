@@ -24,9 +24,9 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit, urlunsplit
 
 from eventbus.errors import ConfigurationError
+from eventbus.redaction import redact_url
 
 if TYPE_CHECKING:
     import redis
@@ -62,17 +62,6 @@ def redis_url_from_config(conf: Mapping[str, Any]) -> str | None:
         if first.startswith(_REDIS_SCHEMES):
             return first
     return None
-
-
-def redact_url(url: str) -> str:
-    """``url`` without its password: safe for logs."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname or ''}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 _clients: dict[str, redis.Redis] = {}

@@ -143,7 +143,7 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
             return int(consumers)
 
     @contextmanager
-    def _browsing(self) -> Iterator[_Browse]:
+    def _browsing(self, doing: str = "read") -> Iterator[_Browse]:
         """Every (message, record), held unacked until the block ends, then requeued.
 
         A consumer without a prefetch limit streams the queue (one
@@ -151,7 +151,7 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
         acked unless the caller acks it (inside the block: closing the
         channel requeues the rest, and the block ends once they are back).
         """
-        with self.app.connection_for_write() as conn:
+        with self._broker(doing) as conn:
             channel = conn.channel()
             browse = _Browse(conn, channel, self.queue.bind(channel))
             try:
@@ -183,7 +183,7 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)
         found = 0
-        with self._browsing() as browse:
+        with self._browsing("remove records from") as browse:
             for message, record in browse:
                 if record.id in wanted:
                     browse.ack(message)
@@ -209,7 +209,7 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
                 chunk.clear()
 
         try:
-            with self._browsing() as browse:
+            with self._browsing("replay from") as browse:
                 for message, record in browse:
                     if limit is not None and len(done) + len(chunk) >= limit:
                         break

@@ -21,7 +21,9 @@ from eventbus.errors import (
     ReplayError,
 )
 
-__all__ = ["DeadLetterQueue", "Selection"]
+__all__ = ["MIN_PREFIX", "DeadLetterQueue", "Selection"]
+
+MIN_PREFIX = 6  #: characters an id prefix needs to name a record
 
 
 @dataclass(frozen=True)
@@ -133,11 +135,11 @@ class DeadLetterQueue:
                 yield record
 
     def get(self, record_id: str) -> DeadLetter:
-        """The record with this id (a unique prefix of 6+ characters also works)."""
+        """The record with this id (a unique prefix of 6 or more characters also works)."""
         matches = [
             r
             for r in self.store
-            if r.id == record_id or (len(record_id) >= 6 and r.id.startswith(record_id))
+            if r.id == record_id or (len(record_id) >= MIN_PREFIX and r.id.startswith(record_id))
         ]
         exact = [r for r in matches if r.id == record_id]
         if exact:
@@ -150,7 +152,14 @@ class DeadLetterQueue:
                 f"id prefix {record_id!r} matches {len(matches)} dead letters ({shown}); "
                 "give more of the id"
             )
-        raise DeadLetterNotFound(record_id)
+        raise DeadLetterNotFound(
+            record_id,
+            hint=(
+                f"no id is that short; a prefix needs {MIN_PREFIX} or more characters"
+                if len(record_id) < MIN_PREFIX
+                else ""
+            ),
+        )
 
     def groups(self) -> Counter[tuple[str, str]]:
         """Record counts by failure group, (handler, exception type)."""

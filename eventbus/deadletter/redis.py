@@ -17,14 +17,24 @@ was lost, or the same failure recorded again after its message came back
 (an ack lost in an outage), leaves one record. The element is the one
 kombu's Redis transport would push (its JSON wrapper, body in base64); the
 task-sent event Flower lists it by follows, for a record that was pushed.
+
+kombu's ``global_keyprefix`` transport option prefixes the keys of only the
+commands kombu itself sends (its client prefixes ``LLEN``, ``DEL``, ``SET``,
+... but not ``LRANGE``, ``LINDEX``, ``LPOS`` or ``LREM``): through that
+client, a store counted and purged the prefixed list while it listed and
+removed from the bare one. Here every command goes through a plain client
+on the same connection pool, with the prefix written into each key.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Generator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
+import redis
 from kombu.serialization import dumps
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
@@ -66,6 +76,15 @@ return 0
 """
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Redis:
+    """A client that prefixes nothing, and the keys it works on (prefix included)."""
+
+    client: Any  #: a redis.Redis (its bytes-typed calls are untyped here, as kombu's client is)
+    queue: str  #: the dead-letter list
+    claims: str  #: the start of every claim key of this queue
 
 
 class RedisDeadLetterStore(BrokerDeadLetterStore):
@@ -145,6 +164,20 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
         visibility = int(options.get("visibility_timeout") or 0)
         return max(WRITTEN_MARK_TTL, 2 * visibility)
 
+    @contextmanager
+    def _redis(self, doing: str) -> Iterator[_Redis]:
+        with self._broker(doing) as conn:
+            channel: Any = conn.default_channel
+            prefix = str(getattr(channel, "global_keyprefix", "") or "")
+            client = channel.client
+            if prefix:  # kombu's prefixing client: bypass it, see the module docstring
+                client = redis.Redis(connection_pool=client.connection_pool)
+            yield _Redis(
+                client,
+                prefix + self.queue_name,
+                f"{prefix}eventbus.dlq-claim:{self.queue_name}:",
+            )
+
     def _pages(self) -> Generator[list[bytes], Collection[bytes] | None, None]:
         """Pages of raw elements, oldest first; send back the elements of a page you removed.
 
@@ -156,8 +189,8 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
         left in the list (the anchor) is where our own removals put it; if
         it is not, the walk resumes just after wherever it is now.
         """
-        with self.app.connection_for_write() as conn:
-            client = conn.default_channel.client
+        with self._redis("read") as keys:
+            client, queue = keys.client, keys.queue
             end = -1  # index of the oldest element not read yet
             # Elements read and left in the list, newest first (at most a page of
             # them): the first is the anchor, at index end + 1; the others are
@@ -165,11 +198,11 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
             left_behind: list[bytes] = []
             while True:
                 with client.pipeline(transaction=True) as pipe:  # MULTI: check and read at once
-                    pipe.lindex(self.queue_name, end + 1)
-                    pipe.lrange(self.queue_name, end - PAGE_SIZE + 1, end)
+                    pipe.lindex(queue, end + 1)
+                    pipe.lrange(queue, end - PAGE_SIZE + 1, end)
                     at_anchor, page = pipe.execute()
                 if left_behind and at_anchor != left_behind[0]:
-                    end, left_behind = self._resume(client, left_behind)
+                    end, left_behind = self._resume(client, queue, left_behind)
                     continue
                 if not page:
                     return
@@ -178,7 +211,7 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
                 left = [raw for raw in page if raw not in removed]  # LRANGE: newest first
                 left_behind = (left + left_behind)[:PAGE_SIZE]
 
-    def _resume(self, client: Any, left_behind: list[bytes]) -> tuple[int, list[bytes]]:
+    def _resume(self, client: Any, queue: str, left_behind: list[bytes]) -> tuple[int, list[bytes]]:
         """Where a walk resumes after others removed elements: (end, what is still left behind).
 
         Just after the newest element read and left behind that is still in
@@ -190,9 +223,9 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
         for first in range(0, len(left_behind), RESUME_BATCH):
             candidates = left_behind[first : first + RESUME_BATCH]
             with client.pipeline(transaction=True) as pipe:  # MULTI: positions and length agree
-                pipe.llen(self.queue_name)
+                pipe.llen(queue)
                 for raw in candidates:
-                    pipe.lpos(self.queue_name, raw, rank=-1)
+                    pipe.lpos(queue, raw, rank=-1)
                 length, *positions = pipe.execute()
             for n, position in enumerate(positions):
                 if position is not None:  # LPOS counts from the head
@@ -240,14 +273,14 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
         """Claim, publish and remove the chosen records; return the elements this removed."""
         if not chosen:
             return []
-        with self.app.connection_for_write() as conn:
-            client = conn.default_channel.client
+        with self._redis("replay from") as keys:
+            client = keys.client
             with client.pipeline(transaction=False) as pipe:
                 for raw, record in chosen:
-                    pipe.set(self._claim_key(record.id), "1", nx=True, ex=CLAIM_TTL)
+                    pipe.set(keys.claims + record.id, "1", nx=True, ex=CLAIM_TTL)
                     # Still there once claimed? This page may have been read before a
                     # concurrent replay removed the record (it removes, then releases).
-                    pipe.lpos(self.queue_name, raw, rank=-1)
+                    pipe.lpos(keys.queue, raw, rank=-1)
                 answers = pipe.execute()
             held = [pair for pair, ok in zip(chosen, answers[0::2], strict=True) if ok]
             claimed = [
@@ -265,9 +298,9 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
                 with client.pipeline(transaction=False) as pipe:
                     for raw, _ in replayed:
                         # Count -1 searches from the tail, where these records are.
-                        pipe.lrem(self.queue_name, -1, raw)
+                        pipe.lrem(keys.queue, -1, raw)
                     for _, record in held:  # after the LREMs: see the claim above
-                        pipe.delete(self._claim_key(record.id))
+                        pipe.delete(keys.claims + record.id)
                     results = pipe.execute() if held else []
             done.extend(record.id for _, record in replayed)
             return [
@@ -288,27 +321,20 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
                     break
         if not found:
             return 0
-        with self.app.connection_for_write() as conn:
-            client = conn.default_channel.client
-            with client.pipeline(transaction=False) as pipe:
-                for raw in found:
-                    pipe.lrem(self.queue_name, -1, raw)
-                return sum(int(n) for n in pipe.execute())
+        with self._redis("remove records from") as keys, keys.client.pipeline(False) as pipe:
+            for raw in found:
+                pipe.lrem(keys.queue, -1, raw)
+            return sum(int(n) for n in pipe.execute())
 
     def count(self) -> int:
-        with self.app.connection_for_write() as conn:
-            return int(conn.default_channel.client.llen(self.queue_name))
+        with self._redis("read") as keys:
+            return int(keys.client.llen(keys.queue))
 
     def purge(self) -> int:
         ids = [record.id for record in self]
-        with self.app.connection_for_write() as conn:
-            client = conn.default_channel.client
-            with client.pipeline() as pipe:  # MULTI: count and delete as one step
-                pipe.llen(self.queue_name)
-                pipe.delete(self.queue_name)
-                count, _ = pipe.execute()
+        with self._redis("purge") as keys, keys.client.pipeline() as pipe:
+            pipe.llen(keys.queue)  # MULTI: count and delete as one step
+            pipe.delete(keys.queue)
+            count, _ = pipe.execute()
         self._announce(ids, "task-revoked", terminated=False, expired=False, signum=None)
         return int(count)
-
-    def _claim_key(self, record_id: str) -> str:
-        return f"eventbus.dlq-claim:{self.queue_name}:{record_id}"

@@ -16,16 +16,27 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from kombu.entity import Exchange, Queue
 
+from eventbus.broker_errors import (
+    URL_ERRORS,
+    broker_errors,
+    describe_broker_error,
+    is_missing_queue,
+    retrying_cannot_help,
+    url_of,
+)
 from eventbus.confirms import confirmed
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
-from eventbus.errors import DeadLetterError
+from eventbus.errors import DeadLetterError, DeadLetterQueueUnavailable
+from eventbus.redaction import redact_url, safe_cause
 
 if TYPE_CHECKING:
     from celery import Celery
+    from kombu.connection import Connection
 
 __all__ = [
     "DEAD_LETTER_TASK",
@@ -250,17 +261,58 @@ class BrokerDeadLetterStore(DeadLetterStore):
         with self.app.connection_for_write() as conn:
             self.queue.bind(conn.default_channel).declare()
 
+    @contextmanager
+    def _broker(self, doing: str) -> Iterator[Connection]:
+        """A connection for reading or changing the queue; a broker error says so.
+
+        Whatever keeps the queue from being read (a refused login, no such
+        vhost, no broker at the address, a URL that names no transport) raises
+        :class:`DeadLetterQueueUnavailable`, naming it: never an empty answer.
+        """
+        try:
+            conn = self.app.connection_for_write()
+            conn.transport  # noqa: B018 - resolves the URL's scheme now, inside this try
+        except URL_ERRORS as exc:
+            raise self._unavailable(doing, exc) from safe_cause(exc, [self._url])
+        try:
+            with conn:
+                try:
+                    conn.ensure_connection(max_retries=0)  # one attempt, no retry
+                except broker_errors(conn) as exc:
+                    if retrying_cannot_help(exc):
+                        raise
+                    # Nothing answered: kombu's retries, as configured (transport
+                    # options, for up to the connect timeout).
+                    conn.default_channel  # noqa: B018 - connects, retrying
+                yield conn
+        except broker_errors(conn) as exc:
+            raise self._unavailable(doing, exc) from safe_cause(exc, [self._url])
+
+    @property
+    def _url(self) -> str:
+        return url_of(self.app.conf.broker_url)
+
+    def _unavailable(self, doing: str, exc: BaseException) -> DeadLetterQueueUnavailable:
+        # The cause's text is in the message: a driver may echo the URL into
+        # its error, and then the cause is not chained (safe_cause).
+        return DeadLetterQueueUnavailable(
+            f"cannot {doing} the dead-letter queue {self.queue_name!r} on "
+            f"{redact_url(self._url)}: {describe_broker_error(exc, [self._url])}"
+        )
+
     def count(self) -> int:
-        with self.app.connection_for_write() as conn:
+        with self._broker("read") as conn:
             try:
                 _, count, _ = self.queue.bind(conn.default_channel).queue_declare(passive=True)
-            except conn.channel_errors:
-                return 0  # the queue does not exist yet: nothing failed
+            except conn.channel_errors as exc:
+                if is_missing_queue(exc):
+                    return 0  # the queue does not exist yet: nothing failed
+                raise
             return int(count)
 
     def purge(self) -> int:
         ids = [record.id for record in self]
-        with self.app.connection_for_write() as conn:
+        with self._broker("purge") as conn:
             bound = self.queue.bind(conn.default_channel)
             bound.declare()
             count = int(bound.purge() or 0)
@@ -342,9 +394,20 @@ def _broker_dead_lettered(body: Any, headers: Mapping[str, Any]) -> DeadLetter:
 
 
 def store_for_app(app: Celery, queue_name: str = DEFAULT_DEAD_LETTER_QUEUE) -> DeadLetterStore:
-    """The store that fits the app's broker transport (Redis, RabbitMQ or memory)."""
-    with app.connection_for_write() as conn:
-        driver = conn.transport.driver_type
+    """The store that fits the app's broker transport (Redis, RabbitMQ or memory).
+
+    Reads the URL only (no I/O); one that names no transport, or that kombu
+    cannot parse, raises :class:`DeadLetterQueueUnavailable`.
+    """
+    try:
+        with app.connection_for_write() as conn:
+            driver = conn.transport.driver_type
+    except URL_ERRORS as exc:
+        url = url_of(app.conf.broker_url)
+        raise DeadLetterQueueUnavailable(
+            f"cannot use the dead-letter queue {queue_name!r} on {redact_url(url)}: "
+            f"{describe_broker_error(exc, [url])}"
+        ) from safe_cause(exc, [url])
     if driver == "redis":
         from eventbus.deadletter.redis import RedisDeadLetterStore
 

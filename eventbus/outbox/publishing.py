@@ -38,6 +38,7 @@ from uuid import UUID
 from eventbus.errors import EventError, OutboxRowError, PublishError
 from eventbus.outbox.payload import decode_outbox_payload
 from eventbus.outbox.results import MAX_ERROR_LENGTH
+from eventbus.redaction import redact
 
 if TYPE_CHECKING:
     from eventbus.bus import BaseEventBus
@@ -192,5 +193,6 @@ def check_event_id(row_event_id: object, envelope: Envelope[Any]) -> None:
 
 def error_text(exc: BaseException, message: str | None = None) -> str:
     """``Type: message`` (the exception's own by default), cut to ``MAX_ERROR_LENGTH``."""
-    text = f"{type(exc).__name__}: {exc if message is None else message}"
+    # Pattern-based: a driver's message may echo a URL with its password.
+    text = redact(f"{type(exc).__name__}: {exc if message is None else message}")
     return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."

@@ -39,6 +39,7 @@ from eventbus.errors import ConcurrencyError, OutboxError
 from eventbus.events import Event
 from eventbus.outbox.payload import outbox_payload
 from eventbus.outbox.results import FailedRow, OutboxStatus
+from eventbus.redaction import redact, redact_url, safe_cause
 from eventbus.store.sql import (
     APPEND_ATTEMPTS,
     SQLITE_BUSY_TIMEOUT,
@@ -133,8 +134,12 @@ class Outbox:
         self.table = outbox_table(self.metadata, table_name, schema=schema)
 
     def __repr__(self) -> str:
-        url = self.engine.url.render_as_string(hide_password=True)
-        return f"Outbox({url!r}, table {self.table.fullname!r})"
+        return f"Outbox({self._shown_url!r}, table {self.table.fullname!r})"
+
+    @property
+    def _shown_url(self) -> str:
+        """The engine's URL for logs and errors: no password, in the userinfo or the query."""
+        return redact_url(self.engine.url.render_as_string(hide_password=True))
 
     def create_schema(self) -> None:
         """Create the table and its indexes if they do not exist."""
@@ -372,14 +377,19 @@ class Outbox:
 
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:
-        """Database errors become :class:`OutboxError` (the driver's is the cause)."""
+        """Database errors become :class:`OutboxError`, naming the outbox without a password.
+
+        The driver's error is the cause unless its text holds a password of
+        the URL (a driver may echo it): then only its redacted text is kept.
+        """
         try:
             yield
         except sa.exc.SQLAlchemyError as exc:
+            url = self.engine.url.render_as_string(hide_password=False)
             raise OutboxError(
-                f"outbox ({self.engine.url.render_as_string(hide_password=True)}, "
-                f"table {self.table.fullname}): cannot {action}: {type(exc).__name__}: {exc}"
-            ) from exc
+                f"outbox ({self._shown_url}, table {self.table.fullname}): cannot {action}: "
+                f"{type(exc).__name__}: {redact(exc, [url])}"
+            ) from safe_cause(exc, [url])
 
 
 def _open_engine(url: str, engine_options: Mapping[str, Any] | None) -> sa.Engine:
@@ -390,8 +400,10 @@ def _open_engine(url: str, engine_options: Mapping[str, Any] | None) -> sa.Engin
         options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT)
     try:
         engine = sa.create_engine(url, **options)
-    except (sa.exc.ArgumentError, ImportError) as exc:
-        raise OutboxError(f"cannot open an outbox at {url!r}: {exc}") from exc
+    except (sa.exc.ArgumentError, ImportError, ValueError, TypeError) as exc:
+        raise OutboxError(
+            f"cannot open an outbox at {redact_url(url)!r}: {redact(exc, [url])}"
+        ) from safe_cause(exc, [url])
     if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
         sa.event.listen(engine, "connect", _sqlite_wal)
     return engine

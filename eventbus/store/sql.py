@@ -47,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from eventbus.envelope import Envelope
 from eventbus.errors import ConcurrencyError, EventStoreError
 from eventbus.events import EventRegistry
+from eventbus.redaction import redact, redact_url, safe_cause
 from eventbus.store.base import (
     EventRecord,
     EventStore,
@@ -155,8 +156,10 @@ class SQLEventStore(EventStore):
             options.setdefault("connect_args", {}).setdefault("timeout", SQLITE_BUSY_TIMEOUT)
         try:
             engine = sa.create_engine(url, **options)
-        except (sa.exc.ArgumentError, ImportError) as exc:
-            raise EventStoreError(f"cannot open an event store at {url!r}: {exc}") from exc
+        except (sa.exc.ArgumentError, ImportError, ValueError, TypeError) as exc:
+            raise EventStoreError(
+                f"cannot open an event store at {redact_url(url)!r}: {redact(exc, [url])}"
+            ) from safe_cause(exc, [url])
         if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
             sa.event.listen(engine, "connect", _sqlite_wal)
         store = cls(engine, table_name=table_name, schema=schema, event_registry=event_registry)
@@ -319,14 +322,18 @@ class SQLEventStore(EventStore):
 
     @contextmanager
     def _translated(self, action: str) -> Iterator[None]:
-        """Database errors become :class:`EventStoreError` (the driver's is the cause)."""
+        """Database errors become :class:`EventStoreError` (the driver's is the cause).
+
+        No password in the message; the cause is left out if its text holds one.
+        """
         try:
             yield
         except sa.exc.SQLAlchemyError as exc:
+            url = self.engine.url.render_as_string(hide_password=False)
             raise EventStoreError(
-                f"event store ({self.engine.url.render_as_string(hide_password=True)}, "
-                f"table {self.table.fullname}): cannot {action}: {type(exc).__name__}: {exc}"
-            ) from exc
+                f"event store ({redact_url(url)}, table {self.table.fullname}): "
+                f"cannot {action}: {type(exc).__name__}: {redact(exc, [url])}"
+            ) from safe_cause(exc, [url])
 
 
 class _LostRace(Exception):

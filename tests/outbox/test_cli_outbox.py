@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from eventbus.cli import main
+from eventbus.errors import OutboxError
 from eventbus.outbox import Outbox
 from tests.outbox import cli_apps
 from tests.outbox.events import placed
@@ -170,3 +171,33 @@ def test_relay_loop_relays_until_sigterm(outbox: Outbox, url: str) -> None:
     assert result.stdout.splitlines()[-1] == "stopped: published 3, failed 0 in this run"
     assert "stopping (SIGTERM)" in result.stderr
     assert len(cli_apps.memory_bus.received) == 3
+
+
+SECRET_URLS = [
+    "postgresql+nosuch://app:hunter2-pw@127.0.0.1/app?password=hunter3-pw",
+    "postgresql://app:hunter2-pw@127.0.0.1:1/app?password=hunter3-pw",
+    "sqlite:////nonexistent-eventbus-dir/app.db?password=hunter3-pw",
+]
+
+
+@pytest.mark.filterwarnings("ignore:Query string argument:sqlalchemy.exc.SAWarning")
+@pytest.mark.parametrize("url", SECRET_URLS)
+def test_no_password_of_the_outbox_url_is_printed_or_raised(url: str) -> None:
+    # The CLI, text and JSON
+    for args in (["status"], ["status", "--json"], ["relay"], ["retry-failed", "--all"]):
+        result = invoke(*MEMORY, "outbox", *args, "--url", url)
+        assert result.exit_code == 1, result.output
+        assert "hunter" not in result.output, result.output
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+    # The Python API (what the relay task raises into a worker's log and Flower)
+    with pytest.raises(OutboxError) as raised:
+        box = Outbox(url)
+        try:
+            box.status()
+        finally:
+            box.close()
+    chain: BaseException | None = raised.value
+    while chain is not None:  # a traceback prints every chained error
+        assert "hunter" not in str(chain), str(chain)
+        chain = chain.__cause__ or (None if chain.__suppress_context__ else chain.__context__)
+    assert "***" in str(raised.value)

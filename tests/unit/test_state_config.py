@@ -42,6 +42,11 @@ def test_a_redis_state_never_shows_the_password() -> None:
     assert isinstance(state.idempotency, RedisIdempotencyStore)
     assert "hunter2" not in state.description
     assert redact_url("amqp://u:pw@h:5672//") == "amqp://u:***@h:5672//"
+    # nor its query: redis-py takes ?password= too
+    state = state_from_config(
+        {"eventbus_redis_url": "redis://h:6379/1?password=hunter3"}, purpose="t"
+    )
+    assert state.description == "redis://h:6379/1?password=***"
 
 
 def test_publishing_an_ordered_event_without_state_raises_before_sending() -> None:
