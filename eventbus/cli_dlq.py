@@ -201,22 +201,34 @@ def _event_label(record: DeadLetter) -> str:
 def dlq_stats(ctx: click.Context, as_json: bool) -> None:
     """Count dead letters by failure group (handler:exception), largest first.
 
+    Each failed delivery counts once; copies of a record the broker holds
+    (one delivery written twice) are counted apart, and named.
     An empty queue is an answer, not an error: exit 0 (with --json, a total of 0).
     """
-    groups = bus_of(ctx).dead_letters.groups()  # counts while it reads: flat memory
-    ranked = sorted(groups.items(), key=lambda item: (-item[1], item[0]))
-    total = sum(groups.values())
+    census = bus_of(ctx).dead_letters.census()  # counts while it reads: flat memory
+    ranked = sorted(census.groups.items(), key=lambda item: (-item[1], item[0]))
+    total = census.records
     if as_json:
         out = [
             {"group": f"{h}:{e}", "handler": h, "exception_type": e, "count": n}
             for (h, e), n in ranked
         ]
-        click.echo(json.dumps({"groups": out, "total": total}, ensure_ascii=True))
+        summary: dict[str, Any] = {"groups": out, "total": total}
+        if census.copies:  # (only then: the output of a queue without copies stays as it was)
+            summary["copies"] = census.copies
+        click.echo(json.dumps(summary, ensure_ascii=True))
     elif ranked:
         echo(f"{'COUNT':>7}  GROUP (HANDLER:EXCEPTION)")
         for (handler, exception), count in ranked:
             echo(f"{count:>7}  {printable(handler)}:{printable(exception)}")
         echo(f"{total:>7}  total")
+        if census.copies:
+            n = census.copies
+            copies = "1 copy of a record" if n == 1 else f"{n} copies of records"
+            echo(
+                f"the queue also holds {copies} (a failed delivery written twice): "
+                "counted, listed and replayed once"
+            )
     else:
         echo(_nothing(False))
 

@@ -13,7 +13,12 @@ again) first browses the queue for a record of the same id, and writes
 only if there is none. A record another browse (a listing, a replay) holds
 is not seen: with another consumer on the queue the write waits for a later
 try instead. What remains: a record written by a write that is still waiting
-for its confirm elsewhere (another worker) is not seen yet either.
+for its confirm elsewhere (another worker) is not seen yet either, and two
+processes that ran the same redelivered message can each write it: the
+queue then holds copies of one record (same id). Reading shows the record
+once (:meth:`~eventbus.deadletter.store.DeadLetterStore.records`), a replay
+publishes it once and acks every copy, and a count of records browses the
+queue (the broker's message count includes the copies).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import (
     REPLAY_CHUNK,
     BrokerDeadLetterStore,
+    IdSet,
     Publish,
     Select,
     decode_record,
@@ -182,39 +188,67 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
 
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)
-        found = 0
+        found: set[str] = set()
         with self._browsing("remove records from") as browse:
             for message, record in browse:
-                if record.id in wanted:
+                if record.id in wanted:  # every copy of it
                     browse.ack(message)
-                    found += 1
-        return found
+                    found.add(record.id)
+        return len(found)
+
+    def purge(self) -> int:
+        # Acked one by one in a browse, rather than a queue purge: the records
+        # counted (and reported to monitors) are exactly the messages removed.
+        ids: list[str] = []
+        seen = IdSet()
+        with self._browsing("purge") as browse:
+            for message, record in browse:
+                browse.ack(message)
+                if seen.add(record.id):
+                    ids.append(record.id)
+        self._announce(ids, "task-revoked", terminated=False, expired=False, signum=None)
+        return len(ids)
 
     def redeliver(self, select: Select, publish: Publish, *, limit: int | None = None) -> list[str]:
         # One browse holds every message it has seen. Each chunk of selected
         # records is published together and then acked; a concurrent replay
         # cannot see a record this one holds, and whatever is not acked goes
-        # back to the queue when the browse ends.
+        # back to the queue when the browse ends. A record with copies is
+        # published once (its oldest copy); every copy is acked with it. With
+        # a limit, the browse goes on past it only to ack copies.
         done: list[str] = []
         chunk: list[tuple[Message, DeadLetter]] = []
+        seen = IdSet()  # ids met: a later copy is never selected
+        replayed = IdSet()
+        copies: dict[str, list[Message]] = {}  # of the records in the chunk, acked with them
 
         def flush(browse: _Browse) -> None:
             try:
                 sent = set(publish([record for _, record in chunk]))
                 for message, record in chunk:
                     if record.id in sent:
-                        browse.ack(message)
+                        for held in (message, *copies.get(record.id, ())):
+                            browse.ack(held)
+                        replayed.add(record.id)
                         done.append(record.id)
             finally:
                 chunk.clear()
+                copies.clear()
 
         try:
             with self._browsing("replay from") as browse:
                 for message, record in browse:
+                    if not seen.add(record.id):
+                        if record.id in replayed:
+                            browse.ack(message)
+                        elif record.id in copies:
+                            copies[record.id].append(message)
+                        continue
                     if limit is not None and len(done) + len(chunk) >= limit:
-                        break
+                        continue
                     if select(record):
                         chunk.append((message, record))
+                        copies[record.id] = []
                         if len(chunk) >= REPLAY_CHUNK:
                             flush(browse)
                 if chunk:  # acked before the browse's channel closes

@@ -38,13 +38,14 @@ class KombuMemoryDeadLetterStore(BrokerDeadLetterStore):
         if queue is None:
             return 0
         wanted = set(record_ids)
-        removed = 0
+        found: set[str] = set()
         with queue.mutex:
             for message in list(queue.queue):
-                if decode_record(*unwrap(message)).id in wanted:
+                record_id = decode_record(*unwrap(message)).id
+                if record_id in wanted:  # every copy of it
                     queue.queue.remove(message)
-                    removed += 1
-        return removed
+                    found.add(record_id)
+        return len(found)
 
     def count(self) -> int:
         queue = self._queue()
@@ -55,6 +56,6 @@ class KombuMemoryDeadLetterStore(BrokerDeadLetterStore):
         if queue is None:
             return 0
         with queue.mutex:
-            count = len(queue.queue)
+            messages = list(queue.queue)
             queue.queue.clear()
-        return count
+        return len({decode_record(*unwrap(message)).id for message in messages})

@@ -29,15 +29,19 @@ class InMemoryDeadLetterStore(DeadLetterStore):
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)
         with self._lock:
-            before = len(self._records)
+            found = {r.id for r in self._records if r.id in wanted}
             self._records = [r for r in self._records if r.id not in wanted]
-            return before - len(self._records)
+        return len(found)
 
     def count(self) -> int:
         return len(self._records)
 
+    def count_records(self) -> int:
+        with self._lock:
+            return len({r.id for r in self._records})
+
     def purge(self) -> int:
         with self._lock:
-            count = len(self._records)
+            count = len({r.id for r in self._records})
             self._records.clear()
         return count

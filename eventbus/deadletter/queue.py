@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import DeadLetterStore
+from eventbus.deadletter.store import DeadLetterStore, IdSet
 from eventbus.envelope import Envelope
 from eventbus.errors import (
     DeadLetterError,
@@ -21,7 +21,7 @@ from eventbus.errors import (
     ReplayError,
 )
 
-__all__ = ["MIN_PREFIX", "DeadLetterQueue", "Selection"]
+__all__ = ["MIN_PREFIX", "Census", "DeadLetterQueue", "Selection"]
 
 MIN_PREFIX = 6  #: characters an id prefix needs to name a record
 
@@ -63,6 +63,18 @@ _Sent = list[tuple[DeadLetter, "Envelope[Any]"]]
 _Kept = list[tuple[DeadLetter, ReplayError]]
 
 
+@dataclass(frozen=True)
+class Census:
+    """What the queue holds, from one read: records by failure group, and copies."""
+
+    groups: Counter[tuple[str, str]]  #: records by (handler, exception type)
+    copies: int  #: messages beyond the first of a record (the same failed delivery again)
+
+    @property
+    def records(self) -> int:
+        return sum(self.groups.values())
+
+
 class DeadLetterQueue:
     """Dead letters of one bus. Listing never consumes a record.
 
@@ -71,6 +83,11 @@ class DeadLetterQueue:
     the record only after that publish succeeded (for many records: after
     the batch holding it was sent and confirmed). A crash in between leaves
     the record in place, so a replay is at-least-once, like delivery itself.
+
+    Each failed delivery is one record, whatever the broker holds: copies of
+    a record (RabbitMQ may hold two messages of one failed delivery, see
+    :mod:`eventbus.deadletter.store`) are listed, counted, shown and grouped
+    once, replayed once, and removed together.
     """
 
     def __init__(
@@ -85,10 +102,15 @@ class DeadLetterQueue:
         self._batch = batch
 
     def __iter__(self) -> Iterator[DeadLetter]:
-        return iter(self.store)
+        return self.store.records()
 
     def __len__(self) -> int:
-        return self.store.count()
+        """How many records :meth:`list` shows: it reads the queue (RabbitMQ: a browse).
+
+        For the cheap depth a monitor polls (messages, copies included), use
+        ``bus.dead_letter_store.count()``.
+        """
+        return self.store.count_records()
 
     def list(
         self,
@@ -124,10 +146,10 @@ class DeadLetterQueue:
         since: datetime | None = None,
         limit: int | None = None,
     ) -> Iterator[DeadLetter]:
-        """Like :meth:`list`, streaming: memory stays flat on a large queue."""
+        """Like :meth:`list`, streaming: on a large queue, memory keeps only the ids seen."""
         selection = Selection(handler, event_type, exception_type, since)
         found = 0
-        for record in self.store:
+        for record in self.store.records():
             if limit is not None and found >= limit:
                 return
             if selection.matches(record):
@@ -138,7 +160,7 @@ class DeadLetterQueue:
         """The record with this id (a unique prefix of 6 or more characters also works)."""
         matches = [
             r
-            for r in self.store
+            for r in self.store.records()
             if r.id == record_id or (len(record_id) >= MIN_PREFIX and r.id.startswith(record_id))
         ]
         exact = [r for r in matches if r.id == record_id]
@@ -163,7 +185,19 @@ class DeadLetterQueue:
 
     def groups(self) -> Counter[tuple[str, str]]:
         """Record counts by failure group, (handler, exception type)."""
-        return Counter(record.group for record in self.store)
+        return self.census().groups
+
+    def census(self) -> Census:
+        """Records by failure group, and how many copies of them the broker holds: one read."""
+        groups: Counter[tuple[str, str]] = Counter()
+        copies = 0
+        seen = IdSet()
+        for record in self.store:  # every message: the copies are counted, not grouped
+            if seen.add(record.id):
+                groups[record.group] += 1
+            else:
+                copies += 1
+        return Census(groups, copies)
 
     def replay(self, record_id: str, *, data: Mapping[str, Any] | None = None) -> Envelope:  # type: ignore[type-arg]
         """Re-publish one record to its handler, then remove it. Returns the envelope sent.

@@ -17,6 +17,11 @@ was lost, or the same failure recorded again after its message came back
 (an ack lost in an outage), leaves one record. The element is the one
 kombu's Redis transport would push (its JSON wrapper, body in base64); the
 task-sent event Flower lists it by follows, for a record that was pushed.
+A copy (same id) can still reach the list around that script (a record
+whose mark expired, a writer of another version): reading shows it once,
+a replay publishes it once and removes every copy it meets, and a purge
+renames the list away before reading it, so that the records it counts
+are exactly those it removed.
 
 kombu's ``global_keyprefix`` transport option prefixes the keys of only the
 commands kombu itself sends (its client prefixes ``LLEN``, ``DEL``, ``SET``,
@@ -31,7 +36,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Generator, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis
@@ -43,6 +48,7 @@ from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import (
     REPLAY_CHUNK,
     BrokerDeadLetterStore,
+    IdSet,
     Publish,
     Select,
     decode_record,
@@ -62,6 +68,9 @@ RESUME_BATCH = 16
 #: Seconds a record's written mark is kept, at least: longer than any
 #: redelivery of its message can take (twice the visibility timeout, if longer).
 WRITTEN_MARK_TTL = 24 * 3600
+#: Seconds a purged list is kept under its temporary name, should the purge
+#: die between renaming it and deleting it.
+PURGING_TTL = 3600
 
 #: KEYS: the record's written mark, the DLQ list. ARGV: the element, the mark's
 #: TTL. Returns 1 if it pushed the element, 0 if the mark was there already.
@@ -242,52 +251,65 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
 
     def redeliver(self, select: Select, publish: Publish, *, limit: int | None = None) -> list[str]:
         # Page by page (a page is a replay chunk): claim the selected records
-        # in one round trip, publish them together, then remove and release
-        # them in one more.
-        done: list[str] = []
+        # in one round trip, publish them together, then remove them in one
+        # more. A record with copies is published once (its oldest copy) and
+        # every copy this walk meets is removed: the claims of the records it
+        # replayed are kept until it ends, so that a concurrent replay cannot
+        # take a copy further on for a record of its own. With a limit, the
+        # walk goes on past it only to remove copies.
+        walk = _Walk()
         pages = self._pages()
         try:
             page = next(pages, None)
             while page is not None:
                 chosen: list[tuple[bytes, DeadLetter]] = []
+                copies: list[tuple[bytes, str]] = []  # (element, id) of records met before
                 for raw in page:
-                    if limit is not None and len(done) + len(chosen) >= limit:
-                        break
                     record = decode_record(*unwrap(raw))
-                    if select(record):
+                    if not walk.seen.add(record.id):
+                        copies.append((raw, record.id))
+                    elif not walk.full(limit, len(chosen)) and select(record):
                         chosen.append((raw, record))
-                removed = self._redeliver_page(chosen, publish, done)
-                if limit is not None and len(done) >= limit:
-                    break
-                page = pages.send(removed)
+                page = pages.send(self._redeliver_page(chosen, copies, publish, walk))
         except StopIteration:
             pass
         finally:
             pages.close()
-            self._announce_replayed(done)
-        return done
+            self._release_kept_claims(walk)
+            self._announce_replayed(walk.done)
+        return walk.done
 
     def _redeliver_page(
-        self, chosen: list[tuple[bytes, DeadLetter]], publish: Publish, done: list[str]
+        self,
+        chosen: list[tuple[bytes, DeadLetter]],
+        copies: list[tuple[bytes, str]],
+        publish: Publish,
+        walk: _Walk,
     ) -> list[bytes]:
-        """Claim, publish and remove the chosen records; return the elements this removed."""
-        if not chosen:
+        """Claim, publish and remove the chosen records (and copies of replayed ones).
+
+        Returns the elements this removed.
+        """
+        if not chosen and not any(record_id in walk.replayed for _, record_id in copies):
             return []
         with self._redis("replay from") as keys:
             client = keys.client
-            with client.pipeline(transaction=False) as pipe:
-                for raw, record in chosen:
-                    pipe.set(keys.claims + record.id, "1", nx=True, ex=CLAIM_TTL)
-                    # Still there once claimed? This page may have been read before a
-                    # concurrent replay removed the record (it removes, then releases).
-                    pipe.lpos(keys.queue, raw, rank=-1)
-                answers = pipe.execute()
-            held = [pair for pair, ok in zip(chosen, answers[0::2], strict=True) if ok]
-            claimed = [
-                pair
-                for pair, ok, at in zip(chosen, answers[0::2], answers[1::2], strict=True)
-                if ok and at is not None
-            ]
+            held: list[tuple[bytes, DeadLetter]] = []
+            claimed: list[tuple[bytes, DeadLetter]] = []
+            if chosen:
+                with client.pipeline(transaction=False) as pipe:
+                    for raw, record in chosen:
+                        pipe.set(keys.claims + record.id, "1", nx=True, ex=CLAIM_TTL)
+                        # Still there once claimed? This page may have been read before a
+                        # concurrent replay removed the record (it removes, then releases).
+                        pipe.lpos(keys.queue, raw, rank=-1)
+                    answers = pipe.execute()
+                held = [pair for pair, ok in zip(chosen, answers[0::2], strict=True) if ok]
+                claimed = [
+                    pair
+                    for pair, ok, at in zip(chosen, answers[0::2], answers[1::2], strict=True)
+                    if ok and at is not None
+                ]
             replayed: list[tuple[bytes, DeadLetter]] = []
             try:
                 if claimed:
@@ -295,46 +317,92 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
                     sent = set(publish([record for _, record in claimed]))
                     replayed = [pair for pair in claimed if pair[1].id in sent]
             finally:
+                for _, record in replayed:
+                    walk.replayed.add(record.id)
+                    walk.done.append(record.id)
+                    walk.claims.append(record.id)  # kept until the walk ends
+                doomed = [raw for raw, _ in replayed]
+                doomed += [raw for raw, record_id in copies if record_id in walk.replayed]
                 with client.pipeline(transaction=False) as pipe:
-                    for raw, _ in replayed:
+                    for raw in doomed:
                         # Count -1 searches from the tail, where these records are.
                         pipe.lrem(keys.queue, -1, raw)
                     for _, record in held:  # after the LREMs: see the claim above
-                        pipe.delete(keys.claims + record.id)
-                    results = pipe.execute() if held else []
-            done.extend(record.id for _, record in replayed)
-            return [
-                raw
-                for (raw, _), n in zip(replayed, results[: len(replayed)], strict=True)
-                if int(n)
-            ]
+                        if record.id not in walk.replayed:
+                            pipe.delete(keys.claims + record.id)
+                    results = pipe.execute() if len(pipe) else []
+            return [raw for raw, n in zip(doomed, results[: len(doomed)], strict=True) if int(n)]
+
+    def _release_kept_claims(self, walk: _Walk) -> None:
+        """Give up the claims a replay kept until its end (never fails the replay)."""
+        if not walk.claims:
+            return
+        try:
+            with self._redis("replay from") as keys, keys.client.pipeline(False) as pipe:
+                for record_id in walk.claims:
+                    pipe.delete(keys.claims + record_id)
+                pipe.execute()
+        except Exception:  # they expire after CLAIM_TTL anyway
+            logger.warning("could not release %d replay claims", len(walk.claims), exc_info=True)
 
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)
-        found: list[bytes] = []
-        for raw in self._raw_elements():
+        found: list[tuple[bytes, str]] = []
+        for raw in self._raw_elements():  # to the end: every copy of each record
             record = decode_record(*unwrap(raw))
             if record.id in wanted:
-                found.append(raw)
-                wanted.discard(record.id)
-                if not wanted:
-                    break
+                found.append((raw, record.id))
         if not found:
             return 0
         with self._redis("remove records from") as keys, keys.client.pipeline(False) as pipe:
-            for raw in found:
+            for raw, _ in found:
                 pipe.lrem(keys.queue, -1, raw)
-            return sum(int(n) for n in pipe.execute())
+            removed = pipe.execute()
+        return len({record_id for (_, record_id), n in zip(found, removed, strict=True) if int(n)})
 
     def count(self) -> int:
         with self._redis("read") as keys:
             return int(keys.client.llen(keys.queue))
 
     def purge(self) -> int:
-        ids = [record.id for record in self]
-        with self._redis("purge") as keys, keys.client.pipeline() as pipe:
-            pipe.llen(keys.queue)  # MULTI: count and delete as one step
-            pipe.delete(keys.queue)
-            count, _ = pipe.execute()
+        # The list is renamed away in one step, then read and deleted: the
+        # records counted (and reported to monitors) are exactly those
+        # removed, and a record written meanwhile goes to a new list, kept.
+        with self._redis("purge") as keys:
+            client = keys.client
+            doomed = f"{keys.queue}.purging.{uuid()}"
+            with client.pipeline(transaction=True) as pipe:
+                pipe.exists(keys.queue)
+                pipe.rename(keys.queue, doomed)
+                pipe.expire(doomed, PURGING_TTL)
+                exists, *renamed = pipe.execute(raise_on_error=False)
+            if not exists:
+                return 0  # (RENAME failed on the missing key: nothing to purge)
+            if isinstance(renamed[0], Exception):
+                raise renamed[0]
+            ids: list[str] = []
+            seen = IdSet()
+            start = 0
+            while page := client.lrange(doomed, start, start + PAGE_SIZE - 1):
+                start += len(page)
+                ids += [r.id for r in map(_decode, page) if seen.add(r.id)]
+            client.delete(doomed)
         self._announce(ids, "task-revoked", terminated=False, expired=False, signum=None)
-        return int(count)
+        return len(ids)
+
+
+def _decode(raw: bytes) -> DeadLetter:
+    return decode_record(*unwrap(raw))
+
+
+@dataclass
+class _Walk:
+    """A replay's walk through the list: what it met, replayed, and the claims it keeps."""
+
+    seen: IdSet = field(default_factory=IdSet)
+    replayed: IdSet = field(default_factory=IdSet)
+    done: list[str] = field(default_factory=list)
+    claims: list[str] = field(default_factory=list)
+
+    def full(self, limit: int | None, pending: int = 0) -> bool:
+        return limit is not None and len(self.done) + pending >= limit

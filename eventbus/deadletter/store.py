@@ -4,6 +4,17 @@ A store appends records, iterates them *without consuming* (oldest first),
 removes chosen ones, counts and purges. :class:`BrokerDeadLetterStore` keeps
 them on the Celery broker as durable JSON task messages in one queue
 (default ``eventbus.dlq``); one subclass per transport knows how to browse it.
+
+A record's id names its failed delivery, and a queue may still hold two
+messages of one record: RabbitMQ cannot refuse a duplicate on write, and
+two processes that ran the same redelivered message each recorded it. A
+store's iteration and :meth:`~DeadLetterStore.count` are of *messages*,
+copies included (the raw view: the queue's depth); what an operator reads is
+*records*: :meth:`~DeadLetterStore.records` and
+:meth:`~DeadLetterStore.count_records` show each id once (its oldest copy),
+:meth:`~DeadLetterStore.remove` and :meth:`~DeadLetterStore.purge` count
+records and remove every copy, and a replay publishes a record once and then
+removes every copy of it.
 """
 
 from __future__ import annotations
@@ -12,10 +23,11 @@ import base64
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +54,9 @@ __all__ = [
     "DEAD_LETTER_TASK",
     "BrokerDeadLetterStore",
     "DeadLetterStore",
+    "IdSet",
     "decode_record",
+    "distinct",
     "store_for_app",
     "unwrap",
 ]
@@ -77,7 +91,10 @@ class DeadLetterStore(ABC):
     Subclasses implement ``append``, ``__iter__``, ``remove``, ``count`` and
     ``purge``; ``redeliver`` is built on them with a per-record claim
     (``_claim``/``_release``) that a store shared between processes makes
-    atomic across them.
+    atomic across them. Copies of one record (messages with the same id) are
+    each yielded by ``__iter__`` and counted by ``count``; ``records`` and
+    ``count_records`` show them once, ``remove``, ``purge`` and ``redeliver``
+    take every copy of a record they take.
     """
 
     def __init__(self) -> None:
@@ -99,18 +116,36 @@ class DeadLetterStore(ABC):
 
     @abstractmethod
     def __iter__(self) -> Iterator[DeadLetter]:
-        """Every record, oldest first, without removing any."""
+        """Every message as a record, oldest first, without removing any; copies each."""
+
+    def records(self) -> Iterator[DeadLetter]:
+        """Every record once, oldest first, without removing any: what an operator reads.
+
+        A record with copies is shown once, as its oldest copy. Keeps the ids
+        seen so far (about 100 bytes each), not the records: memory grows
+        with the number of records, but slowly.
+        """
+        return distinct(self)
+
+    def count_records(self) -> int:
+        """How many records :meth:`records` shows (each record once, however many copies).
+
+        Reads the whole queue (on RabbitMQ: a browse); :meth:`count` is the
+        cheap depth, copies included.
+        """
+        return sum(1 for _ in self.records())
 
     @abstractmethod
     def remove(self, record_ids: Collection[str]) -> int:
-        """Remove these records; return how many were found and removed."""
+        """Remove these records, every copy of each; return how many records were found."""
 
     @abstractmethod
-    def count(self) -> int: ...
+    def count(self) -> int:
+        """Messages in the queue, copies of a record included: its depth, read cheaply."""
 
     @abstractmethod
     def purge(self) -> int:
-        """Remove every record; return how many there were."""
+        """Remove every record, copies included; return how many records there were."""
 
     def declare(self) -> None:
         """Create what the store needs on its backend (nothing, by default)."""
@@ -125,13 +160,18 @@ class DeadLetterStore(ABC):
         after it returned. A record that a concurrent replay holds is
         skipped, so it is published once. If ``publish`` raises, the earlier
         chunks stay removed, none of this one is, and the error propagates.
+        A record with copies is selected and published once (its oldest
+        copy); removing it removes every copy (``remove``).
         """
         done: list[str] = []
         chunk: list[DeadLetter] = []
+        seen = IdSet()  # a copy of a record seen before is neither selected nor published
         try:
             for record in self:
                 if limit is not None and len(done) + len(chunk) >= limit:
                     break
+                if not seen.add(record.id):
+                    continue
                 if not select(record) or not self._claim(record.id):
                     continue
                 chunk.append(record)
@@ -311,13 +351,13 @@ class BrokerDeadLetterStore(DeadLetterStore):
             return int(count)
 
     def purge(self) -> int:
-        ids = [record.id for record in self]
+        ids = [record.id for record in self.records()]
         with self._broker("purge") as conn:
             bound = self.queue.bind(conn.default_channel)
             bound.declare()
-            count = int(bound.purge() or 0)
+            bound.purge()
         self._announce(ids, "task-revoked", terminated=False, expired=False, signum=None)
-        return count
+        return len(ids)
 
     def _announce_replayed(self, record_ids: list[str]) -> None:
         self._announce(record_ids, "task-succeeded", result="'replayed'", runtime=0.0)
@@ -339,6 +379,47 @@ class BrokerDeadLetterStore(DeadLetterStore):
                     dispatcher.close()
         except Exception:  # monitoring must never fail a replay or a purge
             logger.warning("could not send %s events to monitors", event_type, exc_info=True)
+
+
+def distinct(records: Iterable[DeadLetter]) -> Iterator[DeadLetter]:
+    """``records`` with each id once: the first copy of each (the oldest, in a store's order)."""
+    seen = IdSet()
+    iterator = iter(records)
+    try:
+        for record in iterator:
+            if seen.add(record.id):
+                yield record
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:  # a browse ends (and gives its messages back) now, not at GC
+            close()
+
+
+_HEX_ID = re.compile(r"[0-9a-f]{32}")
+
+
+class IdSet:
+    """A set of record ids, kept small: an id of 32 hex digits (eventbus's) as an int."""
+
+    __slots__ = ("_ids",)
+
+    def __init__(self) -> None:
+        self._ids: set[int | str] = set()
+
+    @staticmethod
+    def _key(record_id: str) -> int | str:
+        return int(record_id, 16) if _HEX_ID.fullmatch(record_id) else record_id
+
+    def add(self, record_id: str) -> bool:
+        """Add ``record_id``; False if it was there already."""
+        key = self._key(record_id)
+        if key in self._ids:
+            return False
+        self._ids.add(key)
+        return True
+
+    def __contains__(self, record_id: object) -> bool:
+        return isinstance(record_id, str) and self._key(record_id) in self._ids
 
 
 def decode_record(body: bytes | str | Any, headers: Mapping[str, Any] | None = None) -> DeadLetter:
