@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         ReplayConflict,
         ReplayError,
         SequenceGap,
+        StateStoreError,
         SubscriptionError,
         UnknownEventType,
     )
@@ -132,6 +133,7 @@ __all__ = [
     "ReplayConflict",
     "ReplayError",
     "SequenceGap",
+    "StateStoreError",
     "Subscription",
     "SubscriptionError",
     "UnknownEventType",

@@ -11,6 +11,8 @@
     │   ├── PayloadTooLarge         the envelope is over eventbus_max_payload_bytes
     │   └── EventVersionError       data at a schema version the code cannot upcast
     ├── ConfigurationError          a setting is missing or wrong
+    ├── StateStoreError             the state store (Redis: idempotency, ordering, sequence
+    │                               numbers) could not be used: its URL, its server
     ├── SubscriptionError           a handler cannot be subscribed
     ├── PublishError                the broker did not take the message(s)
     ├── EnvelopeDecodeError         a message body is not a valid envelope (worker side)
@@ -63,6 +65,7 @@ __all__ = [
     "ReplayConflict",
     "ReplayError",
     "SequenceGap",
+    "StateStoreError",
     "SubscriptionError",
     "UnknownEventType",
 ]
@@ -205,6 +208,20 @@ class EventVersionError(EventError):
 
 class ConfigurationError(EventBusError):
     """A setting eventbus needs is missing or has a wrong value."""
+
+
+class StateStoreError(EventBusError):
+    """The state store could not be used: idempotency claims, ordering, sequence numbers.
+
+    Its URL (``eventbus_redis_url``, else the broker's or result backend's,
+    see :mod:`eventbus.state`) cannot be parsed, or its server refused the
+    login, did not answer, or answered an error. The message names the store
+    (password masked), the setting its URL came from, what was being done
+    and the problem. A ``publish`` that needed a sequence number sent
+    nothing; a delivery to an idempotent or ordered handler did not run the
+    handler, and is retried like a failure of it (whatever its ``retry_on``),
+    then dead-lettered when its retries are spent.
+    """
 
 
 class SubscriptionError(EventBusError):

@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from eventbus.errors import EventBusError
+from eventbus.state_errors import StateErrors
 
 if TYPE_CHECKING:
     import redis
@@ -192,12 +193,15 @@ class RedisIdempotencyStore(IdempotencyStore):
     answers to a mark is logged with the next claim.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str, ttl: int) -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str, ttl: int, errors: StateErrors | None = None
+    ) -> None:
         # Imported here: redis-py costs ~8 MiB and ~150 ms to import, which a
         # worker whose broker is RabbitMQ and which keeps no state never needs.
         from redis.exceptions import NoScriptError, ResponseError
 
         super().__init__(ttl=ttl)
+        self._errors = errors or StateErrors.of_client(client)
         self._script_missing: type[Exception] = NoScriptError
         self._refused: type[Exception] = ResponseError
         self.client = client
@@ -210,6 +214,10 @@ class RedisIdempotencyStore(IdempotencyStore):
         return f"{self.prefix}idem:{handler}:{event_id}"
 
     def claim(self, handler: str, event_id: str, owner: str, lease: float) -> Claim:
+        with self._errors.translated(f"claim event {event_id} for {handler}"):
+            return self._claim_once(handler, event_id, owner, lease)
+
+    def _claim_once(self, handler: str, event_id: str, owner: str, lease: float) -> Claim:
         key, lease_ms = self.key(handler, event_id), max(1, int(lease * 1000))
         connection = self._connection()
         try:
@@ -224,15 +232,16 @@ class RedisIdempotencyStore(IdempotencyStore):
         return Claim(found.decode() if isinstance(found, bytes) else found)
 
     def complete(self, handler: str, event_id: str) -> None:
-        connection = self._connection()
-        try:
-            connection.send_command("SET", self.key(handler, event_id), _DONE, "EX", self.ttl)
-        except BaseException:
-            self._drop_connection()
-            # Not sent: write it the plain way (raises if Redis is gone).
-            self.client.set(self.key(handler, event_id), _DONE, ex=self.ttl)
-            return
-        self._local.unread += 1
+        with self._errors.translated(f"mark event {event_id} as handled by {handler}"):
+            connection = self._connection()
+            try:
+                connection.send_command("SET", self.key(handler, event_id), _DONE, "EX", self.ttl)
+            except BaseException:
+                self._drop_connection()
+                # Not sent: write it the plain way (raises if Redis is gone).
+                self.client.set(self.key(handler, event_id), _DONE, ex=self.ttl)
+                return
+            self._local.unread += 1
 
     def _connection(self) -> Any:
         local = self._local
@@ -260,20 +269,23 @@ class RedisIdempotencyStore(IdempotencyStore):
                 connection.disconnect()
 
     def release(self, handler: str, event_id: str, owner: str) -> None:
-        self._release(keys=[self.key(handler, event_id)], args=[owner])
+        with self._errors.translated(f"release the claim of {handler} on event {event_id}"):
+            self._release(keys=[self.key(handler, event_id)], args=[owner])
 
     def is_done(self, handler: str, event_id: str) -> bool:
         self.flush()  # this thread's own marks first
-        return bool(self.client.get(self.key(handler, event_id)) == _DONE)
+        with self._errors.translated(f"read whether {handler} handled event {event_id}"):
+            return bool(self.client.get(self.key(handler, event_id)) == _DONE)
 
     def flush(self) -> None:
         """Wait until Redis has answered this thread's done marks."""
         if getattr(self._local, "pid", None) == os.getpid() and self._local.unread:
-            try:
-                self._read_marks(self._local.connection)
-            except BaseException:
-                self._drop_connection()
-                raise
+            with self._errors.translated("read the answers to the marks of handled events"):
+                try:
+                    self._read_marks(self._local.connection)
+                except BaseException:
+                    self._drop_connection()
+                    raise
 
     @contextlib.contextmanager
     def atomic(self, delivery: Delivery | None = None) -> Iterator[Pipeline]:
@@ -297,18 +309,22 @@ class RedisIdempotencyStore(IdempotencyStore):
         key = self.key(delivery.handler, str(delivery.envelope.event_id))
         import redis
 
+        doing = f"commit the writes of {delivery.handler} for event {delivery.envelope.event_id}"
         with self.client.pipeline(transaction=True) as pipe:
-            pipe.watch(key)  # type: ignore[no-untyped-call]
-            if pipe.get(key) != delivery.task_id.encode():
+            with self._errors.translated(doing):
+                pipe.watch(key)  # type: ignore[no-untyped-call]
+                held = pipe.get(key)
+            if held != delivery.task_id.encode():
                 raise ClaimLost(
                     f"{delivery.handler} lost its claim on event {delivery.envelope.event_id}"
                 )
             pipe.multi()
             yield pipe
             pipe.set(key, _DONE, ex=self.ttl)
-            try:
-                pipe.execute()
-            except redis.WatchError:
-                raise ClaimLost(
-                    f"{delivery.handler} lost its claim on event {delivery.envelope.event_id}"
-                ) from None
+            with self._errors.translated(doing):
+                try:
+                    pipe.execute()
+                except redis.WatchError:  # (a RedisError too: caught first)
+                    raise ClaimLost(
+                        f"{delivery.handler} lost its claim on event {delivery.envelope.event_id}"
+                    ) from None

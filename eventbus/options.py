@@ -12,7 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
-from eventbus.errors import EnvelopeDecodeError, PermanentHandlerError, SubscriptionError
+from eventbus.errors import (
+    EnvelopeDecodeError,
+    PermanentHandlerError,
+    StateStoreError,
+    SubscriptionError,
+)
 
 __all__ = [
     "DEFAULT_MAX_RETRIES",
@@ -29,6 +34,8 @@ DEFAULT_RETRY_JITTER = True  #: full jitter: a wait is drawn from [0, backoff * 
 
 #: Never retried, whatever ``retry_on`` says: retrying cannot fix them.
 ALWAYS_PERMANENT: tuple[type[BaseException], ...] = (PermanentHandlerError, EnvelopeDecodeError)
+#: Always retried (added to ``retry_on``): the handler never ran, its state store failed.
+ALWAYS_RETRIED: tuple[type[BaseException], ...] = (StateStoreError,)
 
 _CONFIGURABLE = ("max_retries", "retry_backoff", "retry_backoff_max", "retry_jitter", "idempotent")
 
@@ -37,7 +44,9 @@ _CONFIGURABLE = ("max_retries", "retry_backoff", "retry_backoff_max", "retry_jit
 class HandlerOptions:
     """How one handler's task is delivered, retried and dead-lettered.
 
-    ``retry_on`` lists the exception types that are retried; ``dont_retry_on``
+    ``retry_on`` lists the exception types that are retried
+    (:class:`~eventbus.errors.StateStoreError` is always added: the handler
+    did not run); ``dont_retry_on``
     the ones that go straight to the dead-letter queue (it wins over
     ``retry_on``; :class:`~eventbus.errors.PermanentHandlerError` is always
     in it). ``retry_backoff`` is whole seconds, as Celery's autoretry uses it.
@@ -79,6 +88,11 @@ class HandlerOptions:
         for name in ("retry_on", "dont_retry_on"):
             if name in values:
                 values[name] = _exception_tuple(name, values[name])
+        if "retry_on" in values:
+            retry_on = values["retry_on"]
+            values["retry_on"] = retry_on + tuple(
+                exc for exc in ALWAYS_RETRIED if not issubclass(exc, retry_on)
+            )
         options = cls(**values)
         options.validate()
         return options

@@ -47,6 +47,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from eventbus.state_errors import StateErrors
+
 if TYPE_CHECKING:
     import redis
 
@@ -85,6 +87,12 @@ def aggregate_key(aggregate_type: str | None, aggregate_id: str) -> str:
     )
 
 
+def _printed(aggregate_type: str | None, aggregate_id: str) -> str:
+    """An aggregate in a message: its id quoted (and cut), after its type."""
+    shown = repr(aggregate_id if len(aggregate_id) <= 80 else aggregate_id[:80] + "...")
+    return f"{aggregate_type} {shown}" if aggregate_type else shown
+
+
 # -- at publish ------------------------------------------------------------------
 
 
@@ -114,13 +122,19 @@ class RedisSequencer(Sequencer):
     without persistence a restart starts them again at 1.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str) -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str, errors: StateErrors | None = None
+    ) -> None:
         self.client = client
         self.prefix = prefix
+        self._errors = errors or StateErrors.of_client(client)
 
     def next_sequence(self, aggregate_type: str | None, aggregate_id: str) -> int:
         key = f"{self.prefix}seq:{aggregate_key(aggregate_type, aggregate_id)}"
-        return int(self.client.incr(key))
+        with self._errors.translated(
+            f"give aggregate {_printed(aggregate_type, aggregate_id)} its next sequence number"
+        ):
+            return int(self.client.incr(key))
 
 
 # -- at the consumer --------------------------------------------------------------
@@ -325,10 +339,13 @@ class RedisResequencer(Resequencer):
     after the aggregate's last event.
     """
 
-    def __init__(self, client: redis.Redis, *, prefix: str, ttl: int) -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str, ttl: int, errors: StateErrors | None = None
+    ) -> None:
         self.client = client
         self.prefix = prefix
         self.ttl = ttl
+        self._errors = errors or StateErrors.of_client(client)
         self._acquire = client.register_script(_ACQUIRE)
         self._complete = client.register_script(_COMPLETE)
         self._fail = client.register_script(_FAIL)
@@ -340,19 +357,23 @@ class RedisResequencer(Resequencer):
     def acquire(
         self, handler: str, aggregate: str, sequence: int, owner: str, *, gap: float, lease: float
     ) -> Turn:
-        kind, expected = self._acquire(
-            keys=self.keys(handler, aggregate),
-            args=[sequence, owner, int(gap * 1000), int(lease * 1000), self.ttl],
-        )
+        with self._errors.translated(f"take the turn of sequence {sequence} for {handler}"):
+            kind, expected = self._acquire(
+                keys=self.keys(handler, aggregate),
+                args=[sequence, owner, int(gap * 1000), int(lease * 1000), self.ttl],
+            )
         return Turn(TurnKind(kind.decode() if isinstance(kind, bytes) else kind), int(expected))
 
     def complete(self, handler: str, aggregate: str, sequence: int) -> None:
-        self._complete(keys=self.keys(handler, aggregate)[:1], args=[sequence, self.ttl])
+        with self._errors.translated(f"record sequence {sequence} as handled by {handler}"):
+            self._complete(keys=self.keys(handler, aggregate)[:1], args=[sequence, self.ttl])
 
     def fail(
         self, handler: str, aggregate: str, sequence: int, owner: str, *, will_retry: bool
     ) -> None:
-        self._fail(keys=self.keys(handler, aggregate)[:1], args=[owner, int(will_retry)])
+        with self._errors.translated(f"record that {handler} failed sequence {sequence}"):
+            self._fail(keys=self.keys(handler, aggregate)[:1], args=[owner, int(will_retry)])
 
     def reset(self, handler: str, aggregate: str) -> None:
-        self.client.delete(*self.keys(handler, aggregate))
+        with self._errors.translated(f"reset the ordering position of {handler}"):
+            self.client.delete(*self.keys(handler, aggregate))

@@ -16,6 +16,11 @@ ordered handlers refuses to start, and publishing an event that needs a
 sequence number raises :class:`~eventbus.errors.ConfigurationError`.
 
 Keys start with ``eventbus_redis_prefix`` (default ``eventbus:``).
+
+A Redis state store that cannot be used (a URL redis-py cannot parse, a
+refused login, no answer, an error reply) raises
+:class:`~eventbus.errors.StateStoreError` from every call, naming the store
+and the setting its URL came from (:mod:`eventbus.state_errors`).
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from eventbus.errors import ConfigurationError
 from eventbus.redaction import redact_url
+from eventbus.state_errors import StateErrors
 
 if TYPE_CHECKING:
     import redis
@@ -52,15 +58,21 @@ class State:
 
 def redis_url_from_config(conf: Mapping[str, Any]) -> str | None:
     """The Redis URL eventbus's state lives at, or None (see the module docstring)."""
+    found = _state_url(conf)
+    return found[0] if found else None
+
+
+def _state_url(conf: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(the state's URL, the setting it came from), or None."""
     configured = conf.get("eventbus_redis_url")
     if configured:
-        return str(configured)
+        return str(configured), "eventbus_redis_url"
     for key in ("broker_url", "result_backend"):
         value = str(conf.get(key) or "")
         # A broker URL may list fail-over hosts separated by ';': take the first.
         first = value.split(";")[0].strip()
         if first.startswith(_REDIS_SCHEMES):
-            return first
+            return first, key
     return None
 
 
@@ -99,7 +111,8 @@ def state_from_config(conf: Mapping[str, Any], *, purpose: str) -> State:
     )
 
     ttl = int(conf.get("eventbus_idempotency_ttl") or DEFAULT_IDEMPOTENCY_TTL)
-    url = redis_url_from_config(conf)
+    found = _state_url(conf)
+    url, setting = found or (None, "")
     if url is None or url.startswith("memory://"):
         broker = str(conf.get("broker_url") or "")
         if url or broker.startswith("memory://"):
@@ -114,12 +127,19 @@ def state_from_config(conf: Mapping[str, Any], *, purpose: str) -> State:
             "set eventbus_redis_url (EVENTBUS_REDIS_URL), e.g. redis://localhost:6379/1"
         )
     prefix = str(conf.get("eventbus_redis_prefix") or DEFAULT_PREFIX)
-    client = redis_client(url)
+    errors = StateErrors(url, setting)
+    try:
+        client = redis_client(url)
+    except ValueError as exc:  # redis-py cannot parse it (the scheme, the port, ...)
+        raise errors.error("use its URL", f"malformed URL ({exc})") from None
     return State(
-        idempotency=RedisIdempotencyStore(client, prefix=prefix, ttl=ttl),
-        sequencer=RedisSequencer(client, prefix=prefix),
+        idempotency=RedisIdempotencyStore(client, prefix=prefix, ttl=ttl, errors=errors),
+        sequencer=RedisSequencer(client, prefix=prefix, errors=errors),
         resequencer=RedisResequencer(
-            client, prefix=prefix, ttl=int(conf.get("eventbus_ordering_ttl") or DEFAULT_ORDER_TTL)
+            client,
+            prefix=prefix,
+            ttl=int(conf.get("eventbus_ordering_ttl") or DEFAULT_ORDER_TTL),
+            errors=errors,
         ),
         description=redact_url(url),
     )
