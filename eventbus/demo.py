@@ -22,6 +22,7 @@ from celery import signals
 from celery.worker import state as worker_state
 
 from eventbus.envelope import create_event
+from eventbus.errors import StateStoreError
 from eventbus.redaction import redact_url
 
 Echo = Callable[[str], None]
@@ -160,6 +161,7 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
         # Publisher and worker are this one process: the idempotent and
         # ordered example handlers can keep their state in memory.
         app.conf.eventbus_redis_url = "memory://"
+    _check_state(bus)
     embedded = url.startswith("memory://")
     echo(
         f"eventbus demo — broker {redact(url)}"
@@ -204,9 +206,23 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
         worker_state.should_terminate = None
 
 
+def _check_state(bus: Any) -> None:
+    """Stop at once if the handlers' state store cannot be used: they could never run."""
+    try:
+        bus.state.check()
+    except StateStoreError as exc:
+        raise StateStoreError(
+            f"{exc}; the demo's idempotent and ordered handlers need it: set "
+            "EVENTBUS_REDIS_URL to a Redis that answers, or unset it (on RabbitMQ or the "
+            "embedded broker the demo then keeps that state in its own process)"
+        ) from None
+
+
 def _purge_leftovers(app: Any, queues: list[str]) -> None:
     """Drop what an interrupted earlier demo left: the demo's own queues, recreated on use."""
     with app.connection_for_write() as conn:
+        # Connects as the app's transport options say (the CLI: fail fast).
+        conn.default_channel  # noqa: B018
         for name in queues:
             with contextlib.suppress(*conn.channel_errors):  # not declared yet: nothing to drop
                 conn.channel().queue_delete(name)
@@ -254,13 +270,14 @@ def _story(
     )
 
     echo("\n3. Dead letter: index_for_search refuses a marked title (a permanent error)")
-    before = len(bus.dead_letters)
+    # The queue's depth: cheap to poll (len() reads every record: a browse on RabbitMQ).
+    before = bus.dead_letter_store.count()
     poison = bus.publish(
         TodoCreated(title="Fix the #poison pill"),
         aggregate_id=str(uuid.uuid4())[:8],
         aggregate_type="Todo",
     )
-    wait_until(lambda: len(bus.dead_letters) > before, "the dead letter")
+    wait_until(lambda: bus.dead_letter_store.count() > before, "the dead letter")
     record = next(
         r
         for r in bus.dead_letters.list(handler="handlers.todo.index_for_search")

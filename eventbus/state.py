@@ -25,8 +25,9 @@ and the setting its URL came from (:mod:`eventbus.state_errors`).
 
 from __future__ import annotations
 
+import functools
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,9 @@ class State:
     sequencer: Sequencer
     resequencer: Resequencer
     description: str  #: where it lives, password removed (for logs and errors)
+    #: One round trip to the backend: raises :class:`~eventbus.errors.StateStoreError`
+    #: naming it if it cannot be used (nothing to check in memory).
+    check: Callable[[], None] = lambda: None
 
 
 def redis_url_from_config(conf: Mapping[str, Any]) -> str | None:
@@ -142,7 +146,13 @@ def state_from_config(conf: Mapping[str, Any], *, purpose: str) -> State:
             errors=errors,
         ),
         description=redact_url(url),
+        check=functools.partial(_ping, client, errors),
     )
+
+
+def _ping(client: redis.Redis, errors: StateErrors) -> None:
+    with errors.translated("connect to it and ping it"):
+        client.ping()
 
 
 DEFAULT_IDEMPOTENCY_TTL = 7 * 24 * 3600  #: seconds a completed (handler, event_id) is remembered
