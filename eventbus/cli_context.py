@@ -28,7 +28,16 @@ from eventbus.celery_bus import bus_for_app
 from eventbus.errors import EventBusError
 from eventbus.redaction import redact
 
-__all__ = ["BusContext", "bus_of", "echo", "fail", "handle_errors", "printable"]
+__all__ = [
+    "OPERATOR_RETRY",
+    "BusContext",
+    "bus_of",
+    "echo",
+    "fail",
+    "fail_fast",
+    "handle_errors",
+    "printable",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -44,6 +53,35 @@ URL_VARIABLES = (
 URL_SETTINGS = ("broker_url", "broker_read_url", "broker_write_url", "result_backend")
 
 
+#: How an operator's command retries the broker: once more, 0.5 s later, then it
+#: fails in one line. Set as kombu's connection retry (transport options, which
+#: otherwise retry for up to the connect timeout, 4 s) and as the publish retry
+#: policy (celeryconfig's: 3 retries, 0.5 + 1 + 1.5 s), in the command's process.
+OPERATOR_RETRY: dict[str, float] = {
+    "max_retries": 1,
+    "interval_start": 0.5,
+    "interval_step": 0.0,
+    "interval_max": 0.5,
+}
+
+
+B = TypeVar("B", bound=BaseEventBus)
+
+
+def fail_fast(bus: B) -> B:
+    """Make ``bus``'s app, in this process, retry the broker as :data:`OPERATOR_RETRY` says.
+
+    A web process or a worker keeps the app's own settings: they wait for a
+    broker that restarts. An operator at a prompt wants the answer, and can
+    run the command again.
+    """
+    conf = getattr(getattr(bus, "app", None), "conf", None)  # (the in-memory bus has none)
+    if conf is not None:
+        conf.broker_transport_options = {**(conf.broker_transport_options or {}), **OPERATOR_RETRY}
+        conf.task_publish_retry_policy = dict(OPERATOR_RETRY)
+    return bus
+
+
 class BusContext:
     """Lazily loads the bus: ``demo`` and ``--help`` must not import the app."""
 
@@ -54,7 +92,7 @@ class BusContext:
     @property
     def bus(self) -> BaseEventBus:
         if self._bus is None:
-            self._bus = self._loader()
+            self._bus = fail_fast(self._loader())
         return self._bus
 
     @property
@@ -70,17 +108,17 @@ def bus_of(ctx: click.Context) -> BaseEventBus:
     root = ctx.find_root()
     app = getattr(root.obj, "app", None)  # under `celery -A proj eventbus`
     bus = bus_for_app(app) if app is not None else None
-    if bus is None:
-        if not root.params.get("app"):
-            raise click.UsageError(
-                "no Celery app given: run 'celery -A proj eventbus ...' with -A naming the "
-                "module that creates your EventBus (or 'eventbus -A proj ...')"
-            )
+    if bus is not None:
+        return fail_fast(bus)
+    if not root.params.get("app"):
         raise click.UsageError(
-            f"the Celery app {getattr(app, 'main', None) or '?'} (-A {root.params['app']}) has "
-            "no EventBus: -A must name the module that creates it, EventBus(app)"
+            "no Celery app given: run 'celery -A proj eventbus ...' with -A naming the "
+            "module that creates your EventBus (or 'eventbus -A proj ...')"
         )
-    return bus
+    raise click.UsageError(
+        f"the Celery app {getattr(app, 'main', None) or '?'} (-A {root.params['app']}) has "
+        "no EventBus: -A must name the module that creates it, EventBus(app)"
+    )
 
 
 # -- printing ------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from typing import Any
 from celery import signals
 from celery.worker import state as worker_state
 
+from eventbus.cli_context import fail_fast
 from eventbus.envelope import create_event
 from eventbus.errors import StateStoreError
 from eventbus.redaction import redact_url
@@ -152,7 +153,7 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
     from eventbus.state import redis_url_from_config
     from handlers.events import EventTypes, TodoCreated, UserRegistered
 
-    app, bus = handlers.app, handlers.bus
+    app, bus = handlers.app, fail_fast(handlers.bus)  # an operator's command: fail fast
     app.conf.broker_url = url
     # AMQP heartbeats wake the worker's event loop every second, so it sees
     # the stop request at the end promptly.
