@@ -5,11 +5,18 @@ example app (``-A handlers``, configured from the environment) with wrong
 URLs that carry a marker password, in the userinfo and in ``?password=``:
 the broker URL (``EVENTBUS_BROKER_URL``, ``demo --broker``), the state Redis
 URL (``EVENTBUS_REDIS_URL``), the outbox URL (``--url``,
-``EVENTBUS_OUTBOX_URL``). Neither stdout nor stderr holds the marker, and
-no command prints a traceback. Then real workers: one runs the outbox relay
-task with such an outbox URL, one has such a state URL and runs an
-idempotent handler; neither their logs nor the task events Flower shows
-hold the marker.
+``EVENTBUS_OUTBOX_URL``). Neither stdout, stderr nor what the command logs
+holds the marker, and no command prints a traceback. Then real workers: one
+runs the outbox relay task with such an outbox URL, one has such a state URL
+and runs an idempotent handler; neither their logs nor the task events
+Flower shows hold the marker.
+
+The commands run in-process (click's ``CliRunner``, logs captured), in one
+process per environment (tests/integration/cli_secrets_runner.py: the
+example app reads its environment once, when it is imported), through
+``eventbus`` and through ``celery -A handlers eventbus`` alike. A few run as
+real processes of each entry point (the ``eventbus`` and ``celery``
+scripts): what an interpreter prints at exit is checked there.
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -37,7 +45,8 @@ from eventbus.cli import main
 from tests.support import delete_queues, make_app, require_broker, unique, wait_for
 
 #: Over a hundred ``eventbus`` processes per test, three at a time.
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(600)]
+#: About 200 commands, in-process in about 20 processes, two processes at a time.
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
 
 REPO = Path(__file__).resolve().parents[2]
 MARK = f"s3cr3t-{uuid.uuid4().hex[:10]}"  #: the password every wrong URL carries
@@ -110,6 +119,38 @@ class Run:
     stdout: str
     stderr: str
     seconds: float
+    log: str = ""  #: what the command logged (an in-process run)
+    escaped: str = ""  #: the traceback of an exception that escaped the command
+
+    def texts(self) -> list[str]:
+        return [self.stdout, self.stderr, self.log, self.escaped]
+
+
+@dataclass
+class Job:
+    """One command, in a group's process."""
+
+    what: str
+    args: list[str]
+    entry: str = "eventbus"  #: or "celery": ``celery -A handlers eventbus ARGS``
+    env: dict[str, str] = field(default_factory=dict)  #: set for this command only
+
+
+@dataclass
+class Group:
+    """Commands run in one process (tests/integration/cli_secrets_runner.py), one environment."""
+
+    name: str
+    env: dict[str, str]  #: the process's environment, over the world's good one
+    jobs: list[Job]
+
+
+def entry_point(name: str) -> list[str]:
+    """The console script ``eventbus`` or ``celery`` of this environment."""
+    script = Path(sys.executable).with_name(name)
+    if script.exists():
+        return [str(script)]
+    return [sys.executable, "-m", {"eventbus": "eventbus.cli", "celery": "celery"}[name]]
 
 
 class World:
@@ -119,6 +160,7 @@ class World:
         self.redis = require_broker("redis")
         self.queue = unique("it.secrets")
         self.dead_letter_queue = f"{self.queue}.dlq"
+        self.tmp_path = tmp_path
         self.outbox_url = f"sqlite:///{tmp_path / 'outbox.db'}"
         self._add_pending_row()
 
@@ -166,13 +208,20 @@ class World:
         environ.update(overrides)
         return environ
 
+    def demo_args(self, *args: str) -> list[str]:
+        # On the test's queue, not eventbus.demo, which another run may be using.
+        return ["demo", *args, "--queue", self.queue]
+
     def run(self, what: str, args: list[str], *, celery: bool = False, **env: str) -> Run:
-        head = ["-m", "celery", "-A", "handlers", "eventbus"] if celery else ["-m", "eventbus.cli"]
-        if args[0] == "demo":
-            args = [*args, "--queue", self.queue]
+        """A real process: ``eventbus ARGS``, or ``celery -A handlers eventbus ARGS``."""
+        head = (
+            [*entry_point("celery"), "-A", "handlers", "eventbus"]
+            if celery
+            else entry_point("eventbus")
+        )
         started = time.monotonic()
         result = subprocess.run(
-            [sys.executable, *head, *args],
+            [*head, *args],
             cwd=REPO,
             env=self.environ(**env),
             capture_output=True,
@@ -182,6 +231,33 @@ class World:
         )
         elapsed = time.monotonic() - started
         return Run(what, args, result.returncode, result.stdout, result.stderr, elapsed)
+
+    def run_group(self, group: Group) -> list[Run]:
+        """The group's commands, in one process: their runs, and the process's own output."""
+        with tempfile.TemporaryDirectory(dir=self.tmp_path) as work:
+            jobs, results = Path(work) / "jobs.json", Path(work) / "results.json"
+            jobs.write_text(json.dumps([vars(job) for job in group.jobs]))
+            started = time.monotonic()
+            process = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.integration.cli_secrets_runner",
+                    str(jobs),
+                    str(results),
+                ],
+                cwd=REPO,
+                env=self.environ(**group.env),
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+            elapsed = time.monotonic() - started
+            assert process.returncode == 0, f"{group.name}: the runner failed\n{process.stderr}"
+            runs = [Run(**result) for result in json.loads(results.read_text())]
+        own = Run(f"{group.name} (its process)", [], 0, process.stdout, process.stderr, elapsed)
+        return [*runs, own]
 
     def close(self) -> None:
         app = make_app(self.redis)
@@ -198,20 +274,23 @@ def world(tmp_path: Path) -> Iterator[World]:
         w.close()
 
 
-def assert_no_secret(runs: list[Run]) -> None:
+def assert_no_secret(kind: str, runs: list[Run], processes: int) -> None:
     leaks = [
         f"{run.what}: {' '.join(run.args)}"
         for run in runs
-        if MARK in run.stdout or MARK in run.stderr
+        if any(MARK in text for text in run.texts())
     ]
-    assert not leaks, f"{len(leaks)} run(s) printed the password: {leaks}"
+    assert not leaks, f"{len(leaks)} run(s) printed or logged the password: {leaks}"
     tracebacks = [
-        f"{run.what}: {run.args}: {run.stderr}" for run in runs if "Traceback" in run.stderr
+        f"{run.what}: {run.args}: {run.stderr}{run.log}{run.escaped}"
+        for run in runs
+        if run.escaped or any("Traceback" in text for text in run.texts())
     ]
     assert not tracebacks, tracebacks[0]
-    slowest = max(runs, key=lambda run: run.seconds)
+    commands = [run for run in runs if run.args]
+    slowest = max(commands, key=lambda run: run.seconds)
     print(
-        f"secrets[{runs[0].what.split()[0]}]: runs={len(runs)} leaked=0 tracebacks=0 "
+        f"secrets[{kind}]: runs={len(commands)} processes={processes} leaked=0 tracebacks=0 "
         f"slowest={slowest.seconds:.1f}s ({slowest.what}: {' '.join(slowest.args)[:50]})"
     )
 
@@ -221,9 +300,20 @@ def assert_not_in(secret: str, text: str) -> None:
     assert not leaking, f"{len(leaking)} line(s) hold the password:\n" + "\n".join(leaking[:5])
 
 
-def run_all(world: World, jobs: list[tuple[str, list[str], dict[str, Any]]]) -> list[Run]:
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        return list(pool.map(lambda job: world.run(job[0], job[1], **job[2]), jobs))
+def run_all(
+    world: World, groups: list[Group], real: list[tuple[str, list[str], dict[str, Any]]]
+) -> list[Run]:
+    """The groups (in-process runs) and the real processes, two processes at a time."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        grouped = pool.map(world.run_group, groups)
+        reals = pool.map(lambda job: world.run(job[0], job[1], **job[2]), real)
+        return [run for runs in grouped for run in runs] + list(reals)
+
+
+def every_command(world: World, what: str, *, demo: bool = True) -> list[Job]:
+    """Every leaf command's runs (COMMANDS); ``demo`` last: it changes the app it imports."""
+    jobs = [Job(what, args) for name, runs in COMMANDS.items() if name != "demo" for args in runs]
+    return [*jobs, Job(what, world.demo_args())] if demo else jobs
 
 
 def test_the_matrix_covers_every_command() -> None:
@@ -231,50 +321,114 @@ def test_the_matrix_covers_every_command() -> None:
 
 
 def test_no_command_prints_a_password_of_a_wrong_broker_url(world: World) -> None:
-    jobs: list[tuple[str, list[str], dict[str, Any]]] = []
-    for name, url in BROKER_URLS.items():
-        for runs in COMMANDS.values():
-            jobs += [(f"broker {name}", args, {"EVENTBUS_BROKER_URL": url}) for args in runs]
-        jobs.append((f"demo --broker {name}", ["demo", "--broker", url], {}))
-        jobs.append(
-            (f"celery {name}", ["dlq", "list"], {"EVENTBUS_BROKER_URL": url, "celery": True})
+    groups = [
+        Group(
+            f"broker {name}",
+            {"EVENTBUS_BROKER_URL": url},
+            [
+                *every_command(world, f"broker {name}", demo=False),
+                Job(f"celery {name}", ["dlq", "list"], entry="celery"),
+                Job(f"broker {name}", world.demo_args()),
+            ],
         )
-    runs = run_all(world, jobs)
-    assert_no_secret(runs)
+        for name, url in BROKER_URLS.items()
+    ]
+    # The URL given as an option only (the process's own is the good one); each demo
+    # stops before it starts a worker, and puts back the variables it changes.
+    good = {"EVENTBUS_BROKER_URL": world.redis, "EVENTBUS_QUEUE": world.queue}
+    groups.append(
+        Group(
+            "demo --broker",
+            {},
+            [
+                Job(f"demo --broker {name}", world.demo_args("--broker", url), env=good)
+                for name, url in BROKER_URLS.items()
+            ],
+        )
+    )
+    real: list[tuple[str, list[str], dict[str, Any]]] = [
+        (
+            "eventbus amqp-login",
+            ["dlq", "list"],
+            {"EVENTBUS_BROKER_URL": BROKER_URLS["amqp-login"]},
+        ),
+        (
+            "celery redis-login",
+            ["dlq", "list"],
+            {"EVENTBUS_BROKER_URL": BROKER_URLS["redis-login"], "celery": True},
+        ),
+    ]
+    runs = run_all(world, groups, real)
+    assert_no_secret("broker", runs, len(groups) + len(real))
     # (and the URLs were the ones used: reading the DLQ failed every time)
     dlq_lists = [run for run in runs if run.args[:2] == ["dlq", "list"]]
-    assert dlq_lists and all(run.returncode == 1 for run in dlq_lists)
+    assert len(dlq_lists) == 3 * len(BROKER_URLS) + 2
+    assert all(run.returncode == 1 for run in dlq_lists)
+    demos = [run for run in runs if run.args[:1] == ["demo"]]
+    assert len(demos) == 2 * len(BROKER_URLS) and all(run.returncode == 1 for run in demos)
 
 
 def test_no_command_prints_a_password_of_a_wrong_state_url(world: World) -> None:
-    jobs: list[tuple[str, list[str], dict[str, Any]]] = []
-    for name, url in STATE_URLS.items():
-        for command, runs in COMMANDS.items():
-            if command == "demo" and name != "login":
-                continue  # a demo without its state waits 30 s for its handlers: once is enough
-            jobs += [(f"state {name}", args, {"EVENTBUS_REDIS_URL": url}) for args in runs]
-    runs = run_all(world, jobs)
-    assert_no_secret(runs)
+    groups = [
+        Group(f"state {name}", {"EVENTBUS_REDIS_URL": url}, every_command(world, f"state {name}"))
+        for name, url in STATE_URLS.items()
+    ]
+    real: list[tuple[str, list[str], dict[str, Any]]] = [
+        (
+            "eventbus state refused",
+            COMMANDS["publish"][0],
+            {"EVENTBUS_REDIS_URL": STATE_URLS["refused"]},
+        )
+    ]
+    runs = run_all(world, groups, real)
+    assert_no_secret("state", runs, len(groups) + len(real))
+    # The sequence counter failed: one line naming the state store's setting
     ordered = [run for run in runs if run.args[:2] == ["publish", "todo.created"]]
-    assert ordered and all(run.returncode == 1 for run in ordered)  # the sequence counter failed
+    assert len(ordered) == len(STATE_URLS) + 1
+    for run in ordered:
+        assert run.returncode == 1, run
+        (line,) = run.stderr.splitlines()
+        assert line.startswith("error: state store ") and "eventbus_redis_url" in line, line
+    # And the demo stopped before it began (its handlers need that store)
+    demos = [run for run in runs if run.args[:1] == ["demo"]]
+    assert len(demos) == len(STATE_URLS) and all(run.returncode == 1 for run in demos)
 
 
 def test_no_command_prints_a_password_of_a_wrong_outbox_url(world: World) -> None:
-    jobs: list[tuple[str, list[str], dict[str, Any]]] = []
-    for name, url in OUTBOX_URLS.items():
-        for args in OUTBOX_COMMANDS:
-            jobs.append((f"outbox --url {name}", [*args, "--url", url], {}))
-            jobs.append((f"outbox env {name}", args, {"EVENTBUS_OUTBOX_URL": url}))
-        jobs.append(
-            (
-                f"celery outbox {name}",
-                ["outbox", "status"],
-                {"EVENTBUS_OUTBOX_URL": url, "celery": True},
-            )
+    groups = [
+        Group(
+            "outbox --url",
+            {},
+            [
+                Job(f"outbox --url {name}", [*args, "--url", url])
+                for name, url in OUTBOX_URLS.items()
+                for args in OUTBOX_COMMANDS
+            ],
         )
-    runs = run_all(world, jobs)
-    assert_no_secret(runs)
-    assert all(run.returncode == 1 for run in runs)  # no outbox could be opened
+    ]
+    groups += [
+        Group(
+            f"outbox env {name}",
+            {"EVENTBUS_OUTBOX_URL": url},
+            [
+                *(Job(f"outbox env {name}", args) for args in OUTBOX_COMMANDS),
+                Job(f"celery outbox {name}", ["outbox", "status"], entry="celery"),
+            ],
+        )
+        for name, url in OUTBOX_URLS.items()
+    ]
+    real: list[tuple[str, list[str], dict[str, Any]]] = [
+        (
+            "celery outbox no-driver",
+            ["outbox", "status"],
+            {"EVENTBUS_OUTBOX_URL": OUTBOX_URLS["no-driver"], "celery": True},
+        )
+    ]
+    runs = run_all(world, groups, real)
+    assert_no_secret("outbox", runs, len(groups) + len(real))
+    commands = [run for run in runs if run.args]
+    assert len(commands) == len(OUTBOX_URLS) * (2 * len(OUTBOX_COMMANDS) + 1) + 1
+    assert all(run.returncode == 1 for run in commands)  # no outbox could be opened
 
 
 # -- the workers' logs, and what Flower sees --------------------------------------------
