@@ -50,6 +50,15 @@ Redis never spends time decoding such an element. eventbus's worker
 dead-letters stand-ins; kombu's restore after ``visibility_timeout`` puts a
 stand-in back like any message.
 
+A Redis that refuses the script (out of memory: ``maxmemory`` with
+``noeviction`` refuses its first write) takes nothing: the channel polls
+again :data:`ERROR_BACKOFF` seconds later. The log says so once when Redis
+starts refusing, once when it takes the script again, and only at DEBUG in
+between; kombu's restore of unacked messages, which a full Redis refuses
+too (its mutex), is logged the same way instead of raising out of
+``drain_events`` (which stops a worker without an event loop) or into the
+event loop's timer.
+
 Everything else is kombu's: publishing, rejects, the restore of
 unacked messages after ``visibility_timeout``, fanout (``LISTEN``),
 priorities, health checks. Messages of consumers that do not ack
@@ -77,7 +86,7 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from kombu.utils.uuid import uuid
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from eventbus.transport.refused import KEPT_BYTES, stand_in
 
@@ -260,7 +269,16 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
             if now < self._restore_due:
                 return None
             self._restore_due = now + 1.0
-        return super().maybe_restore_messages()
+        try:
+            return super().maybe_restore_messages()
+        except ResponseError as exc:
+            # A full Redis refuses the restore's mutex (SET): kombu raises it out
+            # of drain_events (a worker without an event loop stops) or into the
+            # event loop's timer (a traceback per restore interval).
+            channel = next(iter(self._channels), None)
+            if channel is not None and channel.connection is not None:
+                channel.connection.eventbus_refused("the restore of unacked messages", exc)
+            return None
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
@@ -415,15 +433,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 # Redis restarted (or flushed its script cache): EVAL it next time.
                 self._eventbus_script_cached = False
                 raise Empty() from None
-            except self.ResponseError:
-                logger.warning(
-                    "Redis refused eventbus's take script; polling again in %.1f s",
-                    ERROR_BACKOFF,
-                    exc_info=True,
+            except self.ResponseError as exc:
+                # Out of memory, say: said once, until Redis takes it again.
+                self.connection.eventbus_refused(
+                    f"eventbus's take script (nothing taken; polling again every "
+                    f"{ERROR_BACKOFF:.1f} s)",
+                    exc,
                 )
                 self._eventbus_idle(ERROR_BACKOFF)
                 raise Empty() from None
             self._eventbus_script_cached = True
+            self.connection.eventbus_taken()
             if not reply:
                 self._eventbus_idle(self.eventbus_poll_interval)
                 raise Empty()
@@ -510,6 +530,8 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
         #: Channels with acks waiting, and the event loop's timer that sends them.
         self.eventbus_ack_channels: set[Channel] = set()
         self.eventbus_ack_timer: Any = None
+        #: Redis refused the take script or the restore, and the log said so.
+        self.eventbus_refusing = False
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)
@@ -525,6 +547,28 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     def eventbus_send_acks(self) -> None:
         for channel in list(self.eventbus_ack_channels):
             channel.eventbus_send_acks()
+
+    def eventbus_refused(self, what: str, exc: BaseException) -> None:
+        """Redis refused ``what`` (out of memory, say): a warning once, DEBUG while it goes on.
+
+        A take script that Redis runs again ends it (:meth:`eventbus_taken`):
+        not one traceback per poll or restore while Redis is full.
+        """
+        if self.eventbus_refusing:
+            logger.debug("Redis refused %s: %s", what, exc)
+            return
+        self.eventbus_refusing = True
+        logger.warning(
+            "Redis refused %s: %s (said once more when it works again; DEBUG meanwhile)",
+            what,
+            exc,
+        )
+
+    def eventbus_taken(self) -> None:
+        """Redis ran the take script: if it refused eventbus before, say once that it is over."""
+        if self.eventbus_refusing:
+            self.eventbus_refusing = False
+            logger.warning("Redis takes eventbus's take script again")
 
     def eventbus_limit(self, queues: Iterable[str], max_bytes: int) -> None:
         """Take elements of ``queues`` over ``max_bytes`` unread, as stand-ins (0: no limit).
