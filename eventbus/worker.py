@@ -53,6 +53,7 @@ from celery.exceptions import InvalidTaskError, Reject, TimeLimitExceeded, Worke
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from eventbus.dead_letter_before_ack import reported_by_request, writer_step
+from eventbus.dead_letter_signals import dead_letter_written
 from eventbus.dead_letter_writer import DeadLetterWriter, delivery_record_id
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter, DeadLetterReason
 from eventbus.errors import (
@@ -128,7 +129,8 @@ class WorkerHooks:
         record = self.record_for(
             sender, sub, exception, args, getattr(einfo, "traceback", None), task_id
         )
-        self.write(record)
+        if self.write(record):
+            self.announce(record, ran=True)
 
     def dead_letter_in_task(self, task: Any, sub: Subscription, exc: BaseException) -> None:
         """Write a handler's terminal failure from inside its task, before the ack.
@@ -157,6 +159,7 @@ class WorkerHooks:
             ) from err
         logger.error("dead-lettered %s", record.summary())
         request.eventbus_dead_lettered = True
+        self.announce(record, ran=True)
 
     def record_for(
         self,
@@ -224,6 +227,10 @@ class WorkerHooks:
             worker=worker,
         )
 
+    def announce(self, record: DeadLetter, *, ran: bool) -> None:
+        """Send ``dead_letter_written`` (metrics count it): ``record`` was written."""
+        dead_letter_written.send(sender=self.bus, record=record, ran=ran)
+
     def write(self, record: DeadLetter) -> bool:
         try:
             self.bus.dead_letter_store.append(record)
@@ -263,6 +270,7 @@ class WorkerHooks:
             written=_settle(message, "ack", errors),
             given_up=_settle(message, "requeue", errors),
             again=_redelivered(message),
+            on_written=lambda: self.announce(record, ran=False),
         )
         return True
 
