@@ -23,7 +23,10 @@
   whose body and headers are over ``eventbus_max_payload_bytes`` is
   "oversized"; a Redis stand-in (:mod:`eventbus.transport.refused`) is
   dead-lettered for what it stands in for. A worker warns at start when the
-  app accepts pickle or YAML.
+  app accepts pickle or YAML. A compressed message on a handler queue is
+  refused before kombu decompresses it unless the app sets
+  ``task_compression``, and then decompressed no further than the payload
+  limit allows (:mod:`eventbus.transport.compression`).
 * So is a message Celery would choke on building its request (a body that is
   not ``[args, kwargs, embed]``, keyword arguments, linked tasks, garbled
   headers: "rejected"), before the request is built: the handler never runs
@@ -66,6 +69,11 @@ from eventbus.errors import (
 from eventbus.nesting import nests_deeper_than
 from eventbus.task_events import BatchedTaskEvents
 from eventbus.transport.amqp import guard_deep_headers
+from eventbus.transport.compression import (
+    CompressionPolicy,
+    guard_compression,
+    unguard_compression,
+)
 from eventbus.transport.refused import read_stand_in
 from eventbus.worker_loop import ReadyCallbacksFirst
 
@@ -382,6 +390,9 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
                 # ConfigurationError names the missing setting.
                 logger.info("eventbus: idempotency and ordering state in %s", bus.state.description)
 
+        def shutdown(self, consumer: Any) -> None:
+            unguard_compression(hooks.bus.queues)
+
         def __init__(self, consumer: Any, **kwargs: Any) -> None:
             super().__init__(consumer, **kwargs)
             _warn_of_unsafe_content(hooks.bus.app)
@@ -407,7 +418,11 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
                 return hooks.dead_letter_message(message, exc, reason, raw, errors=errors)
 
             def on_decode_error(message: Message, exc: BaseException) -> None:
-                if not dead_letter(message, exc, "undecodable"):
+                # (a compressed message decompressed past the limit: oversized)
+                reason: DeadLetterReason = (
+                    "oversized" if isinstance(exc, PayloadTooLarge) else "undecodable"
+                )
+                if not dead_letter(message, exc, reason):
                     decode(message, exc)  # logs and acks
 
             def on_unknown_message(body: Any, message: Message) -> None:
@@ -449,6 +464,9 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
             def create_screened_task_handler(*args: Any, **kwargs: Any) -> Callable[..., Any]:
                 on_task_received = create_task_handler(*args, **kwargs)
                 screen.update()
+                # Compressed messages on handler queues: refused before kombu
+                # decompresses them, or decompressed within the limit.
+                guard_compression(screen.queues, screen.compression_policy())
 
                 def on_screened_task_received(message: Message) -> Any:
                     if screen.owns(message):
@@ -569,6 +587,25 @@ class _Screen:
 
     def owns(self, message: Message) -> bool:
         return self.hooks.owns_message(message, self.queues)
+
+    def compression_policy(self) -> CompressionPolicy:
+        """What handler queues take of compressed messages (:mod:`eventbus.transport.compression`).
+
+        Compressed only if the app compresses (``task_compression``), and then
+        no larger, decompressed, than a body within the payload limit can be.
+        """
+        bus, app_tasks = self.bus, self.app_tasks
+
+        def exempt(task: object) -> bool:
+            return isinstance(task, str) and task in app_tasks and not bus.has_handler(task)
+
+        limit = self.limit
+        return CompressionPolicy(
+            allowed=bool(bus.app.conf.task_compression),
+            max_bytes=(limit + MESSAGE_WRAPPER_MARGIN) * 3 // 2 if limit else 0,
+            limit=limit,
+            exempt=exempt,
+        )
 
     def refusal(
         self, message: Message
