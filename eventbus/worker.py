@@ -75,6 +75,7 @@ from eventbus.transport.compression import (
     unguard_compression,
 )
 from eventbus.transport.refused import read_stand_in
+from eventbus.transport.taken import taken_from
 from eventbus.worker_loop import ReadyCallbacksFirst
 
 if TYPE_CHECKING:
@@ -294,7 +295,7 @@ class WorkerHooks:
         if not self.owns_message(message, queues):
             return None
         headers = message.headers if isinstance(message.headers, dict) else {}
-        queue = _routing_key(message)
+        queue = _queue_of(message)
         task_name, task_id = headers.get("task"), headers.get("id")
         if raw is None:
             body = message.body
@@ -315,8 +316,13 @@ class WorkerHooks:
         )
 
     def owns_message(self, message: Message, queues: frozenset[str]) -> bool:
-        """Whether ``message`` came from one of ``queues``, or is for a handler task of the bus."""
-        if _routing_key(message) in queues:
+        """Whether ``message`` came from one of ``queues``, or is for a handler task of the bus.
+
+        Where it came from: the queue its transport took it from, when the
+        transport says (eventbus's Redis transport: an element's routing key is
+        whatever its producer wrote); else its routing key.
+        """
+        if _queue_of(message) in queues:
             return True
         headers = message.headers
         return isinstance(headers, dict) and self.bus.has_handler(headers.get("task"))
@@ -776,7 +782,7 @@ class RawMessageIds:
         self._copies: OrderedDict[str, int] = OrderedDict()
 
     def __call__(self, message: Message) -> str:
-        queue = _text(_routing_key(message))
+        queue = _text(_queue_of(message))
         tag = message.delivery_tag
         if isinstance(tag, str):
             return uuid.uuid5(_RAW_NAMESPACE, f"{queue}\ntag\n{tag}").hex
@@ -859,6 +865,12 @@ def _settle(
     return settle
 
 
+def _queue_of(message: Message) -> object:
+    """The queue ``message`` came from: as its transport took it, else its routing key."""
+    queue = taken_from(message)
+    return queue if queue is not None else _routing_key(message)
+
+
 def _routing_key(message: Message) -> object:
     info = message.delivery_info
     return info.get("routing_key") if isinstance(info, dict) else None
@@ -915,5 +927,5 @@ _LINKS = frozenset({"callbacks", "errbacks", "chain", "chord"})
 
 def _describe(message: Message) -> str:
     headers = message.headers if isinstance(message.headers, dict) else {}
-    task_id, task, queue = headers.get("id"), headers.get("task"), _routing_key(message)
+    task_id, task, queue = headers.get("id"), headers.get("task"), _queue_of(message)
     return f"message {_short(task_id)} of task {_short(task)} on {_short(queue)}"

@@ -164,7 +164,10 @@ class _CompressionGuard(Message):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         parent: Any = super()  # kombu's Message (untyped)
         headers = kwargs.get("headers")
-        policy = _policy_of(kwargs.get("delivery_info"), headers)
+        # eventbus's Redis transport says which queue it took the message from
+        # (its element's routing key is whatever its producer wrote).
+        taken = kwargs.pop("eventbus_taken_from", None)
+        policy = _policy_of(taken, kwargs.get("delivery_info"), headers)
         if policy is None:
             parent.__init__(*args, **kwargs)
             return
@@ -198,13 +201,18 @@ class _CompressionGuard(Message):
         self.headers = headers
 
 
-def _policy_of(delivery_info: object, headers: object) -> CompressionPolicy | None:
-    """The policy for a message that says it is compressed, on a guarded queue; else None."""
+def _policy_of(
+    taken_from: object, delivery_info: object, headers: object
+) -> CompressionPolicy | None:
+    """The policy for a message that says it is compressed, on a guarded queue; else None.
+
+    The queue is the one the transport took it from, when it says; else its routing key.
+    """
     if not _policies or not isinstance(headers, Mapping) or not headers.get("compression"):
         return None
-    if not isinstance(delivery_info, Mapping):
-        return None
-    queue = delivery_info.get("routing_key")
+    queue = taken_from
+    if queue is None and isinstance(delivery_info, Mapping):
+        queue = delivery_info.get("routing_key")
     policy = _policies.get(queue) if isinstance(queue, str) else None
     if policy is None or policy.exempt(headers.get("task")):
         return None

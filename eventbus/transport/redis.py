@@ -89,6 +89,7 @@ from kombu.utils.uuid import uuid
 from redis.exceptions import NoScriptError, ResponseError
 
 from eventbus.transport.refused import KEPT_BYTES, stand_in
+from eventbus.transport.taken import note_taken_from
 
 # kombu's annotations of these classes are partial: subclass them as untyped.
 kombu_redis: Any = importlib.import_module("kombu.transport.redis")
@@ -375,8 +376,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         # cannot build (a body that is not base64, headers that are a list...)
         # goes to the consumer as a stand-in, instead of raising out of
         # drain_events and stopping the worker.
+        # The message notes the queue it was taken from: its element's routing
+        # key is whatever its producer wrote (eventbus.transport.taken).
         def deliver(raw_message: Any) -> Any:
-            message = self._eventbus_message(raw_message)
+            message = self._eventbus_message(raw_message, queue)
+            note_taken_from(message, queue)
             if not no_ack:
                 self.qos.append(message, message.delivery_tag)
             return callback(message)
@@ -487,21 +491,26 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         tag = delivery_tag or uuid()
         return stand_in(item, reason="undecodable", delivery_tag=tag, queue=queue)
 
-    def _eventbus_message(self, raw_message: Any) -> Any:
-        """kombu's message from what was taken, or the stand-in of an element it cannot read."""
+    def _eventbus_message(self, raw_message: Any, queue: str) -> Any:
+        """kombu's message from what was taken, or the stand-in of an element it cannot read.
+
+        The message class hears which ``queue`` it was taken from (a guard of
+        :mod:`eventbus.transport.compression` keys on it; kombu's ignores it).
+        """
         try:
-            return self.Message(raw_message, channel=self)
+            return self.Message(raw_message, channel=self, eventbus_taken_from=queue)
         except Exception as exc:  # RecursionError too: whatever the element holds
             if self._eventbus_taken is None:
                 raise  # not taken by the script (a fanout message): kombu's own behaviour
-            item, delivery_tag, queue = self._eventbus_taken
+            item, delivery_tag, dest = self._eventbus_taken
             logger.warning(
                 "an element of %r is not a kombu message (%s: %.200s): delivered as a stand-in",
-                queue,
+                dest,
                 type(exc).__name__,
                 exc,
             )
-            return self.Message(self._eventbus_stand_in(item, delivery_tag, queue), channel=self)
+            stand_in = self._eventbus_stand_in(item, delivery_tag, dest)
+            return self.Message(stand_in, channel=self, eventbus_taken_from=queue)
 
     def _eventbus_idle(self, seconds: float) -> None:
         """Poll again in ``seconds``: at once when the hub timer fires, or when due."""

@@ -12,7 +12,9 @@ normal compressed event is handled.
 
 from __future__ import annotations
 
+import base64
 import bz2
+import json
 import resource
 import uuid
 import zlib
@@ -21,10 +23,14 @@ from typing import Any
 
 import kombu.compression
 import pytest
+import redis
 from kombu import Queue
+
+from tests.support import REDIS_TRANSPORT
 
 from .conftest import Env
 from .helpers import OrderPlaced, Recorder, wait_for
+from .test_bad_input import kombu_element
 
 #: Bytes of zeros a bomb decompresses to.
 BOMB_SIZE = 100 * 1024 * 1024
@@ -180,3 +186,29 @@ def test_a_compressed_event_is_handled_when_the_app_compresses(env: Env) -> None
     assert call.event_id == str(envelope.event_id)
     assert call.envelope.data.order_id == "o-zipped"
     assert len(env.bus.dead_letters) == 0
+
+
+def test_a_bomb_forging_another_routing_key_on_a_handler_list_is_refused_all_the_same(
+    env: Env, kombu_decompressed: list[int]
+) -> None:
+    if env.kind != "redis" or REDIS_TRANSPORT != "eventbus":
+        pytest.skip("eventbus's Redis transport: it says which list it popped (README: Limits)")
+    # Given a handler and a worker whose app sets no task_compression
+    recorder, name = _subscribed(env)
+    env.start_worker()
+
+    # When a zlib bomb lands on the handler queue's list, claiming another
+    # routing key and no handler task
+    bomb = BOMBS["application/x-gzip"]()
+    element = json.loads(kombu_element("celery.forged", headers=json.dumps({"id": "forged"})))
+    element["body"] = base64.b64encode(bomb).decode()
+    element["headers"]["compression"] = "application/x-gzip"
+    with redis.Redis.from_url(env.broker_url) as client:
+        client.lpush(env.queue, json.dumps(element))
+
+    # Then it is one dead letter of the queue it was on, never decompressed
+    wait_for(lambda: len(env.bus.dead_letters) >= 1, message="a dead letter")
+    [record] = env.bus.dead_letters.list()
+    assert len(bomb) not in kombu_decompressed, "kombu decompressed it"
+    assert (record.reason, record.queue, record.raw_size) == ("undecodable", env.queue, len(bomb))
+    _handles_a_good_event(env, recorder, name)
