@@ -798,19 +798,17 @@ class RawMessageIds:
     @staticmethod
     def _content(message: Message, queue: str) -> str:
         properties = message.properties if isinstance(message.properties, dict) else {}
-        digest = hashlib.sha256(
-            "\n".join(
-                _text(value)
-                for value in (
-                    queue,
-                    message.content_type,
-                    message.content_encoding,
-                    properties.get("correlation_id"),
-                    properties.get("message_id"),
-                    _canonical(message.headers),
-                )
-            ).encode("utf-8", "replace")
+        described = _canonical(
+            [
+                queue,
+                message.content_type,
+                message.content_encoding,
+                properties.get("correlation_id"),
+                properties.get("message_id"),
+                message.headers,
+            ]
         )
+        digest = hashlib.sha256(described.encode("utf-8", "replace"))
         body = message.body
         digest.update(body if isinstance(body, bytes) else str(body).encode("utf-8", "replace"))
         return digest.hexdigest()

@@ -59,6 +59,10 @@ def test_the_queue_and_headers_are_part_of_an_amqp_message() -> None:
     assert ids(message(headers={"id": "1"}, redelivered=True)) != ids(
         message(headers={"id": "2"}, redelivered=True)
     )
+    long = "x" * 1000  # headers that differ far in
+    assert ids(message(headers={"a": long + "1"}, redelivered=True)) != ids(
+        message(headers={"a": long + "2"}, redelivered=True)
+    )
     deep: Any = []
     for _ in range(5000):  # nested deeper than json goes: named all the same
         deep = [deep]
