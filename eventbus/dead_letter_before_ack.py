@@ -78,6 +78,9 @@ class Recorder(Protocol):
     ) -> DeadLetter | None:
         """The record of a failure Celery reported for ``request``; None: not a handler task."""
 
+    def announce(self, record: DeadLetter, *, ran: bool) -> None:
+        """Tell receivers of ``dead_letter_written`` that ``record`` was written."""
+
 
 @dataclass
 class _Report:
@@ -189,6 +192,7 @@ class _DeadLetterBeforeAck:
             written=self.acknowledge,
             given_up=lambda: self.reject(requeue=True),
             again=redelivered,
+            on_written=lambda: recorder.announce(record, ran=True),
         )
 
     def _eventbus_apply(self, asked: str) -> None:

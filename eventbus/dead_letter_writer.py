@@ -79,6 +79,8 @@ class _Pending:
     record: DeadLetter
     again: bool  #: it may have been written before (a redelivered message)
     since: float
+    #: Runs in the writer's thread once this writer wrote the record (the first submitter's).
+    on_written: Callable[[], None] | None = None
     written: list[Settle] = field(default_factory=list)
     given_up: list[Settle] = field(default_factory=list)
     attempts: int = 0  #: failed tries so far
@@ -124,12 +126,21 @@ class DeadLetterWriter:
             return len(self._pending)
 
     def submit(
-        self, record: DeadLetter, *, written: Settle, given_up: Settle, again: bool = False
+        self,
+        record: DeadLetter,
+        *,
+        written: Settle,
+        given_up: Settle,
+        again: bool = False,
+        on_written: Callable[[], None] | None = None,
     ) -> None:
         """Write ``record``; then run ``written``, or ``given_up`` if it could not be written.
 
         ``again``: the failure may have been recorded before (its message was
         delivered again); a store that can tell does not write it twice.
+        ``on_written`` runs in the writer's thread right after this writer
+        wrote the record: once per record, not for a record submitted again
+        while pending or after it was written.
         """
         with self._wake:
             if record.id in self._written:
@@ -138,7 +149,7 @@ class DeadLetterWriter:
                 already = False
                 pending = self._pending.get(record.id)
                 if pending is None:
-                    pending = _Pending(record, again, since=monotonic())
+                    pending = _Pending(record, again, since=monotonic(), on_written=on_written)
                     self._pending[record.id] = pending
                 pending.written.append(written)
                 pending.given_up.append(given_up)
@@ -208,6 +219,11 @@ class DeadLetterWriter:
         logger.error("dead-lettered %s", record.summary())
         if recovered:
             logger.warning("dead-letter writes work again: the pending records are written")
+        if pending.on_written is not None:
+            try:
+                pending.on_written()
+            except Exception:  # (a receiver's error): the record is written all the same
+                logger.exception("after dead letter %s was written", record.id)
         for settle in pending.written:
             self._call_soon(settle)
 

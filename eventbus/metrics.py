@@ -4,9 +4,12 @@ Every name starts with ``eventbus_``:
 
 - ``eventbus_events_published_total{event_type}``
 - ``eventbus_handler_executions_total{handler,outcome}``; ``outcome`` is
-  ``success``, ``retry``, ``dead_lettered`` (a terminal failure: exactly one
-  dead letter each), ``duplicate`` (skipped: already handled) or ``deferred``
-  (sent back to wait for its turn or for another delivery's claim)
+  ``success``, ``retry``, ``dead_lettered`` (a terminal failure whose dead
+  letter was written: one per record), ``duplicate`` (skipped: already
+  handled) or ``deferred`` (sent back to wait for its turn or for another
+  delivery's claim). A run whose message goes back to its queue without an
+  outcome (its retry or its dead letter could not be sent) counts nothing:
+  its next run does.
 - ``eventbus_handler_duration_seconds{handler}``: a histogram, one observation
   per attempt
 - ``eventbus_dead_letters{queue}``: the dead-letter queue's depth, read when scraped
@@ -48,6 +51,8 @@ from celery import signals
 
 from eventbus.bus import BaseEventBus
 from eventbus.celery_bus import Deferred, EventBus
+from eventbus.dead_letter_signals import dead_letter_written
+from eventbus.deadletter.record import DeadLetter
 from eventbus.delivery import DUPLICATE
 
 __all__ = [
@@ -187,8 +192,13 @@ class HandlerMetrics:
     """Counts one bus's handler runs from Celery's task signals, in the process running them.
 
     ``eventbus_handler_executions_total{handler,outcome}``: ``task_success``,
-    ``task_retry``, and ``task_failure`` (terminal: the bus dead-letters each
-    one) as ``dead_lettered``. ``eventbus_handler_duration_seconds{handler}``:
+    ``task_retry``, and ``dead_lettered`` when the record of a handler's failed
+    run was written (:data:`~eventbus.dead_letter_signals.dead_letter_written`,
+    once per record a worker wrote; in the pool process or in the worker's
+    dead-letter writer). Not from Celery's ``task_failure``: it fires twice for
+    a hard time limit, and for a retry the broker did not take (the message
+    goes back to its queue and runs again: no outcome yet), and before the
+    record is written (it may not be). ``eventbus_handler_duration_seconds{handler}``:
     ``task_prerun`` to ``task_postrun``. ``eventbus_events_published_total``:
     what ``bus.published`` grew by, added after each run (the events handlers
     publish). Signals are process-wide: only the bus's own tasks count.
@@ -235,10 +245,10 @@ class HandlerMetrics:
         signals.task_postrun.connect(self._on_postrun, dispatch_uid=self._uid)
         signals.task_success.connect(self._on_success, dispatch_uid=self._uid)
         signals.task_retry.connect(self._on_retry, dispatch_uid=self._uid)
-        signals.task_failure.connect(self._on_failure, dispatch_uid=self._uid)
+        dead_letter_written.connect(self._on_dead_letter, dispatch_uid=self._uid)
 
     def disconnect(self) -> None:
-        for signal in _TASK_SIGNALS:
+        for signal in _SIGNALS:
             signal.disconnect(dispatch_uid=self._uid)
 
     def _on_prerun(self, sender: Any = None, task_id: str | None = None, **_: Any) -> None:
@@ -258,8 +268,12 @@ class HandlerMetrics:
     def _on_retry(self, sender: Any = None, reason: object = None, **_: Any) -> None:
         self._count(sender, "deferred" if isinstance(reason, Deferred) else "retry")
 
-    def _on_failure(self, sender: Any = None, **_: Any) -> None:
-        self._count(sender, "dead_lettered")
+    def _on_dead_letter(
+        self, sender: Any = None, record: DeadLetter | None = None, ran: bool = False, **_: Any
+    ) -> None:
+        # A message that never became a run is not a handler execution.
+        if sender is self.bus and ran and record is not None and record.handler:
+            self.executions.labels(record.handler, "dead_lettered").inc()
 
     def _count(self, task: Any, outcome: str) -> None:
         if self.bus.owns(task):
@@ -275,10 +289,10 @@ class HandlerMetrics:
             self._published_seen = current
 
 
-_TASK_SIGNALS = (
+_SIGNALS = (
     signals.task_prerun,
     signals.task_postrun,
     signals.task_success,
     signals.task_retry,
-    signals.task_failure,
+    dead_letter_written,
 )

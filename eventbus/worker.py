@@ -9,8 +9,12 @@
   (:mod:`eventbus.dead_letter_writer`). A record's id comes from its delivery
   (task id, handler, attempt): written twice, it is one record.
 * A message on a handler queue that never becomes a task run (not JSON, not
-  a task message, an unknown task) is dead-lettered and acked by a consumer
-  step, instead of Celery's log-and-drop.
+  a task message, an unknown task) is dead-lettered by a consumer step,
+  instead of Celery's log-and-drop: its record goes to the same writer
+  thread, and the message is acked only once the record is written (put
+  back on its queue if it could not be, never dropped); the event loop never
+  waits for the write. Its record's id names the message
+  (:class:`RawMessageIds`): delivered again, it is not recorded twice.
 * Before Celery reads a message from a handler queue (or for a handler task),
   the step screens it: handler queues take JSON only, whatever the app's
   ``accept_content`` (a pickle is never unpickled, a YAML never loaded: the
@@ -19,7 +23,10 @@
   whose body and headers are over ``eventbus_max_payload_bytes`` is
   "oversized"; a Redis stand-in (:mod:`eventbus.transport.refused`) is
   dead-lettered for what it stands in for. A worker warns at start when the
-  app accepts pickle or YAML.
+  app accepts pickle or YAML. A compressed message on a handler queue is
+  refused before kombu decompresses it unless the app sets
+  ``task_compression``, and then decompressed no further than the payload
+  limit allows (:mod:`eventbus.transport.compression`).
 * So is a message Celery would choke on building its request (a body that is
   not ``[args, kwargs, embed]``, keyword arguments, linked tasks, garbled
   headers: "rejected"), before the request is built: the handler never runs
@@ -34,18 +41,22 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import reprlib
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from celery import bootsteps, signals
 from celery.exceptions import InvalidTaskError, Reject, TimeLimitExceeded, WorkerLostError
 from kombu.exceptions import ContentDisallowed, DecodeError
 
 from eventbus.dead_letter_before_ack import reported_by_request, writer_step
+from eventbus.dead_letter_signals import dead_letter_written
 from eventbus.dead_letter_writer import DeadLetterWriter, delivery_record_id
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter, DeadLetterReason
 from eventbus.errors import (
@@ -58,7 +69,13 @@ from eventbus.errors import (
 from eventbus.nesting import nests_deeper_than
 from eventbus.task_events import BatchedTaskEvents
 from eventbus.transport.amqp import guard_deep_headers
+from eventbus.transport.compression import (
+    CompressionPolicy,
+    guard_compression,
+    unguard_compression,
+)
 from eventbus.transport.refused import read_stand_in
+from eventbus.transport.taken import taken_from
 from eventbus.worker_loop import ReadyCallbacksFirst
 
 if TYPE_CHECKING:
@@ -81,8 +98,11 @@ class WorkerHooks:
 
     def __init__(self, bus: EventBus) -> None:
         self.bus = bus
-        #: Writes the records of failures reported in the worker's main process.
+        #: Writes the records of failures reported in the worker's main process,
+        #: and of messages that never become a task run.
         self.writer = DeadLetterWriter(lambda: bus.dead_letter_store)
+        #: The ids of the records of messages that never become a task run.
+        self.message_ids = RawMessageIds()
         uid = f"eventbus-{id(bus)}"
         # Signals hold these bound methods weakly; the bus holds this object.
         signals.task_failure.connect(self.on_task_failure, dispatch_uid=uid)
@@ -118,7 +138,8 @@ class WorkerHooks:
         record = self.record_for(
             sender, sub, exception, args, getattr(einfo, "traceback", None), task_id
         )
-        self.write(record)
+        if self.write(record):
+            self.announce(record, ran=True)
 
     def dead_letter_in_task(self, task: Any, sub: Subscription, exc: BaseException) -> None:
         """Write a handler's terminal failure from inside its task, before the ack.
@@ -147,6 +168,7 @@ class WorkerHooks:
             ) from err
         logger.error("dead-lettered %s", record.summary())
         request.eventbus_dead_lettered = True
+        self.announce(record, ran=True)
 
     def record_for(
         self,
@@ -214,6 +236,10 @@ class WorkerHooks:
             worker=worker,
         )
 
+    def announce(self, record: DeadLetter, *, ran: bool) -> None:
+        """Send ``dead_letter_written`` (metrics count it): ``record`` was written."""
+        dead_letter_written.send(sender=self.bus, record=record, ran=ran)
+
     def write(self, record: DeadLetter) -> bool:
         try:
             self.bus.dead_letter_store.append(record)
@@ -232,40 +258,71 @@ class WorkerHooks:
         exc: BaseException,
         reason: DeadLetterReason,
         raw: tuple[bytes, int] | None = None,
+        *,
+        errors: tuple[type[BaseException], ...] = (),
     ) -> bool:
-        """Record a raw message from a handler queue; False if it is not ours or not written.
+        """Dead-letter a raw message from a handler queue; False if it is not the bus's.
 
-        ``raw``: the bytes to keep and the size, when the body is not the
-        message as it was on the queue (a transport's stand-in).
+        The record goes to the worker's writer (a thread): the message is
+        acked once the record is written, and put back on its queue if it
+        could not be within the writer's patience; until then it stays
+        unacknowledged. ``raw``: the bytes to keep and the size, when the body
+        is not the message as it was on the queue (a transport's stand-in).
+        ``errors``: what acking or rejecting it may raise, logged (a
+        connection that went away: the broker delivers the message again).
         """
+        record = self.record_of_message(message, exc, reason, raw)
+        if record is None:
+            return False
+        self.writer.submit(
+            record,
+            written=_settle(message, "ack", errors),
+            given_up=_settle(message, "requeue", errors),
+            again=_redelivered(message),
+            on_written=lambda: self.announce(record, ran=False),
+        )
+        return True
+
+    def record_of_message(
+        self,
+        message: Message,
+        exc: BaseException,
+        reason: DeadLetterReason,
+        raw: tuple[bytes, int] | None = None,
+    ) -> DeadLetter | None:
+        """The record of a raw message from a handler queue; None if it is not the bus's."""
         queues = frozenset(self.bus.queues)
         if not self.owns_message(message, queues):
-            return False
+            return None
         headers = message.headers if isinstance(message.headers, dict) else {}
-        queue = _routing_key(message)
+        queue = _queue_of(message)
         task_name, task_id = headers.get("task"), headers.get("id")
         if raw is None:
             body = message.body
             body = body if isinstance(body, bytes) else str(body).encode("utf-8", "replace")
             raw = body[:MAX_RAW_BODY], len(body)
-        return self.write(
-            DeadLetter(
-                handler=task_name if self.bus.has_handler(task_name) else None,
-                reason=reason,
-                attempts=1,
-                exception_type=type(exc).__name__,
-                exception_message=f"{exc} (content-type {_short(message.content_type)})",
-                # Any JSON value may stand in a hostile header.
-                task_id=None if task_id is None else _text(task_id),
-                queue=queue if queue is None or queue in queues else _text(queue),
-                raw_body=raw[0][:MAX_RAW_BODY].decode("utf-8", "replace"),
-                raw_size=raw[1],
-            )
+        return DeadLetter(
+            id=self.message_ids(message),
+            handler=task_name if self.bus.has_handler(task_name) else None,
+            reason=reason,
+            attempts=1,
+            exception_type=type(exc).__name__,
+            exception_message=f"{exc} (content-type {_short(message.content_type)})",
+            # Any JSON value may stand in a hostile header.
+            task_id=None if task_id is None else _text(task_id),
+            queue=queue if queue is None or queue in queues else _text(queue),
+            raw_body=raw[0][:MAX_RAW_BODY].decode("utf-8", "replace"),
+            raw_size=raw[1],
         )
 
     def owns_message(self, message: Message, queues: frozenset[str]) -> bool:
-        """Whether ``message`` came from one of ``queues``, or is for a handler task of the bus."""
-        if _routing_key(message) in queues:
+        """Whether ``message`` came from one of ``queues``, or is for a handler task of the bus.
+
+        Where it came from: the queue its transport took it from, when the
+        transport says (eventbus's Redis transport: an element's routing key is
+        whatever its producer wrote); else its routing key.
+        """
+        if _queue_of(message) in queues:
             return True
         headers = message.headers
         return isinstance(headers, dict) and self.bus.has_handler(headers.get("task"))
@@ -339,23 +396,39 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
                 # ConfigurationError names the missing setting.
                 logger.info("eventbus: idempotency and ordering state in %s", bus.state.description)
 
+        def shutdown(self, consumer: Any) -> None:
+            unguard_compression(hooks.bus.queues)
+
         def __init__(self, consumer: Any, **kwargs: Any) -> None:
             super().__init__(consumer, **kwargs)
             _warn_of_unsafe_content(hooks.bus.app)
             guard_deep_headers()  # (RabbitMQ: py-amqp)
             # Runs when the blueprint is applied, before the Tasks step reads
-            # these callbacks. Written record: ack. Not ours, or not written:
-            # Celery's own handling (log and ack, or reject: on RabbitMQ the
-            # handler queue's dead-letter exchange then keeps the message).
+            # these callbacks. A message of the bus's: its record goes to the
+            # writer, and the message is acked once it is written (never
+            # before, and never here: the write waits for no broker in the
+            # event loop). Not the bus's: Celery's own handling (log and ack,
+            # or reject).
             decode = consumer.on_decode_error
             unknown_message = consumer.on_unknown_message
             unknown_task = consumer.on_unknown_task
             invalid_task = consumer.on_invalid_task
 
+            def dead_letter(
+                message: Message,
+                exc: BaseException,
+                reason: DeadLetterReason,
+                raw: tuple[bytes, int] | None = None,
+            ) -> bool:
+                errors = (*consumer.connection_errors, *consumer.channel_errors)
+                return hooks.dead_letter_message(message, exc, reason, raw, errors=errors)
+
             def on_decode_error(message: Message, exc: BaseException) -> None:
-                if hooks.dead_letter_message(message, exc, "undecodable"):
-                    message.ack()
-                else:
+                # (a compressed message decompressed past the limit: oversized)
+                reason: DeadLetterReason = (
+                    "oversized" if isinstance(exc, PayloadTooLarge) else "undecodable"
+                )
+                if not dead_letter(message, exc, reason):
                     decode(message, exc)  # logs and acks
 
             def on_unknown_message(body: Any, message: Message) -> None:
@@ -375,9 +448,7 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
                 fallback: Callable[..., None], *args: Any
             ) -> Callable[[Message, BaseException, DeadLetterReason], None]:
                 def handle(message: Message, exc: BaseException, why: DeadLetterReason) -> None:
-                    if hooks.dead_letter_message(message, exc, why):
-                        message.ack()
-                    else:
+                    if not dead_letter(message, exc, why):
                         fallback(*args)
 
                 return handle
@@ -399,6 +470,9 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
             def create_screened_task_handler(*args: Any, **kwargs: Any) -> Callable[..., Any]:
                 on_task_received = create_task_handler(*args, **kwargs)
                 screen.update()
+                # Compressed messages on handler queues: refused before kombu
+                # decompresses them, or decompressed within the limit.
+                guard_compression(screen.queues, screen.compression_policy())
 
                 def on_screened_task_received(message: Message) -> Any:
                     if screen.owns(message):
@@ -408,27 +482,13 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
                             logger.exception("eventbus could not screen %s", _describe(message))
                             refusal = exc, "undecodable", None
                         if refusal is not None:
-                            dead_letter_refused(message, *refusal)
+                            dead_letter(message, *refusal)  # (owned: always taken)
                             return None
                     return on_task_received(message)
 
                 return on_screened_task_received
 
             consumer.create_task_handler = create_screened_task_handler
-
-            def dead_letter_refused(
-                message: Message,
-                exc: BaseException,
-                reason: DeadLetterReason,
-                raw: tuple[bytes, int] | None,
-            ) -> None:
-                if hooks.dead_letter_message(message, exc, reason, raw):
-                    message.ack()
-                    return
-                # Not written: never run it. RabbitMQ hands the rejected message
-                # to the dead-letter exchange; Redis drops it (logged).
-                logger.error("rejected %s: %s", _describe(message), exc)
-                message.reject_log_error(logger, consumer.connection_errors, requeue=False)
 
             # Handler task messages are checked in the consumer, before the
             # task's strategy builds a request: whatever the pool, a message
@@ -533,6 +593,25 @@ class _Screen:
 
     def owns(self, message: Message) -> bool:
         return self.hooks.owns_message(message, self.queues)
+
+    def compression_policy(self) -> CompressionPolicy:
+        """What handler queues take of compressed messages (:mod:`eventbus.transport.compression`).
+
+        Compressed only if the app compresses (``task_compression``), and then
+        no larger, decompressed, than a body within the payload limit can be.
+        """
+        bus, app_tasks = self.bus, self.app_tasks
+
+        def exempt(task: object) -> bool:
+            return isinstance(task, str) and task in app_tasks and not bus.has_handler(task)
+
+        limit = self.limit
+        return CompressionPolicy(
+            allowed=bool(bus.app.conf.task_compression),
+            max_bytes=(limit + MESSAGE_WRAPPER_MARGIN) * 3 // 2 if limit else 0,
+            limit=limit,
+            exempt=exempt,
+        )
 
     def refusal(
         self, message: Message
@@ -683,6 +762,113 @@ def _text(value: object) -> str:
     return value[:200] if isinstance(value, str) else _short(value)
 
 
+class RawMessageIds:
+    """The ids of raw messages' records: the same at each delivery of a message.
+
+    A record written once must not be written again when its message comes
+    back (its ack lost, or put back after the write was given up), and two
+    messages must not share one record. kombu's virtual transports (Redis)
+    give each message a delivery tag of its own, kept when it is put back:
+    the tag names it. An AMQP delivery tag only counts a channel's
+    deliveries: there the message's content names it (its queue,
+    properties, headers and body), with the number of identical copies this
+    worker received before it (first deliveries); a redelivered message
+    takes the first copy's id, and the store looks for that record before
+    it writes. (A redelivered copy other than the first, whose own record
+    was never written, is then counted in the first copy's record.)
+    """
+
+    def __init__(self) -> None:
+        self._copies: OrderedDict[str, int] = OrderedDict()
+
+    def __call__(self, message: Message) -> str:
+        queue = _text(_queue_of(message))
+        tag = message.delivery_tag
+        if isinstance(tag, str):
+            return uuid.uuid5(_RAW_NAMESPACE, f"{queue}\ntag\n{tag}").hex
+        content = self._content(message, queue)
+        copy = 0
+        if not _redelivered(message):
+            copy = self._copies.pop(content, 0)
+            self._copies[content] = copy + 1
+            while len(self._copies) > REMEMBERED_CONTENTS:
+                self._copies.popitem(last=False)
+        return uuid.uuid5(_RAW_NAMESPACE, f"{queue}\ncontent\n{content}\n{copy}").hex
+
+    @staticmethod
+    def _content(message: Message, queue: str) -> str:
+        properties = message.properties if isinstance(message.properties, dict) else {}
+        described = _canonical(
+            [
+                queue,
+                message.content_type,
+                message.content_encoding,
+                properties.get("correlation_id"),
+                properties.get("message_id"),
+                message.headers,
+            ]
+        )
+        digest = hashlib.sha256(described.encode("utf-8", "replace"))
+        body = message.body
+        digest.update(body if isinstance(body, bytes) else str(body).encode("utf-8", "replace"))
+        return digest.hexdigest()
+
+
+#: Contents of AMQP messages whose copies a worker counts (see :class:`RawMessageIds`).
+REMEMBERED_CONTENTS = 10_000
+_RAW_NAMESPACE = uuid.UUID("5b0f7a52-4c1e-5d8b-8f43-2f1f3e6d9a7c")
+
+
+def _canonical(value: object) -> str:
+    """``value`` as JSON with sorted keys; nested too deep (or not JSON), its bounded repr."""
+    try:
+        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+    except (TypeError, ValueError, RecursionError):
+        return _short(value)
+
+
+def _redelivered(message: Message) -> bool:
+    """Whether the broker says it delivered this message before (its record may be written)."""
+    info = message.delivery_info
+    return isinstance(info, dict) and bool(info.get("redelivered"))
+
+
+def _settle(
+    message: Message, how: Literal["ack", "requeue"], errors: tuple[type[BaseException], ...]
+) -> Callable[[], None]:
+    """Ack ``message``, or put it back on its queue; on the event loop, once its record is settled.
+
+    Whatever the broker answers is logged, never raised into the loop: a
+    message not settled comes back (on a connection that went away, at
+    once; on Redis, after ``visibility_timeout``) and finds its record
+    written (the writer's memory, the store's id).
+    """
+
+    def settle() -> None:
+        try:
+            if how == "ack":
+                message.ack()
+            else:
+                message.reject(requeue=True)
+        except errors as exc:
+            logger.warning(
+                "could not %s %s (%s): the broker delivers it again",
+                how,
+                _describe(message),
+                exc,
+            )
+        except Exception:
+            logger.warning("could not %s %s", how, _describe(message), exc_info=True)
+
+    return settle
+
+
+def _queue_of(message: Message) -> object:
+    """The queue ``message`` came from: as its transport took it, else its routing key."""
+    queue = taken_from(message)
+    return queue if queue is not None else _routing_key(message)
+
+
 def _routing_key(message: Message) -> object:
     info = message.delivery_info
     return info.get("routing_key") if isinstance(info, dict) else None
@@ -739,5 +925,5 @@ _LINKS = frozenset({"callbacks", "errbacks", "chain", "chord"})
 
 def _describe(message: Message) -> str:
     headers = message.headers if isinstance(message.headers, dict) else {}
-    task_id, task, queue = headers.get("id"), headers.get("task"), _routing_key(message)
+    task_id, task, queue = headers.get("id"), headers.get("task"), _queue_of(message)
     return f"message {_short(task_id)} of task {_short(task)} on {_short(queue)}"

@@ -1,5 +1,10 @@
 """Dead letters on RabbitMQ: browse with a consumer and give everything back.
 
+A message in the queue whose headers nest deeper than py-amqp decodes (the
+broker dead-letters whatever a consumer rejected) is read through
+:func:`eventbus.transport.amqp.guard_deep_headers`, installed by every browse,
+and listed as an undecodable record, never raised out of the browse.
+
 AMQP 0-9-1 has no "peek". Browsing consumes every message unacknowledged on
 a private channel and then closes it, which makes the broker requeue them all in
 their original order; the browse ends once the broker shows them again.
@@ -23,6 +28,7 @@ queue (the broker's message count includes the copies).
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections import deque
 from collections.abc import Collection, Generator, Iterator
@@ -32,7 +38,7 @@ from typing import Any
 from kombu.message import Message
 from kombu.messaging import Consumer
 
-from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
 from eventbus.deadletter.store import (
     REPLAY_CHUNK,
     BrokerDeadLetterStore,
@@ -42,6 +48,8 @@ from eventbus.deadletter.store import (
     decode_record,
 )
 from eventbus.errors import DeadLetterError
+from eventbus.transport.amqp import guard_deep_headers
+from eventbus.transport.refused import read_stand_in
 
 __all__ = ["AmqpDeadLetterStore"]
 
@@ -105,7 +113,28 @@ class _Browse:
                     continue
                 message = arrived.popleft()
                 self.seen += 1
-                yield message, decode_record(message.body, message.headers)
+                yield message, _record_of(message)
+
+
+def _record_of(message: Message) -> DeadLetter:
+    """The record a DLQ message holds; one py-amqp could not read is an undecodable record."""
+    stood_in = read_stand_in(message.content_type, message.headers, message.body)
+    if stood_in is None:
+        return decode_record(message.body, message.headers)
+    # Headers nested deeper than py-amqp decodes (transport.amqp's guard): the
+    # body is the message's own, its headers are gone.
+    body = message.body if isinstance(message.body, bytes) else stood_in.raw
+    raw = body.decode("utf-8", "replace")
+    return DeadLetter(
+        id="raw-" + hashlib.sha1(body).hexdigest()[:16],
+        handler=None,
+        reason="undecodable",
+        attempts=0,
+        exception_type="EnvelopeDecodeError",
+        exception_message=f"not a dead-letter record: the broker delivered {stood_in.why}",
+        raw_body=raw[:MAX_RAW_BODY],
+        raw_size=len(body),
+    )
 
 
 class AmqpDeadLetterStore(BrokerDeadLetterStore):
@@ -157,6 +186,9 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
         acked unless the caller acks it (inside the block: closing the
         channel requeues the rest, and the block ends once they are back).
         """
+        # A message whose headers nest deeper than py-amqp decodes would raise
+        # RecursionError out of the browse: read as a stand-in instead.
+        guard_deep_headers()
         with self._broker(doing) as conn:
             channel = conn.channel()
             browse = _Browse(conn, channel, self.queue.bind(channel))

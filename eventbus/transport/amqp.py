@@ -13,8 +13,10 @@ message gets, instead of the properties it could not read, those of a stand-in
 (:mod:`eventbus.transport.refused`, content type nothing decodes), and arrives
 with its body; eventbus's worker dead-letters it ("undecodable") and acks it.
 Every other message is read as py-amqp reads it. Installed once per process,
-by an EventBus worker's consumer; if py-amqp no longer has that method, it
-logs a warning and leaves py-amqp as it is.
+by an EventBus worker's consumer and by every read of the dead-letter queue
+(:mod:`eventbus.deadletter.amqp`: such a message is an undecodable record
+there); if py-amqp no longer has that method, it logs a warning and leaves
+py-amqp as it is.
 """
 
 from __future__ import annotations

@@ -50,6 +50,15 @@ Redis never spends time decoding such an element. eventbus's worker
 dead-letters stand-ins; kombu's restore after ``visibility_timeout`` puts a
 stand-in back like any message.
 
+A Redis that refuses the script (out of memory: ``maxmemory`` with
+``noeviction`` refuses its first write) takes nothing: the channel polls
+again :data:`ERROR_BACKOFF` seconds later. The log says so once when Redis
+starts refusing, once when it takes the script again, and only at DEBUG in
+between; kombu's restore of unacked messages, which a full Redis refuses
+too (its mutex), is logged the same way instead of raising out of
+``drain_events`` (which stops a worker without an event loop) or into the
+event loop's timer.
+
 Everything else is kombu's: publishing, rejects, the restore of
 unacked messages after ``visibility_timeout``, fanout (``LISTEN``),
 priorities, health checks. Messages of consumers that do not ack
@@ -77,9 +86,10 @@ from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import loads
 from kombu.utils.uuid import uuid
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from eventbus.transport.refused import KEPT_BYTES, stand_in
+from eventbus.transport.taken import note_taken_from
 
 # kombu's annotations of these classes are partial: subclass them as untyped.
 kombu_redis: Any = importlib.import_module("kombu.transport.redis")
@@ -260,7 +270,16 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
             if now < self._restore_due:
                 return None
             self._restore_due = now + 1.0
-        return super().maybe_restore_messages()
+        try:
+            return super().maybe_restore_messages()
+        except ResponseError as exc:
+            # A full Redis refuses the restore's mutex (SET): kombu raises it out
+            # of drain_events (a worker without an event loop stops) or into the
+            # event loop's timer (a traceback per restore interval).
+            channel = next(iter(self._channels), None)
+            if channel is not None and channel.connection is not None:
+                channel.connection.eventbus_refused("the restore of unacked messages", exc)
+            return None
 
 
 class Channel(kombu_redis.Channel):  # type: ignore[misc]
@@ -357,8 +376,11 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         # cannot build (a body that is not base64, headers that are a list...)
         # goes to the consumer as a stand-in, instead of raising out of
         # drain_events and stopping the worker.
+        # The message notes the queue it was taken from: its element's routing
+        # key is whatever its producer wrote (eventbus.transport.taken).
         def deliver(raw_message: Any) -> Any:
-            message = self._eventbus_message(raw_message)
+            message = self._eventbus_message(raw_message, queue)
+            note_taken_from(message, queue)
             if not no_ack:
                 self.qos.append(message, message.delivery_tag)
             return callback(message)
@@ -415,15 +437,17 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
                 # Redis restarted (or flushed its script cache): EVAL it next time.
                 self._eventbus_script_cached = False
                 raise Empty() from None
-            except self.ResponseError:
-                logger.warning(
-                    "Redis refused eventbus's take script; polling again in %.1f s",
-                    ERROR_BACKOFF,
-                    exc_info=True,
+            except self.ResponseError as exc:
+                # Out of memory, say: said once, until Redis takes it again.
+                self.connection.eventbus_refused(
+                    f"eventbus's take script (nothing taken; polling again every "
+                    f"{ERROR_BACKOFF:.1f} s)",
+                    exc,
                 )
                 self._eventbus_idle(ERROR_BACKOFF)
                 raise Empty() from None
             self._eventbus_script_cached = True
+            self.connection.eventbus_taken()
             if not reply:
                 self._eventbus_idle(self.eventbus_poll_interval)
                 raise Empty()
@@ -467,21 +491,26 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         tag = delivery_tag or uuid()
         return stand_in(item, reason="undecodable", delivery_tag=tag, queue=queue)
 
-    def _eventbus_message(self, raw_message: Any) -> Any:
-        """kombu's message from what was taken, or the stand-in of an element it cannot read."""
+    def _eventbus_message(self, raw_message: Any, queue: str) -> Any:
+        """kombu's message from what was taken, or the stand-in of an element it cannot read.
+
+        The message class hears which ``queue`` it was taken from (a guard of
+        :mod:`eventbus.transport.compression` keys on it; kombu's ignores it).
+        """
         try:
-            return self.Message(raw_message, channel=self)
+            return self.Message(raw_message, channel=self, eventbus_taken_from=queue)
         except Exception as exc:  # RecursionError too: whatever the element holds
             if self._eventbus_taken is None:
                 raise  # not taken by the script (a fanout message): kombu's own behaviour
-            item, delivery_tag, queue = self._eventbus_taken
+            item, delivery_tag, dest = self._eventbus_taken
             logger.warning(
                 "an element of %r is not a kombu message (%s: %.200s): delivered as a stand-in",
-                queue,
+                dest,
                 type(exc).__name__,
                 exc,
             )
-            return self.Message(self._eventbus_stand_in(item, delivery_tag, queue), channel=self)
+            stand_in = self._eventbus_stand_in(item, delivery_tag, dest)
+            return self.Message(stand_in, channel=self, eventbus_taken_from=queue)
 
     def _eventbus_idle(self, seconds: float) -> None:
         """Poll again in ``seconds``: at once when the hub timer fires, or when due."""
@@ -510,6 +539,8 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
         #: Channels with acks waiting, and the event loop's timer that sends them.
         self.eventbus_ack_channels: set[Channel] = set()
         self.eventbus_ack_timer: Any = None
+        #: Redis refused the take script or the restore, and the log said so.
+        self.eventbus_refusing = False
 
     def register_with_event_loop(self, connection: Any, loop: Any) -> None:
         super().register_with_event_loop(connection, loop)
@@ -525,6 +556,28 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
     def eventbus_send_acks(self) -> None:
         for channel in list(self.eventbus_ack_channels):
             channel.eventbus_send_acks()
+
+    def eventbus_refused(self, what: str, exc: BaseException) -> None:
+        """Redis refused ``what`` (out of memory, say): a warning once, DEBUG while it goes on.
+
+        A take script that Redis runs again ends it (:meth:`eventbus_taken`):
+        not one traceback per poll or restore while Redis is full.
+        """
+        if self.eventbus_refusing:
+            logger.debug("Redis refused %s: %s", what, exc)
+            return
+        self.eventbus_refusing = True
+        logger.warning(
+            "Redis refused %s: %s (said once more when it works again; DEBUG meanwhile)",
+            what,
+            exc,
+        )
+
+    def eventbus_taken(self) -> None:
+        """Redis ran the take script: if it refused eventbus before, say once that it is over."""
+        if self.eventbus_refusing:
+            self.eventbus_refusing = False
+            logger.warning("Redis takes eventbus's take script again")
 
     def eventbus_limit(self, queues: Iterable[str], max_bytes: int) -> None:
         """Take elements of ``queues`` over ``max_bytes`` unread, as stand-ins (0: no limit).

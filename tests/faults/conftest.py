@@ -120,7 +120,8 @@ class FaultBroker:
     ) -> float:
         """Make the broker refuse writes until ``until()`` says it was seen; return the seconds.
 
-        ``on_refusing`` runs once the broker refuses writes.
+        ``on_refusing`` runs once the broker refuses writes (on RabbitMQ: once
+        its memory alarm is raised, before a publish is held).
 
         Redis stays up and full (``maxmemory 1``, ``noeviction``: every
         command that may grow memory gets an OOM error, reads and deletes
@@ -134,12 +135,13 @@ class FaultBroker:
             assert rabbitmq is not None
             rabbitmq.block_publishers()
             try:
+                on_refusing()
                 wait_for(
                     lambda: rabbitmq.blocked_connections() > 0,
                     timeout=HOLD_TIMEOUT,
                     message="a publish held by the memory alarm (a write in flight)",
                 )
-                self.restart(until=until, waiting_for=waiting_for, on_down=on_refusing).join()
+                self.restart(until=until, waiting_for=waiting_for).join()
             finally:
                 rabbitmq.block_publishers(False)
             return time.monotonic() - started
@@ -351,6 +353,14 @@ class FaultEnv:
             keys = {channel._q_for_pri(self.config.queue, pri) for pri in channel.priority_steps}
             return sum(int(client.llen(key)) for key in keys) + int(client.hlen("unacked"))
 
+    def waiting(self) -> int:
+        """Messages of the handler queue waiting on the private Redis, not yet taken by a worker."""
+        assert self.broker.private is not None, "only on Redis"
+        with Connection(self.broker.url, connect_timeout=3) as conn:
+            channel = conn.default_channel
+            keys = {channel._q_for_pri(self.config.queue, pri) for pri in channel.priority_steps}
+            return sum(int(channel.client.llen(key)) for key in keys)
+
     def takes(self) -> dict[str, int]:
         """How the private Redis's clients took messages since it (re)started: commands by name.
 
@@ -363,6 +373,17 @@ class FaultEnv:
             name: int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
             for name in ("brpop", "eval", "evalsha")
         }
+
+    def failed_calls(self, command: str) -> int:
+        """Calls of ``command`` the private Redis refused (out of memory) or failed since its start.
+
+        eventbus's Redis dead-letter store writes with ``eval``; its transport takes
+        with ``evalsha`` (``eval`` once).
+        """
+        assert self.broker.private is not None, "only on Redis"
+        with contextlib.closing(self.broker.private.client()) as client:
+            stats = client.info("commandstats").get(f"cmdstat_{command}", {})
+        return int(stats.get("rejected_calls", 0)) + int(stats.get("failed_calls", 0))
 
     def dead_letters(self) -> int:
         """Messages in the DLQ, copies included (cheap: not a browse on RabbitMQ)."""

@@ -204,6 +204,35 @@ class Effects:
     def dead_letters_broken(self) -> bool:
         return bool(self.client.exists(f"{self.prefix}dlq:broken"))
 
+    def hold_dead_letters(self) -> None:
+        """Hold the workers' next dead-letter writes until :meth:`release_dead_letters`.
+
+        A write waits, blocked in Redis (at most :data:`GATE_TIMEOUT`), before it
+        reaches the broker: a test can break the broker while a write is in flight.
+        """
+        self.client.set(f"{self.prefix}dlq:hold", "1")
+
+    def dead_letters_held(self) -> bool:
+        return bool(self.client.exists(f"{self.prefix}dlq:hold"))
+
+    def wait_to_write(self) -> None:
+        """Wait until the test releases the dead-letter writes (a held write)."""
+        self.client.incr(f"{self.prefix}dlq:held")
+        token = self.gate_client.brpoplpush(
+            f"{self.prefix}dlq:gate", f"{self.prefix}dlq:gate", GATE_TIMEOUT
+        )
+        if token is None:
+            raise RuntimeError(f"the test did not release dead-letter writes in {GATE_TIMEOUT}s")
+
+    def held_writes(self) -> int:
+        """Dead-letter writes that waited (or wait) for :meth:`release_dead_letters`."""
+        return int(self.client.get(f"{self.prefix}dlq:held") or 0)
+
+    def release_dead_letters(self) -> None:
+        """Let held dead-letter writes (and every later one) through."""
+        self.client.lpush(f"{self.prefix}dlq:gate", "open")
+        self.client.delete(f"{self.prefix}dlq:hold")
+
     def refused_writes(self) -> int:
         """Dead-letter writes refused while :meth:`break_dead_letters` was on."""
         return int(self.client.get(f"{self.prefix}dlq:refused") or 0)
@@ -347,6 +376,8 @@ def refuse_dead_letters(bus: EventBus, effects: Effects) -> None:
     """Dead-letter writes of this process fail while the test says so (``break_dead_letters``).
 
     Each refused write takes a second, as one to a broker that went away does.
+    While the test holds them (``hold_dead_letters``), writes wait before they
+    reach the broker.
     """
     from eventbus.errors import DeadLetterError
 
@@ -357,6 +388,8 @@ def refuse_dead_letters(bus: EventBus, effects: Effects) -> None:
             continue
 
         def refusing(record: Any, _real: Any = real, **options: Any) -> None:
+            if effects.dead_letters_held():
+                effects.wait_to_write()
             if effects.dead_letters_broken():
                 effects.refuse_write()
                 raise DeadLetterError("the dead-letter queue is unreachable (refused by the test)")

@@ -9,16 +9,27 @@ own bus with :func:`subscribe_handlers`, to publish to them.
 from __future__ import annotations
 
 import os
+import threading
+from typing import Any
 
-from celery import current_task
+import redis
+from celery import Celery, current_task
+from kombu.exceptions import OperationalError
 
 from eventbus import Envelope, EventBus
 from tests.integration.helpers import OrderPlaced, OrderShipped
-from tests.support import make_app
+from tests.support import STATE_REDIS_URL, make_app
 
 SHIP = "it.metrics.ship"  #: succeeds, and publishes an OrderShipped (no subscriber)
 FLAKY = "it.metrics.flaky"  #: fails its first attempt, succeeds on the retry
 DOOMED = "it.metrics.doomed"  #: always fails: one retry, then the dead-letter queue
+#: Overruns its hard time limit (Celery reports it twice: on_failure, on_timeout).
+TIMED = "it.metrics.timed"
+#: Fails its first attempt, whose retry the broker does not take (the message goes
+#: back to its queue and runs again), then succeeds on the retry sent the second time.
+RETRY_UNSENT = "it.metrics.retry_unsent"
+#: Seconds :data:`TIMED` may run.
+TIME_LIMIT = 1
 
 
 class GatewayTimeout(ConnectionError):
@@ -45,6 +56,41 @@ def subscribe_handlers(bus: EventBus) -> None:
     bus.subscribe(OrderPlaced, handler=doomed, name=DOOMED, **retry_fast)
 
 
+def subscribe_limit_handlers(bus: EventBus) -> None:
+    """Subscribe :data:`TIMED` and :data:`RETRY_UNSENT` to OrderPlaced."""
+
+    def timed(envelope: Envelope[OrderPlaced]) -> None:
+        threading.Event().wait(60)  # never set: killed at its time limit
+
+    def retry_unsent(envelope: Envelope[OrderPlaced]) -> None:
+        if current_task.request.retries == 0:
+            raise GatewayTimeout("first attempt times out")
+
+    once = {"max_retries": 0, "retry_backoff": 1, "retry_jitter": False}
+    bus.subscribe(OrderPlaced, handler=timed, name=TIMED, time_limit=TIME_LIMIT, **once)
+    retry_fast = {"max_retries": 1, "retry_backoff": 1, "retry_jitter": False}
+    bus.subscribe(OrderPlaced, handler=retry_unsent, name=RETRY_UNSENT, **retry_fast)
+
+
+def refuse_first_retry(app: Celery, key_prefix: str) -> None:
+    """The broker takes no first retry of :data:`RETRY_UNSENT` (per task, in any pool process).
+
+    Celery's ``Task.retry`` then raises ``Reject(requeue=False)``, which eventbus
+    turns into a re-queue of the message.
+    """
+    send = app.amqp.send_task_message
+    client = redis.Redis.from_url(STATE_REDIS_URL)
+
+    def send_task_message(producer: Any, name: str, message: Any, **options: Any) -> Any:
+        headers = message.headers
+        retry = name == RETRY_UNSENT and headers.get("retries")
+        if retry and client.set(f"{key_prefix}retry-refused:{headers['id']}", 1, nx=True, ex=300):
+            raise OperationalError("the broker is away (refused by the test)")
+        return send(producer, name, message, **options)
+
+    app.amqp.send_task_message = send_task_message
+
+
 if os.environ.get("EVENTBUS_METRICS_TEST_BROKER"):
     # Configured as the test's Env configures its own app, so both declare the
     # handler queue alike (on RabbitMQ, with its dead-letter exchange).
@@ -63,4 +109,8 @@ if os.environ.get("EVENTBUS_METRICS_TEST_BROKER"):
         default_queue=os.environ["EVENTBUS_METRICS_TEST_QUEUE"],
         dead_letter_queue=os.environ["EVENTBUS_METRICS_TEST_DLQ"],
     )
-    subscribe_handlers(bus)
+    if os.environ.get("EVENTBUS_METRICS_TEST_HANDLERS") == "limits":
+        subscribe_limit_handlers(bus)
+        refuse_first_retry(app, os.environ["EVENTBUS_METRICS_TEST_QUEUE"] + ":")
+    else:
+        subscribe_handlers(bus)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import pickle
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -298,7 +299,7 @@ RAW_ELEMENTS = [
 def test_raw_list_element_is_dead_lettered_and_the_worker_goes_on(
     redis_env: Env, element: Callable[[str], bytes]
 ) -> None:
-    if REDIS_TRANSPORT is None:
+    if REDIS_TRANSPORT != "eventbus":
         pytest.skip("kombu's transport stops the worker on such an element (README: Limits)")
     # Given a handler and a running worker on Redis
     env = redis_env
@@ -329,6 +330,50 @@ def test_raw_list_element_is_dead_lettered_and_the_worker_goes_on(
     # And nothing of it is left unacked, nothing waits on the queue
     wait_for(lambda: not _unacked_on(env), message=lambda: f"unacked: {_unacked_on(env)}")
     assert env.queue_length() == 0
+    assert len(env.bus.dead_letters) == 1
+
+
+@pytest.mark.redis
+@pytest.mark.parametrize("task_header", [False, True], ids=["no-task-header", "another-task"])
+def test_an_element_forging_another_routing_key_is_screened_by_the_queue_it_was_taken_from(
+    redis_env: Env, task_header: bool
+) -> None:
+    if REDIS_TRANSPORT != "eventbus":
+        pytest.skip("kombu's transport does not say which list it popped (README: Limits)")
+    # Given a handler, and a worker whose app accepts pickle
+    env = redis_env
+    env.app.conf.accept_content = ["json", "pickle"]
+    recorder = Recorder()
+    name = env.name("orders")
+    env.bus.subscribe(OrderPlaced, name=name, handler=recorder.handler(name))
+    env.start_worker()
+    token = uuid.uuid4().hex
+
+    # When an element on the handler queue's list claims another routing key
+    # (one no worker screens) and names no handler task, and holds a pickle
+    # that runs code when unpickled
+    body = pickle.dumps(((Tripwire(token),), {}, {"callbacks": None, "errbacks": None}))
+    headers = json.dumps({"task": "it.not.a.handler", "id": token} if task_header else {})
+    forged = "celery.forged"
+    element = json.loads(kombu_element(forged, headers=headers, body=body))
+    element["content-type"] = "application/x-python-serialize"
+    element["content-encoding"] = "binary"
+    with redis.Redis.from_url(env.broker_url) as client:
+        client.lpush(env.queue, json.dumps(element))
+
+    # Then it is one dead letter of the queue it was on, never unpickled
+    wait_for(
+        lambda: len(env.bus.dead_letters) >= 1 or token in UNPICKLED,
+        message="a dead letter (or the pickle unpickled)",
+    )
+    assert token not in UNPICKLED, "the pickle was unpickled"
+    [record] = env.bus.dead_letters.list()
+    assert record.reason == "undecodable"
+    assert record.queue == env.queue
+    assert "application/x-python-serialize" in record.exception_message
+    # And the worker goes on with the next good event
+    _worker_still_handles_events(env, recorder, name)
+    assert token not in UNPICKLED
     assert len(env.bus.dead_letters) == 1
 
 

@@ -343,7 +343,7 @@ class Corpus:
 
 
 def _broker_label(env: Env) -> str:
-    if env.kind == "redis" and REDIS_TRANSPORT is None:
+    if env.kind == "redis" and REDIS_TRANSPORT != "eventbus":
         return "redis-kombu"
     return env.kind
 

@@ -26,7 +26,7 @@ from tests.brokers import free_port
 
 from . import metrics_app
 from .conftest import Env
-from .helpers import OrderPlaced, wait_for
+from .helpers import OrderPlaced, assert_stays, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 EVENTS = 3
@@ -57,7 +57,7 @@ def key(name: str, **labels: str) -> tuple[str, frozenset[tuple[str, str]]]:
 
 @contextmanager
 def celery_worker(
-    env: Env, pool: str, port: int, tmp_path: Path
+    env: Env, pool: str, port: int, tmp_path: Path, handlers: str = "outcomes"
 ) -> Iterator[subprocess.Popen[bytes]]:
     """``celery worker`` on the env's queue, in a process group of its own, stopped in time."""
     environ = {
@@ -70,6 +70,7 @@ def celery_worker(
         EVENTBUS_METRICS_TEST_QUEUE=env.queue,
         EVENTBUS_METRICS_TEST_DLQ=env.dead_letter_queue,
         EVENTBUS_METRICS_PORT=str(port),
+        EVENTBUS_METRICS_TEST_HANDLERS=handlers,
         PYTHONPATH=str(ROOT),
         TMPDIR=str(tmp_path),  # where the worker's private multiprocess directory goes
     )
@@ -171,3 +172,57 @@ def test_a_worker_serves_outcomes_durations_and_dead_letter_depth(
     # And the worker shut down cleanly and removed its directory
     assert proc.returncode == 0, worker_log(tmp_path)
     assert not list(tmp_path.glob("eventbus-metrics-*"))
+
+
+def test_a_dead_letter_counts_once_when_written_and_a_retry_sent_back_is_no_dead_letter(
+    env: Env, tmp_path: Path
+) -> None:
+    # Given a real prefork worker with metrics, running a handler that overruns its
+    # hard time limit (Celery reports that failure twice), and one whose first
+    # retry the broker does not take (its message goes back to the queue: no
+    # dead letter), whose next run retries and succeeds
+    metrics_app.subscribe_limit_handlers(env.bus)
+    env.declare_handler_queue()
+    port = free_port()
+    with celery_worker(env, "prefork", port, tmp_path, handlers="limits") as proc:
+        # When three events are published
+        for n in range(EVENTS):
+            env.bus.publish(OrderPlaced(order_id=f"o-{n}", quantity=1))
+
+        # Then each timed-out run counts one dead letter (its one record), and the
+        # retry that went back to the queue counts none: only the retry sent and
+        # the success that followed
+        timed, unsent = metrics_app.TIMED, metrics_app.RETRY_UNSENT
+        runs = "eventbus_handler_executions_total"
+        expected = {
+            key(runs, handler=timed, outcome="dead_lettered"): EVENTS,
+            key(runs, handler=timed, outcome="retry"): 0,
+            key(runs, handler=timed, outcome="success"): 0,
+            key(runs, handler=unsent, outcome="dead_lettered"): 0,
+            key(runs, handler=unsent, outcome="retry"): EVENTS,
+            key(runs, handler=unsent, outcome="success"): EVENTS,
+            key("eventbus_dead_letters", queue=env.dead_letter_queue): EVENTS,
+        }
+        seen: dict[object, float | None] = {}
+
+        def counted() -> dict[object, float | None]:
+            samples = scrape(port) or {}
+            seen.clear()
+            seen.update({k: samples.get(k) for k in expected})
+            return seen
+
+        wait_for(
+            lambda: counted() == expected or proc.poll() is not None,
+            timeout=40,
+            message=lambda: f"scraped {seen}\nworker log:\n{worker_log(tmp_path)}",
+        )
+        # and it stays so (no second count of a time limit arrives late)
+        assert_stays(
+            lambda: counted() == expected,
+            duration=1.5,
+            interval=0.3,
+            message=lambda: f"scraped {seen}\nworker log:\n{worker_log(tmp_path)}",
+        )
+        assert proc.poll() is None, worker_log(tmp_path)
+        records = env.bus.dead_letters.list()
+        assert sorted((r.handler, r.reason) for r in records) == [(timed, "time_limit")] * EVENTS

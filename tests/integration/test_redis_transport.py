@@ -14,7 +14,9 @@ use a private ``redis-server`` (the ``private_redis`` fixture, ``tests/conftest.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -24,6 +26,7 @@ from typing import Any
 import kombu.transport.redis as kombu_redis
 import pytest
 import redis
+from kombu.message import Message
 
 from eventbus import EventBus
 from eventbus.transport.redis import DEFAULT_POLL_INTERVAL, Channel, Transport
@@ -335,6 +338,77 @@ def test_a_flushed_script_cache_is_refilled(private_redis: PrivateRedis) -> None
         assert stats["cmdstat_evalsha"]["failed_calls"] >= 1  # the NOSCRIPT
     finally:
         box.client.close()
+
+
+REFUSED = "refused eventbus's take script"
+TAKES_AGAIN = "takes eventbus's take script again"
+
+
+def test_a_full_redis_is_logged_once_when_it_refuses_and_once_when_it_takes_again(
+    private_redis: PrivateRedis, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a message waiting on a queue, and a Redis that is full (maxmemory 1,
+    # noeviction: the take script's first write is refused)
+    box = Box(private_redis.url, prefixed=False)
+    box.publish({"n": 1})
+    box.client.config_set("maxmemory-policy", "noeviction")
+    box.client.config_set("maxmemory", 1)
+    got: list[Message] = []
+    try:
+        # When a consumer on eventbus's transport polls it, four times
+        with (
+            caplog.at_level(logging.DEBUG, logger="eventbus.transport.redis"),
+            box.connection() as conn,
+            # (declared by the publish: a full Redis refuses the MULTI of a declare)
+            conn.Consumer(
+                [box.queue], callbacks=[lambda _body, m: got.append(m)], auto_declare=False
+            ),
+        ):
+
+            def drain() -> None:
+                with contextlib.suppress(TimeoutError):
+                    conn.drain_events(timeout=0.2)
+
+            def refused() -> int:
+                stats = box.client.info("commandstats")
+                return sum(
+                    int(stats.get(f"cmdstat_{c}", {}).get(kind, 0))
+                    for c in ("eval", "evalsha")
+                    for kind in ("failed_calls", "rejected_calls")
+                )
+
+            try:
+                wait_for(
+                    lambda: drain() or refused() >= 4,
+                    timeout=20,
+                    message=lambda: f"four refused takes: {refused()}",
+                )
+                assert not got
+            finally:
+                # and then Redis takes writes again
+                box.client.config_set("maxmemory", 0)
+            wait_for(lambda: drain() or got, timeout=10, message="the message taken")
+            got[0].ack()
+
+        # Then the log said once that Redis refused it (why, with no traceback per
+        # poll), once that it takes it again, and the tries between at DEBUG only
+        records = [r for r in caplog.records if r.name == "eventbus.transport.redis"]
+        refusals = [r for r in records if REFUSED in r.getMessage()]
+        loud = [r for r in refusals if r.levelno >= logging.INFO]
+        assert len(loud) == 1, [r.getMessage() for r in loud]
+        assert loud[0].levelno == logging.WARNING
+        assert "OOM" in loud[0].getMessage() or "maxmemory" in loud[0].getMessage()
+        assert len(refusals) >= 4
+        assert all(r.levelno == logging.DEBUG and not r.exc_info for r in refusals[1:])
+        recovered = [r for r in records if TAKES_AGAIN in r.getMessage()]
+        assert [r.levelno for r in recovered] == [logging.WARNING]
+        assert records.index(recovered[0]) > records.index(refusals[-1])
+        # (and kombu's restore of unacked messages, which a full Redis refuses too,
+        # is never raised out of drain_events, and adds no warning)
+        warnings = [r for r in records if r.levelno >= logging.INFO]
+        assert warnings == [loud[0], recovered[0]], [r.getMessage() for r in warnings]
+    finally:
+        box.close()
 
 
 def run_handlers(url: str, *, events: int, **options: Any) -> tuple[float, int]:

@@ -144,16 +144,28 @@ def test_one_failed_delivery_reported_twice_is_written_once(
     loop = Loop()
     writer.bind(loop.call_soon)
     store.broken.set()
+    announced: list[str] = []  # what dead_letter_written would send (metrics count it)
+
+    def submit(label: str) -> None:
+        writer.submit(
+            record(),
+            written=loop.settle(label),
+            given_up=loop.settle("x"),
+            on_written=lambda: announced.append(label),
+        )
+
     # reported twice while pending (a hard time limit; a redelivery)
-    writer.submit(record(), written=loop.settle("first"), given_up=loop.settle("x"))
-    writer.submit(record(), written=loop.settle("second"), given_up=loop.settle("x"))
+    submit("first")
+    submit("second")
     store.broken.clear()
     wait_for(lambda: len(loop.ran) == 2, message=lambda: f"settled: {loop.ran}")
     # and once more after it was written (its message came back)
-    writer.submit(record(), written=loop.settle("third"), given_up=loop.settle("x"))
+    submit("third")
     wait_for(lambda: len(loop.ran) == 3, message=lambda: f"settled: {loop.ran}")
     assert sorted(loop.ran) == ["first", "second", "third"]
     assert store.count() == 1
+    # announced once: the write
+    assert announced == ["first"]
 
 
 class AppRequest:
