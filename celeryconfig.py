@@ -23,9 +23,9 @@ broker_url = (
 )
 broker_connection_retry_on_startup = True
 # No broker_transport here: a worker of an app with an EventBus picks it from the
-# app's broker URL when it starts (eventbus.transport.selection), so an app that
+# app's broker URL when it starts (eventbus.celery.transport_selection), so an app that
 # loads this module and then sets another broker_url gets the right one. On
-# redis:// and rediss:// that is eventbus's transport (eventbus.transport.redis):
+# redis:// and rediss:// that is eventbus's transport (eventbus.celery.internals.redis_transport):
 # it takes each message off its queue and records it as unacked in one atomic
 # script, where kombu's own takes it with BRPOP and records it in a second round
 # trip (a worker killed, or Redis crashing, in between loses that message). An idle
@@ -39,7 +39,7 @@ broker_transport_options = {
     "visibility_timeout": _env_int("EVENTBUS_VISIBILITY_TIMEOUT", 3600),
 }
 # RabbitMQ: the broker confirms every event's messages, waited for once per event
-# (eventbus.confirms). Not kombu's connection-wide "confirm_publish": that one
+# (eventbus.celery.internals.confirms). Not kombu's connection-wide "confirm_publish": that one
 # hangs --pool threads workers sending task events.
 eventbus_publish_confirms = os.environ.get("EVENTBUS_PUBLISH_CONFIRMS", "1") not in (
     "0",
@@ -73,10 +73,10 @@ task_send_sent_event = True
 task_track_started = True
 # A worker with an EventBus sends its buffered task events every this many
 # seconds (Celery: after every turn of its event loop); 0 = Celery's way.
-# See eventbus.task_events.
+# See eventbus.celery.internals.task_events.
 eventbus_task_events_interval = float(os.environ.get("EVENTBUS_TASK_EVENTS_INTERVAL", "0.05"))
 
-# -- eventbus defaults (see eventbus.options) --------------------------------
+# -- eventbus defaults (see eventbus.domain.options) --------------------------------
 eventbus_default_queue = os.environ.get("EVENTBUS_QUEUE", "eventbus")
 eventbus_dead_letter_queue = os.environ.get("EVENTBUS_DLQ", "eventbus.dlq")
 eventbus_max_retries = _env_int("EVENTBUS_MAX_RETRIES", 5)
@@ -104,7 +104,7 @@ eventbus_ordering_gap_timeout = _env_int("EVENTBUS_ORDERING_GAP_TIMEOUT", 60)
 # The largest envelope published or run, in JSON bytes (0: no limit).
 eventbus_max_payload_bytes = _env_int("EVENTBUS_MAX_PAYLOAD_BYTES", 256 * 1024)
 
-# -- metrics (see eventbus.metrics): a worker serves /metrics on this port; 0 = off
+# -- metrics (see eventbus.metrics.handlers): a worker serves /metrics on this port; 0 = off
 eventbus_metrics_port = _env_int("EVENTBUS_METRICS_PORT", 0)
 eventbus_metrics_addr = os.environ.get("EVENTBUS_METRICS_ADDR", "127.0.0.1")
 

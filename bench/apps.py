@@ -110,7 +110,7 @@ def build(broker_url: str, run: str, *, stock_transport: bool = False) -> BenchA
     ``stock_transport``: raw Celery as deployed, for the raw tasks' and
     celery-pubsub's worker: kombu's own Redis transport instead of eventbus's
     (celeryconfig's default on Redis), and Celery's own sending of task
-    events instead of eventbus's batches (eventbus.task_events), which the bus
+    events instead of eventbus's batches (eventbus.celery.internals.task_events), which the bus
     on this app would otherwise install in the worker.
     """
     queues = queue_names(run)

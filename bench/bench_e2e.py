@@ -3,7 +3,7 @@
 Real ``celery -A bench.apps:app worker`` subprocesses per (broker, pool), same
 flags and settings: by default (``--workers split``) one runs eventbus's
 handlers as eventbus deploys them (eventbus's Redis transport, celeryconfig's
-default; task events sent in batches, ``eventbus.task_events``), the other the
+default; task events sent in batches, ``eventbus.celery.internals.task_events``), the other the
 raw tasks and celery-pubsub's as plain Celery runs them (kombu's own transport,
 Celery's own sending of task events); on RabbitMQ both transports are kombu's.
 ``--workers shared`` runs all three on one worker (eventbus's settings). Both

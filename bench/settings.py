@@ -30,5 +30,5 @@ def make_app(
         if stock_transport:  # (unset, an EventBus's worker would pick eventbus's)
             app.conf.eventbus_redis_transport = "kombu"
     elif "broker_transport" not in overrides:
-        app.conf.broker_transport = "eventbus.transport.redis:Transport"
+        app.conf.broker_transport = "eventbus.celery.internals.redis_transport:Transport"
     return app

@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING, Any
 from eventbus import errors as _errors  # cheap: no third-party imports
 
 if TYPE_CHECKING:
-    from eventbus.bus import BaseEventBus, Subscription
-    from eventbus.celery_bus import EventBus, bus_for_app
+    from eventbus.bus.base import BaseEventBus, Subscription
+    from eventbus.bus.memory import InMemoryEventBus
+    from eventbus.celery.bus import EventBus, bus_for_app
     from eventbus.deadletter import DeadLetter, DeadLetterQueue
-    from eventbus.envelope import Envelope, create_event
+    from eventbus.domain.envelope import Envelope, create_event
+    from eventbus.domain.events import Event, EventRegistry, registry, upcaster
+    from eventbus.domain.options import HandlerOptions
     from eventbus.errors import (
         ConcurrencyError,
         ConfigurationError,
@@ -53,32 +56,29 @@ if TYPE_CHECKING:
         SubscriptionError,
         UnknownEventType,
     )
-    from eventbus.events import Event, EventRegistry, registry, upcaster
-    from eventbus.idempotency import Delivery, current_delivery
-    from eventbus.memory import InMemoryEventBus
-    from eventbus.options import HandlerOptions
+    from eventbus.guarantees.idempotency import Delivery, current_delivery
     from eventbus.store import EventStore
 
 # Submodules load on first use (PEP 562): `celery` imports this package for
 # its `celery eventbus` sub-command in every worker of the environment, and
 # those that never touch an event should not pay for pydantic.
 _EXPORTS = {
-    "BaseEventBus": "eventbus.bus",
-    "Subscription": "eventbus.bus",
-    "EventBus": "eventbus.celery_bus",
-    "bus_for_app": "eventbus.celery_bus",
+    "BaseEventBus": "eventbus.bus.base",
+    "Subscription": "eventbus.bus.base",
+    "EventBus": "eventbus.celery.bus",
+    "bus_for_app": "eventbus.celery.bus",
     "DeadLetter": "eventbus.deadletter",
     "DeadLetterQueue": "eventbus.deadletter",
-    "Envelope": "eventbus.envelope",
-    "create_event": "eventbus.envelope",
-    "Event": "eventbus.events",
-    "EventRegistry": "eventbus.events",
-    "registry": "eventbus.events",
-    "upcaster": "eventbus.events",
-    "Delivery": "eventbus.idempotency",
-    "current_delivery": "eventbus.idempotency",
-    "InMemoryEventBus": "eventbus.memory",
-    "HandlerOptions": "eventbus.options",
+    "Envelope": "eventbus.domain.envelope",
+    "create_event": "eventbus.domain.envelope",
+    "Event": "eventbus.domain.events",
+    "EventRegistry": "eventbus.domain.events",
+    "registry": "eventbus.domain.events",
+    "upcaster": "eventbus.domain.events",
+    "Delivery": "eventbus.guarantees.idempotency",
+    "current_delivery": "eventbus.guarantees.idempotency",
+    "InMemoryEventBus": "eventbus.bus.memory",
+    "HandlerOptions": "eventbus.domain.options",
     "EventStore": "eventbus.store",
     **dict.fromkeys(_errors.__all__, "eventbus.errors"),
 }

@@ -214,7 +214,7 @@ class StateStoreError(EventBusError):
     """The state store could not be used: idempotency claims, ordering, sequence numbers.
 
     Its URL (``eventbus_redis_url``, else the broker's or result backend's,
-    see :mod:`eventbus.state`) cannot be parsed, or its server refused the
+    see :mod:`eventbus.guarantees.state`) cannot be parsed, or its server refused the
     login, did not answer, or answered an error. The message names the store
     (password masked), the setting its URL came from, what was being done
     and the problem. A ``publish`` that needed a sequence number sent

@@ -34,7 +34,7 @@ BROKER_URLS = {
 STATE_REDIS_URL = os.environ.get("EVENTBUS_TEST_STATE_URL", "redis://127.0.0.1:6379/9")
 DEFAULT_TIMEOUT = 20.0  #: seconds a test waits for a worker before failing
 #: The Redis transport of :func:`make_app`'s apps (their ``eventbus_redis_transport``):
-#: eventbus's (eventbus.transport.redis, which a bus's worker picks from a redis:// URL
+#: eventbus's (celery.internals.redis_transport, which a bus's worker picks from a redis:// URL
 #: by itself), or kombu's own with EVENTBUS_TEST_REDIS_TRANSPORT=kombu.
 REDIS_TRANSPORT = os.environ.get("EVENTBUS_TEST_REDIS_TRANSPORT", "eventbus")
 

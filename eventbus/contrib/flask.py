@@ -58,15 +58,15 @@ import click
 from celery import Celery
 from celery.app.task import Task
 
-from eventbus.celery_bus import EventBus
-from eventbus.cli import events, publish
-from eventbus.cli_context import BusContext
-from eventbus.cli_dlq import dlq
-from eventbus.cli_schema import schema
-from eventbus.envelope import Envelope
+from eventbus.bus.memory import InMemoryEventBus
+from eventbus.celery.bus import EventBus
+from eventbus.cli.context import BusContext
+from eventbus.cli.dlq import dlq
+from eventbus.cli.main import events, publish
+from eventbus.cli.schema import schema
+from eventbus.domain.envelope import Envelope
+from eventbus.domain.events import Event, EventRegistry, EventTypeRef
 from eventbus.errors import ConfigurationError
-from eventbus.events import Event, EventRegistry, EventTypeRef
-from eventbus.memory import InMemoryEventBus
 
 __all__ = ["CONFIG_KEY", "EXTENSION_KEY", "FlaskEventBus", "FlaskEventBusState"]
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import DeadLetterStore, IdSet
-from eventbus.envelope import Envelope
+from eventbus.domain.envelope import Envelope
 from eventbus.errors import (
     DeadLetterError,
     DeadLetterNotFound,

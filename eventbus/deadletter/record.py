@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from eventbus.nesting import nests_deeper_than
+from eventbus.domain.nesting import nests_deeper_than
 
 __all__ = [
     "MAX_ENVELOPE_DEPTH",

@@ -41,7 +41,7 @@ from eventbus.broker_errors import (
     retrying_cannot_help,
     url_of,
 )
-from eventbus.confirms import confirmed
+from eventbus.celery.internals.confirms import confirmed
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
 from eventbus.errors import DeadLetterError, DeadLetterQueueUnavailable
 from eventbus.redaction import redact_url, safe_cause
@@ -490,15 +490,15 @@ def store_for_app(app: Celery, queue_name: str = DEFAULT_DEAD_LETTER_QUEUE) -> D
             f"{describe_broker_error(exc, [url])}"
         ) from safe_cause(exc, [url])
     if driver == "redis":
-        from eventbus.deadletter.redis import RedisDeadLetterStore
+        from eventbus.celery.deadletter.redis import RedisDeadLetterStore
 
         return RedisDeadLetterStore(app, queue_name)
     if driver == "amqp":
-        from eventbus.deadletter.amqp import AmqpDeadLetterStore
+        from eventbus.celery.deadletter.amqp import AmqpDeadLetterStore
 
         return AmqpDeadLetterStore(app, queue_name)
     if driver == "memory":
-        from eventbus.deadletter.kombu_memory import KombuMemoryDeadLetterStore
+        from eventbus.celery.deadletter.memory import KombuMemoryDeadLetterStore
 
         return KombuMemoryDeadLetterStore(app, queue_name)
     raise DeadLetterError(

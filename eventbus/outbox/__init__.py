@@ -27,7 +27,7 @@ Running the relay:
 
 * Celery beat: the bus registers the task ``eventbus.relay_outbox`` on its
   app; it reads the ``eventbus_outbox_url`` setting (see
-  :mod:`eventbus.outbox.task` for the ``beat_schedule`` entry).
+  :mod:`eventbus.celery.relay_task` for the ``beat_schedule`` entry).
 * A process of its own: ``eventbus outbox relay --loop`` (``eventbus outbox
   status`` counts pending and failed rows).
 * Your code: :class:`OutboxRelay` (``relay_once``, ``drain``, ``run_forever``).

@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from eventbus.envelope import Envelope
+from eventbus.domain.envelope import Envelope
 from eventbus.errors import EnvelopeDecodeError, OutboxRowError
 
 if TYPE_CHECKING:
-    from eventbus.bus import BaseEventBus
+    from eventbus.bus.base import BaseEventBus
 
 __all__ = ["decode_outbox_payload", "outbox_payload"]
 
@@ -24,7 +24,7 @@ def outbox_payload(envelope: Envelope[Any]) -> str:
     """The JSON text stored in an outbox row's ``payload`` for this envelope.
 
     The envelope's wire dict (:meth:`Envelope.to_wire
-    <eventbus.envelope.Envelope.to_wire>`), compact. Metadata that is not
+    <eventbus.domain.envelope.Envelope.to_wire>`), compact. Metadata that is not
     JSON raises ``TypeError`` here, while the caller's transaction can still
     react, rather than at the relay.
     """
@@ -35,7 +35,7 @@ def decode_outbox_payload(bus: BaseEventBus, payload: str | bytes) -> Envelope[A
     """The envelope an outbox row's ``payload`` holds, decoded with the bus's event registry.
 
     Older data is upcast as any reader does (:meth:`Envelope.from_wire
-    <eventbus.envelope.Envelope.from_wire>`). Raises
+    <eventbus.domain.envelope.Envelope.from_wire>`). Raises
     :class:`~eventbus.errors.OutboxRowError` when the row can never be
     published by this code: the text is not JSON, not an envelope object,
     names an event type the bus does not know, or its data fails validation

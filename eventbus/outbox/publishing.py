@@ -12,7 +12,7 @@ what to mark, in a :class:`BatchOutcome`:
    logged at ERROR; it takes no part in the publishing, so it cannot spoil
    the good rows' batch.
 2. The good rows are published in ``id`` order inside one
-   :meth:`bus.batch() <eventbus.bus.BaseEventBus.batch>`: one producer, on
+   :meth:`bus.batch() <eventbus.bus.base.BaseEventBus.batch>`: one producer, on
    Redis pipelined round trips, on RabbitMQ one wait for the confirms. A row
    the bus refuses by itself (data over the size limit: an
    :class:`~eventbus.errors.EventError`) is failed too, and the batch goes on.
@@ -41,8 +41,8 @@ from eventbus.outbox.results import MAX_ERROR_LENGTH
 from eventbus.redaction import redact
 
 if TYPE_CHECKING:
-    from eventbus.bus import BaseEventBus
-    from eventbus.envelope import Envelope
+    from eventbus.bus.base import BaseEventBus
+    from eventbus.domain.envelope import Envelope
 
 __all__ = ["BatchOutcome", "check_event_id", "error_text", "publish_rows"]
 

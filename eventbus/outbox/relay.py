@@ -2,7 +2,7 @@
 
 One batch is one database transaction: take up to ``limit`` pending rows in
 ``id`` order and lock them, decode every row, publish the good ones together
-in one :meth:`bus.batch() <eventbus.bus.BaseEventBus.batch>` (each with its
+in one :meth:`bus.batch() <eventbus.bus.base.BaseEventBus.batch>` (each with its
 own ``event_id``: on Redis pipelined, on RabbitMQ one wait for the confirms),
 then mark the whole batch (one ``UPDATE ... WHERE id IN (...)`` per outcome)
 and commit. Rows are marked published only once the batch was sent and
@@ -72,7 +72,7 @@ from eventbus.outbox.results import RelayResult
 from eventbus.outbox.sql import Outbox, pending_rows
 
 if TYPE_CHECKING:
-    from eventbus.bus import BaseEventBus
+    from eventbus.bus.base import BaseEventBus
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_INTERVAL", "OutboxRelay", "RelayResult"]
 

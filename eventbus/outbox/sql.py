@@ -34,9 +34,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'eventbus[store]'"
     ) from exc
 
-from eventbus.envelope import Envelope, wrap
+from eventbus.domain.envelope import Envelope, wrap
+from eventbus.domain.events import Event
 from eventbus.errors import ConcurrencyError, OutboxError
-from eventbus.events import Event
 from eventbus.outbox.payload import outbox_payload
 from eventbus.outbox.results import FailedRow, OutboxStatus
 from eventbus.redaction import redact, redact_url, safe_cause
@@ -49,7 +49,7 @@ from eventbus.store.sql import (
 )
 
 if TYPE_CHECKING:
-    from eventbus.bus import BaseEventBus
+    from eventbus.bus.base import BaseEventBus
     from eventbus.outbox.relay import RelayResult
     from eventbus.store.base import StoredEvent
 

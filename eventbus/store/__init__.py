@@ -40,8 +40,8 @@ An aggregate is identified by ``(aggregate_type, aggregate_id)``, as on its
 envelopes; its events are numbered 1, 2, 3 ... (``envelope.sequence``) by the
 store, so publishing the returned envelopes gives ordered handlers the same
 numbers. Every read decodes through :meth:`Envelope.from_wire
-<eventbus.envelope.Envelope.from_wire>`'s code, so older data is upcast
-(:mod:`eventbus.upcasting`); ``load_records``/``read_all_records`` give the
+<eventbus.domain.envelope.Envelope.from_wire>`'s code, so older data is upcast
+(:mod:`eventbus.domain.upcasting`); ``load_records``/``read_all_records`` give the
 rows undecoded, for types this code no longer knows.
 
 Backends: :class:`InMemoryEventStore`, :class:`SQLEventStore` (SQLite and

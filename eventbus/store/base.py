@@ -28,9 +28,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 from uuid import UUID
 
-from eventbus.envelope import Envelope, decode_envelope
+from eventbus.domain.envelope import Envelope, decode_envelope
+from eventbus.domain.events import EventRegistry
 from eventbus.errors import ConcurrencyError, EventError
-from eventbus.events import EventRegistry
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -94,7 +94,7 @@ class EventRecord:
     data: dict[str, Any]
 
     def to_wire(self) -> dict[str, Any]:
-        """The envelope's wire dict (see :mod:`eventbus.envelope`)."""
+        """The envelope's wire dict (see :mod:`eventbus.domain.envelope`)."""
         occurred = self.occurred_at
         if occurred.tzinfo is None:  # SQLite keeps no zone; the store writes UTC
             occurred = occurred.replace(tzinfo=UTC)

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
+from eventbus.domain.events import EventRegistry
 from eventbus.errors import EventStoreError
-from eventbus.events import EventRegistry
 from eventbus.store.base import EventRecord, EventStore, Stream, number_rows
 
 __all__ = ["InMemoryEventStore"]

@@ -44,9 +44,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'eventbus[store]'"
     ) from exc
 
-from eventbus.envelope import Envelope
+from eventbus.domain.envelope import Envelope
+from eventbus.domain.events import EventRegistry
 from eventbus.errors import ConcurrencyError, EventStoreError
-from eventbus.events import EventRegistry
 from eventbus.redaction import redact, redact_url, safe_cause
 from eventbus.store.base import (
     EventRecord,

@@ -6,7 +6,7 @@ own, on RabbitMQ a private node of the pytest run's own (see
 :mod:`tests.faults.brokers`); idempotency and ordering state and the
 handlers' effects stay on the shared Redis (``tests.support.STATE_REDIS_URL``)
 under a key prefix of the test's own, so a broker fault never touches them.
-The Redis workers run eventbus's transport (:mod:`eventbus.transport.redis`),
+The Redis workers run eventbus's transport (:mod:`eventbus.celery.internals.redis_transport`),
 or kombu's own with ``EVENTBUS_FAULTS_TRANSPORT=kombu``.
 
 Each test records one figure line per result (``kill[redis] atomic: published=2000

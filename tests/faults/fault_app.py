@@ -20,7 +20,7 @@ import redis
 from celery import signals
 
 from eventbus import Envelope, Event, EventBus
-from eventbus.idempotency import RedisIdempotencyStore
+from eventbus.guarantees.idempotency import RedisIdempotencyStore
 from tests.support import make_app
 
 PLAIN = "faults.plain"  #: not idempotent: a redelivery repeats its effect
@@ -43,7 +43,7 @@ VISIBILITY_TIMEOUT = 8
 #: consumers take and record a message in one step, or kombu's own (``BRPOP``,
 #: then the record in a second round trip), to show the loss it has.
 REDIS_TRANSPORTS: dict[str, str | None] = {
-    "eventbus": "eventbus.transport.redis:Transport",
+    "eventbus": "eventbus.celery.internals.redis_transport:Transport",
     "kombu": None,
 }
 #: Seconds a gated run of :data:`PLAIN` waits for the test to open its gate

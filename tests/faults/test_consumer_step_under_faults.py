@@ -2,7 +2,7 @@
 
 A message on a handler queue that never becomes a task run (an element that
 is not a message, a pickle, an oversized message) is dead-lettered by the
-worker's consumer step (``eventbus.worker``). The promise is the one of
+worker's consumer step (``eventbus.celery.worker``). The promise is the one of
 handler failures: its record is durably written before the message is
 acknowledged; a write that fails leaves the message unacknowledged (or puts
 it back) and is tried again later, off the worker's event loop, and the log

@@ -10,7 +10,7 @@ restarts the broker, and then counts by event id what the handlers did:
   is a separate write (``idem``) may repeat only the runs in progress when a
   worker died; a plain handler repeats whatever was run but not acked.
 
-On Redis the workers run eventbus's transport (:mod:`eventbus.transport.redis`):
+On Redis the workers run eventbus's transport (:mod:`eventbus.celery.internals.redis_transport`):
 a consumer takes a message off the queue and records it as unacked in one
 atomic script, so a SIGKILLed worker or a crashed Redis leaves every message
 either on the queue or in the unacked hash, and any loss fails the test.

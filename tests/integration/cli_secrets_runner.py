@@ -3,7 +3,7 @@
 ``python -m tests.integration.cli_secrets_runner JOBS RESULTS``: JOBS is a
 JSON list of ``{"what", "entry", "args", "env"}``; each job runs in this
 process with click's ``CliRunner`` (its ``env`` set for the job, restored
-after), through ``eventbus`` (:func:`eventbus.cli.main`) or through
+after), through ``eventbus`` (:func:`eventbus.cli.main.main`) or through
 ``celery -A handlers eventbus`` (Celery's own command group, which loads
 the ``celery.commands`` entry point). RESULTS gets, per job, its exit code,
 stdout, stderr, what it logged (every record that reached the root logger,
@@ -47,7 +47,7 @@ def run(job: dict[str, Any], captured: Captured) -> dict[str, Any]:
 
         args = ["-A", "handlers", "eventbus", *job["args"]]
     else:
-        from eventbus.cli import main as command
+        from eventbus.cli.main import main as command
 
         args = ["-A", "handlers", *job["args"]]
     captured.lines.clear()

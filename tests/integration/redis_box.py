@@ -18,11 +18,11 @@ import redis
 from kombu import Connection, Exchange, Queue
 from kombu.message import Message
 
-from eventbus.transport.redis import TAKE_SCRIPT
-from eventbus.transport.refused import KEPT_BYTES
+from eventbus.celery.internals.redis_transport import TAKE_SCRIPT
+from eventbus.celery.refused import KEPT_BYTES
 from tests.support import require_broker
 
-TRANSPORT = "eventbus.transport.redis:Transport"
+TRANSPORT = "eventbus.celery.internals.redis_transport:Transport"
 
 
 class Box:

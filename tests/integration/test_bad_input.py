@@ -168,7 +168,7 @@ def test_pickle_is_never_unpickled_even_when_the_app_accepts_it(
     recorder = Recorder()
     name = env.name("orders")
     env.bus.subscribe(OrderPlaced, name=name, handler=recorder.handler(name))
-    with caplog.at_level(logging.WARNING, logger="eventbus.worker"):
+    with caplog.at_level(logging.WARNING, logger="eventbus.celery.worker"):
         env.start_worker()
     token = uuid.uuid4().hex
 

@@ -25,7 +25,7 @@ GARBAGE = b"\xff\xfe pushed by hand: not JSON, not a record"
 
 
 def eventbus_dlq(env: Env, *args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m eventbus.cli -A tests.integration.cli_broker_app dlq ARGS`` on env's bus."""
+    """Run ``eventbus -A tests.integration.cli_broker_app dlq ARGS`` on env's bus."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTBUS_", "CELERY_"))}
     environ.update(
         EVENTBUS_CLI_TEST_BROKER=env.broker_url,

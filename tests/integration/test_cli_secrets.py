@@ -41,7 +41,7 @@ import click
 import pytest
 from celery.events.receiver import EventReceiver
 
-from eventbus.cli import main
+from eventbus.cli.main import main
 from tests.support import delete_queues, make_app, require_broker, unique, wait_for
 
 #: Over a hundred ``eventbus`` processes per test, three at a time.
@@ -209,7 +209,7 @@ class World:
         return environ
 
     def demo_args(self, *args: str) -> list[str]:
-        # On the test's queue, not eventbus.demo, which another run may be using.
+        # On the test's queue, not eventbus.cli.demo, which another run may be using.
         return ["demo", *args, "--queue", self.queue]
 
     def run(self, what: str, args: list[str], *, celery: bool = False, **env: str) -> Run:

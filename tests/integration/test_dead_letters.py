@@ -223,10 +223,10 @@ def test_a_dead_letter_that_cannot_be_written_requeues_the_message(
 ) -> None:
     # Given a handler that fails permanently, and a DLQ whose first write fails
     # (the broker went away for a moment)
-    import eventbus.worker
+    import eventbus.celery.worker
     from eventbus import DeadLetterError
 
-    monkeypatch.setattr(eventbus.worker, "REQUEUE_PAUSE", 0.05)
+    monkeypatch.setattr(eventbus.celery.worker, "REQUEUE_PAUSE", 0.05)
     store = env.bus.dead_letter_store
     real_append = store.append
     failures = [DeadLetterError("connection reset")]
@@ -260,10 +260,10 @@ def test_a_dead_letter_written_again_after_a_lost_answer_is_one_record(
 ) -> None:
     # Given a handler that fails permanently, and a DLQ whose first write goes
     # through but whose answer is lost (the connection broke right after it)
-    import eventbus.worker
+    import eventbus.celery.worker
     from eventbus import DeadLetterError
 
-    monkeypatch.setattr(eventbus.worker, "REQUEUE_PAUSE", 0.05)
+    monkeypatch.setattr(eventbus.celery.worker, "REQUEUE_PAUSE", 0.05)
     store = env.bus.dead_letter_store
     real_append = store.append
     answers_lost = [DeadLetterError("connection reset by peer after the write")]

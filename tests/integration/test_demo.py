@@ -40,7 +40,7 @@ def assert_story_told(result: subprocess.CompletedProcess[str]) -> None:
 def test_demo_runs_with_no_broker_installed() -> None:
     # Given no broker configured at all, when the newcomer runs the demo,
     # then the embedded memory:// transport tells the whole story.
-    result = run_demo({}, "eventbus.demo")
+    result = run_demo({}, "eventbus.cli.demo")
     assert "broker memory://" in result.stdout
     assert_story_told(result)
 

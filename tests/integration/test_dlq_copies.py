@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from eventbus import DeadLetter
-from eventbus.cli import main
+from eventbus.cli.main import main
 from eventbus.deadletter.store import BrokerDeadLetterStore
 
 from .conftest import Env

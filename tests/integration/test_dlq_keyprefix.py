@@ -18,7 +18,7 @@ import redis
 from click.testing import CliRunner
 
 from eventbus import DeadLetter, EventBus
-from eventbus.cli import main
+from eventbus.cli.main import main
 from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
 
 from .helpers import OrderPlaced, wait_for

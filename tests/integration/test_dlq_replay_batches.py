@@ -25,9 +25,9 @@ import pytest
 import redis
 from kombu.transport.redis import PublishBatch
 
-import eventbus.confirms
+import eventbus.celery.internals.confirms
 from eventbus import DeadLetter, Envelope, ReplayError
-from eventbus.confirms import PublishNotConfirmed
+from eventbus.celery.internals.confirms import PublishNotConfirmed
 from eventbus.deadletter.store import REPLAY_CHUNK
 from eventbus.errors import ReplayConflict
 from tests.support import run_concurrently
@@ -66,7 +66,7 @@ def fail_batches(env: Env, monkeypatch: pytest.MonkeyPatch, which: Callable[[int
 
         monkeypatch.setattr(PublishBatch, "flush", failing_flush)
         return
-    wait = eventbus.confirms._wait
+    wait = eventbus.celery.internals.confirms._wait
 
     def failing_wait(channel: Any, tags: Any, mine: list[int], timeout: float) -> None:
         nonlocal batches
@@ -75,7 +75,7 @@ def fail_batches(env: Env, monkeypatch: pytest.MonkeyPatch, which: Callable[[int
         if which(batches):
             raise PublishNotConfirmed(f"test: the broker nacked {len(mine)} message(s)")
 
-    monkeypatch.setattr(eventbus.confirms, "_wait", failing_wait)
+    monkeypatch.setattr(eventbus.celery.internals.confirms, "_wait", failing_wait)
 
 
 def fill(env: Env, handler: str, n: int) -> list[DeadLetter]:

@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from eventbus import EventBus
-from eventbus.cli import main
+from eventbus.cli.main import main
 from eventbus.deadletter.queue import DeadLetterQueue
 from eventbus.errors import DeadLetterQueueUnavailable
 from tests.support import require_broker, unique

@@ -34,9 +34,9 @@ from typing import Any, get_args
 import redis
 
 from eventbus import Envelope
+from eventbus.celery.refused import CONTENT_TYPE as STAND_IN
 from eventbus.deadletter.record import DeadLetterReason
 from eventbus.errors import EnvelopeDecodeError
-from eventbus.transport.refused import CONTENT_TYPE as STAND_IN
 from tests.support import REDIS_TRANSPORT
 
 from .conftest import Env

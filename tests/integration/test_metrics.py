@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from eventbus.metrics import register
+from eventbus.metrics.handlers import register
 from tests.brokers import free_port
 
 from . import metrics_app

@@ -31,7 +31,7 @@ from amqp import spec
 from kombu import Exchange, Queue
 
 from eventbus import DeadLetter, Envelope, EventBus, PublishError
-from eventbus.confirms import PublishNotConfirmed
+from eventbus.celery.internals.confirms import PublishNotConfirmed
 from tests.support import delete_queues, make_app, require_broker
 
 from .conftest import Env

@@ -19,7 +19,7 @@ from celery.signals import after_task_publish, before_task_publish
 from kombu import Queue
 
 from eventbus import EventBus
-from eventbus.sent_events import SentEvents
+from eventbus.celery.internals.sent_events import SentEvents
 from tests.support import delete_queues, make_app, wait_for
 
 from .conftest import Env

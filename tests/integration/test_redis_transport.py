@@ -1,4 +1,4 @@
-"""eventbus's Redis transport (:mod:`eventbus.transport.redis`) on a real Redis.
+"""eventbus's Redis transport (:mod:`eventbus.celery.internals.redis_transport`) on a real Redis.
 
 A consumer takes a message off its queue and records it as unacked in one
 script: the message is in the unacked hash and index, under its delivery tag,
@@ -29,8 +29,8 @@ import redis
 from kombu.message import Message
 
 from eventbus import EventBus
-from eventbus.transport.redis import DEFAULT_POLL_INTERVAL, Channel, Transport
-from eventbus.transport.refused import CONTENT_TYPE, KEPT_BYTES, read_stand_in
+from eventbus.celery.internals.redis_transport import DEFAULT_POLL_INTERVAL, Channel, Transport
+from eventbus.celery.refused import CONTENT_TYPE, KEPT_BYTES, read_stand_in
 from tests.brokers import PrivateRedis
 from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
 
@@ -357,7 +357,7 @@ def test_a_full_redis_is_logged_once_when_it_refuses_and_once_when_it_takes_agai
     try:
         # When a consumer on eventbus's transport polls it, four times
         with (
-            caplog.at_level(logging.DEBUG, logger="eventbus.transport.redis"),
+            caplog.at_level(logging.DEBUG, logger="eventbus.celery.internals.redis_transport"),
             box.connection() as conn,
             # (declared by the publish: a full Redis refuses the MULTI of a declare)
             conn.Consumer(
@@ -392,7 +392,9 @@ def test_a_full_redis_is_logged_once_when_it_refuses_and_once_when_it_takes_agai
 
         # Then the log said once that Redis refused it (why, with no traceback per
         # poll), once that it takes it again, and the tries between at DEBUG only
-        records = [r for r in caplog.records if r.name == "eventbus.transport.redis"]
+        records = [
+            r for r in caplog.records if r.name == "eventbus.celery.internals.redis_transport"
+        ]
         refusals = [r for r in records if REFUSED in r.getMessage()]
         loud = [r for r in refusals if r.levelno >= logging.INFO]
         assert len(loud) == 1, [r.getMessage() for r in loud]

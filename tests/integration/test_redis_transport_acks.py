@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from eventbus import EventBus
-from eventbus.transport.redis import Transport
+from eventbus.celery.internals.redis_transport import Transport
 from tests.brokers import PrivateRedis
 from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
 

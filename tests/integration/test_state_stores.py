@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from eventbus import create_event
-from eventbus.idempotency import (
+from eventbus.guarantees.idempotency import (
     Claim,
     ClaimLost,
     Delivery,
@@ -22,7 +22,7 @@ from eventbus.idempotency import (
     InMemoryIdempotencyStore,
     RedisIdempotencyStore,
 )
-from eventbus.ordering import (
+from eventbus.guarantees.ordering import (
     InMemoryResequencer,
     InMemorySequencer,
     RedisResequencer,

@@ -26,7 +26,7 @@ import pytest
 from celery import Celery
 
 from eventbus import ConfigurationError, EventBus
-from eventbus.transport import redis as eventbus_redis
+from eventbus.celery.internals import redis_transport as eventbus_redis
 from tests.brokers import PrivateRedis
 from tests.support import (
     STATE_REDIS_URL,
@@ -40,7 +40,7 @@ from tests.support import (
 from .helpers import OrderPlaced, Recorder, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-EVENTBUS_TRANSPORT = "eventbus.transport.redis:Transport"
+EVENTBUS_TRANSPORT = "eventbus.celery.internals.redis_transport:Transport"
 
 
 def load_celeryconfig() -> ModuleType:

@@ -1,4 +1,4 @@
-"""A worker's event loop does not sleep on late acks it has queued (``eventbus/worker_loop.py``).
+"""A worker's event loop does not sleep on late acks it has queued (``internals/worker_loop.py``).
 
 kombu's loop polls for up to 10 s with callbacks queued by its own thread
 still waiting; in a ``--pool solo`` worker a handler's late ack is one of

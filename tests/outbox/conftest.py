@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from eventbus import Envelope, InMemoryEventBus, PublishError
-from eventbus.bus import Subscription
+from eventbus.bus.base import Subscription
 from eventbus.outbox import Outbox
 from eventbus.store import SQLEventStore
 from tests.outbox.events import EVENTS, OrderPlaced, OrderShipped

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from eventbus.cli import main
+from eventbus.cli.main import main
 from eventbus.errors import OutboxError
 from eventbus.outbox import Outbox
 from tests.outbox import cli_apps

@@ -12,8 +12,8 @@ import pytest
 from celery import Celery
 
 from eventbus import ConfigurationError, Envelope, EventBus, OutboxError
+from eventbus.celery.relay_task import RELAY_TASK
 from eventbus.outbox import Outbox
-from eventbus.outbox.task import RELAY_TASK
 from tests.outbox.events import EVENTS, OrderPlaced, placed
 from tests.support import (
     delete_queues,

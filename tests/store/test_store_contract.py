@@ -17,8 +17,8 @@ from eventbus import (
     UnknownEventType,
     create_event,
 )
+from eventbus.domain.upcasting import UPCAST_FROM_KEY
 from eventbus.store import EventStore
-from eventbus.upcasting import UPCAST_FROM_KEY
 from tests.store.events import (
     CURRENT,
     OLD_V1,

@@ -18,8 +18,8 @@ from eventbus import (
     create_event,
     upcaster,
 )
-from eventbus.envelope import Envelope
-from eventbus.upcasting import UPCAST_FROM_KEY
+from eventbus.domain.envelope import Envelope
+from eventbus.domain.upcasting import UPCAST_FROM_KEY
 from tests.store.events import (
     CURRENT,
     OLD_V1,

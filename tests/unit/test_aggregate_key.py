@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from eventbus.ordering import aggregate_key
+from eventbus.guarantees.ordering import aggregate_key
 
 PARTS = [
     "",

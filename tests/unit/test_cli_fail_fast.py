@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import pytest
 from click.testing import CliRunner, Result
 
-from eventbus.cli import main
+from eventbus.cli.main import main
 
 APP = ["-A", "tests.unit.closed_broker_app:bus"]
 

@@ -11,8 +11,8 @@ from click.testing import CliRunner, Result
 from pydantic import BaseModel
 
 from eventbus import Event, EventRegistry, InMemoryEventBus, create_event, registry
-from eventbus.cli import main
-from eventbus.cli_schema import asyncapi_document, json_schema_document
+from eventbus.cli.main import main
+from eventbus.cli.schema import asyncapi_document, json_schema_document
 from tests.store.events import CURRENT
 
 APP = ["-A", "tests.unit.cli_app"]

@@ -10,8 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from kombu.transport.virtual.base import Channel as VirtualChannel
 
-from eventbus.errors import PayloadTooLarge
-from eventbus.transport.compression import (
+from eventbus.celery.internals.compression import (
     CompressedMessageRefused,
     CompressionPolicy,
     DecompressedTooLarge,
@@ -19,6 +18,7 @@ from eventbus.transport.compression import (
     guard_compression,
     unguard_compression,
 )
+from eventbus.errors import PayloadTooLarge
 
 COMPRESSORS: dict[str, Callable[[bytes], bytes]] = {
     "application/x-gzip": zlib.compress,

@@ -14,8 +14,9 @@ from amqp.exceptions import MessageNacked
 from kombu import Connection, Queue
 from kombu.exceptions import OperationalError
 
-from eventbus import EventBus, PublishError, confirms
-from eventbus.confirms import PublishNotConfirmed, confirmed, confirmed_channel
+from eventbus import EventBus, PublishError
+from eventbus.celery.internals import confirms
+from eventbus.celery.internals.confirms import PublishNotConfirmed, confirmed, confirmed_channel
 from tests.support import make_app
 
 

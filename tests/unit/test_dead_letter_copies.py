@@ -17,7 +17,7 @@ import pytest
 from kombu.transport.memory import Channel as MemoryChannel
 
 from eventbus import DeadLetter, Envelope, Event, EventBus, EventRegistry, InMemoryEventBus
-from eventbus.bus import BaseEventBus
+from eventbus.bus.base import BaseEventBus
 from eventbus.deadletter.store import BrokerDeadLetterStore
 from tests.support import make_app
 

@@ -17,8 +17,8 @@ from celery.exceptions import Reject, TimeLimitExceeded
 from celery.worker.request import Request as CeleryRequest
 
 from eventbus import DeadLetter, DeadLetterError, EventBus
-from eventbus.dead_letter_before_ack import reported_by_request, request_class
-from eventbus.dead_letter_writer import DeadLetterWriter, delivery_record_id
+from eventbus.celery.dead_letter_before_ack import reported_by_request, request_class
+from eventbus.celery.dead_letter_writer import DeadLetterWriter, delivery_record_id
 from eventbus.deadletter.memory import InMemoryDeadLetterStore
 from tests.contract.events import ItemAdded
 from tests.support import wait_for
@@ -107,7 +107,7 @@ def test_failing_writes_are_logged_once_and_their_recovery_once(
     loop = Loop()
     writer.bind(loop.call_soon)
     store.broken.set()
-    with caplog.at_level(logging.DEBUG, logger="eventbus.dead_letter_writer"):
+    with caplog.at_level(logging.DEBUG, logger="eventbus.celery.dead_letter_writer"):
         for n in range(3):
             writer.submit(record(n), written=loop.settle(f"ack{n}"), given_up=loop.settle("x"))
         wait_for(lambda: store.tries >= 12, message=lambda: f"{store.tries} tries")

@@ -25,8 +25,8 @@ from prometheus_client import CollectorRegistry, generate_latest, values
 from prometheus_client.parser import text_string_to_metric_families
 
 from eventbus import Envelope, EventBus, InMemoryEventBus
-from eventbus.metrics import DeadLetterCollector, HandlerMetrics, register
-from eventbus.metrics_worker import start_worker_metrics
+from eventbus.metrics.handlers import DeadLetterCollector, HandlerMetrics, register
+from eventbus.metrics.worker import start_worker_metrics
 from tests.brokers import free_port
 from tests.contract.events import ItemAdded, ItemRemoved
 from tests.support import make_app, unique
@@ -177,7 +177,7 @@ def test_a_failed_depth_read_exports_nothing_and_never_fails_the_scrape(
     )
     bus.publish(ItemAdded(sku="a", quantity=1))
     # When scraped, the scrape answers with everything else, and the failure is logged
-    with caplog.at_level(logging.WARNING, logger="eventbus.metrics"):
+    with caplog.at_level(logging.WARNING, logger="eventbus.metrics.handlers"):
         text = generate_latest(registry).decode()
     assert value(text, "eventbus_events_published_total", event_type="contract.item_added") == 1
     assert "eventbus_dead_letters" not in text
@@ -341,7 +341,7 @@ def test_a_port_already_taken_is_logged_and_leaves_nothing_behind(
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with caplog.at_level(logging.ERROR, logger="eventbus.metrics"):
+        with caplog.at_level(logging.ERROR, logger="eventbus.metrics.handlers"):
             metrics = start_worker_metrics(bus, port=port)
     assert f"cannot serve on 127.0.0.1:{port}" in caplog.text
     assert metrics.directory is not None and not Path(metrics.directory).exists()
@@ -361,7 +361,8 @@ def test_a_worker_without_a_port_imports_no_metrics_code() -> None:
         "EventBus(app, default_queue='q')\n"
         "class Worker:\n    app = app\n"
         "signals.worker_init.send(sender=Worker())\n"
-        "print(sorted(m for m in ('eventbus.metrics', 'prometheus_client') if m in sys.modules))\n"
+        "names = ('eventbus.metrics.handlers', 'prometheus_client')\n"
+        "print(sorted(m for m in names if m in sys.modules))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", code],

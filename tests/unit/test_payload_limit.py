@@ -14,7 +14,7 @@ import pytest
 from celery import Celery
 
 from eventbus import EventBus, InMemoryEventBus, PayloadTooLarge
-from eventbus.worker import CELERY_HEADERS_ALLOWANCE
+from eventbus.celery.worker import CELERY_HEADERS_ALLOWANCE
 from tests.contract.events import ItemAdded
 from tests.support import make_app, unique
 

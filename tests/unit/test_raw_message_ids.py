@@ -1,4 +1,4 @@
-"""The ids of raw messages' records (eventbus.worker.RawMessageIds): one per message, kept."""
+"""The ids of raw messages' records (celery.worker.RawMessageIds): one per message, kept."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from typing import Any
 
 from kombu.message import Message
 
-from eventbus.worker import RawMessageIds
+from eventbus.celery.worker import RawMessageIds
 
 
 def message(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from eventbus import ConfigurationError, EventBus, InMemoryEventBus, SubscriptionError
-from eventbus.idempotency import InMemoryIdempotencyStore, RedisIdempotencyStore
-from eventbus.state import redact_url, redis_url_from_config, state_from_config
+from eventbus.guarantees.idempotency import InMemoryIdempotencyStore, RedisIdempotencyStore
+from eventbus.guarantees.state import redact_url, redis_url_from_config, state_from_config
 from tests.contract.events import ItemAdded
 from tests.support import make_app
 

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from eventbus import EventBusError
-from eventbus.cli import main
+from eventbus.cli.main import main
 from eventbus.errors import StateStoreError
 from tests.integration.helpers import OrderPlaced
 from tests.unit.state_cli_app import make_bus

@@ -5,7 +5,11 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
-from eventbus.task_events import DEFAULT_BUFFER, DEFAULT_INTERVAL, BatchedTaskEvents
+from eventbus.celery.internals.task_events import (
+    DEFAULT_BUFFER,
+    DEFAULT_INTERVAL,
+    BatchedTaskEvents,
+)
 
 
 class Hub:

@@ -1,4 +1,4 @@
-"""Which transport an app's broker URLs get (eventbus.transport.selection), without a broker."""
+"""Which transport an app's broker URLs get (celery.transport_selection), without a broker."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from celery import Celery
 
 from eventbus import ConfigurationError
-from eventbus.transport.redis import SecureTransport, Transport
-from eventbus.transport.selection import (
+from eventbus.celery.internals.redis_transport import SecureTransport, Transport
+from eventbus.celery.transport_selection import (
     REDIS_TRANSPORT,
     SECURE_REDIS_TRANSPORT,
     TransportChoice,
@@ -89,12 +89,12 @@ def test_eventbus_transport_set_for_a_url_it_cannot_serve_is_a_configuration_err
     with pytest.raises(ConfigurationError) as err:
         choose(broker_url=url, broker_transport=REDIS_TRANSPORT)
     message = str(err.value)
-    assert "broker_transport is eventbus.transport.redis:Transport" in message
+    assert "broker_transport is eventbus.celery.internals.redis_transport:Transport" in message
     assert url.split("://")[0] + "://" in message and "hunter2" not in message
 
 
 @pytest.mark.parametrize(
-    "transport", [REDIS_TRANSPORT, Transport, "eventbus.transport.redis.Transport"]
+    "transport", [REDIS_TRANSPORT, Transport, "eventbus.celery.internals.redis_transport.Transport"]
 )
 def test_eventbus_transport_set_by_hand_for_a_redis_url_is_kept(transport: Any) -> None:
     assert choose(broker_url="redis://a/0", broker_transport=transport).transport is transport

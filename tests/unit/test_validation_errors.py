@@ -21,7 +21,7 @@ from eventbus import (
     InMemoryEventBus,
     create_event,
 )
-from eventbus.envelope import Envelope
+from eventbus.domain.envelope import Envelope
 
 
 class TicketOpened(Event):

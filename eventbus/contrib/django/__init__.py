@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from eventbus.contrib.django.publish import publish_on_commit, publish_via_outbox
 
 if TYPE_CHECKING:
-    from eventbus.celery_bus import EventBus
+    from eventbus.celery.bus import EventBus
     from eventbus.contrib.django.conf import get_bus
     from eventbus.contrib.django.models import OutboxMessage
     from eventbus.contrib.django.relay import (

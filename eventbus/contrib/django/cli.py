@@ -2,7 +2,7 @@
 
 The ``dlq``, ``events``, ``publish`` and ``schema`` commands are those of the
 ``eventbus`` CLI; ``outbox relay``, ``status`` and ``retry-failed`` are those
-of ``eventbus outbox`` (same options and output, :mod:`eventbus.cli_outbox`),
+of ``eventbus outbox`` (same options and output, :mod:`eventbus.cli.outbox`),
 on Django's database (``--database`` instead of ``--url``/``--table``).
 Exit codes: 0 ok, 1 the operation failed, 2 usage error.
 """
@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from eventbus.cli import events, publish
-from eventbus.cli_context import BusContext, bus_of, fail, handle_errors
-from eventbus.cli_dlq import dlq
-from eventbus.cli_outbox import echo_status, finish, report, stop_on_signals
-from eventbus.cli_schema import schema
+from eventbus.cli.context import BusContext, bus_of, fail, handle_errors
+from eventbus.cli.dlq import dlq
+from eventbus.cli.main import events, publish
+from eventbus.cli.outbox import echo_status, finish, report, stop_on_signals
+from eventbus.cli.schema import schema
 
 if TYPE_CHECKING:
     from eventbus.contrib.django.relay import RelayResult

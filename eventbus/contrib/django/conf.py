@@ -36,7 +36,7 @@ from eventbus.errors import ConfigurationError
 if TYPE_CHECKING:
     from celery import Celery
 
-    from eventbus.celery_bus import EventBus
+    from eventbus.celery.bus import EventBus
 
 __all__ = [
     "DEFAULT_AUTODISCOVER",
@@ -70,8 +70,8 @@ def get_bus() -> EventBus:
 def _find_bus() -> EventBus:
     from django.conf import settings  # type: ignore[import-untyped]
 
-    from eventbus.bus import BaseEventBus
-    from eventbus.celery_bus import EventBus, bus_for_app
+    from eventbus.bus.base import BaseEventBus
+    from eventbus.celery.bus import EventBus, bus_for_app
 
     spec = getattr(settings, "EVENTBUS_CELERY_APP", None)
     if spec:

@@ -18,11 +18,11 @@ import logging
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from eventbus.envelope import Envelope, wrap
-from eventbus.events import Event, resolve_event_type
+from eventbus.domain.envelope import Envelope, wrap
+from eventbus.domain.events import Event, resolve_event_type
 
 if TYPE_CHECKING:
-    from eventbus.bus import BaseEventBus
+    from eventbus.bus.base import BaseEventBus
 
 __all__ = ["publish_on_commit", "publish_via_outbox"]
 
@@ -47,7 +47,7 @@ def publish_on_commit(
     the commit, and nothing is scheduled. Outside ``transaction.atomic()``
     (autocommit) it is published at once, as Django runs such a hook. The
     envelope fields are those of :meth:`EventBus.publish
-    <eventbus.bus.BaseEventBus.publish>`; a sequence number for an ordered
+    <eventbus.bus.base.BaseEventBus.publish>`; a sequence number for an ordered
     handler is assigned at the commit, so the returned envelope has none.
 
     If the publish fails after the commit, the error is logged with the whole

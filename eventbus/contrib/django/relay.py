@@ -25,7 +25,7 @@ has no row locks: a batch takes the database's write lock first, so relays
 take turns and the application's writes wait while a batch publishes (keep
 batches small there). Every row of the batch is decoded first; the good ones
 are published together in one :meth:`bus.batch()
-<eventbus.bus.BaseEventBus.batch>` (see :mod:`eventbus.outbox.publishing`)
+<eventbus.bus.base.BaseEventBus.batch>` (see :mod:`eventbus.outbox.publishing`)
 and get ``published_at`` once it was sent and confirmed; a row that can never
 be published (not an envelope, an unknown type, invalid or oversized data, an
 ``event_id`` that is not its payload's) gets ``failed_at`` and
@@ -48,8 +48,8 @@ from eventbus.outbox.publishing import publish_rows
 from eventbus.outbox.results import FailedRow, OutboxStatus, RelayResult
 
 if TYPE_CHECKING:
-    from eventbus.bus import BaseEventBus
-    from eventbus.celery_bus import EventBus
+    from eventbus.bus.base import BaseEventBus
+    from eventbus.celery.bus import EventBus
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",

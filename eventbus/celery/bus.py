@@ -1,0 +1,510 @@
+"""The event bus on a Celery app: one task per handler, one message per handler.
+
+Publishing an event with K subscribers sends K task messages through one
+producer from the app's pool; on Redis they go out in one pipelined round
+trip (kombu's ``Producer.batch()``). Each handler task uses Celery's own
+autoretry (exponential backoff, jitter); what happens inside the worker (a
+terminal failure becomes a dead letter) lives in :mod:`eventbus.celery.worker`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import Reject, Retry
+from kombu.entity import Exchange, Queue
+from kombu.exceptions import KombuError
+
+from eventbus.broker_errors import URL_ERRORS, describe_broker_error, url_of
+from eventbus.bus.base import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
+from eventbus.celery.dead_letter_before_ack import request_class
+from eventbus.celery.internals.bound_queues import bound_queues
+from eventbus.celery.internals.confirms import confirmed
+from eventbus.celery.internals.sent_events import SentEvents
+from eventbus.celery.transport_selection import bind_transport, check_transport
+from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore, store_for_app
+from eventbus.domain.envelope import Envelope
+from eventbus.domain.events import EventRegistry
+from eventbus.domain.options import HandlerOptions
+from eventbus.errors import (
+    EnvelopeDecodeError,
+    PublishError,
+    SubscriptionError,
+)
+from eventbus.guarantees.delivery import Deferral
+from eventbus.redaction import safe_cause
+
+if TYPE_CHECKING:
+    from celery import Celery
+
+    from eventbus.guarantees.state import State
+
+__all__ = ["Deferred", "EventBus", "bus_for_app"]
+
+logger = logging.getLogger(__name__)
+
+#: Redis operations a :meth:`EventBus.batch` buffers before it flushes (a message
+#: and its task-sent event are two).
+BATCH_MAX_MESSAGES = 1000
+
+#: kombu's Redis visibility_timeout when none is configured, in seconds.
+REDIS_DEFAULT_VISIBILITY_TIMEOUT = 3600
+
+_BUSES: weakref.WeakKeyDictionary[Any, EventBus] = weakref.WeakKeyDictionary()
+
+
+def bus_for_app(app: Celery) -> EventBus | None:
+    """The :class:`EventBus` created on this Celery app, if any."""
+    return _BUSES.get(app)
+
+
+class EventBus(BaseEventBus):
+    """Domain events on Celery.
+
+    ``app`` is your Celery app; handler tasks are built on its ``Task`` class,
+    so Django's and Flask's task classes keep working. ``default_queue`` is
+    where handlers without a ``queue`` option go (default: the
+    ``eventbus_default_queue`` setting, else Celery's ``task_default_queue``);
+    ``dead_letter_queue`` names the DLQ (default: ``eventbus_dead_letter_queue``,
+    else ``eventbus.dlq``).
+
+    On RabbitMQ the broker confirms every publish, waited for once per event
+    (:mod:`eventbus.celery.internals.confirms`; ``eventbus_publish_confirms = False`` opts
+    out); ``eventbus_confirm_timeout`` (seconds, default 10) bounds the wait.
+    """
+
+    def __init__(
+        self,
+        app: Celery,
+        *,
+        default_queue: str | None = None,
+        dead_letter_queue: str | None = None,
+        event_registry: EventRegistry | None = None,
+    ) -> None:
+        super().__init__(event_registry=event_registry)
+        self.app = app
+        self._default_queue = default_queue
+        self._dead_letter_queue = dead_letter_queue
+        self._store: DeadLetterStore | None = None
+        self._publish_errors: tuple[type[BaseException], ...] | None = None
+        self._broker_dead_lettering: bool | None = None
+        self._state: State | None = None
+        self._batches = threading.local()  # the thread's open batch(), if any
+        self._transport_checked = False
+        # First, so that a worker picks its transport before anything connects.
+        bind_transport(app)
+        from eventbus.celery.worker import WorkerHooks
+
+        self._worker_hooks = WorkerHooks(self)
+        _BUSES[app] = self
+        from eventbus.celery.replay_task import register_replay_task
+
+        #: ``eventbus.replay_dead_letters``: replay from Flower or any task sender.
+        self.replay_task = register_replay_task(self)
+        from eventbus.celery.relay_task import register_relay_task
+
+        #: ``eventbus.relay_outbox``: publish the outbox's pending rows (Celery beat).
+        self.relay_task = register_relay_task(self)
+
+    # -- configuration -----------------------------------------------------
+
+    @property
+    def default_queue(self) -> str:
+        conf = self.app.conf
+        return str(
+            self._default_queue or conf.get("eventbus_default_queue") or conf.task_default_queue
+        )
+
+    @property
+    def dead_letter_queue(self) -> str:
+        return str(
+            self._dead_letter_queue
+            or self.app.conf.get("eventbus_dead_letter_queue")
+            or DEFAULT_DEAD_LETTER_QUEUE
+        )
+
+    def _setting(self, name: str, default: Any) -> Any:
+        value = self.app.conf.get(f"eventbus_{name}")
+        return default if value is None else value
+
+    @property
+    def state(self) -> State:
+        """Idempotency claims, sequence counters, positions: Redis (``guarantees.state``)."""
+        if self._state is None:
+            from eventbus.guarantees.state import state_from_config
+
+            self._state = state_from_config(
+                self.app.conf, purpose="idempotent and ordered handlers, and sequence numbers,"
+            )
+        return self._state
+
+    @property
+    def max_payload_bytes(self) -> int:
+        configured = self.app.conf.get("eventbus_max_payload_bytes")
+        return DEFAULT_MAX_PAYLOAD_BYTES if configured is None else int(configured)
+
+    @property
+    def queues(self) -> list[str]:
+        """The handler queues a worker must consume (``celery worker -Q ...``)."""
+        return sorted(
+            {sub.options.queue or self.default_queue for sub in self._subscriptions.values()}
+        )
+
+    @property
+    def dead_letter_store(self) -> DeadLetterStore:
+        if self._store is None:
+            self._store = store_for_app(self.app, self.dead_letter_queue)
+        return self._store
+
+    @property
+    def broker_dead_lettering(self) -> bool:
+        """Whether handler queues carry RabbitMQ's dead-letter exchange (to the DLQ).
+
+        On by default on RabbitMQ (``eventbus_broker_dead_lettering``): a
+        message the broker itself drops from a handler queue (rejected by a
+        consumer, expired, over a length or delivery limit) lands in the DLQ.
+        """
+        if self._broker_dead_lettering is None:
+            enabled = self.app.conf.get("eventbus_broker_dead_lettering", True)
+            try:
+                with self.app.connection_for_write() as conn:  # no I/O: reads the URL
+                    driver = conn.transport.driver_type
+            except URL_ERRORS:
+                # A URL kombu cannot use (unknown scheme, malformed): the bus is
+                # still made, so that whatever uses the broker (publish, the DLQ,
+                # the CLI) can say what is wrong instead of the app's import.
+                return False
+            self._broker_dead_lettering = bool(enabled) and driver == "amqp"
+        return self._broker_dead_lettering
+
+    def handler_queue(self, name: str) -> Queue | str:
+        """How a handler queue is declared: a name, or on RabbitMQ the queue with its DLX."""
+        if not self.broker_dead_lettering or name == self.app.conf.task_default_queue:
+            # Celery's default queue is shared with the app's other tasks, which
+            # declare it plainly: an inequivalent declaration would fail theirs.
+            return name
+        dlq = self.dead_letter_queue
+        return Queue(
+            name,
+            Exchange(name, type="direct", durable=True),
+            routing_key=name,
+            durable=True,
+            # The DLQ's exchange is named after it and binds it by its name.
+            queue_arguments={"x-dead-letter-exchange": dlq, "x-dead-letter-routing-key": dlq},
+        )
+
+    def _resolve_options(self, given: Mapping[str, Any]) -> HandlerOptions:
+        options = HandlerOptions.resolve(given, self.app.conf)
+        visibility = (self.app.conf.broker_transport_options or {}).get("visibility_timeout")
+        if visibility is None and str(self.app.conf.broker_url or "").startswith("redis"):
+            visibility = REDIS_DEFAULT_VISIBILITY_TIMEOUT
+        if visibility is not None and options.retry_backoff_max >= visibility:
+            # On Redis a retry waiting longer than the visibility timeout is
+            # delivered a second time while the first copy still waits.
+            raise SubscriptionError(
+                f"retry_backoff_max ({options.retry_backoff_max}s) must stay below the "
+                f"broker's visibility_timeout ({visibility}s)"
+            )
+        return options
+
+    # -- tasks -------------------------------------------------------------
+
+    def _attach(self, subscription: Subscription) -> None:
+        options = subscription.options
+        guard = subscription.guard
+        assert guard is not None
+        event_registry = self.event_registry
+        permanent, retry_on = options.permanent_errors, options.retry_on
+        hooks = self._worker_hooks
+
+        def run(task: Any, envelope: object = None, *args: object, **kwargs: object) -> str | None:
+            request = task.request
+            retries = request.retries or 0
+
+            def will_retry(exc: BaseException) -> bool:
+                # What Celery's autoretry will do with this exception.
+                if isinstance(exc, Reject):
+                    return bool(exc.requeue)  # never autoretried: re-queued, or recorded
+                return (
+                    isinstance(exc, retry_on)
+                    and not isinstance(exc, permanent)
+                    and retries < task.max_retries
+                )
+
+            try:
+                if args or kwargs:
+                    raise EnvelopeDecodeError("a handler task takes exactly one envelope argument")
+                return guard(
+                    Envelope.from_wire(envelope, event_registry),
+                    owner=str(request.id),
+                    attempt=retries + 1,
+                    will_retry=will_retry,
+                )
+            except Deferral as deferral:
+                raise defer(task, deferral) from None
+            except Reject:
+                # The handler's own: Celery re-queues the message, or the task's
+                # Request records it before the ack (a dropping reject).
+                raise
+            except Exception as exc:
+                if not will_retry(exc):
+                    # Terminal: record it before the ack (re-queued if it cannot be).
+                    hooks.dead_letter_in_task(task, subscription, exc)
+                raise
+
+        module, _, short = subscription.name.rpartition(".")
+        run.__name__ = run.__qualname__ = short
+        run.__module__ = module or __name__
+        run.__doc__ = getattr(subscription.handler, "__doc__", None)
+
+        task_options: dict[str, Any] = {
+            "name": subscription.name,
+            "bind": True,
+            "shared": False,  # registered on this app only
+            "autoretry_for": options.retry_on,
+            # A Reject (eventbus's own when a dead letter could not be written:
+            # re-queue) is never turned into a retry, which would count an attempt.
+            "dont_autoretry_for": (*options.permanent_errors, Reject),
+            "max_retries": options.max_retries,
+            "retry_backoff": options.retry_backoff or False,
+            "retry_backoff_max": options.retry_backoff_max,
+            "retry_jitter": options.retry_jitter,
+            # At-least-once: ack after the handler ran; a lost worker's
+            # message goes back to the queue.
+            "acks_late": True,
+            "reject_on_worker_lost": True,
+            # A terminal failure (a hard time limit too) is a dead letter, then an
+            # ack: never a reject, which RabbitMQ would dead-letter a second time.
+            "acks_on_failure": True,
+            "acks_on_timeout": True,
+            # Failures Celery reports in the worker's main process: the record
+            # is written (off the event loop) before the ack.
+            "Request": request_class(self.app.Task.Request, hooks),
+            "ignore_result": True,
+            "typing": False,  # run() checks its own argument (and dead-letters a bad one)
+            "queue": self.handler_queue(options.queue or self.default_queue),
+            "time_limit": options.time_limit,
+            "soft_time_limit": options.soft_time_limit,
+            "rate_limit": options.rate_limit,
+        }
+        if not options.retry_backoff:
+            task_options["retry_kwargs"] = {"countdown": 0}
+        subscription.task = self.app.task(**task_options)(run)
+
+    # -- publishing --------------------------------------------------------
+
+    @contextmanager
+    def batch(self, max_size: int = BATCH_MAX_MESSAGES) -> Iterator[None]:
+        # (Documented on BaseEventBus.batch.) One producer for the block, in a
+        # kombu Producer.batch() (flushed every ``max_size`` Redis operations,
+        # task-sent events included) and one confirm window on RabbitMQ; the
+        # per-event blocks of _dispatch nest into them and wait for nothing.
+        if getattr(self._batches, "open", None) is not None or self.app.conf.task_always_eager:
+            yield
+            return
+        state = _Batch()
+        try:
+            with (
+                self._producer() as producer,
+                self._confirmed(producer),
+                producer.batch(max_size),
+            ):
+                state.producer = producer
+                self._batches.open = state
+                try:
+                    yield
+                finally:
+                    self._batches.open = None
+                if state.failure is not None:
+                    raise state.failure
+        except self._retryable_publish_errors() as exc:
+            raise PublishError(
+                f"a batch of {state.events} event(s) was not sent, or not confirmed: "
+                f"{type(exc).__name__}: {exc}; publish them again (some may have been delivered)"
+            ) from exc
+
+    def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
+        args = (self._wire(envelope),)
+        # Celery formats each message's arguments for Flower and the logs;
+        # the K messages of one event carry the same envelope: format it once.
+        argsrepr = _argsrepr(args, self.app.amqp.argsrepr_maxsize)
+        if self.app.conf.task_always_eager:
+            for sub in subscriptions:
+                sub.task.apply(args)
+            return
+        batch: _Batch | None = getattr(self._batches, "open", None)
+        if batch is not None:
+            self._dispatch_in_batch(batch, envelope, args, argsrepr, subscriptions)
+            return
+        policy = self.app.conf.task_publish_retry_policy or {}
+        max_retries = int(policy.get("max_retries", 3) or 0)
+        interval = float(policy.get("interval_start", 0) or 0)
+        step = float(policy.get("interval_step", 0.2) or 0)
+        interval_max = float(policy.get("interval_max", 1) or 0)
+        attempt = 0
+        while True:
+            sent: list[str] = []
+            try:
+                # On Redis all K messages (and their task-sent events, in one
+                # message: eventbus.celery.internals.sent_events) go out in one pipeline; other
+                # transports publish at once. On RabbitMQ the broker confirms
+                # them, waited for once per event.
+                with (
+                    self._producer() as producer,
+                    self._confirmed(producer),
+                    # One message gains nothing from a batch (on Redis a
+                    # pipeline object per event costs more than it saves).
+                    producer.batch() if len(subscriptions) > 1 else nullcontext(),
+                ):
+                    self._send_messages(producer, args, argsrepr, subscriptions, sent)
+                return
+            except self._retryable_publish_errors() as exc:
+                # Celery already retried each message by its policy; a batch
+                # flush is never retried inside kombu, so retry the event
+                # here. A flush that failed half-way may have delivered some
+                # messages: a retry can duplicate them (at-least-once).
+                if attempt >= max_retries:
+                    raise PublishError(
+                        f"could not publish {envelope.event_type} {envelope.event_id} "
+                        f"after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}",
+                        sent=tuple(sent),
+                    ) from exc
+                time.sleep(min(interval + step * attempt, interval_max))
+                attempt += 1
+
+    def _send_messages(
+        self,
+        producer: Any,
+        args: tuple[dict[str, Any]],
+        argsrepr: str,
+        subscriptions: Sequence[Subscription],
+        sent: list[str],
+    ) -> None:
+        """One message per handler on ``producer`` (names appended to ``sent``), then
+        their task-sent events as one message (:mod:`eventbus.celery.internals.sent_events`)."""
+        sent_events = SentEvents(self.app)
+        for sub, queue in bound_queues(self.app, producer, subscriptions):
+            sub.task.apply_async(
+                args,
+                producer=producer,
+                argsrepr=argsrepr,
+                kwargsrepr="{}",
+                event_dispatcher=sent_events,
+                **queue,
+            )
+            sent.append(sub.name)
+        sent_events.send(producer)
+
+    def _producer(self) -> AbstractContextManager[Any]:
+        """A producer from the app's pool, once the broker transport was found to fit its URL."""
+        if not self._transport_checked:
+            check_transport(self.app)  # ConfigurationError: a transport that cannot serve the URL
+            self._transport_checked = True
+        return self.app.producer_or_acquire()  # type: ignore[no-any-return]
+
+    def _confirmed(self, producer: Any) -> AbstractContextManager[None]:
+        """Confirms of the block's publishes on RabbitMQ (``celery.internals.confirms``)."""
+        return confirmed(
+            producer,
+            timeout=self.app.conf.get("eventbus_confirm_timeout"),
+            enabled=self.app.conf.get("eventbus_publish_confirms", True),
+        )
+
+    def _dispatch_in_batch(
+        self,
+        batch: _Batch,
+        envelope: Envelope[Any],
+        args: tuple[dict[str, Any]],
+        argsrepr: str,
+        subscriptions: Sequence[Subscription],
+    ) -> None:
+        # No retry here: a failed batch is retried as a whole by its caller.
+        if batch.failure is not None:
+            raise PublishError(
+                f"not publishing {envelope.event_type} {envelope.event_id}: "
+                f"this batch already failed ({batch.failure})"
+            )
+        batch.events += 1
+        try:
+            self._send_messages(batch.producer, args, argsrepr, subscriptions, [])
+        except self._retryable_publish_errors() as exc:
+            batch.failure = exc
+            raise PublishError(
+                f"could not publish {envelope.event_type} {envelope.event_id} in a batch: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _retryable_publish_errors(self) -> tuple[type[BaseException], ...]:
+        if self._publish_errors is None:
+            try:
+                with self.app.connection_for_write() as conn:
+                    errors = conn.connection_errors + conn.channel_errors
+            except URL_ERRORS as exc:
+                # Asked while a publish failed: the broker URL itself is unusable
+                # (unknown scheme, malformed), which no retry fixes.
+                url = url_of(self.app.conf.broker_url)
+                raise PublishError(
+                    f"cannot publish: {describe_broker_error(exc, [url])}"
+                ) from safe_cause(exc, [url])
+            self._publish_errors = (KombuError, OSError, *errors)
+        return self._publish_errors
+
+    # -- ownership (for the worker hooks and metrics) ------------------------
+
+    def subscription_of(self, task: object) -> Subscription | None:
+        """The subscription whose handler task ``task`` is, if it is one of this bus's."""
+        # Signals are process-wide: two apps may each have a handler of this name.
+        if getattr(task, "app", None) is not self.app:
+            return None
+        return self._subscriptions.get(getattr(task, "name", None) or "")
+
+    def owns(self, task: object) -> bool:
+        """Whether ``task`` is a handler task of this bus (on its app, by its name)."""
+        return self.subscription_of(task) is not None
+
+    def has_handler(self, name: object) -> bool:
+        return isinstance(name, str) and name in self._subscriptions
+
+
+class _Batch:
+    """The state of one thread's open :meth:`EventBus.batch`."""
+
+    __slots__ = ("events", "failure", "producer")
+
+    def __init__(self) -> None:
+        self.producer: Any = None
+        self.events = 0
+        self.failure: BaseException | None = None
+
+
+class Deferred(Retry):  # type: ignore[misc]
+    """A delivery sent back to its queue to run later; it spends none of its retries.
+
+    Celery shows it as a retry (state RETRY in Flower, with the reason);
+    metrics count it as ``deferred``.
+    """
+
+
+def defer(task: Any, deferral: Deferral) -> Deferred:
+    """Send the running message again with a countdown, keeping its retry count."""
+    request = task.request
+    signature = task.signature_from_request(request, countdown=deferral.countdown)
+    signature.apply_async()
+    return Deferred(deferral.reason, when=deferral.countdown, sig=signature)
+
+
+def _argsrepr(args: tuple[dict[str, Any]], maxsize: int) -> str:
+    """What Flower and the logs show of a handler message's argument, at most ``maxsize``.
+
+    Celery's ``saferepr`` guards against any object; an envelope's wire dict is
+    plain JSON data of bounded size (``eventbus_max_payload_bytes``), for which
+    the built-in ``repr`` is safe and several times faster.
+    """
+    text = repr(args)
+    return text if len(text) <= maxsize else text[: max(0, maxsize - 3)] + "..."

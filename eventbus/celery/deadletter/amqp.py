@@ -1,0 +1,290 @@
+"""Dead letters on RabbitMQ: browse with a consumer and give everything back.
+
+A message in the queue whose headers nest deeper than py-amqp decodes (the
+broker dead-letters whatever a consumer rejected) is read through
+:func:`eventbus.celery.internals.amqp_headers.guard_deep_headers`, installed by every browse,
+and listed as an undecodable record, never raised out of the browse.
+
+AMQP 0-9-1 has no "peek". Browsing consumes every message unacknowledged on
+a private channel and then closes it, which makes the broker requeue them all in
+their original order; the browse ends once the broker shows them again.
+While one browser holds a message, no other sees it: that is what makes a
+replay exclusive. A record is acked (removed) only after
+the chunk of records replayed with it was published and confirmed.
+
+A queue cannot refuse a duplicate on write. A write that may repeat an
+earlier one (its confirm was lost, or the failed message was delivered
+again) first browses the queue for a record of the same id, and writes
+only if there is none. A record another browse (a listing, a replay) holds
+is not seen: with another consumer on the queue the write waits for a later
+try instead. What remains: a record written by a write that is still waiting
+for its confirm elsewhere (another worker) is not seen yet either, and two
+processes that ran the same redelivered message can each write it: the
+queue then holds copies of one record (same id). Reading shows the record
+once (:meth:`~eventbus.deadletter.store.DeadLetterStore.records`), a replay
+publishes it once and acks every copy, and a count of records browses the
+queue (the broker's message count includes the copies).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import deque
+from collections.abc import Collection, Generator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kombu.message import Message
+from kombu.messaging import Consumer
+
+from eventbus.celery.internals.amqp_headers import guard_deep_headers
+from eventbus.celery.refused import read_stand_in
+from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
+from eventbus.deadletter.store import (
+    REPLAY_CHUNK,
+    BrokerDeadLetterStore,
+    IdSet,
+    Publish,
+    Select,
+    decode_record,
+)
+from eventbus.errors import DeadLetterError
+
+__all__ = ["AmqpDeadLetterStore"]
+
+IDLE_TIMEOUT = 1.0  #: seconds without a message after which a browse ends early
+#: Seconds a browse waits, at most, once its channel closed, until the broker
+#: shows the messages it held as ready again (it requeues them after its
+#: close-ok: a browse started at once could find the queue empty). Reached
+#: only when another browser took messages meanwhile.
+REQUEUE_WAIT = 2.0
+
+
+class _Browse:
+    """One browse: its (message, record) walk, and how many messages it holds."""
+
+    def __init__(self, conn: Any, channel: Any, bound: Any) -> None:
+        self.bound = bound
+        self.seen = 0
+        self.acked = 0
+        self._walk = self._messages(conn, channel)
+
+    def __iter__(self) -> Iterator[tuple[Message, DeadLetter]]:
+        return self._walk
+
+    @property
+    def held(self) -> int:
+        return self.seen - self.acked
+
+    def ack(self, message: Message) -> None:
+        message.ack()
+        self.acked += 1
+
+    def stop(self) -> None:
+        self._walk.close()  # cancels its consumer, if the walk stopped early
+
+    def ready(self) -> int:
+        _, count, _ = self.bound.queue_declare(passive=True)
+        return int(count)
+
+    def _messages(
+        self, conn: Any, channel: Any
+    ) -> Generator[tuple[Message, DeadLetter], None, None]:
+        bound = self.bound
+        bound.declare()
+        # Bound the walk by the depth seen at the start, so records appended
+        # meanwhile (or requeued by another browser) do not make it endless.
+        depth = self.ready()
+        if not depth:
+            return
+        arrived: deque[Message] = deque()
+        channel.basic_qos(0, 0, False)  # hold them all unacked while browsing
+        consumer = Consumer(
+            channel, queues=[bound], no_ack=False, on_message=arrived.append, accept=["json"]
+        )
+        with consumer:
+            while self.seen < depth:
+                if not arrived:
+                    try:
+                        conn.drain_events(timeout=IDLE_TIMEOUT)
+                    except TimeoutError:
+                        return  # the rest is held by another browser
+                    continue
+                message = arrived.popleft()
+                self.seen += 1
+                yield message, _record_of(message)
+
+
+def _record_of(message: Message) -> DeadLetter:
+    """The record a DLQ message holds; one py-amqp could not read is an undecodable record."""
+    stood_in = read_stand_in(message.content_type, message.headers, message.body)
+    if stood_in is None:
+        return decode_record(message.body, message.headers)
+    # Headers nested deeper than py-amqp decodes (transport.amqp's guard): the
+    # body is the message's own, its headers are gone.
+    body = message.body if isinstance(message.body, bytes) else stood_in.raw
+    raw = body.decode("utf-8", "replace")
+    return DeadLetter(
+        id="raw-" + hashlib.sha1(body).hexdigest()[:16],
+        handler=None,
+        reason="undecodable",
+        attempts=0,
+        exception_type="EnvelopeDecodeError",
+        exception_message=f"not a dead-letter record: the broker delivered {stood_in.why}",
+        raw_body=raw[:MAX_RAW_BODY],
+        raw_size=len(body),
+    )
+
+
+class AmqpDeadLetterStore(BrokerDeadLetterStore):
+    """Browse the queue on a throwaway channel; close it to requeue."""
+
+    def append_once(self, record: DeadLetter, *, again: bool = False) -> None:
+        if again and self._holds(record):
+            return  # the earlier write went through
+        super().append_once(record)
+
+    def _holds(self, record: DeadLetter) -> bool:
+        """Whether the queue holds a record of this id, as a browse no other browse overlapped saw.
+
+        A browse sees only the messages nobody else holds: with another browse
+        (a consumer of the DLQ) before or after, not finding the record proves
+        nothing, and the write waits for a later try.
+        """
+        try:
+            browsed = self._consumers()
+            if any(kept.id == record.id for kept in self):
+                return True
+            browsed += self._consumers()
+        except Exception as exc:
+            raise self._not_written(record, exc) from exc
+        if browsed:
+            raise DeadLetterError(
+                f"dead letter {record.id} may be in {self.queue_name!r} already, held by "
+                "another browse (a listing, a replay): looking again before writing it"
+            )
+        return False
+
+    def _consumers(self) -> int:
+        """Consumers of the queue now: browses (a worker never consumes the DLQ)."""
+        with self.app.connection_for_write() as conn:
+            try:
+                _, _, consumers = self.queue.bind(conn.default_channel).queue_declare(passive=True)
+            except conn.channel_errors as exc:
+                if getattr(exc, "reply_code", None) == 404:
+                    return 0  # not declared yet: nothing to browse
+                raise
+            return int(consumers)
+
+    @contextmanager
+    def _browsing(self, doing: str = "read") -> Iterator[_Browse]:
+        """Every (message, record), held unacked until the block ends, then requeued.
+
+        A consumer without a prefetch limit streams the queue (one
+        ``basic_get`` per record would cost a round trip each); nothing is
+        acked unless the caller acks it (inside the block: closing the
+        channel requeues the rest, and the block ends once they are back).
+        """
+        # A message whose headers nest deeper than py-amqp decodes would raise
+        # RecursionError out of the browse: read as a stand-in instead.
+        guard_deep_headers()
+        with self._broker(doing) as conn:
+            channel = conn.channel()
+            browse = _Browse(conn, channel, self.queue.bind(channel))
+            try:
+                yield browse
+            finally:
+                try:
+                    browse.stop()
+                    held = browse.held
+                    expected = browse.ready() + held if held else 0
+                finally:
+                    channel.close()  # unacked messages go back to the queue
+            if held:
+                self._wait_ready(conn, expected)
+
+    def _wait_ready(self, conn: Any, expected: int) -> None:
+        bound = self.queue.bind(conn.default_channel)
+        deadline = time.monotonic() + REQUEUE_WAIT
+        while True:
+            _, ready, _ = bound.queue_declare(passive=True)
+            if ready >= expected or time.monotonic() >= deadline:
+                return
+            time.sleep(0.005)
+
+    def __iter__(self) -> Iterator[DeadLetter]:
+        with self._browsing() as browse:
+            for _, record in browse:
+                yield record
+
+    def remove(self, record_ids: Collection[str]) -> int:
+        wanted = set(record_ids)
+        found: set[str] = set()
+        with self._browsing("remove records from") as browse:
+            for message, record in browse:
+                if record.id in wanted:  # every copy of it
+                    browse.ack(message)
+                    found.add(record.id)
+        return len(found)
+
+    def purge(self) -> int:
+        # Acked one by one in a browse, rather than a queue purge: the records
+        # counted (and reported to monitors) are exactly the messages removed.
+        ids: list[str] = []
+        seen = IdSet()
+        with self._browsing("purge") as browse:
+            for message, record in browse:
+                browse.ack(message)
+                if seen.add(record.id):
+                    ids.append(record.id)
+        self._announce(ids, "task-revoked", terminated=False, expired=False, signum=None)
+        return len(ids)
+
+    def redeliver(self, select: Select, publish: Publish, *, limit: int | None = None) -> list[str]:
+        # One browse holds every message it has seen. Each chunk of selected
+        # records is published together and then acked; a concurrent replay
+        # cannot see a record this one holds, and whatever is not acked goes
+        # back to the queue when the browse ends. A record with copies is
+        # published once (its oldest copy); every copy is acked with it. With
+        # a limit, the browse goes on past it only to ack copies.
+        done: list[str] = []
+        chunk: list[tuple[Message, DeadLetter]] = []
+        seen = IdSet()  # ids met: a later copy is never selected
+        replayed = IdSet()
+        copies: dict[str, list[Message]] = {}  # of the records in the chunk, acked with them
+
+        def flush(browse: _Browse) -> None:
+            try:
+                sent = set(publish([record for _, record in chunk]))
+                for message, record in chunk:
+                    if record.id in sent:
+                        for held in (message, *copies.get(record.id, ())):
+                            browse.ack(held)
+                        replayed.add(record.id)
+                        done.append(record.id)
+            finally:
+                chunk.clear()
+                copies.clear()
+
+        try:
+            with self._browsing("replay from") as browse:
+                for message, record in browse:
+                    if not seen.add(record.id):
+                        if record.id in replayed:
+                            browse.ack(message)
+                        elif record.id in copies:
+                            copies[record.id].append(message)
+                        continue
+                    if limit is not None and len(done) + len(chunk) >= limit:
+                        continue
+                    if select(record):
+                        chunk.append((message, record))
+                        copies[record.id] = []
+                        if len(chunk) >= REPLAY_CHUNK:
+                            flush(browse)
+                if chunk:  # acked before the browse's channel closes
+                    flush(browse)
+        finally:
+            self._announce_replayed(done)
+        return done

@@ -1,0 +1,5 @@
+"""``python -m eventbus.cli``: the ``eventbus`` command."""
+
+from eventbus.cli.main import main
+
+main()
