@@ -346,6 +346,11 @@ class BaseEventBus(ABC):
     def dead_letter_store(self) -> DeadLetterStore: ...
 
     @property
+    def dead_letter_queue(self) -> str:
+        """The name metrics and logs give this bus's dead letters' place."""
+        return "in-memory"
+
+    @property
     def dead_letters(self) -> DeadLetterQueue:
         """List, inspect, replay and purge this bus's dead letters."""
         # Replays go out in chunks, each in one batch() (sent and confirmed together).

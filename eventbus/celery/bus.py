@@ -17,18 +17,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import TYPE_CHECKING, Any
 
-from celery.exceptions import Reject, Retry
+from celery.exceptions import Reject
 from kombu.entity import Exchange, Queue
 from kombu.exceptions import KombuError
 
 from eventbus.broker_errors import URL_ERRORS, describe_broker_error, url_of
 from eventbus.bus.base import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
 from eventbus.celery.dead_letter_before_ack import request_class
+from eventbus.celery.deadletter.factory import store_for_app
+from eventbus.celery.deferral import Deferred, defer
 from eventbus.celery.internals.bound_queues import bound_queues
 from eventbus.celery.internals.confirms import confirmed
 from eventbus.celery.internals.sent_events import SentEvents
 from eventbus.celery.transport_selection import bind_transport, check_transport
-from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore, store_for_app
+from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore
 from eventbus.domain.envelope import Envelope
 from eventbus.domain.events import EventRegistry
 from eventbus.domain.options import HandlerOptions
@@ -123,6 +125,7 @@ class EventBus(BaseEventBus):
 
     @property
     def dead_letter_queue(self) -> str:
+        """The dead-letter queue's name."""
         return str(
             self._dead_letter_queue
             or self.app.conf.get("eventbus_dead_letter_queue")
@@ -481,22 +484,6 @@ class _Batch:
         self.producer: Any = None
         self.events = 0
         self.failure: BaseException | None = None
-
-
-class Deferred(Retry):  # type: ignore[misc]
-    """A delivery sent back to its queue to run later; it spends none of its retries.
-
-    Celery shows it as a retry (state RETRY in Flower, with the reason);
-    metrics count it as ``deferred``.
-    """
-
-
-def defer(task: Any, deferral: Deferral) -> Deferred:
-    """Send the running message again with a countdown, keeping its retry count."""
-    request = task.request
-    signature = task.signature_from_request(request, countdown=deferral.countdown)
-    signature.apply_async()
-    return Deferred(deferral.reason, when=deferral.countdown, sig=signature)
 
 
 def _argsrepr(args: tuple[dict[str, Any]], maxsize: int) -> str:

@@ -189,4 +189,3 @@ def celery_command() -> None:
 
 for _command in _COMMANDS:
     celery_command.add_command(_command)
-

@@ -6,7 +6,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 try:
     from prometheus_client import (
@@ -23,10 +23,13 @@ except ImportError as e:
 from celery import signals
 
 from eventbus.bus.base import BaseEventBus
-from eventbus.celery.bus import Deferred, EventBus
 from eventbus.celery.dead_letter_signals import dead_letter_written
+from eventbus.celery.deferral import Deferred
 from eventbus.deadletter.record import DeadLetter
 from eventbus.guarantees.delivery import DUPLICATE
+
+if TYPE_CHECKING:
+    from eventbus.celery.bus import EventBus
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_CACHE_SECONDS",
@@ -90,7 +93,7 @@ class DeadLetterCollector:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bus = bus
-        self.queue = queue or (bus.dead_letter_queue if isinstance(bus, EventBus) else "in-memory")
+        self.queue = queue or bus.dead_letter_queue
         self.cache_seconds = cache_seconds
         self._clock = clock
         self._reading = threading.Lock()

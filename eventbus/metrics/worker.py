@@ -15,19 +15,21 @@ import shutil
 import tempfile
 import threading
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import signals
 from prometheus_client import CollectorRegistry, start_http_server, values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
-from eventbus.celery.bus import EventBus
 from eventbus.metrics.handlers import (
     DEFAULT_DEAD_LETTER_CACHE_SECONDS,
     DeadLetterCollector,
     HandlerMetrics,
 )
+
+if TYPE_CHECKING:
+    from eventbus.celery.bus import EventBus
 
 __all__ = ["WorkerMetrics", "start_worker_metrics"]
 

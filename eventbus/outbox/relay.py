@@ -69,10 +69,11 @@ import sqlalchemy as sa
 from eventbus.errors import OutboxError
 from eventbus.outbox.publishing import BatchOutcome, publish_rows
 from eventbus.outbox.results import RelayResult
-from eventbus.outbox.sql import Outbox, pending_rows
+from eventbus.outbox.table import pending_rows
 
 if TYPE_CHECKING:
     from eventbus.bus.base import BaseEventBus
+    from eventbus.outbox.sql import Outbox
 
 __all__ = ["DEFAULT_BATCH_SIZE", "DEFAULT_INTERVAL", "OutboxRelay", "RelayResult"]
 

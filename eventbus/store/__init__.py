@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from eventbus.store.base import EventRecord, EventStore, StoredEvent
+from eventbus.store.base import ANY_SCHEME, EventRecord, EventStore, StoredEvent, register_backend
 from eventbus.store.memory import InMemoryEventStore
 
 if TYPE_CHECKING:
@@ -70,3 +70,18 @@ def __getattr__(name: str) -> Any:
 
         return SQLEventStore
     raise AttributeError(f"module 'eventbus.store' has no attribute {name!r}")
+
+
+def _open_memory_store(url: str, **options: Any) -> EventStore:
+    return InMemoryEventStore(**options)
+
+
+def _open_sql_store(url: str, **options: Any) -> EventStore:
+    from eventbus.store.sql import SQLEventStore  # SQLAlchemy is loaded by a SQL URL only
+
+    return SQLEventStore.open(url, **options)
+
+
+# EventStore.from_url picks among these; the interface itself imports no backend.
+register_backend("memory", _open_memory_store)
+register_backend(ANY_SCHEME, _open_sql_store)

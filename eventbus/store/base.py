@@ -30,9 +30,10 @@ from uuid import UUID
 
 from eventbus.domain.envelope import Envelope, decode_envelope
 from eventbus.domain.events import EventRegistry
-from eventbus.errors import ConcurrencyError, EventError
+from eventbus.errors import ConcurrencyError, ConfigurationError, EventError
 
 __all__ = [
+    "ANY_SCHEME",
     "DEFAULT_BATCH_SIZE",
     "EventRecord",
     "EventStore",
@@ -40,10 +41,25 @@ __all__ = [
     "Stream",
     "number_rows",
     "prepare_append",
+    "register_backend",
     "stored_events",
 ]
 
 S = TypeVar("S")
+
+#: The scheme key of the backend that takes every URL no other backend claimed.
+ANY_SCHEME = "*"
+
+#: URL scheme -> what opens a store at such a URL. The backends register
+#: themselves when imported (``eventbus.store`` imports both of its own), so
+#: this interface never imports its implementations.
+_BACKENDS: dict[str, Callable[..., EventStore]] = {}
+
+
+def register_backend(scheme: str, opener: Callable[..., EventStore]) -> None:
+    """Make :meth:`EventStore.from_url` open ``scheme://`` URLs with ``opener(url, **options)``."""
+    _BACKENDS[scheme] = opener
+
 
 #: Rows fetched per query by :meth:`EventStore.read_all`.
 DEFAULT_BATCH_SIZE = 500
@@ -173,15 +189,15 @@ class EventStore(ABC):
 
         Other keyword options go to the backend (``event_registry``,
         ``table_name``, ``engine_options`` ...). A SQL store's table is not
-        created here: call :meth:`create_schema` (or use a migration).
+        created here: call :meth:`create_schema` (or use a migration). The
+        URL's scheme picks the backend that registered it
+        (:func:`register_backend`); any other scheme goes to SQLAlchemy.
         """
-        if url.startswith("memory:"):
-            from eventbus.store.memory import InMemoryEventStore
-
-            return InMemoryEventStore(**options)
-        from eventbus.store.sql import SQLEventStore
-
-        return SQLEventStore.open(url, **options)
+        scheme = url.partition(":")[0].split("+")[0].lower()
+        opener = _BACKENDS.get(scheme) or _BACKENDS.get(ANY_SCHEME)
+        if opener is None:  # only if eventbus.store's own backends were never imported
+            raise ConfigurationError(f"no event store backend for {scheme!r} URLs")
+        return opener(url, **options)
 
     def create_schema(self) -> None:  # noqa: B027 - a no-op unless the backend has a schema
         """Create the store's table and indexes if they do not exist (SQL backends)."""

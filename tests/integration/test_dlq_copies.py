@@ -26,8 +26,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from eventbus import DeadLetter
+from eventbus.celery.deadletter.base import BrokerDeadLetterStore
 from eventbus.cli.main import main
-from eventbus.deadletter.store import BrokerDeadLetterStore
 
 from .conftest import Env
 from .helpers import OrderPlaced, wait_for

@@ -37,7 +37,8 @@ import pytest
 import redis
 
 from eventbus import DeadLetter
-from eventbus.deadletter.store import DEAD_LETTER_TASK, store_for_app
+from eventbus.celery.deadletter.base import DEAD_LETTER_TASK
+from eventbus.celery.deadletter.factory import store_for_app
 from tests.brokers import free_port
 from tests.support import require_broker, wait_for
 

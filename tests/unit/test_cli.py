@@ -13,9 +13,9 @@ import pytest
 from click.testing import CliRunner, Result
 
 from eventbus import DeadLetter
+from eventbus.celery.deadletter.base import decode_record
 from eventbus.cli.main import main
 from eventbus.deadletter.memory import InMemoryDeadLetterStore
-from eventbus.deadletter.store import decode_record
 from tests.unit import cli_app
 
 APP = ["-A", "tests.unit.cli_app"]

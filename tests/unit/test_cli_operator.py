@@ -15,8 +15,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from eventbus import DeadLetter
+from eventbus.celery.deadletter.base import decode_record
 from eventbus.cli.main import main
-from eventbus.deadletter.store import decode_record
 from eventbus.domain.upcasting import UPCAST_FROM_KEY
 from tests.unit import cli_operator_app as op
 

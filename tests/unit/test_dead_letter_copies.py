@@ -18,7 +18,7 @@ from kombu.transport.memory import Channel as MemoryChannel
 
 from eventbus import DeadLetter, Envelope, Event, EventBus, EventRegistry, InMemoryEventBus
 from eventbus.bus.base import BaseEventBus
-from eventbus.deadletter.store import BrokerDeadLetterStore
+from eventbus.celery.deadletter.base import BrokerDeadLetterStore
 from tests.support import make_app
 
 REGISTRY = EventRegistry()

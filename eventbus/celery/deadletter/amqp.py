@@ -38,17 +38,11 @@ from typing import Any
 from kombu.message import Message
 from kombu.messaging import Consumer
 
+from eventbus.celery.deadletter.base import BrokerDeadLetterStore, decode_record
 from eventbus.celery.internals.amqp_headers import guard_deep_headers
 from eventbus.celery.refused import read_stand_in
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
-from eventbus.deadletter.store import (
-    REPLAY_CHUNK,
-    BrokerDeadLetterStore,
-    IdSet,
-    Publish,
-    Select,
-    decode_record,
-)
+from eventbus.deadletter.store import REPLAY_CHUNK, IdSet, Publish, Select
 from eventbus.errors import DeadLetterError
 
 __all__ = ["AmqpDeadLetterStore"]

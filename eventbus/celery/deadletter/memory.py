@@ -12,8 +12,8 @@ from typing import Any
 
 from kombu.transport.memory import Channel as MemoryChannel
 
+from eventbus.celery.deadletter.base import BrokerDeadLetterStore, decode_record, unwrap
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import BrokerDeadLetterStore, decode_record, unwrap
 
 __all__ = ["KombuMemoryDeadLetterStore"]
 

@@ -44,17 +44,10 @@ from kombu.serialization import dumps
 from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
 
+from eventbus.celery.deadletter.base import BrokerDeadLetterStore, decode_record, unwrap
 from eventbus.celery.internals.sent_events import SentEvents
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import (
-    REPLAY_CHUNK,
-    BrokerDeadLetterStore,
-    IdSet,
-    Publish,
-    Select,
-    decode_record,
-    unwrap,
-)
+from eventbus.deadletter.store import REPLAY_CHUNK, IdSet, Publish, Select
 
 __all__ = ["RedisDeadLetterStore"]
 
