@@ -66,6 +66,10 @@ def bus_for_app(app: Celery) -> EventBus | None:
     return _BUSES.get(app)
 
 
+#: Who needs the state, for its errors.
+STATE_PURPOSE = "idempotent and ordered handlers, and sequence numbers,"
+
+
 class EventBus(BaseEventBus):
     """Domain events on Celery.
 
@@ -142,10 +146,16 @@ class EventBus(BaseEventBus):
         if self._state is None:
             from eventbus.guarantees.state import state_from_config
 
-            self._state = state_from_config(
-                self.app.conf, purpose="idempotent and ordered handlers, and sequence numbers,"
-            )
+            self._state = state_from_config(self.app.conf, purpose=STATE_PURPOSE)
         return self._state
+
+    def state_description(self) -> str:
+        """Where :attr:`state` lives; checks its settings without making a Redis client."""
+        if self._state is not None:
+            return self._state.description
+        from eventbus.guarantees.state import describe_state
+
+        return describe_state(self.app.conf, purpose=STATE_PURPOSE)
 
     @property
     def max_payload_bytes(self) -> int:

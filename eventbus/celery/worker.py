@@ -394,7 +394,9 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
             if any(sub.options.idempotent or sub.options.ordered for sub in bus.subscriptions()):
                 # Refuse to start rather than fail every message: the
                 # ConfigurationError names the missing setting.
-                logger.info("eventbus: idempotency and ordering state in %s", bus.state.description)
+                logger.info(
+                    "eventbus: idempotency and ordering state in %s", bus.state_description()
+                )
 
         def shutdown(self, consumer: Any) -> None:
             unguard_compression(hooks.bus.queues)

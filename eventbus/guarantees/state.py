@@ -30,10 +30,11 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
-from eventbus.errors import ConfigurationError
+from eventbus.errors import ConfigurationError, StateStoreError
 from eventbus.guarantees.state_errors import StateErrors
-from eventbus.redaction import redact_url
+from eventbus.redaction import redact, redact_url
 
 if TYPE_CHECKING:
     import redis
@@ -104,6 +105,45 @@ def redis_client(url: str) -> redis.Redis:
     return client
 
 
+IN_MEMORY = "memory (this process only)"  #: the description of state kept in the process
+
+
+def _locate(conf: Mapping[str, Any], *, purpose: str) -> tuple[str, str] | None:
+    """(the state's Redis URL, its setting); None for in-process state; or the error."""
+    found = _state_url(conf)
+    url, setting = found or (None, "")
+    if url is None or url.startswith("memory://"):
+        broker = str(conf.get("broker_url") or "")
+        if url or broker.startswith("memory://"):
+            return None
+        raise ConfigurationError(
+            f"{purpose} need Redis for their state, and the broker is not Redis: "
+            "set eventbus_redis_url (EVENTBUS_REDIS_URL), e.g. redis://localhost:6379/1"
+        )
+    return url, setting
+
+
+def describe_state(conf: Mapping[str, Any], *, purpose: str) -> str:
+    """Where :func:`state_from_config` keeps the state, checked without building it.
+
+    A prefork worker's main process only checks the settings at start: its
+    children run the handlers and make the Redis client, so the main process
+    never loads redis-py (about 7 MiB) for them. Raises what
+    :func:`state_from_config` would for a missing setting or a malformed URL.
+    """
+    located = _locate(conf, purpose=purpose)
+    if located is None:
+        return IN_MEMORY
+    url, setting = located
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a malformed port, as redis-py would
+    except ValueError as exc:
+        text = f"state store {redact_url(url)} (set by {setting}): cannot use its URL"
+        raise StateStoreError(redact(f"{text}: malformed URL ({exc})", [url])) from None
+    return redact_url(url)
+
+
 def state_from_config(conf: Mapping[str, Any], *, purpose: str) -> State:
     """The state stores for an app's configuration; ``purpose`` names who needs them."""
     from eventbus.guarantees.idempotency import InMemoryIdempotencyStore, RedisIdempotencyStore
@@ -115,21 +155,15 @@ def state_from_config(conf: Mapping[str, Any], *, purpose: str) -> State:
     )
 
     ttl = int(conf.get("eventbus_idempotency_ttl") or DEFAULT_IDEMPOTENCY_TTL)
-    found = _state_url(conf)
-    url, setting = found or (None, "")
-    if url is None or url.startswith("memory://"):
-        broker = str(conf.get("broker_url") or "")
-        if url or broker.startswith("memory://"):
-            return State(
-                idempotency=InMemoryIdempotencyStore(ttl=ttl),
-                sequencer=InMemorySequencer(),
-                resequencer=InMemoryResequencer(),
-                description="memory (this process only)",
-            )
-        raise ConfigurationError(
-            f"{purpose} need Redis for their state, and the broker is not Redis: "
-            "set eventbus_redis_url (EVENTBUS_REDIS_URL), e.g. redis://localhost:6379/1"
+    located = _locate(conf, purpose=purpose)
+    if located is None:
+        return State(
+            idempotency=InMemoryIdempotencyStore(ttl=ttl),
+            sequencer=InMemorySequencer(),
+            resequencer=InMemoryResequencer(),
+            description=IN_MEMORY,
         )
+    url, setting = located
     prefix = str(conf.get("eventbus_redis_prefix") or DEFAULT_PREFIX)
     errors = StateErrors(url, setting)
     try:

@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from eventbus import ConfigurationError, EventBus, InMemoryEventBus, SubscriptionError
+from eventbus import (
+    ConfigurationError,
+    EventBus,
+    InMemoryEventBus,
+    StateStoreError,
+    SubscriptionError,
+)
 from eventbus.guarantees.idempotency import InMemoryIdempotencyStore, RedisIdempotencyStore
-from eventbus.guarantees.state import redact_url, redis_url_from_config, state_from_config
+from eventbus.guarantees.state import (
+    describe_state,
+    redact_url,
+    redis_url_from_config,
+    state_from_config,
+)
 from tests.contract.events import ItemAdded
 from tests.support import make_app
 
@@ -74,3 +85,20 @@ def test_the_global_idempotent_default_applies_unless_a_handler_says_otherwise()
     assert on is not off
     assert bus.subscription("t.default").options.idempotent is True
     assert bus.subscription("t.off").options.idempotent is False
+
+
+def test_describing_the_state_checks_what_building_it_would() -> None:
+    """A worker's main process describes the state instead of building it: same answers."""
+    for conf in (
+        {"broker_url": "memory://"},
+        {"eventbus_redis_url": "redis://:hunter2@h:6379/1"},
+        {"eventbus_redis_url": "redis://h:6379/1?password=hunter3"},
+        {"broker_url": "redis://h:6379/0"},
+    ):
+        assert describe_state(conf, purpose="t") == state_from_config(conf, purpose="t").description
+    with pytest.raises(ConfigurationError, match="eventbus_redis_url"):
+        describe_state({"broker_url": "amqp://guest:secret@r//"}, purpose="ordering")
+    for check in (describe_state, state_from_config):
+        with pytest.raises(StateStoreError, match="malformed URL") as raised:
+            check({"eventbus_redis_url": "redis://:hunter2@h:port/1"}, purpose="t")
+        assert "hunter2" not in str(raised.value)
