@@ -213,11 +213,11 @@ class World:
         return ["demo", *args, "--queue", self.queue]
 
     def run(self, what: str, args: list[str], *, celery: bool = False, **env: str) -> Run:
-        """A real process: ``eventbus ARGS``, or ``celery -A handlers eventbus ARGS``."""
+        """A real process: ``eventbus -A handlers ARGS`` or ``celery -A handlers eventbus ARGS``."""
         head = (
             [*entry_point("celery"), "-A", "handlers", "eventbus"]
             if celery
-            else entry_point("eventbus")
+            else [*entry_point("eventbus"), "-A", "handlers"]
         )
         started = time.monotonic()
         result = subprocess.run(
