@@ -64,11 +64,11 @@ def load_bus(spec: str | None) -> BaseEventBus:
     "--queue",
     default="eventbus.demo",
     show_default=True,
-    help="Handler queue of the demo's own worker (dead letters: EVENTBUS_DLQ).",
+    help="Handler queue of the demo's own worker; its dead letters go to QUEUE.dlq.",
 )
 @handle_errors
 def demo(broker: str | None, queue: str) -> None:
-    """Run the example handlers on an in-process worker and narrate what happens."""
+    """Run the demo's example app on an in-process worker and narrate what happens."""
     from eventbus.demo import run_demo
 
     sys.exit(run_demo(broker, echo=echo, queue=queue))

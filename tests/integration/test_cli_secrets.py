@@ -311,7 +311,7 @@ def run_all(
 
 
 def every_command(world: World, what: str, *, demo: bool = True) -> list[Job]:
-    """Every leaf command's runs (COMMANDS); ``demo`` last: it changes the app it imports."""
+    """Every leaf command's runs (COMMANDS); ``demo`` last: it changes Celery's default app."""
     jobs = [Job(what, args) for name, runs in COMMANDS.items() if name != "demo" for args in runs]
     return [*jobs, Job(what, world.demo_args())] if demo else jobs
 
@@ -334,7 +334,7 @@ def test_no_command_prints_a_password_of_a_wrong_broker_url(world: World) -> Non
         for name, url in BROKER_URLS.items()
     ]
     # The URL given as an option only (the process's own is the good one); each demo
-    # stops before it starts a worker, and puts back the variables it changes.
+    # stops before it starts a worker.
     good = {"EVENTBUS_BROKER_URL": world.redis, "EVENTBUS_QUEUE": world.queue}
     groups.append(
         Group(
