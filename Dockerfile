@@ -15,7 +15,9 @@ RUN groupadd --system --gid 10001 eventbus \
 
 WORKDIR /app
 
-# Dependencies and sources the package needs (see .dockerignore for the rest).
+# The package's sources, and the example app: handlers/ and celeryconfig.py are
+# not in the package (its wheel holds eventbus alone); celery and eventbus find
+# them in the working directory, /app (see .dockerignore for the rest).
 COPY pyproject.toml README.md celeryconfig.py ./
 COPY eventbus/ eventbus/
 COPY handlers/ handlers/
@@ -23,6 +25,10 @@ COPY handlers/ handlers/
 # The [flower] extra: the compose stack runs Flower from this image too.
 RUN pip install ".[flower]" \
  && rm -rf build ./*.egg-info
+
+# The app `eventbus dlq list` and the other commands act on (the CLI has no
+# default app): the example app, like `celery -A handlers` below.
+ENV EVENTBUS_APP=handlers
 
 USER eventbus
 

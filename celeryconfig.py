@@ -1,5 +1,8 @@
 """Default Celery configuration for eventbus apps (``app.config_from_object("celeryconfig")``).
 
+The example app's (:mod:`handlers`), and a starting point for yours: it is not
+installed with the package, so copy it next to your Celery app.
+
 Lowercase Celery settings; every value a deployment changes comes from the
 environment. Settings named ``eventbus_*`` are eventbus's own defaults,
 overridable per handler in ``subscribe(...)``.

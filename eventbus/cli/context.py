@@ -30,6 +30,7 @@ from eventbus.redaction import redact
 __all__ = [
     "OPERATOR_RETRY",
     "BusContext",
+    "NoAppGiven",
     "bus_of",
     "echo",
     "fail",
@@ -79,6 +80,24 @@ def fail_fast(bus: B) -> B:
         conf.broker_transport_options = {**(conf.broker_transport_options or {}), **OPERATOR_RETRY}
         conf.task_publish_retry_policy = dict(OPERATOR_RETRY)
     return bus
+
+
+class NoAppGiven(click.UsageError):
+    """Neither ``-A`` nor ``EVENTBUS_APP`` named the app: one line, exit status 2.
+
+    There is no default app: a guessed module name (``handlers``) would find a
+    user's own module of that name, or nothing. Shown without click's usage
+    text, which would bury the one thing to do.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no app given: name the module that creates your EventBus (or its Celery app) "
+            "with -A module[:attr] or EVENTBUS_APP=module[:attr]"
+        )
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True, file=file)
 
 
 class BusContext:

@@ -1,8 +1,10 @@
-"""``eventbus demo``: the example handlers on an in-process worker, narrated.
+"""``eventbus demo``: the demo's example app on an in-process worker, narrated.
 
 With no broker configured it runs on Celery's embedded ``memory://``
 transport, so it works on a machine with nothing installed; with
 ``EVENTBUS_BROKER_URL`` set it runs the same story on Redis or RabbitMQ.
+The app is the package's own (:mod:`eventbus.cli.demo_app`): no user's app is
+needed or touched, and nothing outside the installed package is imported.
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ from celery import signals
 from celery.worker import state as worker_state
 
 from eventbus.cli.context import fail_fast
+from eventbus.cli.demo_app import (
+    DEMO_QUEUE,
+    HANDLER_PREFIX,
+    DemoApp,
+    TodoCreated,
+    UserRegistered,
+    create_demo_app,
+)
 from eventbus.domain.envelope import create_event
 from eventbus.errors import StateStoreError
 from eventbus.redaction import redact_url
 
 Echo = Callable[[str], None]
 
-DEMO_QUEUE = "eventbus.cli.demo"  #: handler queue of the demo's own worker
 STEP_TIMEOUT = 30.0  #: seconds a demo step may wait for the worker
 
 
@@ -127,7 +136,7 @@ class Observer:
 
 
 def _short(name: str) -> str:
-    return name.removeprefix("handlers.")
+    return name.removeprefix(HANDLER_PREFIX)
 
 
 def wait_until(predicate: Callable[[], bool], what: str, timeout: float = STEP_TIMEOUT) -> None:
@@ -146,18 +155,10 @@ def redact(url: str) -> str:
 def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEMO_QUEUE) -> int:
     """Run the whole story; returns a process exit code."""
     url = broker_url or os.environ.get("EVENTBUS_BROKER_URL") or "memory://"
-    # The example app reads its configuration from the environment on import.
-    os.environ["EVENTBUS_BROKER_URL"] = url
-    os.environ["EVENTBUS_QUEUE"] = queue
-    import handlers
     from eventbus.guarantees.state import redis_url_from_config
-    from handlers.events import EventTypes, TodoCreated, UserRegistered
 
-    app, bus = handlers.app, fail_fast(handlers.bus)  # an operator's command: fail fast
-    app.conf.broker_url = url
-    # AMQP heartbeats wake the worker's event loop every second, so it sees
-    # the stop request at the end promptly.
-    app.conf.broker_heartbeat = 2
+    demo = create_demo_app(url, queue)
+    app, bus = demo.app, fail_fast(demo.bus)  # an operator's command: fail fast
     if redis_url_from_config(app.conf) is None:
         # Publisher and worker are this one process: the idempotent and
         # ordered example handlers can keep their state in memory.
@@ -188,7 +189,7 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
         without_gossip=True,
     )
     # The pool resolves tasks through Celery's *current* app, which is
-    # thread-local: make the example app the default for every thread.
+    # thread-local: make the demo's app the default for every thread.
     app.set_default()
     thread = threading.Thread(target=worker.start, name="eventbus-demo-worker", daemon=True)
     thread.start()
@@ -197,7 +198,7 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
         f"dead letters go to {bus.dead_letter_queue}\n"
     )
     try:
-        return _story(bus, observer, echo, EventTypes, TodoCreated, UserRegistered)
+        return _story(demo, bus, observer, echo)
     finally:
         observer.disconnect()
         # Ask the worker's own loop to stop: closing its AMQP channels from
@@ -229,40 +230,37 @@ def _purge_leftovers(app: Any, queues: list[str]) -> None:
                 conn.channel().queue_delete(name)
 
 
-def _story(
-    bus: Any, observer: Observer, echo: Echo, EventTypes: Any, TodoCreated: Any, UserRegistered: Any
-) -> int:
-    from handlers import todo
-
-    todo.search_index.accept_marked = False
+def _story(demo: DemoApp, bus: Any, observer: Observer, echo: Echo) -> int:
+    notify, index = f"{HANDLER_PREFIX}notify_assignee", f"{HANDLER_PREFIX}index_for_search"
     done_before = observer.count("ok")
 
     echo("1. Fan-out: one event, one task per subscribed handler")
     user = UserRegistered(user_id="u-1", email="ada@example.com", name="Ada")
     envelope = bus.publish(user, aggregate_id="u-1", aggregate_type="User")
     subs = bus.subscriptions(UserRegistered)
-    echo(f"   published user.registered {envelope.event_id} → {len(subs)} handler tasks")
+    echo(
+        f"   published {UserRegistered.event_type} {envelope.event_id} → {len(subs)} handler tasks"
+    )
     wait_until(lambda: observer.count("ok") >= done_before + len(subs), "user handlers")
 
     echo("\n2. Retries: notify_assignee's gateway times out twice; Celery autoretry backs off")
     todo_id = str(uuid.uuid4())[:8]
     milk = create_event(
-        EventTypes.TODO_CREATED,
+        TodoCreated.event_type,
         {"title": "Buy milk", "priority": "high", "assignee": "ada"},
         aggregate_id=todo_id,
         aggregate_type="Todo",
     )
     bus.publish(milk)
     echo(
-        f"   published todo.created {milk.event_id} → "
+        f"   published {TodoCreated.event_type} {milk.event_id} → "
         f"{len(bus.subscriptions(TodoCreated))} handler tasks"
     )
-    notify = "handlers.todo.notify_assignee"
     wait_until(
         lambda: any(r.outcome == "ok" for r in observer.attempts_of(notify, str(milk.event_id))),
         "notify_assignee to succeed after its retries",
     )
-    wait_until(lambda: observer.count("ok", "handlers.todo.index_for_search") >= 1, "indexing")
+    wait_until(lambda: observer.count("ok", index) >= 1, "indexing")
     attempts = observer.attempts_of(notify, str(milk.event_id))
     gaps = [b.started - a.started for a, b in itertools.pairwise(attempts)]
     echo(
@@ -280,9 +278,7 @@ def _story(
     )
     wait_until(lambda: bus.dead_letter_store.count() > before, "the dead letter")
     record = next(
-        r
-        for r in bus.dead_letters.list(handler="handlers.todo.index_for_search")
-        if r.event_id == str(poison.event_id)
+        r for r in bus.dead_letters.list(handler=index) if r.event_id == str(poison.event_id)
     )
     echo(
         f"   dead letter {record.id}: handler={record.handler} reason={record.reason} "
@@ -291,11 +287,11 @@ def _story(
     echo(f"   {record.exception_type}: {record.exception_message}")
 
     echo("\n4. Replay: deploy the fix, replay the dead letter to the one handler that failed")
-    todo.search_index.accept_marked = True
-    ok_before = observer.count("ok", "handlers.todo.index_for_search")
+    demo.search_index.accept_marked = True
+    ok_before = observer.count("ok", index)
     replayed = bus.dead_letters.replay(record.id)
     wait_until(
-        lambda: observer.count("ok", "handlers.todo.index_for_search") > ok_before,
+        lambda: observer.count("ok", index) > ok_before,
         "the replayed event",
     )
     echo(
@@ -308,7 +304,7 @@ def _story(
 
     echo("\n5. Bad input never leaves the process")
     try:
-        create_event(EventTypes.TODO_CREATED, {"title": "", "priority": "urgent"})
+        create_event(TodoCreated.event_type, {"title": "", "priority": "urgent"})
     except Exception as exc:  # the demo shows the error a caller gets
         echo(f"   {type(exc).__name__}: {exc}")
 

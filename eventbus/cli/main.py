@@ -1,6 +1,8 @@
 """The ``eventbus`` command line: demo, publish, events, and the dead-letter queue.
 
-The same commands run under Celery as ``celery -A proj eventbus ...``. The
+``-A module[:attr]`` or ``EVENTBUS_APP`` names the app; there is no default
+(``demo`` and ``--help`` need none). The same commands run under Celery as
+``celery -A proj eventbus ...``. The
 ``dlq`` commands live in :mod:`eventbus.cli.dlq`, ``schema`` in :mod:`eventbus.cli.schema`,
 ``outbox`` in :mod:`eventbus.cli.outbox`.
 Exit codes: 0 ok, 1 nothing matched or the operation failed, 2 usage error.
@@ -17,18 +19,21 @@ import click
 
 from eventbus.bus.base import BaseEventBus, Subscription
 from eventbus.celery.bus import bus_for_app
-from eventbus.cli.context import BusContext, bus_of, echo, handle_errors, printable
+from eventbus.cli.context import BusContext, NoAppGiven, bus_of, echo, handle_errors, printable
 from eventbus.cli.dlq import dlq
 from eventbus.cli.outbox import outbox
 from eventbus.cli.schema import schema
 
 __all__ = ["celery_command", "load_bus", "main"]
 
-DEFAULT_APP = "handlers"  #: what --app means when neither it nor EVENTBUS_APP is given
 
+def load_bus(spec: str | None) -> BaseEventBus:
+    """Import ``module[:attribute]`` and find its event bus (or its Celery app's bus).
 
-def load_bus(spec: str) -> BaseEventBus:
-    """Import ``module[:attribute]`` and find its event bus (or its Celery app's bus)."""
+    No ``spec`` (neither ``-A`` nor ``EVENTBUS_APP``) raises :class:`NoAppGiven`.
+    """
+    if not spec:
+        raise NoAppGiven()
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
@@ -57,13 +62,13 @@ def load_bus(spec: str) -> BaseEventBus:
 )
 @click.option(
     "--queue",
-    default="eventbus.cli.demo",
+    default="eventbus.demo",
     show_default=True,
-    help="Handler queue of the demo's own worker (dead letters: EVENTBUS_DLQ).",
+    help="Handler queue of the demo's own worker; its dead letters go to QUEUE.dlq.",
 )
 @handle_errors
 def demo(broker: str | None, queue: str) -> None:
-    """Run the example handlers on an in-process worker and narrate what happens."""
+    """Run the demo's example app on an in-process worker and narrate what happens."""
     from eventbus.cli.demo import run_demo
 
     sys.exit(run_demo(broker, echo=echo, queue=queue))
@@ -167,12 +172,12 @@ _COMMANDS = (demo, publish, events, dlq, schema, outbox)
     "--app",
     "app_spec",
     envvar="EVENTBUS_APP",
-    default=DEFAULT_APP,
-    show_default=True,
-    help="module[:attr] holding your EventBus or Celery app.",
+    show_envvar=True,
+    default=None,
+    help="module[:attr] holding your EventBus or Celery app; no default (demo needs none).",
 )
 @click.pass_context
-def main(ctx: click.Context, app_spec: str) -> None:
+def main(ctx: click.Context, app_spec: str | None) -> None:
     """eventbus: typed domain events on Celery, with retries and a dead-letter queue."""
     sys.path.insert(0, os.getcwd())  # like `celery -A`, find the app in the working directory
     ctx.obj = BusContext(lambda: load_bus(app_spec))

@@ -13,7 +13,8 @@ command (a real process would have printed it).
 The process's environment is the one a real command would run with (the
 URLs under test): the example app (``-A handlers``) reads it once, when a
 first command imports it. So one process serves one environment; ``demo``,
-which changes the app it imports, only runs last.
+which changes the process (Celery's default app, eventbus's log level), only
+runs last.
 """
 
 from __future__ import annotations

@@ -209,15 +209,15 @@ class World:
         return environ
 
     def demo_args(self, *args: str) -> list[str]:
-        # On the test's queue, not eventbus.cli.demo, which another run may be using.
+        # On the test's queue, not eventbus.demo, which another run may be using.
         return ["demo", *args, "--queue", self.queue]
 
     def run(self, what: str, args: list[str], *, celery: bool = False, **env: str) -> Run:
-        """A real process: ``eventbus ARGS``, or ``celery -A handlers eventbus ARGS``."""
+        """A real process: ``eventbus -A handlers ARGS`` or ``celery -A handlers eventbus ARGS``."""
         head = (
             [*entry_point("celery"), "-A", "handlers", "eventbus"]
             if celery
-            else entry_point("eventbus")
+            else [*entry_point("eventbus"), "-A", "handlers"]
         )
         started = time.monotonic()
         result = subprocess.run(
@@ -311,7 +311,7 @@ def run_all(
 
 
 def every_command(world: World, what: str, *, demo: bool = True) -> list[Job]:
-    """Every leaf command's runs (COMMANDS); ``demo`` last: it changes the app it imports."""
+    """Every leaf command's runs (COMMANDS); ``demo`` last: it changes Celery's default app."""
     jobs = [Job(what, args) for name, runs in COMMANDS.items() if name != "demo" for args in runs]
     return [*jobs, Job(what, world.demo_args())] if demo else jobs
 
@@ -334,7 +334,7 @@ def test_no_command_prints_a_password_of_a_wrong_broker_url(world: World) -> Non
         for name, url in BROKER_URLS.items()
     ]
     # The URL given as an option only (the process's own is the good one); each demo
-    # stops before it starts a worker, and puts back the variables it changes.
+    # stops before it starts a worker.
     good = {"EVENTBUS_BROKER_URL": world.redis, "EVENTBUS_QUEUE": world.queue}
     groups.append(
         Group(

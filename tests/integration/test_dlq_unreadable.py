@@ -142,10 +142,14 @@ def test_every_dlq_command_says_what_is_wrong_in_one_line(unreadable: Unreadable
 
 
 def cli(*args: str, broker_url: str, celery: bool = False) -> subprocess.CompletedProcess[str]:
-    """``eventbus ARGS`` (or ``celery -A handlers eventbus ARGS``) on the example app."""
+    """``eventbus -A handlers ARGS`` (or ``celery -A handlers eventbus ARGS``): the example app."""
     environ = {k: v for k, v in os.environ.items() if not k.startswith(("EVENTBUS_", "CELERY_"))}
     environ.update(EVENTBUS_BROKER_URL=broker_url, EVENTBUS_QUEUE=unique("it.unreadable"))
-    head = ["-m", "celery", "-A", "handlers", "eventbus"] if celery else ["-m", "eventbus.cli"]
+    head = (
+        ["-m", "celery", "-A", "handlers", "eventbus"]
+        if celery
+        else ["-m", "eventbus.cli", "-A", "handlers"]
+    )
     return subprocess.run(
         [sys.executable, *head, *args],
         cwd=REPO,

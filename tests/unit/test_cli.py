@@ -578,13 +578,14 @@ def test_an_app_without_a_bus_is_a_usage_error() -> None:
 
 def test_the_same_commands_run_as_a_celery_sub_command() -> None:
     # Given the package installed (its celery.commands entry point), when an
-    # operator runs `celery -A handlers eventbus events`, then the example
-    # app's event types and handlers are listed.
+    # operator runs `celery -A handlers eventbus events` where the example app
+    # is (it is not installed), then its event types and handlers are listed.
     import subprocess
     import sys
 
     result = subprocess.run(
         [sys.executable, "-m", "celery", "-A", "handlers", "eventbus", "events"],
+        cwd=Path(__file__).resolve().parents[2],
         capture_output=True,
         text=True,
         timeout=60,
