@@ -27,6 +27,7 @@ from eventbus.celery.dead_letter_before_ack import request_class
 from eventbus.celery.deadletter.factory import store_for_app
 from eventbus.celery.deferral import Deferred, defer
 from eventbus.celery.internals.bound_queues import bound_queues
+from eventbus.celery.internals.compat import optimising
 from eventbus.celery.internals.confirms import confirmed
 from eventbus.celery.internals.sent_events import SentEvents
 from eventbus.celery.transport_selection import bind_transport, check_transport
@@ -398,7 +399,7 @@ class EventBus(BaseEventBus):
                 producer=producer,
                 argsrepr=argsrepr,
                 kwargsrepr="{}",
-                event_dispatcher=sent_events,
+                **sent_events.options(),
                 **queue,
             )
             sent.append(sub.name)
@@ -413,10 +414,12 @@ class EventBus(BaseEventBus):
 
     def _confirmed(self, producer: Any) -> AbstractContextManager[None]:
         """Confirms of the block's publishes on RabbitMQ (``celery.internals.confirms``)."""
+        conf = self.app.conf
         return confirmed(
             producer,
-            timeout=self.app.conf.get("eventbus_confirm_timeout"),
-            enabled=self.app.conf.get("eventbus_publish_confirms", True),
+            timeout=conf.get("eventbus_confirm_timeout"),
+            enabled=conf.get("eventbus_publish_confirms", True),
+            batched=optimising(conf, "batched_confirms"),
         )
 
     def _dispatch_in_batch(
