@@ -30,6 +30,7 @@ from eventbus.celery.internals.bound_queues import bound_queues
 from eventbus.celery.internals.compat import optimising
 from eventbus.celery.internals.confirms import confirmed
 from eventbus.celery.internals.sent_events import SentEvents
+from eventbus.celery.internals.worker_queues import argsrepr_maxsize
 from eventbus.celery.transport_selection import bind_transport, check_transport
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore
 from eventbus.domain.envelope import Envelope
@@ -337,7 +338,7 @@ class EventBus(BaseEventBus):
         args = (self._wire(envelope),)
         # Celery formats each message's arguments for Flower and the logs;
         # the K messages of one event carry the same envelope: format it once.
-        argsrepr = _argsrepr(args, self.app.amqp.argsrepr_maxsize)
+        argsrepr = _argsrepr(args, argsrepr_maxsize(self.app))
         if self.app.conf.task_always_eager:
             for sub in subscriptions:
                 sub.task.apply(args)

@@ -440,20 +440,20 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
                     "oversized" if isinstance(exc, PayloadTooLarge) else "undecodable"
                 )
                 if not dead_letter(message, exc, reason):
-                    celery.on_decode_error(message, exc)  # logs and acks
+                    celery.decode_error(message, exc)  # logs and acks
 
             def on_unknown_message(body: Any, message: Message) -> None:
                 exc = EnvelopeDecodeError("not a Celery task message (no task header)")
-                handled_or(celery.on_unknown_message, body, message)(message, exc, "rejected")
+                handled_or(celery.unknown_message, body, message)(message, exc, "rejected")
 
             def on_unknown_task(body: Any, message: Message, exc: BaseException) -> None:
                 headers = message.headers if isinstance(message.headers, dict) else {}
                 name = _short(headers.get("task"))
                 reason = EnvelopeDecodeError(f"no handler task named {name} on this worker")
-                handled_or(celery.on_unknown_task, body, message, exc)(message, reason, "rejected")
+                handled_or(celery.unknown_task, body, message, exc)(message, reason, "rejected")
 
             def on_invalid_task(body: Any, message: Message, exc: BaseException) -> None:
-                handled_or(celery.on_invalid_task, body, message, exc)(message, exc, "rejected")
+                handled_or(celery.invalid_task, body, message, exc)(message, exc, "rejected")
 
             def handled_or(
                 fallback: Callable[..., None], *args: Any

@@ -49,10 +49,10 @@ __all__ = [
 class ConsumerCallbacks:
     """Celery's consumer callbacks of messages that never become a task run."""
 
-    on_decode_error: Callable[[Any, BaseException], None]  #: (message, exc)
-    on_unknown_message: Callable[[Any, Any], None]  #: (body, message)
-    on_unknown_task: Callable[[Any, Any, BaseException], None]  #: (body, message, exc)
-    on_invalid_task: Callable[[Any, Any, BaseException], None]  #: (body, message, exc)
+    decode_error: Callable[[Any, BaseException], None]  #: on_decode_error(message, exc)
+    unknown_message: Callable[[Any, Any], None]  #: on_unknown_message(body, message)
+    unknown_task: Callable[[Any, Any, BaseException], None]  #: (body, message, exc)
+    invalid_task: Callable[[Any, Any, BaseException], None]  #: (body, message, exc)
 
 
 def celery_callbacks(consumer: Any) -> ConsumerCallbacks:
@@ -67,10 +67,10 @@ def celery_callbacks(consumer: Any) -> ConsumerCallbacks:
 
 def replace_callbacks(consumer: Any, callbacks: ConsumerCallbacks) -> None:
     """Make ``callbacks`` the consumer's."""
-    consumer.on_decode_error = callbacks.on_decode_error
-    consumer.on_unknown_message = callbacks.on_unknown_message
-    consumer.on_unknown_task = callbacks.on_unknown_task
-    consumer.on_invalid_task = callbacks.on_invalid_task
+    consumer.on_decode_error = callbacks.decode_error
+    consumer.on_unknown_message = callbacks.unknown_message
+    consumer.on_unknown_task = callbacks.unknown_task
+    consumer.on_invalid_task = callbacks.invalid_task
 
 
 def wrap_task_handler(

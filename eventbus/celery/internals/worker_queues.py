@@ -20,7 +20,7 @@ from typing import Any
 
 from eventbus.celery.internals.compat import available
 
-__all__ = ["REPR_MAXSIZE", "consumes_every_queue", "repr_allowance"]
+__all__ = ["REPR_MAXSIZE", "argsrepr_maxsize", "consumes_every_queue", "repr_allowance"]
 
 #: Celery 5.7's ``argsrepr_maxsize`` and ``kwargsrepr_maxsize``.
 REPR_MAXSIZE = 1024
@@ -39,3 +39,10 @@ def repr_allowance(app: Any) -> int:
     if available("payload_allowance"):
         return int(amqp.argsrepr_maxsize or 0) + int(amqp.kwargsrepr_maxsize or 0)
     return 2 * REPR_MAXSIZE
+
+
+def argsrepr_maxsize(app: Any) -> int:
+    """Bytes of ``argsrepr`` Celery writes at most (publish formats it as Celery would)."""
+    if available("payload_allowance"):
+        return int(app.amqp.argsrepr_maxsize or 0)
+    return REPR_MAXSIZE
