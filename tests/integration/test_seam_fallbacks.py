@@ -1,4 +1,6 @@
-"""Each private name taken away, a real worker on real brokers: Celery's path, or a refusal (issue 12).
+"""Each private name taken away, a real worker on real brokers: Celery's path, or a refusal.
+
+(Issue 12.)
 
 For every name of the registry (:mod:`eventbus.celery.internals.reaches`)
 the installed library loses it (:func:`tests.seam_support.take_away`), the
@@ -53,7 +55,9 @@ def cases(features: tuple[str, ...]) -> list[object]:
             if kind == "redis" and reach.feature in AMQP_ONLY:
                 continue
             params.append(
-                pytest.param(reach, kind, id=f"{kind}-{reach.target}", marks=getattr(pytest.mark, kind))
+                pytest.param(
+                    reach, kind, id=f"{kind}-{reach.target}", marks=getattr(pytest.mark, kind)
+                )
             )
     return params
 
@@ -120,13 +124,16 @@ def test_without_the_name_the_worker_delivers_every_event_through_celerys_path(
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.levelno == logging.WARNING and "differ from what these features reach" in r.getMessage()
+        if r.levelno == logging.WARNING
+        and "differ from what these features reach" in r.getMessage()
     ]
     assert len(warnings) == 1, warnings
     assert reach.target in warnings[0] and f"{reach.feature} off" in warnings[0]
 
 
-@pytest.mark.parametrize(("reach", "kind"), cases((*REFUSED, "deep_headers_guard", "publish_confirms")))
+@pytest.mark.parametrize(
+    ("reach", "kind"), cases((*REFUSED, "deep_headers_guard", "publish_confirms"))
+)
 def test_without_a_guarantees_name_the_worker_refuses_to_start(
     reach: Reach, kind: str, monkeypatch: pytest.MonkeyPatch, stack: ExitStack
 ) -> None:

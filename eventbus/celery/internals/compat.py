@@ -63,6 +63,7 @@ _FEATURES = {f.key: f for f in FEATURES}
 _lock = threading.Lock()
 _problems: dict[str, tuple[str, ...]] = {}  # feature -> what is missing (checked once)
 _versions: dict[str, tuple[str, ...]] = {}  # distribution -> its version problem, if any
+_feature_versions: dict[str, tuple[str, ...]] = {}  # feature -> its libraries' problems
 _announced: set[str] = set()  # problems the warning named already
 _switched_off_said = False
 
@@ -83,8 +84,11 @@ def problems(key: str) -> tuple[str, ...]:
 
 def version_problems(key: str) -> tuple[str, ...]:
     """The installed libraries ``key`` reaches into whose version is outside the range."""
-    libraries = sorted({reach.library for reach in reaches_of(key)})
-    return tuple(p for lib in libraries for p in _version_problem(lib))
+    found = _feature_versions.get(key)
+    if found is None:
+        found = tuple(p for lib in _libraries(key) for p in _version_problem(lib))
+        _feature_versions[key] = found
+    return found
 
 
 def optimizations_on(conf: Mapping[str, Any] | None) -> bool:
@@ -192,6 +196,7 @@ def reset() -> None:
     with _lock:
         _problems.clear()
         _versions.clear()
+        _feature_versions.clear()
         _announced.clear()
         _switched_off_said = False
 

@@ -179,12 +179,12 @@ def confirmed(
         with _nacks_translated():  # py-amqp's per-message confirms, if the app set them
             yield
         return
-    if not batched:
+    if batched:
+        with confirmed_channel(channel, timeout=timeout):
+            yield
+    else:
         with confirmed_each(channel, timeout=timeout):
             yield
-        return
-    with confirmed_channel(channel, timeout=timeout):
-        yield
     if producer.channel is not channel:
         # kombu's publish retry reconnected in the block and published the
         # rest on a new channel, not in confirm mode: nothing confirmed those.
@@ -249,7 +249,9 @@ def confirmed_each(channel: Any, *, timeout: float | None = None) -> Iterator[No
     As py-amqp does for a connection with ``confirm_publish`` (its ``Channel``
     then publishes with ``basic_publish_confirm``), for the block only: a Nack
     raises at once, no confirm within ``timeout`` raises
-    :class:`PublishNotConfirmed`.
+    :class:`PublishNotConfirmed`. (kombu's publish retry takes py-amqp's
+    ``MessageNacked`` for a lost connection and publishes again on a new
+    channel, unconfirmed: :func:`confirmed` raises when the channel changed.)
     """
     require("publish_confirms")
     limit = DEFAULT_CONFIRM_TIMEOUT if timeout is None else float(timeout)
@@ -264,6 +266,9 @@ def confirmed_each(channel: Any, *, timeout: float | None = None) -> Iterator[No
         kwargs["confirm_timeout"] = kwargs.get("confirm_timeout") or limit
         try:
             return confirm(*args, **kwargs)
+        except MessageNacked as exc:
+            # (Raised as py-amqp's, kombu would reconnect and publish again unconfirmed.)
+            raise PublishNotConfirmed("the broker nacked a message") from exc
         except TimeoutError as exc:  # socket.timeout, from the wait
             raise PublishNotConfirmed(
                 f"the broker did not confirm a message within {limit}s"
