@@ -19,7 +19,9 @@ A feature is one of four kinds:
   message is acked, a worker that survives any bytes on a queue, a confirmed
   publish). It cannot hold without its names: the worker (or ``publish``)
   refuses to start with :class:`~eventbus.errors.IncompatibleDependency`
-  rather than run with the guarantee silently gone.
+  rather than run with the guarantee silently gone. A version outside
+  :data:`SUPPORTED` alone does not stop it while every name and signature
+  it checks is there (the optimisations are off then).
 * ``transport``: eventbus's Redis transport (no message lost between take and
   record). It subclasses kombu's private code: missing names or a kombu outside
   :data:`SUPPORTED` make it refuse, naming the setting that selects kombu's own.
