@@ -11,6 +11,7 @@
     │   ├── PayloadTooLarge         the envelope is over eventbus_max_payload_bytes
     │   └── EventVersionError       data at a schema version the code cannot upcast
     ├── ConfigurationError          a setting is missing or wrong
+    │   └── IncompatibleDependency  the installed Celery/kombu/py-amqp lacks what a guarantee needs
     ├── StateStoreError             the state store (Redis: idempotency, ordering, sequence
     │                               numbers) could not be used: its URL, its server
     ├── SubscriptionError           a handler cannot be subscribed
@@ -55,6 +56,7 @@ __all__ = [
     "EventStoreError",
     "EventValidationError",
     "EventVersionError",
+    "IncompatibleDependency",
     "LateEvent",
     "OrderingError",
     "OutboxError",
@@ -208,6 +210,17 @@ class EventVersionError(EventError):
 
 class ConfigurationError(EventBusError):
     """A setting eventbus needs is missing or has a wrong value."""
+
+
+class IncompatibleDependency(ConfigurationError):
+    """The installed Celery, kombu or py-amqp lacks a private name a guarantee depends on.
+
+    Raised at worker start (and by ``publish`` for the broker transport), never
+    half-way through a delivery: the message names what was not found, the
+    installed versions and the supported range, and the setting that turns the
+    dependent piece off where one exists (``eventbus_redis_transport = "kombu"``
+    for eventbus's Redis transport). See :mod:`eventbus.celery.internals`.
+    """
 
 
 class StateStoreError(EventBusError):

@@ -27,8 +27,10 @@ from eventbus.celery.dead_letter_before_ack import request_class
 from eventbus.celery.deadletter.factory import store_for_app
 from eventbus.celery.deferral import Deferred, defer
 from eventbus.celery.internals.bound_queues import bound_queues
+from eventbus.celery.internals.compat import optimising
 from eventbus.celery.internals.confirms import confirmed
 from eventbus.celery.internals.sent_events import SentEvents
+from eventbus.celery.internals.worker_queues import argsrepr_maxsize
 from eventbus.celery.transport_selection import bind_transport, check_transport
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore
 from eventbus.domain.envelope import Envelope
@@ -346,7 +348,7 @@ class EventBus(BaseEventBus):
         args = (self._wire(envelope),)
         # Celery formats each message's arguments for Flower and the logs;
         # the K messages of one event carry the same envelope: format it once.
-        argsrepr = _argsrepr(args, self.app.amqp.argsrepr_maxsize)
+        argsrepr = _argsrepr(args, argsrepr_maxsize(self.app))
         if self.app.conf.task_always_eager:
             for sub in subscriptions:
                 sub.task.apply(args)
@@ -408,7 +410,7 @@ class EventBus(BaseEventBus):
                 producer=producer,
                 argsrepr=argsrepr,
                 kwargsrepr="{}",
-                event_dispatcher=sent_events,
+                **sent_events.options(),
                 **queue,
             )
             sent.append(sub.name)
@@ -423,10 +425,12 @@ class EventBus(BaseEventBus):
 
     def _confirmed(self, producer: Any) -> AbstractContextManager[None]:
         """Confirms of the block's publishes on RabbitMQ (``celery.internals.confirms``)."""
+        conf = self.app.conf
         return confirmed(
             producer,
-            timeout=self.app.conf.get("eventbus_confirm_timeout"),
-            enabled=self.app.conf.get("eventbus_publish_confirms", True),
+            timeout=conf.get("eventbus_confirm_timeout"),
+            enabled=conf.get("eventbus_publish_confirms", True),
+            batched=optimising(conf, "batched_confirms"),
         )
 
     def _dispatch_in_batch(

@@ -43,6 +43,13 @@ receiver, which then writes nothing). Then:
 
 What it leaves alone: everything else Celery does in those methods (task
 state, the task's ``on_failure``, events, logs), and every other task.
+
+A custom ``Request`` is Celery's documented extension point, but that
+``on_failure`` and ``on_timeout`` settle the message through ``acknowledge``
+and ``reject`` is not: those four methods and their signatures are checked
+when the worker starts (:mod:`eventbus.celery.internals.compat`, feature
+``dead_letter_before_ack``, a guarantee), and a Celery that changed them
+stops the worker with :class:`~eventbus.errors.IncompatibleDependency`.
 """
 
 from __future__ import annotations
@@ -117,7 +124,7 @@ class _DeadLetterBeforeAck:
 
     # Celery's Request, next in the MRO.
     task: Any
-    _connection_errors: tuple[type[BaseException], ...]
+    connection_errors: tuple[type[BaseException], ...]
 
     def on_failure(
         self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
@@ -208,7 +215,7 @@ class _DeadLetterBeforeAck:
         unreachable: tuple[type[BaseException], ...] = (
             OperationalError,
             OSError,
-            *self._connection_errors,
+            *self.connection_errors,
         )
         return isinstance(exception.reason, unreachable)
 

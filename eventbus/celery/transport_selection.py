@@ -31,7 +31,12 @@ connects), and checked before the bus first publishes:
   is a :class:`~eventbus.errors.ConfigurationError`: the worker stops at
   start, ``publish`` raises it;
 * any other URL (``amqp://``, ``memory://``...) keeps its own transport, and
-  a ``broker_transport`` set to anything else is left alone.
+  a ``broker_transport`` set to anything else is left alone;
+* eventbus's transport with a kombu that lacks what it subclasses, or outside
+  the supported range (:mod:`eventbus.celery.internals.compat`), is an
+  :class:`~eventbus.errors.IncompatibleDependency` (a ``ConfigurationError``)
+  that names ``eventbus_redis_transport = "kombu"``: the worker stops at
+  start, ``publish`` raises it; kombu's transport runs only when asked for.
 
 A worker logs the transport it consumes with. What it leaves alone: kombu's
 parsing of URLs, and processes that never start a worker or publish through
@@ -47,7 +52,8 @@ from typing import TYPE_CHECKING, Any
 
 from celery import bootsteps, signals
 
-from eventbus.errors import ConfigurationError
+from eventbus.celery.internals.compat import transport_problem
+from eventbus.errors import ConfigurationError, IncompatibleDependency
 from eventbus.guarantees.state import redact_url
 
 if TYPE_CHECKING:
@@ -143,6 +149,7 @@ def choose_transport(conf: Mapping[str, Any], *, explicit: Any = _SETTING) -> Tr
             f"eventbus's atomic Redis transport is not used: {reason}; {lossy}",
         )
     (scheme,) = schemes
+    _refuse_if_incompatible()
     return TransportChoice(
         _REDIS_SCHEMES[str(scheme)], f"eventbus's atomic Redis transport for {shown}"
     )
@@ -218,6 +225,12 @@ class TransportCheck(bootsteps.StartStopStep):  # type: ignore[misc]
 
     label = "eventbus transport check"
 
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        # When the worker is built (after worker_init): an error stops it before
+        # any step starts or connects.
+        check_transport(worker.app)
+
     def start(self, worker: Any) -> None:
         check_transport(worker.app)
 
@@ -272,6 +285,7 @@ def _check_explicit(
     conf: Mapping[str, Any],
 ) -> TransportChoice:
     """``broker_transport`` names eventbus's transport: can it serve these URLs?"""
+    _refuse_if_incompatible()
     name = _name(explicit)
     served = set(_REDIS_SCHEMES) | {None}  # (a bare host name: Redis by this setting)
     if not schemes <= served:
@@ -296,6 +310,13 @@ def _check_explicit(
             "URL's own transport (BRPOP), which can lose a message between take and record"
         )
     return TransportChoice(explicit, f"broker_transport {name} for {shown}", warning)
+
+
+def _refuse_if_incompatible() -> None:
+    """Raise :class:`IncompatibleDependency` if the installed kombu cannot run our transport."""
+    problem = transport_problem()
+    if problem:
+        raise IncompatibleDependency(problem)
 
 
 def _ssl_configured(urls: list[str], conf: Mapping[str, Any]) -> bool:

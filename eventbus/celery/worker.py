@@ -48,7 +48,7 @@ import reprlib
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any, Literal
 
 from celery import bootsteps, signals
@@ -59,14 +59,24 @@ from eventbus.celery.dead_letter_before_ack import reported_by_request, writer_s
 from eventbus.celery.dead_letter_signals import dead_letter_written
 from eventbus.celery.dead_letter_writer import DeadLetterWriter, delivery_record_id
 from eventbus.celery.internals.amqp_headers import guard_deep_headers
+from eventbus.celery.internals.compat import check_worker
 from eventbus.celery.internals.compression import (
     CompressionPolicy,
     guard_compression,
     unguard_compression,
 )
+from eventbus.celery.internals.consumer_hooks import (
+    ConsumerCallbacks,
+    accept_json_only,
+    after_strategies_update,
+    celery_callbacks,
+    replace_callbacks,
+    wrap_task_handler,
+)
 from eventbus.celery.internals.taken import taken_from
 from eventbus.celery.internals.task_events import BatchedTaskEvents
 from eventbus.celery.internals.worker_loop import ReadyCallbacksFirst
+from eventbus.celery.internals.worker_queues import consumes_every_queue, repr_allowance
 from eventbus.celery.refused import read_stand_in
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter, DeadLetterReason
 from eventbus.domain.nesting import nests_deeper_than
@@ -339,12 +349,13 @@ class WorkerHooks:
         # The consumer declares what it consumes: make that the handler
         # queues' own declaration (on RabbitMQ, with the dead-letter exchange).
         consuming = queues.consume_from
+        every_queue = consumes_every_queue(queues)
         for name in bus.queues:
             declared = bus.handler_queue(name)
             if name not in queues:
                 # Started without -Q, the worker consumes every queue it
                 # knows: it should know the handler queues too.
-                if queues._consume_from is None:
+                if every_queue:
                     queues.select_add(declared)
             elif not isinstance(declared, str):
                 queues[name] = declared
@@ -403,6 +414,9 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
 
         def __init__(self, consumer: Any, **kwargs: Any) -> None:
             super().__init__(consumer, **kwargs)
+            # Checked once, when the worker is built: a missing name a guarantee
+            # needs stops it here (IncompatibleDependency), never mid-delivery.
+            check_worker(consumer.app)
             _warn_of_unsafe_content(hooks.bus.app)
             guard_deep_headers()  # (RabbitMQ: py-amqp)
             # Runs when the blueprint is applied, before the Tasks step reads
@@ -411,10 +425,7 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
             # before, and never here: the write waits for no broker in the
             # event loop). Not the bus's: Celery's own handling (log and ack,
             # or reject).
-            decode = consumer.on_decode_error
-            unknown_message = consumer.on_unknown_message
-            unknown_task = consumer.on_unknown_task
-            invalid_task = consumer.on_invalid_task
+            celery = celery_callbacks(consumer)
 
             def dead_letter(
                 message: Message,
@@ -431,20 +442,20 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
                     "oversized" if isinstance(exc, PayloadTooLarge) else "undecodable"
                 )
                 if not dead_letter(message, exc, reason):
-                    decode(message, exc)  # logs and acks
+                    celery.decode_error(message, exc)  # logs and acks
 
             def on_unknown_message(body: Any, message: Message) -> None:
                 exc = EnvelopeDecodeError("not a Celery task message (no task header)")
-                handled_or(unknown_message, body, message)(message, exc, "rejected")
+                handled_or(celery.unknown_message, body, message)(message, exc, "rejected")
 
             def on_unknown_task(body: Any, message: Message, exc: BaseException) -> None:
                 headers = message.headers if isinstance(message.headers, dict) else {}
                 name = _short(headers.get("task"))
                 reason = EnvelopeDecodeError(f"no handler task named {name} on this worker")
-                handled_or(unknown_task, body, message, exc)(message, reason, "rejected")
+                handled_or(celery.unknown_task, body, message, exc)(message, reason, "rejected")
 
             def on_invalid_task(body: Any, message: Message, exc: BaseException) -> None:
-                handled_or(invalid_task, body, message, exc)(message, exc, "rejected")
+                handled_or(celery.invalid_task, body, message, exc)(message, exc, "rejected")
 
             def handled_or(
                 fallback: Callable[..., None], *args: Any
@@ -455,10 +466,10 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
 
                 return handle
 
-            consumer.on_decode_error = on_decode_error
-            consumer.on_unknown_message = on_unknown_message
-            consumer.on_unknown_task = on_unknown_task
-            consumer.on_invalid_task = on_invalid_task
+            ours = ConsumerCallbacks(
+                on_decode_error, on_unknown_message, on_unknown_task, on_invalid_task
+            )
+            replace_callbacks(consumer, ours)
 
             # Every message the task consumer receives is looked at first here,
             # before Celery reads its headers or decodes its body: one from a
@@ -466,11 +477,9 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
             # headers are nested too deep, or that is oversized, is
             # dead-lettered unread. Celery builds this handler at each
             # (re)connection.
-            create_task_handler = consumer.create_task_handler
             screen = _Screen(hooks)
 
-            def create_screened_task_handler(*args: Any, **kwargs: Any) -> Callable[..., Any]:
-                on_task_received = create_task_handler(*args, **kwargs)
+            def screened(on_task_received: Callable[[Message], Any]) -> Callable[[Message], Any]:
                 screen.update()
                 # Compressed messages on handler queues: refused before kombu
                 # decompresses them, or decompressed within the limit.
@@ -490,7 +499,7 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
 
                 return on_screened_task_received
 
-            consumer.create_task_handler = create_screened_task_handler
+            wrap_task_handler(consumer, screened)
 
             # Handler task messages are checked in the consumer, before the
             # task's strategy builds a request: whatever the pool, a message
@@ -498,14 +507,11 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
             # of the consumer (Celery then stops the worker, and the redelivered
             # message stops the next one). Celery rebuilds the strategies at
             # each (re)connection and reload, so wrap them each time it does.
-            update_strategies = consumer.update_strategies
-
-            def update_checked_strategies() -> None:
-                update_strategies()
+            def check_strategies(strategies: MutableMapping[str, Callable[..., None]]) -> None:
                 for sub in hooks.bus.subscriptions():
-                    strategy = consumer.strategies.get(sub.name)
+                    strategy = strategies.get(sub.name)
                     if strategy is not None:
-                        consumer.strategies[sub.name] = checked(strategy)
+                        strategies[sub.name] = checked(strategy)
                 # eventbus's Redis transport: an element too large to be a
                 # handler message is taken unread (a stand-in), not decoded.
                 # Not on Celery's default queue: the app's other tasks share it.
@@ -536,7 +542,7 @@ def _unusable_message_step(hooks: WorkerHooks) -> type[bootsteps.StartStopStep]:
 
                 return checked_strategy
 
-            consumer.update_strategies = update_checked_strategies
+            after_strategies_update(consumer, check_strategies)
 
     return DeadLetterUnusableMessages
 
@@ -586,12 +592,7 @@ class _Screen:
         self.queues = frozenset(bus.queues)
         self.app_tasks = bus.app.tasks
         self.limit = bus.max_payload_bytes
-        amqp = bus.app.amqp
-        self.headers_allowance = (
-            CELERY_HEADERS_ALLOWANCE
-            + int(amqp.argsrepr_maxsize or 0)
-            + int(amqp.kwargsrepr_maxsize or 0)
-        )
+        self.headers_allowance = CELERY_HEADERS_ALLOWANCE + repr_allowance(bus.app)
 
     def owns(self, message: Message) -> bool:
         return self.hooks.owns_message(message, self.queues)
@@ -627,7 +628,7 @@ class _Screen:
         and type, and the size of the body and headers.
         """
         # Whatever Celery decodes of it from here on, it decodes as JSON only.
-        message.accept = _JSON_ONLY
+        accept_json_only(message, _JSON_ONLY)
         content_type, headers = message.content_type, message.headers
         stood_in = read_stand_in(content_type, headers, message.body)
         if stood_in is not None:
@@ -688,9 +689,7 @@ def _element_limit(bus: EventBus) -> int:
     limit = bus.max_payload_bytes
     if not limit:
         return 0
-    amqp = bus.app.amqp
-    headers = CELERY_HEADERS_ALLOWANCE + int(amqp.argsrepr_maxsize or 0)
-    headers += int(amqp.kwargsrepr_maxsize or 0)
+    headers = CELERY_HEADERS_ALLOWANCE + repr_allowance(bus.app)
     body = (limit + MESSAGE_WRAPPER_MARGIN) * 3 // 2
     return body * 4 // 3 + limit + headers + ELEMENT_PROPERTIES_MARGIN
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery import signals
-from celery.worker import state as worker_state
 
+from eventbus.celery.internals.worker_state import ask_worker_loops_to_stop, forget_stop_request
 from eventbus.cli.context import fail_fast
 from eventbus.cli.demo_app import (
     DEMO_QUEUE,
@@ -203,9 +203,9 @@ def run_demo(broker_url: str | None = None, echo: Echo = print, queue: str = DEM
         observer.disconnect()
         # Ask the worker's own loop to stop: closing its AMQP channels from
         # this thread would race the loop that reads them.
-        worker_state.should_terminate = 0
-        thread.join(timeout=15)
-        worker_state.should_terminate = None
+        if ask_worker_loops_to_stop():
+            thread.join(timeout=15)
+            forget_stop_request()
 
 
 def _check_state(bus: Any) -> None:

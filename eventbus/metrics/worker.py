@@ -14,14 +14,15 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from celery import signals
-from prometheus_client import CollectorRegistry, start_http_server, values
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
 
+from eventbus.celery.internals.prometheus_values import use_multiprocess_values
 from eventbus.metrics.handlers import (
     DEFAULT_DEAD_LETTER_CACHE_SECONDS,
     DeadLetterCollector,
@@ -114,7 +115,7 @@ class WorkerMetrics:
         self.registry: CollectorRegistry = _ForkSafeRegistry()
         self._pid = os.getpid()
         self._own_directory = False
-        self._value_class: Any = None
+        self._restore_values: Callable[[], None] | None = None
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._uid = f"eventbus-worker-metrics-{id(self)}"
@@ -129,11 +130,9 @@ class WorkerMetrics:
             self.directory = tempfile.mkdtemp(prefix="eventbus-metrics-")
             self._own_directory = True
             os.environ[_MULTIPROC_ENV] = self.directory  # inherited by the pool processes
-        if not getattr(values.ValueClass, "_multiprocess", False):
-            # prometheus_client picks its value class once, when first imported;
-            # it was imported before the directory was set.
-            self._value_class = values.ValueClass
-            values.ValueClass = values.get_value_class()  # type: ignore[no-untyped-call]
+        # prometheus_client picks its value class once, when first imported;
+        # it was imported before the directory was set.
+        self._restore_values = use_multiprocess_values()
         self.handlers = HandlerMetrics(self.bus, registry=None)
         self.handlers.connect()
         MultiProcessCollector(self.registry, path=self.directory)  # type: ignore[no-untyped-call]
@@ -180,10 +179,9 @@ class WorkerMetrics:
         if self._thread is not None:
             self._thread.join(timeout=5)
             self._thread = None
-        if self._value_class is not None:
-            values.ValueClass.close_all_files()
-            values.ValueClass = self._value_class
-            self._value_class = None
+        if self._restore_values is not None:
+            self._restore_values()
+            self._restore_values = None
         if self._own_directory and self.directory:
             shutil.rmtree(self.directory, ignore_errors=True)
             if os.environ.get(_MULTIPROC_ENV) == self.directory:

@@ -66,6 +66,7 @@ def test_an_exception_in_the_block_sends_nothing_unsent(env: Env) -> None:
     assert env.queue_length() == expected
 
 
+@pytest.mark.optimization
 @pytest.mark.rabbitmq
 def test_a_rabbitmq_batch_waits_for_confirms_once(
     rabbitmq_env: Env, monkeypatch: pytest.MonkeyPatch

@@ -19,6 +19,7 @@ from celery.signals import after_task_publish, before_task_publish
 from kombu import Queue
 
 from eventbus import EventBus
+from eventbus.celery.internals import compat
 from eventbus.celery.internals.sent_events import SentEvents
 from tests.support import delete_queues, make_app, wait_for
 
@@ -113,11 +114,13 @@ def test_each_message_is_routed_declared_signalled_and_announced(env: Env, sent:
     assert_announced(sent, names, env.queue, events=4)
     # And they are all on the handlers' queue
     wait_for(lambda: env.queue_length() == 12, message=lambda: f"{env.queue_length()} queued")
-    # And the queue was bound to the channel once per handler at most (the
-    # first event on Redis goes through Celery's own routing, which creates
-    # the queue's entry), not once per message: the last two events bound nothing
-    assert 0 < len(binds_of_first_two) <= 2 * len(names), binds_of_first_two
-    assert sent.binds == []
+    # And (eventbus's shortcut, unless optimisations are off) the queue was
+    # bound to the channel once per handler at most (the first event on Redis
+    # goes through Celery's own routing, which creates the queue's entry), not
+    # once per message: the last two events bound nothing
+    if compat.optimizations_on(env.app.conf):
+        assert 0 < len(binds_of_first_two) <= 2 * len(names), binds_of_first_two
+        assert sent.binds == []
 
 
 @pytest.mark.rabbitmq
@@ -149,6 +152,7 @@ def test_a_handler_on_the_apps_default_queue_is_routed_as_celery_does(sent: Sent
         delete_queues(app, queue, f"{queue}.dlq")
 
 
+@pytest.mark.optimization
 def test_a_new_connection_gets_the_queues_bound_to_its_channel(env: Env, sent: Sent) -> None:
     # Given a bus that has published, whose pooled connection is then closed
     names = subscribe(env.bus, env.name("h"))

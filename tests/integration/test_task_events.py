@@ -21,6 +21,9 @@ from celery.events.receiver import EventReceiver
 from .conftest import Env
 from .helpers import OrderPlaced, wait_for
 
+#: What this module tests is an optimisation: the stock-path stage skips it.
+pytestmark = pytest.mark.optimization
+
 TASK_EVENTS = ("task-received", "task-started", "task-succeeded")
 
 

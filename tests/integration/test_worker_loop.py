@@ -9,8 +9,13 @@ in a fraction of a second.
 
 from __future__ import annotations
 
+import pytest
+
 from .conftest import Env
 from .helpers import OrderPlaced, Recorder, wait_for
+
+#: What this module tests is an optimisation: the stock-path stage skips it.
+pytestmark = pytest.mark.optimization
 
 #: Far less than the 10 s of one stall, far more than 20 no-op handler runs take.
 PROMPT = 5.0

@@ -182,7 +182,7 @@ class AppRequest:
         self.request_dict = {"retries": 0}
         self.delivery_info = {"routing_key": "q"}
         self.hostname = "w@h"
-        self._connection_errors = ()
+        self.connection_errors = ()  # (Celery: a property over its _connection_errors)
         self.settled: list[str] = []
         self.requeue_on_timeout = requeue_on_timeout
         self.reported = 0

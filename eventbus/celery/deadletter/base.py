@@ -28,6 +28,7 @@ from eventbus.broker_errors import (
     retrying_cannot_help,
     url_of,
 )
+from eventbus.celery.internals.compat import optimising
 from eventbus.celery.internals.confirms import confirmed
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore
@@ -115,7 +116,12 @@ class BrokerDeadLetterStore(DeadLetterStore):
             enabled = app.conf.get("eventbus_publish_confirms", True)
             with (
                 app.producer_or_acquire() as producer,
-                confirmed(producer, timeout=timeout, enabled=enabled),
+                confirmed(
+                    producer,
+                    timeout=timeout,
+                    enabled=enabled,
+                    batched=optimising(app.conf, "batched_confirms"),
+                ),
             ):
                 app.amqp.send_task_message(
                     producer,

@@ -15,8 +15,10 @@ with its body; eventbus's worker dead-letters it ("undecodable") and acks it.
 Every other message is read as py-amqp reads it. Installed once per process,
 by an EventBus worker's consumer and by every read of the dead-letter queue
 (:mod:`eventbus.celery.deadletter.amqp`: such a message is an undecodable record
-there); if py-amqp no longer has that method, it logs a warning and leaves
-py-amqp as it is.
+there). The method and its signature are checked once (:mod:`.compat`,
+feature ``deep_headers_guard``, a guarantee): a worker on RabbitMQ whose
+py-amqp lacks it refuses to start (:class:`~eventbus.errors.IncompatibleDependency`);
+elsewhere (a browse of the dead-letter queue) py-amqp is left as it is.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import functools
 import logging
 from typing import Any
 
+from eventbus.celery.internals.compat import problems
 from eventbus.celery.refused import CONTENT_TYPE, REASON_HEADER, WHY_HEADER
 
 __all__ = ["guard_deep_headers"]
@@ -41,13 +44,9 @@ def guard_deep_headers() -> bool:
         from amqp.serialization import GenericContent  # type: ignore[import-untyped]
     except ImportError:  # no py-amqp: no RabbitMQ transport to guard
         return False
-    load = getattr(GenericContent, "_load_properties", None)
-    if load is None:
-        logger.warning(
-            "py-amqp has no GenericContent._load_properties: a RabbitMQ message with "
-            "headers nested too deep will stop the worker"
-        )
-        return False
+    if problems("deep_headers_guard"):
+        return False  # (a worker on RabbitMQ refused to start already)
+    load = GenericContent._load_properties
     if getattr(load, "eventbus_guarded", False):
         return True
 

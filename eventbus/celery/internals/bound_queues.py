@@ -5,6 +5,11 @@ Celery sends each task message with ``declare=[queue]``, and kombu's
 and its exchange, ~40 us here) before it finds it in the connection's cache
 of declared entities: on every message. Passing ``apply_async`` the queue
 already bound to the producer's channel skips that copy.
+
+It reads the producer's private ``_channel`` (not to resolve a channel
+promise): checked once (:mod:`.compat`, feature ``bound_queues``, an
+optimisation); without it, or with ``eventbus_optimizations = False``, no
+queue option is given and Celery routes and binds as usual.
 """
 
 from __future__ import annotations
@@ -13,7 +18,9 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from kombu.entity import Queue
-from kombu.utils.functional import ChannelPromise
+from kombu.utils import functional as kombu_functional
+
+from eventbus.celery.internals.compat import optimising
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -37,8 +44,10 @@ def bound_queues(
     the retry, the signals. A queue Celery's router could not resolve, or a
     producer not connected yet, gets no option: Celery routes as usual.
     """
+    if not optimising(app.conf, "bound_queues"):
+        return [(sub, {}) for sub in subscriptions]
     channel = getattr(producer, "_channel", None)
-    if isinstance(channel, ChannelPromise):
+    if isinstance(channel, kombu_functional.ChannelPromise):
         # A pooled producer gets its connection's default channel as a
         # promise (RabbitMQ's confirms have resolved it already): once
         # connected, it is the channel kombu's publish resolves next.

@@ -29,8 +29,11 @@ handlers), is:
 
 What it leaves alone: every other message (kombu decompresses it as before),
 and compression on publish. Installed once per process by an EventBus
-worker's consumer; if kombu moved the classes it patches, it logs a warning
-and leaves kombu as it is.
+worker's consumer. The names it uses (the transports' ``Channel.Message``,
+``Message.__init__``) are checked when the worker starts (:mod:`.compat`,
+feature ``compression_guard``, a guarantee): a kombu without them stops the
+worker with :class:`~eventbus.errors.IncompatibleDependency` rather than
+decompress unbounded.
 """
 
 from __future__ import annotations

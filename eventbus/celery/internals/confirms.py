@@ -26,6 +26,17 @@ the broker's count.
 Inside a block, py-amqp's poll before each publish (a non-blocking read for a
 ``connection.blocked`` notice) reads nothing: the block's wait reads what
 arrived (see :func:`_polls_deferred`).
+
+The batched wait uses py-amqp's private ``_confirm_selected`` and
+``_basic_publish`` and replaces ``basic_publish`` and ``drain_events`` on the
+instance for a block: checked once (:mod:`.compat`, feature
+``batched_confirms``, an optimisation). Without them, or with
+``eventbus_optimizations = False`` (``batched=False``), a block publishes
+through py-amqp's own per-message confirm (``basic_publish_confirm``, what
+kombu's ``confirm_publish`` option selects): the same guarantee, one wait per
+message. Should py-amqp lack even that (feature ``publish_confirms``, a
+guarantee), a block raises :class:`~eventbus.errors.IncompatibleDependency`
+rather than publish unconfirmed.
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from amqp import spec
 from amqp.exceptions import MessageNacked  # type: ignore[import-untyped]
 from kombu.exceptions import OperationalError
 
+from eventbus.celery.internals.compat import require
 from eventbus.errors import PublishError
 
 __all__ = ["DEFAULT_CONFIRM_TIMEOUT", "PublishNotConfirmed", "confirmed", "confirmed_channel"]
@@ -153,21 +165,26 @@ def _confirming_channel(producer: Any) -> Any | None:
 
 @contextmanager
 def confirmed(
-    producer: Any, *, timeout: float | None = None, enabled: bool = True
+    producer: Any, *, timeout: float | None = None, enabled: bool = True, batched: bool = True
 ) -> Iterator[None]:
     """Publish through ``producer`` in the block; on exit, wait until the broker confirmed all.
 
     ``timeout`` (default :data:`DEFAULT_CONFIRM_TIMEOUT`) bounds the wait.
     Raises :class:`PublishNotConfirmed` on a Nack or a timeout. A no-op
-    unless the producer is on RabbitMQ (py-amqp) and ``enabled``.
+    unless the producer is on RabbitMQ (py-amqp) and ``enabled``. Not
+    ``batched`` (the optimisation off): each publish waits for its own confirm.
     """
     channel = _confirming_channel(producer) if enabled else None
     if channel is None:
         with _nacks_translated():  # py-amqp's per-message confirms, if the app set them
             yield
         return
-    with confirmed_channel(channel, timeout=timeout):
-        yield
+    if batched:
+        with confirmed_channel(channel, timeout=timeout):
+            yield
+    else:
+        with confirmed_each(channel, timeout=timeout):
+            yield
     if producer.channel is not channel:
         # kombu's publish retry reconnected in the block and published the
         # rest on a new channel, not in confirm mode: nothing confirmed those.
@@ -223,6 +240,46 @@ def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator
 
 
 _COUNTING = "_eventbus_counts_publishes"
+
+
+@contextmanager
+def confirmed_each(channel: Any, *, timeout: float | None = None) -> Iterator[None]:
+    """:func:`confirmed` through py-amqp's own per-message confirm: each publish waits for its Ack.
+
+    As py-amqp does for a connection with ``confirm_publish`` (its ``Channel``
+    then publishes with ``basic_publish_confirm``), for the block only: a Nack
+    raises at once, no confirm within ``timeout`` raises
+    :class:`PublishNotConfirmed`. (kombu's publish retry takes py-amqp's
+    ``MessageNacked`` for a lost connection and publishes again on a new
+    channel, unconfirmed: :func:`confirmed` raises when the channel changed.)
+    """
+    require("publish_confirms")
+    limit = DEFAULT_CONFIRM_TIMEOUT if timeout is None else float(timeout)
+    if vars(channel).get("basic_publish") is not None:
+        # (A channel that already confirms each publish: py-amqp's confirm_publish.)
+        with _nacks_translated():
+            yield
+        return
+    confirm = channel.basic_publish_confirm
+
+    def publish(*args: Any, **kwargs: Any) -> Any:
+        kwargs["confirm_timeout"] = kwargs.get("confirm_timeout") or limit
+        try:
+            return confirm(*args, **kwargs)
+        except MessageNacked as exc:
+            # (Raised as py-amqp's, kombu would reconnect and publish again unconfirmed.)
+            raise PublishNotConfirmed("the broker nacked a message") from exc
+        except TimeoutError as exc:  # socket.timeout, from the wait
+            raise PublishNotConfirmed(
+                f"the broker did not confirm a message within {limit}s"
+            ) from exc
+
+    channel.basic_publish = publish
+    try:
+        with _nacks_translated():
+            yield
+    finally:
+        vars(channel).pop("basic_publish", None)
 
 
 def _count_every_publish(channel: Any, tags: _Tags) -> None:

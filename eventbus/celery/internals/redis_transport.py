@@ -67,6 +67,14 @@ priorities, health checks. Messages of consumers that do not ack
 An app with an ``EventBus`` gets it on a ``redis://`` broker, and
 :class:`SecureTransport` on ``rediss://``, unless ``broker_transport`` is set
 (:mod:`eventbus.celery.transport_selection` chooses from the app's broker URL).
+
+This module subclasses kombu's private code: every name it overrides or uses
+is listed in :mod:`.reaches` (feature ``redis_transport``) and checked once,
+with kombu's version, by :mod:`.compat`. A kombu without one of them, or
+outside the supported range, makes the transport refuse to start
+(:class:`~eventbus.errors.IncompatibleDependency`, naming
+``eventbus_redis_transport = "kombu"``) instead of running half-patched; the
+module itself still imports.
 """
 
 from __future__ import annotations
@@ -88,11 +96,28 @@ from kombu.utils.json import loads
 from kombu.utils.uuid import uuid
 from redis.exceptions import NoScriptError, ResponseError
 
+from eventbus.celery.internals.compat import transport_problem
 from eventbus.celery.internals.taken import note_taken_from
 from eventbus.celery.refused import KEPT_BYTES, stand_in
+from eventbus.errors import IncompatibleDependency
 
 # kombu's annotations of these classes are partial: subclass them as untyped.
 kombu_redis: Any = importlib.import_module("kombu.transport.redis")
+
+
+class _Missing:
+    """Stands for a kombu class that is gone: the module imports, the transport refuses."""
+
+    from_transport_options: tuple[str, ...] = ()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        raise IncompatibleDependency(transport_problem() or "kombu's Redis transport moved")
+
+
+def _kombu(name: str) -> Any:
+    """kombu's Redis class ``name``, or a stand-in that refuses (checked by compat)."""
+    return getattr(kombu_redis, name, _Missing)
+
 
 __all__ = [
     "ACK_BATCH_MAX",
@@ -213,7 +238,7 @@ return false
 TAKE_SCRIPT_SHA = hashlib.sha1(TAKE_SCRIPT.encode()).hexdigest()
 
 
-class QoS(kombu_redis.QoS):  # type: ignore[misc]
+class QoS(_kombu("QoS")):  # type: ignore[misc]
     """kombu's Redis QoS; a message the script recorded is not recorded again.
 
     In a worker, an ack's records are removed with other acks' (see the module).
@@ -235,7 +260,7 @@ class QoS(kombu_redis.QoS):  # type: ignore[misc]
         super().append(message, delivery_tag)
 
 
-class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
+class MultiChannelPoller(_kombu("MultiChannelPoller")):  # type: ignore[misc]
     """kombu's poller; ``get`` waits no longer than an idle channel's next poll."""
 
     #: The event loop's ``call_later`` (set by :meth:`Transport.register_with_event_loop`).
@@ -282,7 +307,7 @@ class MultiChannelPoller(kombu_redis.MultiChannelPoller):  # type: ignore[misc]
             return None
 
 
-class Channel(kombu_redis.Channel):  # type: ignore[misc]
+class Channel(_kombu("Channel")):  # type: ignore[misc]
     """kombu's Redis channel, taking messages with :data:`TAKE_SCRIPT` instead of BRPOP."""
 
     QoS = QoS
@@ -296,7 +321,7 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
     _eventbus_polled: list[str] = []
 
     from_transport_options = (
-        *kombu_redis.Channel.from_transport_options,
+        *getattr(_kombu("Channel"), "from_transport_options", ()),
         "eventbus_poll_interval",
     )
 
@@ -524,12 +549,15 @@ class Channel(kombu_redis.Channel):  # type: ignore[misc]
         self.eventbus_idle_until = 0.0
 
 
-class Transport(kombu_redis.Transport):  # type: ignore[misc]
+class Transport(_kombu("Transport")):  # type: ignore[misc]
     """kombu's Redis transport whose consumers take and record each message atomically."""
 
     Channel = Channel
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        problem = transport_problem()
+        if problem:
+            raise IncompatibleDependency(problem)
         super().__init__(*args, **kwargs)
         self.cycle = MultiChannelPoller()
         #: Delivery tags the script recorded, not yet seen by QoS.append.
@@ -593,7 +621,8 @@ class Transport(kombu_redis.Transport):  # type: ignore[misc]
 
 # Connection.as_uri() names a transport by its URL scheme through this map (the
 # worker's banner, Flower's broker page): show a redis:// URL, not the class path.
-_aliases: dict[Any, str] = kombu_connection.resolve_aliases
+# (Without the map, kombu's own name shows: a cosmetic loss, checked with the rest.)
+_aliases: dict[Any, str] = getattr(kombu_connection, "resolve_aliases", {})
 for _name in (f"{__name__}:Transport", Transport):
     _aliases.setdefault(_name, "redis")
 

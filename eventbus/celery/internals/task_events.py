@@ -18,6 +18,11 @@ timestamps are still taken when they happen. The buffer is sent before the
 consumer stops (shutdown, lost connection). ``eventbus_task_events_interval
 = 0`` keeps Celery's own behaviour. Worker events (heartbeats, online,
 offline) are never buffered, by Celery or here.
+
+It sets the dispatcher's ``on_send_buffered`` and ``buffer_limit`` after
+Celery built it (undocumented): checked once (:mod:`.compat`, feature
+``task_events``, an optimisation); without them, or with
+``eventbus_optimizations = False``, Celery's own sending runs.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ import logging
 from typing import Any
 
 from celery import bootsteps
+
+from eventbus.celery.internals.compat import optimising
 
 __all__ = ["DEFAULT_BUFFER", "DEFAULT_INTERVAL", "BatchedTaskEvents"]
 
@@ -56,7 +63,7 @@ class BatchedTaskEvents(bootsteps.StartStopStep):  # type: ignore[misc]
             return
         conf = consumer.app.conf
         interval = float(conf.get("eventbus_task_events_interval", DEFAULT_INTERVAL) or 0)
-        if interval <= 0:
+        if interval <= 0 or not optimising(conf, "task_events"):
             return
         limit = int(conf.get("eventbus_task_events_buffer") or DEFAULT_BUFFER)
         # Celery's dispatcher calls on_send_buffered for each buffered event: the

@@ -26,6 +26,10 @@ the loop's poll return at once while callbacks are queued: they run on the
 next turn, before the loop waits again. Nothing queues itself on every turn
 (the socket reader only after a read that got a message), so the loop does
 not spin.
+
+It reads the hub's private ``_ready``: checked once (:mod:`.compat`, feature
+``worker_loop``, an optimisation); without it, or with
+``eventbus_optimizations = False``, kombu's own loop runs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from __future__ import annotations
 from typing import Any
 
 from celery import bootsteps
+
+from eventbus.celery.internals.compat import optimising
 
 __all__ = ["ReadyCallbacksFirst"]
 
@@ -50,7 +56,8 @@ class ReadyCallbacksFirst(bootsteps.StartStopStep):  # type: ignore[misc]
         # the poller's poll: kombu makes a new poller when it resets the hub
         # after a lost connection.
         hub = consumer.hub
-        if hub is not None:  # None: no event loop (gevent, eventlet)
+        # None: no event loop (gevent, eventlet)
+        if hub is not None and optimising(consumer.app.conf, "worker_loop"):
             poll_at_once_while_ready(hub)
 
 

@@ -124,15 +124,11 @@ def _import_object(spec: str) -> Any:
 
 
 def _django_configured_apps() -> list[Celery]:
-    from celery import _state as celery_state
+    from eventbus.celery.internals.celery_apps import apps_configured_from
 
-    # Celery keeps every app it created; the one of Celery's Django guide was
-    # configured with config_from_object("django.conf:settings", ...).
-    return [
-        app
-        for app in list(celery_state._get_active_apps())
-        if getattr(app, "_config_source", None) == DJANGO_CONFIG_SOURCE and app not in _built_apps
-    ]
+    # The one of Celery's Django guide was configured with
+    # config_from_object("django.conf:settings", ...).
+    return [app for app in apps_configured_from(DJANGO_CONFIG_SOURCE) if app not in _built_apps]
 
 
 def _build_app(settings: Any) -> Celery:
