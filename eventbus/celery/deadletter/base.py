@@ -252,20 +252,30 @@ def decode_record(body: bytes | str | Any, headers: Mapping[str, Any] | None = N
 
 
 def _broker_dead_lettered(body: Any, headers: Mapping[str, Any]) -> DeadLetter:
-    """A handler task message the broker itself dead-lettered (x-death names why)."""
+    """A handler task message the broker itself dead-lettered (x-death names why).
+
+    RabbitMQ puts the latest death first. A quorum queue's delivery limit
+    (``delivery_limit``: the message came back unacknowledged too often, its
+    worker killed each time) is a reason of its own; any other (``rejected``,
+    ``expired``, ``maxlen``) is ``broker``.
+    """
     args = body[0] if isinstance(body, list) and body else []
     deaths = headers.get("x-death") or [{}]
     death = deaths[0] if isinstance(deaths, list) and deaths else {}
     why = str(death.get("reason", "rejected")) if isinstance(death, dict) else "rejected"
     task_id = str(headers.get("id") or hashlib.sha1(json.dumps(body).encode()).hexdigest())
+    queue = death.get("queue", "?") if isinstance(death, dict) else "?"
+    detail = (
+        ": delivered more times than its delivery limit (eventbus_delivery_limit) allows, "
+        "each time without an ack (its worker process died, or it was re-queued)"
+        if why == "delivery_limit"
+        else ""
+    )
     return DeadLetter.from_exception(
-        DeadLetterError(
-            f"the broker dead-lettered the message ({why}) from "
-            f"{death.get('queue', '?') if isinstance(death, dict) else '?'}"
-        ),
+        DeadLetterError(f"the broker dead-lettered the message ({why}) from {queue}{detail}"),
         id=f"broker-{task_id}",
         handler=str(headers["task"]),
-        reason="broker",
+        reason="delivery_limit" if why == "delivery_limit" else "broker",
         attempts=int(headers.get("retries") or 0) + 1,
         envelope=args[0] if args else None,
         task_id=task_id,
