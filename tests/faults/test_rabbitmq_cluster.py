@@ -161,12 +161,17 @@ def test_retries_and_dead_letters_on_quorum_queues_of_the_cluster(
     per_event = Counter(record.event_id for record in records)
     reasons = Counter(record.reason for record in records)
     lost = [e for e in event_ids if recovered.get(e) != attempts or per_event.get(e) != 1]
+    # (The retries waited in Celery's delay queues, quorum queues of the cluster too.)
+    delay_queue = cluster_of(env).queue("celery_delayed_0")
     figure(
         f"cluster-retries[{env.label}]: events={FEW} retried={sum(recovered.values()) - FEW} "
         f"handled={sum(1 for runs in recovered.values() if runs == attempts)} "
         f"dead_lettered={len(per_event)} lost={len(lost)} "
-        f"(dead letters by reason {dict(reasons)}, {FAILING} runs {sum(failed.values())})"
+        f"(dead letters by reason {dict(reasons)}, {FAILING} runs {sum(failed.values())}; "
+        f"delay queues: {delay_queue and delay_queue.type}, "
+        f"{delay_queue and len(delay_queue.members)} replicas)"
     )
+    assert delay_queue is not None and delay_queue.type == "quorum", delay_queue
     assert set(recovered) == set(event_ids) and set(recovered.values()) == {attempts}, recovered
     assert set(per_event) == set(event_ids) and set(per_event.values()) == {1}, per_event
     assert reasons == {"retries_exhausted": FEW}, reasons
