@@ -50,14 +50,16 @@ RABBITMQ_BOOT_TIMEOUT = 60.0
 Describe = str | Callable[[], str]
 
 
-def hold_down(until: Callable[[], bool], waiting_for: Describe) -> None:
-    """Keep the broker down until ``until()``; fail, naming ``waiting_for``, after HOLD_TIMEOUT."""
+def hold_down(
+    until: Callable[[], bool], waiting_for: Describe, *, timeout: float = HOLD_TIMEOUT
+) -> None:
+    """Keep the broker down until ``until()``; fail, naming ``waiting_for``, after ``timeout``."""
 
     def message() -> str:
         text = waiting_for() if callable(waiting_for) else waiting_for
-        return f"the outage to be seen within {HOLD_TIMEOUT:.0f}s: {text}"
+        return f"the outage to be seen within {timeout:.0f}s: {text}"
 
-    wait_for(until, timeout=HOLD_TIMEOUT, interval=0.02, message=message)
+    wait_for(until, timeout=timeout, interval=0.02, message=message)
 
 
 def restart_redis(

@@ -65,6 +65,7 @@ if REDIS_TRANSPORT not in REDIS_TRANSPORTS:
 _ENVS = pytest.StashKey["FaultEnv"]()
 _NODE = pytest.StashKey[PrivateRabbitMQ]()
 _CLUSTER = pytest.StashKey[PrivateRabbitMQCluster]()
+_LAST_CLUSTER_TEST = pytest.StashKey[str]()
 
 
 class FaultBroker:
@@ -202,10 +203,21 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         node = PrivateRabbitMQ()
         node.launch()
         session.config.stash[_NODE] = node
-    if any(item.get_closest_marker("cluster") for item in session.items):
+    cluster_tests = [item for item in session.items if item.get_closest_marker("cluster")]
+    if cluster_tests:
         cluster = PrivateRabbitMQCluster()
         session.config.stash[_CLUSTER] = cluster
+        session.config.stash[_LAST_CLUSTER_TEST] = cluster_tests[-1].nodeid
         cluster.launch()
+
+
+@pytest.hookimpl(trylast=True)  # after the test's fixtures are torn down (they revive nodes)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Kill the cluster once its last test is done: the tests after it need none of its CPU."""
+    if item.nodeid == item.config.stash.get(_LAST_CLUSTER_TEST, None):
+        cluster = item.config.stash.get(_CLUSTER, None)
+        if cluster is not None:
+            cluster.close()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
