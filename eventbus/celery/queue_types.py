@@ -43,6 +43,12 @@ does about it:
   unacknowledged too: that is how eventbus browses the DLQ, and the DLQ
   dead-letters nowhere. The quorum DLQ is declared with a limit no browse
   reaches (:data:`DEAD_LETTER_QUEUE_DELIVERY_LIMIT`).
+* At-least-once dead-lettering keeps a dead letter it cannot route in its
+  source queue and tries again, and Celery declares its delay queues that way:
+  a retry whose handler queue was deleted while it waited stays in a delay
+  queue, and from about 32 of them every later retry of that queue waits
+  behind them (measured on RabbitMQ 3.10.8). Nothing here can route it: the
+  README says when a handler queue may be deleted.
 * RabbitMQ cannot change a queue's type or arguments: declaring a classic
   queue again as a quorum queue fails with ``PRECONDITION_FAILED``, which
   closes the channel. :func:`declaration_mismatch` turns it into an error that
@@ -54,8 +60,9 @@ topology, which Celery's worker step declares and binds.
 
 Requirements: RabbitMQ 3.10 or later (message TTL on quorum queues, which the
 delay queues need, and at-least-once dead-lettering both came with 3.10;
-quorum queues with 3.8), with the ``quorum_queue`` and ``stream_queue``
-feature flags enabled, and Celery 5.5 or later (eventbus needs 5.7).
+quorum queues with 3.8), with its feature flags enabled (tested on 3.10.8 with
+``quorum_queue`` and ``stream_queue`` on), and Celery 5.5 or later (eventbus
+needs 5.7).
 """
 
 from __future__ import annotations
