@@ -7,9 +7,10 @@ for the invalidation on a second connection, and looks anyway every
 what a user sees: an idle worker sends (almost) nothing, every producer's
 message wakes it (the safety net made an hour long, so only a notification
 can), a message reaches one consumer of many, a consumer killed between its
-wake-up and its take loses nothing, and a Redis that refuses or loses the
-notifications still gets its messages taken. No test asserts a latency:
-``bench/bench_idle.py`` measures it.
+wake-up and its take loses nothing, one whose wake connection Redis closed
+sets it up again, and a Redis that refuses or loses the notifications still
+gets its messages taken. No test asserts a latency: ``bench/bench_idle.py``
+measures it.
 
 Each test has queue names of its own; the tests that count commands, crash
 Redis or change its ACL use a private ``redis-server``.
@@ -332,6 +333,32 @@ def test_every_producer_wakes_an_idle_consumer(
             wait_for(lambda n=n: {"n": n} in consumer.payloads(), message=f"message {n} ({how})")
         assert consumer.payloads() == [{"n": 0}, {"n": 1}, {"n": 2}]
         assert client.info("clients")["tracking_clients"] >= 1
+
+
+@pytest.mark.parametrize("protocol", [2, 3], ids=["RESP2", "RESP3"])
+def test_a_consumer_whose_wake_connection_was_killed_gets_the_next_message(
+    make_private_box: Callable[..., Box],
+    private_redis: PrivateRedis,
+    protocol: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given an idle consumer whose safety net never comes
+    connparams = Channel._connparams
+    monkeypatch.setattr(
+        Channel,
+        "_connparams",
+        lambda self, asynchronous=False: {**connparams(self, asynchronous), "protocol": protocol},
+    )
+    box = make_private_box(eventbus_idle_poll_interval=AN_HOUR)
+    with private_redis.client() as client, Consumer(box) as consumer:
+        for n in range(3):
+            armed(consumer)
+            # When Redis closes its wake connection, and a message comes right after
+            assert client.client_kill_filter(_type="pubsub") == 1
+            box.publish({"n": n})
+            # Then the consumer set its notifications up again, and got the message
+            wait_for(lambda n=n: {"n": n} in consumer.payloads(), message=f"message {n}")
+    assert box.waiting() == 0
 
 
 def test_a_restored_message_wakes_an_idle_consumer(
