@@ -32,7 +32,9 @@ broker_connection_retry_on_startup = True
 # it takes each message off its queue and records it as unacked in one atomic
 # script, where kombu's own takes it with BRPOP and records it in a second round
 # trip (a worker killed, or Redis crashing, in between loses that message). An idle
-# worker polls its queues every 0.05 s (transport option eventbus_poll_interval).
+# worker waits for Redis to tell it a queue changed (CLIENT TRACKING) and looks anyway
+# every 2 s (transport option eventbus_idle_poll_interval); where Redis cannot tell it,
+# it polls every 0.05 s (eventbus_poll_interval; eventbus_idle_wake=False forces that).
 # EVENTBUS_REDIS_TRANSPORT=kombu keeps kombu's transport (the worker warns).
 eventbus_redis_transport = os.environ.get("EVENTBUS_REDIS_TRANSPORT") or "eventbus"
 # Redis re-delivers an unacked message after visibility_timeout seconds. Handler

@@ -298,8 +298,10 @@ class Worker:
         loglevel: str = "WARNING",
         sample_rss: bool = False,
         launcher: str = "cli",
+        flags: Sequence[str] = WORKER_FLAGS,
     ) -> None:
         self.app_spec = app_spec
+        self.flags = list(flags)
         self.launcher = launcher
         self.queues = list(queues)
         self.pool = pool
@@ -330,7 +332,7 @@ class Worker:
             self.nodename,
             "-l",
             self.loglevel,
-            *WORKER_FLAGS,
+            *self.flags,
         ]
 
     def start(self) -> Worker:

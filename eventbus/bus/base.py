@@ -126,12 +126,12 @@ class BaseEventBus(ABC):
         classes = [resolve_event_type(ref, self.event_registry) for ref in event_types]
 
         def register(target: H) -> H:
-            self._register(target, classes, name, options)
+            self._add_subscription(target, classes, name, options)
             return target
 
         return register(handler) if handler is not None else register
 
-    def _register(
+    def _add_subscription(
         self,
         target: object,
         classes: Sequence[type[Event]],

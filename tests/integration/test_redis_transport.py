@@ -5,7 +5,7 @@ script: the message is in the unacked hash and index, under its delivery tag,
 as soon as it left the queue, whatever happens to the consumer afterwards.
 Acks, restores after the visibility timeout, priorities and
 ``global_keyprefix`` work as on kombu's transport; a real worker runs
-handlers on it and sleeps between polls when idle.
+handlers on it (an idle one: ``test_redis_transport_idle.py``).
 
 Each test uses queue names, and unacked keys or a key prefix, of its own on
 the shared Redis, and deletes them; the tests that crash or count commands
@@ -29,7 +29,7 @@ import redis
 from kombu.message import Message
 
 from eventbus import EventBus
-from eventbus.celery.internals.redis_transport import DEFAULT_POLL_INTERVAL, Channel, Transport
+from eventbus.celery.internals.redis_transport import Channel, Transport
 from eventbus.celery.refused import CONTENT_TYPE, KEPT_BYTES, read_stand_in
 from tests.brokers import PrivateRedis
 from tests.support import delete_queues, delete_state, make_app, require_broker, running_worker
@@ -475,39 +475,3 @@ def test_a_worker_runs_every_event_on_eventbus_transport() -> None:
     latency, dead_letters = run_handlers(url, events=20)
     assert latency < 2.0
     assert dead_letters == 0
-
-
-def test_an_idle_worker_polls_at_the_interval_not_busily(
-    private_redis: PrivateRedis,
-) -> None:
-    # Given a worker on eventbus's transport, idle on a private Redis
-    def takes() -> int:
-        with private_redis.client() as client:
-            stats = client.info("commandstats")
-        return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha"))
-
-    uid = uuid.uuid4().hex[:10]
-    queue = f"it.transport-idle.{uid}"
-    app = make_app(private_redis.url, broker_transport=TRANSPORT)
-    bus = EventBus(app, default_queue=queue, dead_letter_queue=f"{queue}.dlq")
-    recorder = Recorder()
-    bus.subscribe(OrderPlaced, handler=recorder.handler("idle"), name=f"it.{uid}.idle")
-    try:
-        with running_worker(app, bus.queues, pool="solo", concurrency=1):
-            wait_for(lambda: takes() > 0, message="the worker polling")
-            # When it stays idle for 20 polls
-            before, started = takes(), time.monotonic()
-            wait_for(lambda: takes() - before >= 20, message="20 polls of the idle worker")
-            polls = takes() - before
-            elapsed = time.monotonic() - started
-            # Then it polled about once per interval: not in a busy loop, not stalled
-            expected = elapsed / DEFAULT_POLL_INTERVAL
-            assert expected / 4 <= polls <= expected * 1.5, f"{polls} polls in {elapsed:.1f}s"
-            # And a new event still gets handled
-            bus.publish(OrderPlaced(order_id="o-1", quantity=1))
-            wait_for(lambda: recorder.count() == 1, message="the event handled")
-        with private_redis.client() as client:
-            assert "cmdstat_brpop" not in client.info("commandstats")
-    finally:
-        delete_state(app)
-        app.close()

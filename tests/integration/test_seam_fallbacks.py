@@ -42,8 +42,10 @@ pytestmark = pytest.mark.optimization
 EVENTS = 4
 DELIVERED = ("worker_loop", "task_events", "sent_events", "bound_queues")
 DELIVERED += ("batched_confirms", "consume_handler_queues", "payload_allowance")
+DELIVERED += ("redis_idle_wake",)
 REFUSED = ("message_screen", "compression_guard", "dead_letter_before_ack")
 AMQP_ONLY = ("batched_confirms", "deep_headers_guard", "publish_confirms")
+REDIS_ONLY = ("redis_idle_wake",)
 
 
 def cases(features: tuple[str, ...]) -> list[object]:
@@ -53,6 +55,8 @@ def cases(features: tuple[str, ...]) -> list[object]:
             continue
         for kind in ("redis", "rabbitmq"):
             if kind == "redis" and reach.feature in AMQP_ONLY:
+                continue
+            if kind == "rabbitmq" and reach.feature in REDIS_ONLY:
                 continue
             params.append(
                 pytest.param(

@@ -35,7 +35,9 @@ Optimisations (off, Celery's own path runs, one warning):
 * :mod:`.bound_queues`: handler queues bound once per channel;
 * :mod:`.confirms` (``batched_confirms``): one confirm wait per event.
 
-Fallbacks (off, a plainer way runs, one warning): :mod:`.worker_queues`
+Fallbacks (off, a plainer way runs, one warning): :mod:`.redis_wake` (an
+idle Redis channel told of new messages by ``CLIENT TRACKING``; without it,
+it polls every 0.05 s), :mod:`.worker_queues`
 (handler queues for a worker without ``-Q``; Celery's header sizes),
 :mod:`.celery_apps` (Django's app), :mod:`.prometheus_values` (multiprocess
 metrics), :mod:`.worker_state` (``eventbus demo`` stops its worker).

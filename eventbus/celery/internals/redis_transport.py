@@ -15,11 +15,16 @@ no kill and no crash falls between the take and the record. ``QoS.append``
 then only does the in-process bookkeeping for such a message.
 
 The script does not block. When every queue is empty it returns nothing, and
-the channel polls again ``eventbus_poll_interval`` seconds later (transport
-option, default :data:`DEFAULT_POLL_INTERVAL`): a hub timer wakes an idle
-worker's event loop, and ``drain_events`` waits no longer than that. A busy
-consumer gets a message from every call, so the interval adds no latency
-under load; an idle one sees a new message at most that much later.
+the channel waits for Redis to say that one of its queues changed
+(:mod:`.redis_wake`: client-side caching invalidations, ``CLIENT TRACKING``,
+on a second connection the event loop watches), then takes again; it looks
+anyway every ``eventbus_idle_poll_interval`` seconds (2 s), one ``EXISTS``.
+Where Redis cannot tell it (notifications refused, or off:
+``eventbus_idle_wake = False``) it polls every ``eventbus_poll_interval``
+seconds instead (transport option, default :data:`DEFAULT_POLL_INTERVAL`). A
+hub timer wakes an idle worker's event loop, and ``drain_events`` waits no
+longer than the next look. A busy consumer gets a message from every take,
+and never arms, so a busy worker is neither slowed nor told of every push.
 
 In a worker (a connection registered with an event loop), acks are sent
 together: ``QoS.ack`` frees the prefetch slot at once, and the records of
@@ -79,6 +84,7 @@ module itself still imports.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import logging
@@ -97,6 +103,14 @@ from kombu.utils.uuid import uuid
 from redis.exceptions import NoScriptError, ResponseError
 
 from eventbus.celery.internals.compat import transport_problem
+from eventbus.celery.internals.redis_wake import (
+    DEFAULT_IDLE_POLL_INTERVAL,
+    UNANNOUNCED_LIMIT,
+    WAKE,
+    Wake,
+    say_once,
+    wake_available,
+)
 from eventbus.celery.internals.taken import note_taken_from
 from eventbus.celery.refused import KEPT_BYTES, stand_in
 from eventbus.errors import IncompatibleDependency
@@ -114,6 +128,13 @@ class _Missing:
         raise IncompatibleDependency(transport_problem() or "kombu's Redis transport moved")
 
 
+def _enabled(value: Any) -> bool:
+    """A transport option's truth: ``"0"``, ``"false"``, ``"no"``, ``"off"`` are False."""
+    if isinstance(value, str):
+        return value.strip().lower() not in ("0", "false", "no", "off", "")
+    return bool(value)
+
+
 def _kombu(name: str) -> Any:
     """kombu's Redis class ``name``, or a stand-in that refuses (checked by compat)."""
     return getattr(kombu_redis, name, _Missing)
@@ -122,6 +143,7 @@ def _kombu(name: str) -> Any:
 __all__ = [
     "ACK_BATCH_MAX",
     "DEFAULT_ACK_INTERVAL",
+    "DEFAULT_IDLE_POLL_INTERVAL",
     "DEFAULT_POLL_INTERVAL",
     "TAKE_SCRIPT",
     "Channel",
@@ -132,7 +154,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Seconds an idle channel waits before it looks at its queues again.
+#: Seconds an idle channel that Redis does not notify waits before it looks again.
 DEFAULT_POLL_INTERVAL = 0.05
 #: Seconds a channel waits after Redis refused the script (out of memory, say).
 ERROR_BACKOFF = 1.0
@@ -140,6 +162,14 @@ ERROR_BACKOFF = 1.0
 DEFAULT_ACK_INTERVAL = 0.02
 #: Acks waiting on one channel that are sent at once, without waiting for the interval.
 ACK_BATCH_MAX = 100
+
+# What a channel sends at its next poll (see Channel._brpop_start).
+TAKE = "take"  #: the take script
+WAKE_TAKE = "wake-take"  #: told of a change: the take script, and an arm in the same round trip
+ARM = "arm"  #: found nothing: CLIENT CACHING yes + EXISTS (Redis tracks the queue keys)
+CHECK = "check"  #: armed, and the safety net is due: EXISTS
+#: Replies to read per kind of poll.
+REPLIES = {TAKE: 1, WAKE_TAKE: 3, ARM: 2, CHECK: 1}
 
 #: KEYS: the unacked index, the unacked hash, then the queue keys in the order
 #: BRPOP would take them. ARGV: the time to record; a fresh delivery tag (for a
@@ -287,6 +317,16 @@ class MultiChannelPoller(_kombu("MultiChannelPoller")):  # type: ignore[misc]
         ]
         return max(min(waits), 0.0) if waits else None
 
+    def on_readable(self, fileno: int) -> Any:
+        chan_type = self._fd_to_chan.get(fileno)
+        if chan_type is not None and chan_type[1] == WAKE:
+            # Read whatever the prefetch: kombu reads a channel's sockets only
+            # when it can consume, and an unread wake-up would keep the event
+            # loop spinning. Nothing delivered: drain_events goes on waiting.
+            chan_type[0].eventbus_notified()
+            raise Empty()
+        return super().on_readable(fileno)
+
     def maybe_restore_messages(self) -> Any:
         # drain_events comes back after every short wait: restore at most once a
         # second there, as often as kombu does with its 1 s BRPOP timeout.
@@ -308,12 +348,20 @@ class MultiChannelPoller(_kombu("MultiChannelPoller")):  # type: ignore[misc]
 
 
 class Channel(_kombu("Channel")):  # type: ignore[misc]
-    """kombu's Redis channel, taking messages with :data:`TAKE_SCRIPT` instead of BRPOP."""
+    """kombu's Redis channel, taking messages with :data:`TAKE_SCRIPT` instead of BRPOP.
+
+    An idle channel waits for Redis's notification (:mod:`.redis_wake`)
+    instead of polling, where Redis gives them.
+    """
 
     QoS = QoS
 
-    #: Seconds between two polls of a channel whose queues were all empty.
+    #: Seconds between two polls of an idle channel that Redis does not notify.
     eventbus_poll_interval = DEFAULT_POLL_INTERVAL
+    #: Seconds between two looks of an idle channel that Redis notifies (the safety net).
+    eventbus_idle_poll_interval = DEFAULT_IDLE_POLL_INTERVAL
+    #: Whether an idle channel asks Redis to notify it (False: it polls).
+    eventbus_idle_wake: Any = True
     #: ``monotonic()`` before which the channel does not poll (it found nothing).
     eventbus_idle_until = 0.0
     _eventbus_script_cached = False
@@ -323,6 +371,8 @@ class Channel(_kombu("Channel")):  # type: ignore[misc]
     from_transport_options = (
         *getattr(_kombu("Channel"), "from_transport_options", ()),
         "eventbus_poll_interval",
+        "eventbus_idle_poll_interval",
+        "eventbus_idle_wake",
     )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -333,7 +383,18 @@ class Channel(_kombu("Channel")):  # type: ignore[misc]
         self._eventbus_tag = uuid()
         #: (element, its record's tag, queue) while the script's take is delivered.
         self._eventbus_taken: tuple[bytes, str | None, str] | None = None
+        #: What the next poll sends (TAKE, WAKE_TAKE, ARM, CHECK), and what is in flight.
+        self._eventbus_next = TAKE
+        self._eventbus_sent = TAKE
+        #: Redis told of a change while a poll was in flight: take again, do not wait.
+        self._eventbus_woken = False
+        #: The event loop's timer that ends the channel's idle wait.
+        self._eventbus_timer: Any = None
+        #: The notifications of new messages (None: off, the channel polls).
+        self._eventbus_wake: Wake | None = None
         super().__init__(*args, **kwargs)
+        if _enabled(self.eventbus_idle_wake) and wake_available():
+            self._eventbus_wake = Wake(self)
 
     def eventbus_defer_ack(self, delivery_tag: str) -> bool:
         """Keep an ack to send with others; False: send it now (no event loop, closing, closed).
@@ -383,6 +444,7 @@ class Channel(_kombu("Channel")):  # type: ignore[misc]
         if not self.closed:
             self.eventbus_send_acks()
             self.connection.eventbus_ack_channels.discard(self)
+            self._eventbus_cancel_timer()
         super().close()
 
     def basic_consume(
@@ -411,6 +473,7 @@ class Channel(_kombu("Channel")):  # type: ignore[misc]
             return callback(message)
 
         self.connection._callbacks[queue] = deliver
+        self._eventbus_queues_changed()
         return ret
 
     def _basic_cancel(self, consumer_tag: str) -> Any:
@@ -418,15 +481,45 @@ class Channel(_kombu("Channel")):  # type: ignore[misc]
         ret = super()._basic_cancel(consumer_tag)
         if queue is not None and queue not in self._active_queues:
             self._eventbus_no_ack.discard(queue)
+        self._eventbus_queues_changed()
         return ret
+
+    def _eventbus_queues_changed(self) -> None:
+        # Keys nobody tracks yet, or messages of a new queue waiting: take now
+        # (then arm over the new set of keys), not after the idle wait.
+        self._eventbus_next = TAKE
+        self._eventbus_poll_now()
 
     def _brpop_start(self, timeout: float | None = None) -> None:
         if self.eventbus_idle_until > monotonic():
-            return  # all empty a moment ago: the idle timer (or drain_events) comes back
+            return  # idle: a notification, the idle timer (or drain_events) comes back
         queues = self._queue_cycle.consume(len(self.active_queues))
         if not queues:
             return
         polled = [self._q_for_pri(queue, pri) for pri in self.priority_steps for queue in queues]
+        prefix = self.global_keyprefix
+        connection = self.client.connection
+        step = self._eventbus_next if self._eventbus_notifications() else TAKE
+        commands: list[tuple[Any, ...]] = []
+        if step in (TAKE, WAKE_TAKE):
+            commands.append(self._eventbus_take_command(queues, polled))
+        if step in (WAKE_TAKE, ARM):
+            # Only the command after this one is tracked (OPTIN): the queue keys.
+            commands.append(("CLIENT", "CACHING", "YES"))
+        if step != TAKE:
+            commands.append(("EXISTS", *(prefix + key for key in polled)))
+        self._eventbus_sent = step
+        self._eventbus_woken = False
+        self._eventbus_polled = polled
+        self._in_poll = connection
+        self._brpop_sent_at = monotonic()
+        if len(commands) == 1:
+            connection.send_command(*commands[0])
+        else:
+            connection.send_packed_command(connection.pack_commands(commands))
+
+    def _eventbus_take_command(self, queues: list[str], polled: list[str]) -> tuple[Any, ...]:
+        """The take script's command over ``polled`` (the keys of ``queues``, in BRPOP's order)."""
         limits = self.connection.eventbus_element_limits
         per_key: list[str | int] = []
         for _ in self.priority_steps:
@@ -442,48 +535,186 @@ class Channel(_kombu("Channel")):  # type: ignore[misc]
         script = (
             ("EVALSHA", TAKE_SCRIPT_SHA) if self._eventbus_script_cached else ("EVAL", TAKE_SCRIPT)
         )
-        connection = self.client.connection
-        self._eventbus_polled = polled
-        self._in_poll = connection
-        self._brpop_sent_at = monotonic()
-        connection.send_command(
-            *script, len(keys), *keys, repr(time()), self._eventbus_tag, KEPT_BYTES, *per_key
-        )
+        return (*script, len(keys), *keys, repr(time()), self._eventbus_tag, KEPT_BYTES, *per_key)
 
     def _brpop_read(self, **options: Any) -> bool:
+        if not self._in_poll:
+            self._eventbus_unsolicited()
+            raise Empty()
         try:
+            step = self._eventbus_sent
+            connection = self.client.connection
             try:
-                reply = self.client.parse_response(self.client.connection, "EVALSHA", **options)
+                replies = [self._eventbus_reply(connection) for _ in range(REPLIES[step])]
             except self.connection_errors:
                 # Disconnect, so that the next poll reconnects.
-                self.client.connection.disconnect()
+                connection.disconnect()
                 raise
-            except NoScriptError:
-                # Redis restarted (or flushed its script cache): EVAL it next time.
-                self._eventbus_script_cached = False
-                raise Empty() from None
-            except self.ResponseError as exc:
-                # Out of memory, say: said once, until Redis takes it again.
-                self.connection.eventbus_refused(
-                    f"eventbus's take script (nothing taken; polling again every "
-                    f"{ERROR_BACKOFF:.1f} s)",
-                    exc,
-                )
-                self._eventbus_idle(ERROR_BACKOFF)
-                raise Empty() from None
-            self._eventbus_script_cached = True
-            self.connection.eventbus_taken()
-            if not reply:
-                self._eventbus_idle(self.eventbus_poll_interval)
-                raise Empty()
-            position, item, tag, stand_in = reply
-            if stand_in:
-                self._eventbus_tag = uuid()  # used up
-            self._eventbus_deliver(self._eventbus_polled[int(position) - 1], item, tag)
-            return True
+            if step in (TAKE, WAKE_TAKE) and self._eventbus_took(replies[0]):
+                self._eventbus_next = TAKE  # busy: the next take at once
+                return True
+            self._in_poll = None  # (the connection is free again)
+            self._eventbus_found_nothing(step, replies)
+            raise Empty()
         finally:
             self._in_poll = None
             self._flush_brpop_reauth()
+
+    def _eventbus_reply(self, connection: Any) -> Any:
+        """The next reply on the poll connection; an error reply as its exception."""
+        try:
+            return connection.read_response()
+        except self.ResponseError as exc:  # (read: the connection is in step)
+            return exc
+
+    def _eventbus_took(self, reply: Any) -> bool:
+        """Deliver what the take script took, if it took something."""
+        if isinstance(reply, NoScriptError):
+            # Redis restarted (or flushed its script cache): EVAL it next time.
+            self._eventbus_script_cached = False
+            return False
+        if isinstance(reply, ResponseError):
+            # Out of memory, say: said once, until Redis takes it again.
+            self.connection.eventbus_refused(
+                f"eventbus's take script (nothing taken; polling again every "
+                f"{ERROR_BACKOFF:.1f} s)",
+                reply,
+            )
+            return False
+        self._eventbus_script_cached = True
+        self.connection.eventbus_taken()
+        if not reply:
+            return False
+        position, item, tag, stand_in = reply
+        if stand_in:
+            self._eventbus_tag = uuid()  # used up
+        self._eventbus_deliver(self._eventbus_polled[int(position) - 1], item, tag)
+        return True
+
+    def _eventbus_found_nothing(self, step: str, replies: list[Any]) -> None:
+        """Decide the next poll, and how long to wait for it, after a poll that took nothing."""
+        wake = self._eventbus_wake
+        take = replies[0] if step in (TAKE, WAKE_TAKE) else None
+        self._eventbus_next = TAKE
+        if isinstance(take, NoScriptError):
+            return  # again at once, with EVAL
+        if isinstance(take, ResponseError):
+            self._eventbus_idle(ERROR_BACKOFF)
+            return
+        if wake is None:
+            self._eventbus_idle(self.eventbus_poll_interval)
+            return
+        if step == TAKE:
+            self._eventbus_next = ARM  # at once: nothing tracked the keys until now
+            return
+        waiting = replies[-1]  # EXISTS: lists of the channel's queues that hold messages
+        if isinstance(waiting, ResponseError) or any(isinstance(r, ResponseError) for r in replies):
+            self._eventbus_notifications_off(f"Redis refused the tracking of queue keys: {waiting}")
+            return
+        if self._eventbus_woken:
+            self._eventbus_next = WAKE_TAKE  # told of a change meanwhile
+            return
+        if waiting:
+            if step == CHECK:
+                self._eventbus_unannounced(wake)
+            return  # a message came since the take: take it now
+        self._eventbus_next = CHECK
+        self._eventbus_idle(float(self.eventbus_idle_poll_interval))
+
+    # -- notifications (eventbus.celery.internals.redis_wake) ---------------------
+
+    def _eventbus_notifications(self) -> bool:
+        """Whether Redis notifies this channel of changes to its queues (set up if need be)."""
+        wake = self._eventbus_wake
+        if wake is None:
+            return False
+        try:
+            if wake.ready():
+                # New tracking: a change meanwhile went unannounced. Take, and arm.
+                self._eventbus_next = WAKE_TAKE
+        except self.ResponseError as exc:
+            self._eventbus_notifications_off(f"Redis refused CLIENT TRACKING: {exc}")
+            return False
+        return True
+
+    def eventbus_notified(self) -> None:
+        """Redis said a key this channel tracks changed (the wake connection is readable)."""
+        wake = self._eventbus_wake
+        if wake is None:
+            return
+        if not wake.read():
+            # The wake connection is gone: set up again (next poll), take and arm.
+            self._eventbus_next = WAKE_TAKE
+            self._eventbus_poll_now()
+            return
+        wake.unannounced = 0
+        if self._in_poll:
+            self._eventbus_woken = True  # its reply decides (it may say "empty")
+        elif self._eventbus_next == CHECK:  # (a busy channel takes next anyway)
+            self._eventbus_next = WAKE_TAKE
+        self._eventbus_poll_now()
+
+    def _eventbus_unannounced(self, wake: Wake) -> None:
+        """The safety net found a message no notification announced: the wake-ups are suspect."""
+        wake.unannounced += 1
+        if wake.unannounced >= UNANNOUNCED_LIMIT:
+            self._eventbus_notifications_off(
+                f"{UNANNOUNCED_LIMIT} messages in a row were found by the idle poll, "
+                "no notification from Redis announced them"
+            )
+            return
+        logger.info(
+            "a message on %s was found by the idle poll, not announced by Redis: "
+            "reconnecting the wake connection",
+            ", ".join(sorted(set(self.active_queues))),
+        )
+        wake.forget()
+
+    def _eventbus_notifications_off(self, why: str) -> None:
+        """Poll every ``eventbus_poll_interval`` from now on (one warning per process)."""
+        wake, self._eventbus_wake = self._eventbus_wake, None
+        if wake is None:
+            return
+        say_once(
+            why.split(":")[0],
+            "%s; an idle worker polls its queues every %.2f s instead of waiting to be told",
+            why,
+            float(self.eventbus_poll_interval),
+        )
+        wake.close()
+        self._eventbus_next = TAKE
+        self._eventbus_poll_now()
+        connection = getattr(self.__dict__.get("client"), "connection", None)
+        if connection is not None and connection._sock is not None and not self._in_poll:
+            with contextlib.suppress(Exception):  # (best effort: nothing new is tracked anyway)
+                connection.send_command("CLIENT", "TRACKING", "OFF")
+                connection.read_response()
+
+    def _eventbus_unsolicited(self) -> None:
+        """The poll connection is readable with nothing asked: Redis pushed, or closed it."""
+        connection = self.client.connection
+        try:
+            # RESP3: "tracking-redir-broken", the wake connection is gone.
+            connection.read_response(push_request=True)
+        except (*self.connection_errors, OSError):
+            connection.disconnect()  # the next poll reconnects (and tracks again)
+        except self.ResponseError:
+            pass
+        else:
+            if self._eventbus_wake is not None:
+                self._eventbus_wake.forget()
+        self._eventbus_poll_now()
+
+    def _on_connection_disconnect(self, connection: Any) -> None:
+        super()._on_connection_disconnect(connection)
+        if self._eventbus_wake is not None:
+            self._eventbus_wake.lost(connection)
+
+    def _poll_error(self, type: str, **options: Any) -> Any:
+        if type == WAKE:  # (drain_events without an event loop: an error event)
+            self.eventbus_notified()
+            return None
+        return super()._poll_error(type, **options)
 
     def _eventbus_deliver(self, key: str, item: bytes, tag: bytes | None) -> None:
         dest = key.rsplit(self.sep, 1)[0]
@@ -540,13 +771,25 @@ class Channel(_kombu("Channel")):  # type: ignore[misc]
     def _eventbus_idle(self, seconds: float) -> None:
         """Poll again in ``seconds``: at once when the hub timer fires, or when due."""
         self.eventbus_idle_until = monotonic() + seconds
+        self._eventbus_cancel_timer()
         # (no connection: the channel is closing)
         call_later = getattr(getattr(self.connection, "cycle", None), "call_later", None)
         if call_later is not None:
-            call_later(seconds, self._eventbus_wake)
+            self._eventbus_timer = call_later(seconds, self._eventbus_due)
 
-    def _eventbus_wake(self) -> None:
+    def _eventbus_due(self) -> None:
+        self._eventbus_timer = None
         self.eventbus_idle_until = 0.0
+
+    def _eventbus_poll_now(self) -> None:
+        """End the idle wait: the next turn of the event loop polls."""
+        self.eventbus_idle_until = 0.0
+        self._eventbus_cancel_timer()
+
+    def _eventbus_cancel_timer(self) -> None:
+        timer, self._eventbus_timer = self._eventbus_timer, None
+        if timer is not None:
+            timer.cancel()
 
 
 class Transport(_kombu("Transport")):  # type: ignore[misc]
