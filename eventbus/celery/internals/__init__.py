@@ -16,7 +16,8 @@ when a name is missing):
 
 * :mod:`.redis_transport`: Redis take and record in one Lua script, acks in
   one pipeline (celery/kombu#1733). Refuses naming ``eventbus_redis_transport
-  = "kombu"``, which runs kombu's own.
+  = "kombu"``, which runs kombu's own. :mod:`.sentinel_transport`: the same
+  behind Redis Sentinel.
 * :mod:`.consumer_hooks`: the worker's message screen and the dead-lettering
   of messages Celery would drop (celery/celery#4308).
 * :mod:`.compression`: compressed messages decompressed within the payload

@@ -99,7 +99,8 @@ FEATURES: tuple[Feature, ...] = (
         "transport",
         "eventbus.celery.internals.redis_transport",
         "takes and records a Redis message in one Lua script (no loss between BRPOP and "
-        "the unacked record); acks in one pipeline; survives any bytes on a list",
+        "the unacked record); acks in one pipeline; survives any bytes on a list; behind "
+        "Redis Sentinel too (eventbus.celery.internals.sentinel_transport)",
         "refuses to start (IncompatibleDependency): set eventbus_redis_transport = "
         '"kombu" (EVENTBUS_REDIS_TRANSPORT=kombu) to run kombu\'s own Redis transport',
         "celery/kombu#1733, celery/celery#7950",
@@ -292,6 +293,10 @@ redis_transport | kombu.transport.redis:Transport.cycle | instance attribute | |
 redis_transport | kombu.transport.virtual:Transport._callbacks | attribute | | the consumer's callback, wrapped
 redis_transport | kombu.transport.virtual:Transport._deliver | method | (self, message, queue) | delivers what the script took
 redis_transport | kombu.connection:resolve_aliases | attribute | | the banner and Flower show redis://, not a class path
+redis_transport | kombu.transport.redis:SentinelChannel | attribute | | the second base of eventbus's sentinel channel (sentinel_transport)
+redis_transport | kombu.transport.redis:SentinelChannel._get_pool | method | (self, asynchronous) | inherited: the pool that asks the sentinels where the master is
+redis_transport | kombu.transport.redis:SentinelChannel.from_transport_options | attribute | | master_name, sentinel_kwargs...: joined with eventbus_poll_interval
+redis_transport | kombu.transport.redis:SentinelTransport.default_port | attribute | | a sentinel's port when a URL has none
 worker_loop | kombu.asynchronous.hub:Hub._ready | instance attribute | | the callbacks queued for the next turn
 worker_loop | kombu.asynchronous.hub:Hub.call_soon | method | (self, callback, args) | what queues a late ack
 task_events | celery.events.dispatcher:EventDispatcher.__init__ | method | (..., buffer_group, buffer_limit, on_send_buffered) | on_send_buffered and buffer_limit, set after construction
