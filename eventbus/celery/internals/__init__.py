@@ -24,6 +24,9 @@ when a name is missing):
   limit, or refused.
 * :mod:`.amqp_headers`: headers nested too deep for py-amqp become a dead
   letter, not a stopped worker (RabbitMQ).
+* :mod:`.replication` (``replicated_publish``): with
+  ``eventbus_redis_wait_replicas``, a Redis publish returns once replicas
+  have it (``WAIT``).
 * :mod:`.confirms` (``publish_confirms``): a RabbitMQ publish returns once
   confirmed; and :mod:`eventbus.celery.dead_letter_before_ack` (Celery's
   documented custom ``Request``, whose undocumented settling it checks).

@@ -168,6 +168,17 @@ FEATURES: tuple[Feature, ...] = (
         "DESIGN: publish confirms on RabbitMQ (an event publish returned for is never lost)",
     ),
     Feature(
+        "replicated_publish",
+        "guarantee",
+        "eventbus.celery.internals.replication",
+        "with eventbus_redis_wait_replicas, a publish on Redis returns once that many replicas "
+        "acknowledged its messages (WAIT on the connection that sent them)",
+        "refuses to publish (IncompatibleDependency); eventbus_redis_wait_replicas = 0 "
+        "publishes without waiting for replicas",
+        "",
+        "Sentinel fail-over tests: acknowledged events lost without it (tests/faults, README)",
+    ),
+    Feature(
         "message_screen",
         "guarantee",
         "eventbus.celery.internals.consumer_hooks",
@@ -312,6 +323,7 @@ batched_confirms | amqp.channel:Channel.events | instance attribute | | hears ba
 batched_confirms | amqp.connection:Connection.drain_events | method | (self, timeout) | replaced on the instance in a block: its polls read nothing
 publish_confirms | amqp.channel:Channel.confirm_select | method | (self, nowait) | puts the channel in confirm mode
 publish_confirms | amqp.channel:Channel.basic_publish_confirm | method | (self, args, kwargs) | py-amqp's per-message confirmed publish
+replicated_publish | kombu.transport.redis:Channel.conn_or_acquire | method | (self, client) | the client whose connection sent the publish: WAIT goes there
 message_screen | celery.worker.consumer.consumer:Consumer.on_decode_error | method | (self, message, exc) | replaced: a handler queue's message is dead-lettered
 message_screen | celery.worker.consumer.consumer:Consumer.on_unknown_message | method | (self, body, message) | replaced, as above
 message_screen | celery.worker.consumer.consumer:Consumer.on_unknown_task | method | (self, body, message, exc) | replaced, as above
