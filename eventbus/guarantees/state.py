@@ -28,6 +28,13 @@ the master is at every connect; a master demoted by a fail-over answers
 ``READONLY``, which closes the connection, and the next call connects to
 the new one.
 
+State kept on the broker (its URL from ``broker_url``) is reached as the
+broker is: with ``broker_use_ssl``'s ``ssl_*`` options on a ``rediss://``
+URL (or to a Sentinel's master). Unlike kombu, which checks no certificate
+when a ``rediss://`` URL comes with no TLS options (and says so), the state's
+client (redis-py) checks the server's certificate against the system's CAs:
+name the CA (``ssl_ca_certs``) in the URL or in ``broker_use_ssl``.
+
 A Redis state store that cannot be used (a URL redis-py cannot parse, a
 refused login, no answer, an error reply) raises
 :class:`~eventbus.errors.StateStoreError` from every call, naming the store
@@ -55,11 +62,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_PREFIX",
-    "SentinelOptions",
+    "RedisOptions",
     "State",
     "redact_url",
+    "redis_options",
     "redis_url_from_config",
-    "sentinel_options",
     "state_from_config",
 ]
 
@@ -105,55 +112,87 @@ def _state_url(conf: Mapping[str, Any]) -> tuple[str, str] | None:
 
 
 @dataclass(frozen=True)
-class SentinelOptions:
-    """What a ``sentinel://`` state URL needs besides itself: which master, how to ask."""
+class RedisOptions:
+    """What a state URL may need besides itself: the master behind Sentinel, the broker's TLS."""
 
-    master_name: str | None = None
+    master_name: str | None = None  #: a ``sentinel://`` URL's master
     sentinel_kwargs: Mapping[str, Any] | None = None  #: for the sentinels (kombu's option)
+    #: ``ssl_*`` options of ``broker_use_ssl``, for state kept on the broker
+    ssl: Mapping[str, Any] | None = None
+
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """What tells two clients of one URL apart."""
+        return (
+            self.master_name,
+            repr(sorted((self.sentinel_kwargs or {}).items())),
+            repr(sorted((self.ssl or {}).items())),
+        )
 
 
-def sentinel_options(conf: Mapping[str, Any]) -> SentinelOptions:
-    """The master name and sentinel options of an app's configuration (see the module)."""
+def redis_options(conf: Mapping[str, Any], setting: str = "") -> RedisOptions:
+    """The options of an app's configuration for its state at a URL from ``setting``.
+
+    The master's name: ``eventbus_redis_master_name``, else the broker's
+    ``master_name`` transport option; the sentinels' options: the broker's
+    ``sentinel_kwargs``. State kept on the broker (``setting`` is
+    ``broker_url``) also takes the broker's TLS options (``broker_use_ssl``),
+    as kombu's connections do (the CA to check the server's certificate against, ...).
+    """
     transport = conf.get("broker_transport_options") or {}
-    return SentinelOptions(
+    use_ssl = conf.get("broker_use_ssl") if setting == "broker_url" else None
+    ssl = (
+        {k: v for k, v in use_ssl.items() if str(k).startswith("ssl_")}
+        if isinstance(use_ssl, Mapping)
+        else None
+    )
+    return RedisOptions(
         master_name=conf.get("eventbus_redis_master_name") or transport.get("master_name"),
         sentinel_kwargs=transport.get("sentinel_kwargs"),
+        ssl=ssl or None,
     )
 
 
-_clients: dict[tuple[str, str | None], redis.Redis] = {}
+_clients: dict[tuple[Any, ...], redis.Redis] = {}
 _clients_lock = threading.Lock()
 _TIMEOUTS: dict[str, Any] = {"socket_connect_timeout": 5, "socket_timeout": 10}
 
 
-def redis_client(url: str, sentinel: SentinelOptions | None = None) -> redis.Redis:
-    """One client (one connection pool) per URL (and master name) and process.
+def redis_client(url: str, options: RedisOptions | None = None) -> redis.Redis:
+    """One client (one connection pool) per URL (and options) and process.
 
     A ``sentinel://`` URL (``;``-separated sentinels) gives a client of the
-    master named by ``sentinel.master_name``; raises ``ValueError`` without one.
+    master named by ``options.master_name``; raises ``ValueError`` without one.
     redis-py's pool notices a fork and opens new connections in the child, so
     a client made before a prefork worker forks is safe to use in its children.
     """
-    sentinel = sentinel or SentinelOptions()
-    key = (url, sentinel.master_name if url.startswith("sentinel://") else None)
+    options = options or RedisOptions()
+    key = (url, *options.key)
     client = _clients.get(key)
     if client is None:
         with _clients_lock:
             client = _clients.get(key)
             if client is None:
-                client = _make_client(url, sentinel)
+                client = _make_client(url, options)
                 _clients[key] = client
     return client
 
 
-def _make_client(url: str, sentinel: SentinelOptions) -> redis.Redis:
+def _make_client(url: str, options: RedisOptions) -> redis.Redis:
     import redis
 
+    # The broker's TLS options for a TLS URL (the URL's own ssl_* query wins, as in redis-py)
+    tls = dict(options.ssl or {})
     if not url.startswith("sentinel://"):
-        return redis.Redis.from_url(url, health_check_interval=30, **_TIMEOUTS)
+        return redis.Redis.from_url(
+            url,
+            health_check_interval=30,
+            **_TIMEOUTS,
+            **(tls if url.startswith("rediss://") else {}),
+        )
     from redis.sentinel import Sentinel
 
-    if not sentinel.master_name:
+    if not options.master_name:
         raise ValueError(
             "a sentinel:// URL needs the master's name: set eventbus_redis_master_name, "
             'or broker_transport_options = {"master_name": ...}'
@@ -171,13 +210,15 @@ def _make_client(url: str, sentinel: SentinelOptions) -> redis.Redis:
         db = parts.path.strip("/")
         if db and "db" not in master:
             master["db"] = int(db)
+    if tls:  # TLS to the master (kombu: broker_use_ssl with a sentinel:// URL)
+        master.update(ssl=True, **tls)
     sentinels = Sentinel(
         hosts,
-        sentinel_kwargs={**_TIMEOUTS, **(sentinel.sentinel_kwargs or {})},
+        sentinel_kwargs={**_TIMEOUTS, **(options.sentinel_kwargs or {})},
         **_TIMEOUTS,
     )
     client: redis.Redis = sentinels.master_for(
-        sentinel.master_name, health_check_interval=30, **master
+        options.master_name, health_check_interval=30, **master
     )
     return client
 
@@ -197,7 +238,7 @@ def _locate(conf: Mapping[str, Any], *, purpose: str) -> tuple[str, str] | None:
             f"{purpose} need Redis for their state, and the broker is not Redis: "
             "set eventbus_redis_url (EVENTBUS_REDIS_URL), e.g. redis://localhost:6379/1"
         )
-    if url.startswith("sentinel://") and not sentinel_options(conf).master_name:
+    if url.startswith("sentinel://") and not redis_options(conf).master_name:
         raise ConfigurationError(
             f"{purpose} keep their state at {redact_url(url)} (set by {setting}), a Redis "
             "Sentinel URL, and no master name is set: set eventbus_redis_master_name, or "
@@ -250,7 +291,7 @@ def state_from_config(conf: Mapping[str, Any], *, purpose: str) -> State:
     prefix = str(conf.get("eventbus_redis_prefix") or DEFAULT_PREFIX)
     errors = StateErrors(url, setting)
     try:
-        client = redis_client(url, sentinel_options(conf))
+        client = redis_client(url, redis_options(conf, setting))
     except ValueError as exc:  # redis-py cannot parse it (the scheme, the port, ...)
         raise errors.error("use its URL", f"malformed URL ({exc})") from None
     return State(

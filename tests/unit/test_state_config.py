@@ -146,3 +146,16 @@ def test_a_sentinel_state_without_a_master_name_is_a_configuration_error() -> No
         with pytest.raises(ConfigurationError, match="eventbus_redis_master_name") as err:
             check(conf, purpose="ordered handlers")
         assert "hunter2" not in str(err.value) and "sentinel://" in str(err.value)
+
+
+def test_state_on_a_tls_broker_checks_the_certificate_as_the_broker_does() -> None:
+    # Given a rediss:// broker whose CA is named in broker_use_ssl (kombu's way)
+    tls = {"ssl_cert_reqs": "required", "ssl_ca_certs": "/etc/ca.pem"}
+    conf = {"broker_url": "rediss://h:6380/0", "broker_use_ssl": tls}
+    # Then the state kept on the broker checks the server against that CA too
+    client = state_from_config(conf, purpose="t").idempotency.client  # type: ignore[attr-defined]
+    assert client.connection_pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    # And a state of its own URL keeps its own options
+    own = {**conf, "eventbus_redis_url": "rediss://s:6380/1"}
+    client = state_from_config(own, purpose="t").idempotency.client  # type: ignore[attr-defined]
+    assert client.connection_pool.connection_kwargs.get("ssl_ca_certs") is None
