@@ -296,7 +296,13 @@ def state_from_config(conf: Mapping[str, Any], *, purpose: str) -> State:
         raise errors.error("use its URL", f"malformed URL ({exc})") from None
     return State(
         idempotency=RedisIdempotencyStore(client, prefix=prefix, ttl=ttl, errors=errors),
-        sequencer=RedisSequencer(client, prefix=prefix, errors=errors),
+        sequencer=RedisSequencer(
+            client,
+            prefix=prefix,
+            errors=errors,
+            wait_replicas=int(conf.get("eventbus_redis_wait_replicas") or 0),
+            wait_timeout=float(conf.get("eventbus_redis_wait_timeout") or DEFAULT_WAIT_TIMEOUT),
+        ),
         resequencer=RedisResequencer(
             client,
             prefix=prefix,
@@ -313,5 +319,7 @@ def _ping(client: redis.Redis, errors: StateErrors) -> None:
         client.ping()
 
 
+#: Seconds an ``INCR`` waits for ``eventbus_redis_wait_replicas`` replicas (``WAIT``).
+DEFAULT_WAIT_TIMEOUT = 1.0
 DEFAULT_IDEMPOTENCY_TTL = 7 * 24 * 3600  #: seconds a completed (handler, event_id) is remembered
 DEFAULT_ORDER_TTL = 30 * 24 * 3600  #: seconds an idle aggregate's ordering position is kept

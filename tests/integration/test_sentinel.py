@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from eventbus import EventBus, PublishError, create_event
+from eventbus import EventBus, PublishError, StateStoreError, create_event
 from eventbus.celery.internals.sentinel_transport import SentinelTransport
 from tests.brokers import PrivateRedis
 from tests.sentinels import SentinelGroup
@@ -189,5 +189,29 @@ def test_a_publish_asking_for_a_replica_redis_has_not_is_refused(lone_redis: Pri
         attempts = 1 + app.conf.task_publish_retry_policy["max_retries"]
         with contextlib.closing(lone_redis.client()) as client:
             assert client.llen(f"it.lone.{uid}") == attempts
+    finally:
+        app.close()
+
+
+def test_a_sequence_number_waits_for_a_replica_too(lone_redis: PrivateRedis) -> None:
+    # Given a bus with an ordered handler that waits for one replica, on a Redis without any
+    uid = uuid.uuid4().hex[:10]
+    app = make_app(
+        lone_redis.url,
+        eventbus_redis_url=lone_redis.url,
+        eventbus_redis_wait_replicas=1,
+        eventbus_redis_wait_timeout=0.1,
+    )
+    bus = EventBus(app, default_queue=f"it.lone.{uid}")
+    bus.subscribe(OrderPlaced, handler=lambda envelope: None, name=f"it.{uid}.h", ordered=True)
+    try:
+        # When it publishes an event of an aggregate, Then the sequence number it would
+        # get is refused (a fail-over could give it again), naming the setting
+        with pytest.raises(StateStoreError, match="eventbus_redis_wait_replicas") as err:
+            bus.publish(OrderPlaced(order_id="o-1", quantity=1), aggregate_id="order-1")
+        assert "0 of 1" in str(err.value)
+        # and nothing was sent
+        with contextlib.closing(lone_redis.client()) as client:
+            assert client.llen(f"it.lone.{uid}") == 0
     finally:
         app.close()
