@@ -97,6 +97,14 @@ eventbus_broker_dead_lettering = os.environ.get("EVENTBUS_BROKER_DLX", "1") not 
     "no",
 )
 eventbus_retry_jitter = os.environ.get("EVENTBUS_RETRY_JITTER", "1") not in ("0", "false", "no")
+# RabbitMQ: "quorum" declares every handler queue and the DLQ as a quorum queue
+# (replicated on a cluster; RabbitMQ 3.10+), and retries then wait in RabbitMQ
+# (Celery's native delayed delivery). Refused on Redis. An existing queue keeps its
+# type: delete it (drained) to switch. See README, "Quorum queues".
+eventbus_queue_type = os.environ.get("EVENTBUS_QUEUE_TYPE") or "classic"
+# Quorum queues: a message that comes back unacknowledged this many times (its
+# worker process was killed each time) goes to the DLQ, reason delivery_limit.
+eventbus_delivery_limit = _env_int("EVENTBUS_DELIVERY_LIMIT", 5)
 
 # -- delivery guarantees (README: "Delivery guarantees") -------------------------
 # Idempotency claims, sequence counters and ordering positions live in Redis:

@@ -13,16 +13,17 @@ import logging
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import TYPE_CHECKING, Any
 
 from celery.exceptions import Reject
-from kombu.entity import Exchange, Queue
+from kombu.entity import Queue
 from kombu.exceptions import KombuError
 
 from eventbus.broker_errors import URL_ERRORS, describe_broker_error, url_of
 from eventbus.bus.base import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
+from eventbus.celery import queue_types
 from eventbus.celery.dead_letter_before_ack import request_class
 from eventbus.celery.deadletter.factory import store_for_app
 from eventbus.celery.deferral import Deferred, defer
@@ -32,12 +33,14 @@ from eventbus.celery.internals.confirms import confirmed
 from eventbus.celery.internals.replication import replicated
 from eventbus.celery.internals.sent_events import SentEvents
 from eventbus.celery.internals.worker_queues import argsrepr_maxsize
+from eventbus.celery.queue_types import QueueType
 from eventbus.celery.transport_selection import bind_transport, check_transport
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore
 from eventbus.domain.envelope import Envelope
 from eventbus.domain.events import EventRegistry
 from eventbus.domain.options import HandlerOptions
 from eventbus.errors import (
+    ConfigurationError,
     EnvelopeDecodeError,
     PublishError,
     SubscriptionError,
@@ -181,6 +184,17 @@ class EventBus(BaseEventBus):
             self._store = store_for_app(self.app, self.dead_letter_queue)
         return self._store
 
+    def _driver(self) -> str | None:
+        """The broker's kombu driver (``amqp``, ``redis``...); None for a URL kombu cannot use."""
+        try:
+            with self.app.connection_for_write() as conn:  # no I/O: reads the URL
+                return str(conn.transport.driver_type)
+        except URL_ERRORS:
+            # A URL kombu cannot use (unknown scheme, malformed): the bus is
+            # still made, so that whatever uses the broker (publish, the DLQ,
+            # the CLI) can say what is wrong instead of the app's import.
+            return None
+
     @property
     def broker_dead_lettering(self) -> bool:
         """Whether handler queues carry RabbitMQ's dead-letter exchange (to the DLQ).
@@ -191,32 +205,71 @@ class EventBus(BaseEventBus):
         """
         if self._broker_dead_lettering is None:
             enabled = self.app.conf.get("eventbus_broker_dead_lettering", True)
-            try:
-                with self.app.connection_for_write() as conn:  # no I/O: reads the URL
-                    driver = conn.transport.driver_type
-            except URL_ERRORS:
-                # A URL kombu cannot use (unknown scheme, malformed): the bus is
-                # still made, so that whatever uses the broker (publish, the DLQ,
-                # the CLI) can say what is wrong instead of the app's import.
+            driver = self._driver()
+            if driver is None:
                 return False
             self._broker_dead_lettering = bool(enabled) and driver == "amqp"
         return self._broker_dead_lettering
 
+    @property
+    def queue_type(self) -> QueueType:
+        """``eventbus_queue_type``: classic or quorum handler queues and DLQ (RabbitMQ)."""
+        return queue_types.queue_type(self.app.conf)
+
     def handler_queue(self, name: str) -> Queue | str:
-        """How a handler queue is declared: a name, or on RabbitMQ the queue with its DLX."""
-        if not self.broker_dead_lettering or name == self.app.conf.task_default_queue:
+        """How a handler queue is declared: a name, or on RabbitMQ the queue with its DLX.
+
+        With ``eventbus_queue_type = "quorum"``: a quorum queue with a delivery
+        limit (:mod:`eventbus.celery.queue_types`); a setting that cannot work
+        (another broker, no dead-letter exchange, Celery's default queue) raises
+        :class:`~eventbus.errors.ConfigurationError`.
+        """
+        conf = self.app.conf
+        if self.queue_type == "quorum" and (driver := self._driver()) is not None:
+            queue_types.check_quorum_setup(
+                conf, driver=driver, broker_dead_lettering=self.broker_dead_lettering
+            )
+            if name == conf.task_default_queue:
+                raise ConfigurationError(
+                    f"eventbus_queue_type is 'quorum', but handler queue {name!r} is Celery's "
+                    "default queue (task_default_queue), which Celery declares for the app's "
+                    "other tasks (task_default_queue_type) without a delivery limit or "
+                    "dead-letter exchange: give the handlers a queue of their own "
+                    "(eventbus_default_queue, or the queue option of subscribe)"
+                )
+            queue_types.check_queue_names({name, *self.queues})
+        if not self.broker_dead_lettering or name == conf.task_default_queue:
             # Celery's default queue is shared with the app's other tasks, which
             # declare it plainly: an inequivalent declaration would fail theirs.
             return name
-        dlq = self.dead_letter_queue
-        return Queue(
-            name,
-            Exchange(name, type="direct", durable=True),
-            routing_key=name,
-            durable=True,
-            # The DLQ's exchange is named after it and binds it by its name.
-            queue_arguments={"x-dead-letter-exchange": dlq, "x-dead-letter-routing-key": dlq},
-        )
+        return queue_types.handler_queue(name, conf=conf, dead_letter_queue=self.dead_letter_queue)
+
+    def declare_queues(self, names: Collection[str] | None = None) -> None:
+        """Declare the DLQ and the handler queues (of ``names``, default all) on the broker now.
+
+        A queue or exchange that exists with other arguments (a classic queue,
+        now ``eventbus_queue_type = "quorum"``) raises
+        :class:`~eventbus.errors.ConfigurationError`, naming it and the setting.
+        """
+        self.dead_letter_store.declare()
+        wanted = [name for name in self.queues if names is None or name in names]
+        declared = [self.handler_queue(name) for name in wanted]
+        queues = [queue for queue in declared if isinstance(queue, Queue)]
+        if not queues:
+            return
+        with self.app.connection_for_write() as conn:
+            for queue in queues:
+                channel = conn.channel()  # one each: a refused declaration closes it
+                try:
+                    queue.bind(channel).declare()
+                except conn.channel_errors as exc:
+                    mismatch = queue_types.declaration_mismatch(exc, self.app.conf)
+                    if mismatch is not None:
+                        raise mismatch from exc
+                    raise
+                finally:
+                    with suppress(*conn.connection_errors, *conn.channel_errors):
+                        channel.close()
 
     def _resolve_options(self, given: Mapping[str, Any]) -> HandlerOptions:
         options = HandlerOptions.resolve(given, self.app.conf)
@@ -344,9 +397,11 @@ class EventBus(BaseEventBus):
                 if state.failure is not None:
                     raise state.failure
         except self._retryable_publish_errors() as exc:
+            mismatch = queue_types.declaration_mismatch(exc, self.app.conf)
+            why = f"{type(exc).__name__}: {exc}; publish them again (some may have been delivered)"
             raise PublishError(
                 f"a batch of {state.events} event(s) was not sent, or not confirmed: "
-                f"{type(exc).__name__}: {exc}; publish them again (some may have been delivered)"
+                f"{why if mismatch is None else mismatch}"
             ) from exc
 
     def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
@@ -388,6 +443,12 @@ class EventBus(BaseEventBus):
                     self._send_messages(producer, args, argsrepr, subscriptions, sent)
                 return
             except self._retryable_publish_errors() as exc:
+                mismatch = queue_types.declaration_mismatch(exc, self.app.conf)
+                if mismatch is not None:  # a queue declared otherwise before: no retry helps
+                    raise PublishError(
+                        f"could not publish {envelope.event_type} {envelope.event_id}: {mismatch}",
+                        sent=tuple(sent),
+                    ) from exc
                 # Celery already retried each message by its policy; a batch
                 # flush is never retried inside kombu, so retry the event
                 # here. A flush that failed half-way may have delivered some

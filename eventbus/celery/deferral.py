@@ -10,6 +10,7 @@ from typing import Any
 
 from celery.exceptions import Retry
 
+from eventbus.celery.queue_types import whole_seconds
 from eventbus.guarantees.delivery import Deferral
 
 __all__ = ["Deferred", "defer"]
@@ -24,8 +25,13 @@ class Deferred(Retry):  # type: ignore[misc]
 
 
 def defer(task: Any, deferral: Deferral) -> Deferred:
-    """Send the running message again with a countdown, keeping its retry count."""
+    """Send the running message again with a countdown, keeping its retry count.
+
+    On quorum queues the countdown is whole seconds, at least one: Celery's
+    native delayed delivery cannot send less (:func:`~eventbus.celery.queue_types.whole_seconds`).
+    """
     request = task.request
-    signature = task.signature_from_request(request, countdown=deferral.countdown)
+    countdown = whole_seconds(deferral.countdown, task.app.conf)
+    signature = task.signature_from_request(request, countdown=countdown)
     signature.apply_async()
-    return Deferred(deferral.reason, when=deferral.countdown, sig=signature)
+    return Deferred(deferral.reason, when=countdown, sig=signature)

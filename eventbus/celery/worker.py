@@ -81,6 +81,7 @@ from eventbus.celery.refused import read_stand_in
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter, DeadLetterReason
 from eventbus.domain.nesting import nests_deeper_than
 from eventbus.errors import (
+    ConfigurationError,
     DeadLetterError,
     EnvelopeDecodeError,
     OrderingError,
@@ -366,7 +367,10 @@ class WorkerHooks:
             logger.warning("not consuming the dead-letter queue %r", bus.dead_letter_queue)
             queues.deselect([bus.dead_letter_queue])
         try:
-            bus.dead_letter_store.declare()
+            bus.declare_queues(queues.consume_from)
+        except ConfigurationError as exc:
+            # A queue declared otherwise before: the consumer stops on it, naming no setting.
+            logger.critical("eventbus: this worker cannot consume its queues: %s", exc)
         except Exception:  # the broker may still be starting; the first write declares it
             logger.warning("could not declare the dead-letter queue yet", exc_info=True)
         # Metrics are opt-in: with no port set, eventbus.metrics.handlers is never imported.

@@ -29,7 +29,8 @@ DeadLetterReason = Literal[
     "time_limit",  # the handler overran its hard time limit
     "worker_lost",  # the worker died and the message was not re-queued
     "rejected",  # the worker rejected the message (invalid task message)
-    "broker",  # the broker dead-lettered it (RabbitMQ: rejected, expired, delivery limit)
+    "broker",  # the broker dead-lettered it (RabbitMQ: rejected by a consumer, expired...)
+    "delivery_limit",  # RabbitMQ: a quorum queue gave it out eventbus_delivery_limit + 1 times
     "oversized",  # the message is larger than eventbus_max_payload_bytes
     "sequence_gap",  # ordered handler: an earlier event of the aggregate never came
     "late_event",  # ordered handler: it came after later events were handled

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
+import psutil  # type: ignore[import-untyped,unused-ignore]
 from kombu.connection import Connection
 
 from tests.brokers import PrivateRedis, free_port, require_server
@@ -49,14 +50,16 @@ RABBITMQ_BOOT_TIMEOUT = 60.0
 Describe = str | Callable[[], str]
 
 
-def hold_down(until: Callable[[], bool], waiting_for: Describe) -> None:
-    """Keep the broker down until ``until()``; fail, naming ``waiting_for``, after HOLD_TIMEOUT."""
+def hold_down(
+    until: Callable[[], bool], waiting_for: Describe, *, timeout: float = HOLD_TIMEOUT
+) -> None:
+    """Keep the broker down until ``until()``; fail, naming ``waiting_for``, after ``timeout``."""
 
     def message() -> str:
         text = waiting_for() if callable(waiting_for) else waiting_for
-        return f"the outage to be seen within {HOLD_TIMEOUT:.0f}s: {text}"
+        return f"the outage to be seen within {timeout:.0f}s: {text}"
 
-    wait_for(until, timeout=HOLD_TIMEOUT, interval=0.02, message=message)
+    wait_for(until, timeout=timeout, interval=0.02, message=message)
 
 
 def restart_redis(
@@ -96,10 +99,13 @@ class PrivateRabbitMQ:
     against it; :meth:`close` kills the whole session.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, name: str = "eventbus-faults", cookie: str | None = None) -> None:
         require_server(RABBITMQ_SERVER, "the RabbitMQ fault tests start a node")
         uid = uuid.uuid4().hex[:8]
-        self.node = f"eventbus-faults-{uid}@localhost"
+        self.node = f"{name}-{uid}@localhost"
+        #: The Erlang cookie; nodes that are to be clustered share one. None:
+        #: the node makes its own, at its first boot.
+        self.cookie = cookie
         self.port = free_port()
         self.dist_port = free_port()
         while self.dist_port == self.port:
@@ -115,6 +121,11 @@ class PrivateRabbitMQ:
             (d / sub).mkdir(exist_ok=True)
         for empty in ("enabled_plugins", "rabbitmq-env.conf"):
             (d / empty).touch()
+        cookie_file = d / "home" / ".erlang.cookie"
+        if self.cookie is not None and not cookie_file.exists():
+            # Erlang refuses a cookie file that others can read.
+            cookie_file.write_text(self.cookie)
+            cookie_file.chmod(0o400)
         return {
             **{k: v for k, v in os.environ.items() if not k.startswith(("RABBITMQ_", "ERL_"))},
             # The node writes its Erlang cookie in $HOME; rabbitmqctl reads it there.
@@ -230,6 +241,29 @@ class PrivateRabbitMQ:
             self.directory / "log" / f"{self.node}.log",
         ]
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in parts if p.exists())
+
+    def crash(self) -> int:
+        """SIGKILL the node's Erlang VM (``beam.smp``); return its pid.
+
+        No shutdown, no goodbye to its peers: they find it gone when its
+        distribution connections break. What is left of the session (the
+        start script, the VM's helpers) is killed after it. :meth:`launch`
+        boots the node again on its data directory.
+        """
+        process, self.process = self.process, None
+        assert process is not None, "not running"
+        beams = [
+            child
+            for child in psutil.Process(process.pid).children(recursive=True)
+            if child.name() == "beam.smp"
+        ]
+        assert len(beams) == 1, f"{self.node}: one beam.smp expected, found {beams}"
+        beams[0].send_signal(signal.SIGKILL)
+        beams[0].wait(timeout=10)
+        with contextlib.suppress(ProcessLookupError):  # the session is gone already
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+        return int(beams[0].pid)
 
     def close(self) -> None:
         process, self.process = self.process, None

@@ -32,7 +32,7 @@ from _pytest.terminal import TerminalReporter
 from kombu.connection import Connection
 
 from eventbus import Envelope, PublishError
-from tests.brokers import PrivateRedis
+from tests.brokers import PrivateRedis, require_server
 from tests.faults.brokers import (
     HOLD_TIMEOUT,
     RABBITMQ_SERVER,
@@ -43,6 +43,7 @@ from tests.faults.brokers import (
     restart_rabbitmq,
     restart_redis,
 )
+from tests.faults.cluster import PrivateRabbitMQCluster
 from tests.faults.fault_app import REDIS_TRANSPORTS, Effects, FaultConfig, HandlerSet, build_bus
 from tests.faults.workers import WorkerProcess
 from tests.support import (
@@ -63,19 +64,33 @@ if REDIS_TRANSPORT not in REDIS_TRANSPORTS:
 
 _ENVS = pytest.StashKey["FaultEnv"]()
 _NODE = pytest.StashKey[PrivateRabbitMQ]()
+_CLUSTER = pytest.StashKey[PrivateRabbitMQCluster]()
+_LAST_CLUSTER_TEST = pytest.StashKey[str]()
 
 
 class FaultBroker:
     """The broker of one fault test, and how to restart it."""
 
-    def __init__(self, kind: str, rabbitmq: PrivateRabbitMQ | None = None) -> None:
+    def __init__(
+        self,
+        kind: str,
+        rabbitmq: PrivateRabbitMQ | None = None,
+        *,
+        cluster: PrivateRabbitMQCluster | None = None,
+    ) -> None:
         self.kind = kind
         self.private: PrivateRedis | None = None
         self.rabbitmq = rabbitmq
+        self.cluster = cluster
+        #: How the bus declares its queues (``eventbus_queue_type``): quorum on the cluster.
+        self.queue_type = "classic"
         if kind == "redis":
             self.private = PrivateRedis()
             self.private.start()
             self.url = self.private.url
+        elif cluster is not None:
+            self.url = cluster.url()  # every node, in order: Celery's failover
+            self.queue_type = "quorum"
         else:
             assert rabbitmq is not None, "a RabbitMQ fault broker needs the private node"
             self.url = rabbitmq.url
@@ -163,14 +178,18 @@ class FaultBroker:
             self.private.close()
         if self.rabbitmq is not None:
             self.rabbitmq.ensure_running()  # the next test's broker too
+        if self.cluster is not None:
+            self.cluster.ensure_whole()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:
-    """Launch the private RabbitMQ node now if a RabbitMQ fault test is to run.
+    """Launch the private RabbitMQ node, and the cluster, now if their tests are to run.
 
     A node takes 6 to 20 seconds to boot on a 2-core machine: it boots while
     the first (Redis) tests run. One node per session: a restart of its
-    application takes about a second.
+    application takes about a second. The cluster's three nodes boot at once
+    and join in a thread (about 12 s on an idle machine), while the tests
+    before the cluster's run.
     """
     wanted = any(
         isinstance(item, pytest.Function)
@@ -178,16 +197,36 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         and item.callspec.params.get("fault_broker") == "rabbitmq"
         for item in session.items
     )
-    if wanted and os.access(RABBITMQ_SERVER, os.X_OK):  # if not, the fixture skips or fails
+    if not os.access(RABBITMQ_SERVER, os.X_OK):
+        return  # the fixtures skip or fail
+    if wanted:
         node = PrivateRabbitMQ()
         node.launch()
         session.config.stash[_NODE] = node
+    cluster_tests = [item for item in session.items if item.get_closest_marker("cluster")]
+    if cluster_tests:
+        cluster = PrivateRabbitMQCluster()
+        session.config.stash[_CLUSTER] = cluster
+        session.config.stash[_LAST_CLUSTER_TEST] = cluster_tests[-1].nodeid
+        cluster.launch()
+
+
+@pytest.hookimpl(trylast=True)  # after the test's fixtures are torn down (they revive nodes)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """Kill the cluster once its last test is done: the tests after it need none of its CPU."""
+    if item.nodeid == item.config.stash.get(_LAST_CLUSTER_TEST, None):
+        cluster = item.config.stash.get(_CLUSTER, None)
+        if cluster is not None:
+            cluster.close()
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     node = session.config.stash.get(_NODE, None)
     if node is not None:
         node.close()
+    cluster = session.config.stash.get(_CLUSTER, None)
+    if cluster is not None:
+        cluster.close()
 
 
 @pytest.fixture(scope="session")
@@ -206,6 +245,37 @@ def private_rabbitmq(request: pytest.FixtureRequest) -> PrivateRabbitMQ:
         f"{waited:.1f}s for it)"
     )
     return node
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_cluster(request: pytest.FixtureRequest) -> PrivateRabbitMQCluster:
+    """The three-node RabbitMQ cluster of this pytest run, once formed; killed at the end."""
+    require_server(RABBITMQ_SERVER, "the cluster tests start three RabbitMQ nodes")
+    cluster = request.config.stash.get(_CLUSTER, None)
+    if cluster is None:
+        cluster = PrivateRabbitMQCluster()
+        request.config.stash[_CLUSTER] = cluster
+        cluster.launch()
+    waited = cluster.wait_formed()
+    boots = [node.boot_seconds() for node in cluster.nodes]
+    FIGURES.append(
+        f"private RabbitMQ cluster of {len(cluster.nodes)} nodes: formed in "
+        f"{cluster.formed_in:.1f}s (nodes booted in "
+        f"{', '.join('?' if b is None else f'{b:.1f}' for b in boots)}s, joined in "
+        f"{cluster.joined_in:.1f}s; the first cluster test waited {waited:.1f}s for it)"
+    )
+    return cluster
+
+
+@pytest.fixture
+def cluster_broker(rabbitmq_cluster: PrivateRabbitMQCluster) -> Iterator[FaultBroker]:
+    """The cluster as a test's broker (quorum queues); made whole again after the test."""
+    require_broker("redis")  # the shared Redis keeps the state and the effects
+    broker = FaultBroker("rabbitmq-quorum", cluster=rabbitmq_cluster)
+    try:
+        yield broker
+    finally:
+        broker.close()
 
 
 @pytest.fixture(
@@ -297,6 +367,7 @@ class FaultEnv:
         self.log_dir = log_dir
         self.config = FaultConfig(
             broker_url=broker.url,
+            queue_type=broker.queue_type,
             queue=f"faults.{handlers}.{uid}",
             dead_letter_queue=f"faults.{handlers}.{uid}.dlq",
             state_url=STATE_REDIS_URL,
@@ -343,6 +414,8 @@ class FaultEnv:
 
     def remaining(self) -> int:
         """Messages of the handler queue the broker holds: waiting, or delivered and unacked."""
+        if self.broker.cluster is not None:
+            return self.broker.cluster.messages(self.config.queue)
         if self.broker.rabbitmq is not None:
             return self.broker.rabbitmq.messages(self.config.queue)
         with Connection(self.broker.url, connect_timeout=3) as conn:
@@ -395,6 +468,8 @@ class FaultEnv:
             parts.append(f"--- private redis-server:\n{self.broker.private.log()}")
         if self.broker.rabbitmq is not None:
             parts.append(f"--- private RabbitMQ node:\n{self.broker.rabbitmq.log()}")
+        if self.broker.cluster is not None:
+            parts.append(f"--- private RabbitMQ cluster:\n{self.broker.cluster.log()}")
         return "\n".join(parts)
 
     def close(self) -> None:
@@ -411,15 +486,13 @@ class FaultEnv:
             self.app.close()
 
 
-@pytest.fixture
-def fault_env(
-    fault_broker: FaultBroker, tmp_path: Path, request: pytest.FixtureRequest
-) -> Iterator[Callable[[HandlerSet], FaultEnv]]:
-    """Build the test's :class:`FaultEnv` for a handler set; everything is cleaned up after."""
+def _envs(
+    broker: FaultBroker, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., FaultEnv]]:
     envs: list[FaultEnv] = []
 
     def make(handlers: HandlerSet, *, gated: bool = False) -> FaultEnv:
-        env = FaultEnv(fault_broker, handlers, tmp_path, gated=gated)
+        env = FaultEnv(broker, handlers, tmp_path, gated=gated)
         envs.append(env)
         request.node.stash[_ENVS] = env
         return env
@@ -429,6 +502,22 @@ def fault_env(
     finally:
         for env in envs:
             env.close()
+
+
+@pytest.fixture
+def fault_env(
+    fault_broker: FaultBroker, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., FaultEnv]]:
+    """Build the test's :class:`FaultEnv` for a handler set; everything is cleaned up after."""
+    yield from _envs(fault_broker, tmp_path, request)
+
+
+@pytest.fixture
+def cluster_env(
+    cluster_broker: FaultBroker, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., FaultEnv]]:
+    """:func:`fault_env` on the three-node cluster, with quorum queues."""
+    yield from _envs(cluster_broker, tmp_path, request)
 
 
 @pytest.fixture

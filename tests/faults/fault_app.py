@@ -19,7 +19,7 @@ from typing import Any, Literal
 import redis
 from celery import signals
 
-from eventbus import Envelope, Event, EventBus
+from eventbus import Envelope, Event, EventBus, current_delivery
 from eventbus.guarantees.idempotency import RedisIdempotencyStore
 from tests.support import make_app
 
@@ -30,10 +30,12 @@ ORDERED = "faults.ordered"  #: ordered: appends each aggregate's sequence to a l
 TIMED = "faults.timed"  #: overruns its hard time limit: killed mid-run, dead-lettered as time_limit
 FAILING = "faults.failing"  #: always fails: retried, then dead-lettered as retries_exhausted
 OTHER = "faults.other"  #: on a queue of its own: runs while another handler's dead letter waits
+RECOVERING = "faults.recovering"  #: fails its first FAILING_RETRIES attempts, then succeeds
 
 #: Which handlers a worker runs: the kill test's three, one counting handler, the
-#: ordered one, or the dead-letter tests' three (:data:`TIMED`, :data:`FAILING`, :data:`OTHER`).
-HandlerSet = Literal["kill", "count", "ordered", "dlq"]
+#: ordered one, the dead-letter tests' three (:data:`TIMED`, :data:`FAILING`, :data:`OTHER`),
+#: or the cluster's: the kill test's three, :data:`RECOVERING` and :data:`FAILING`.
+HandlerSet = Literal["kill", "count", "ordered", "dlq", "cluster"]
 
 #: Redis visibility timeout of the fault tests, seconds: how long a dead
 #: worker's unacked messages wait before another worker gets them.
@@ -93,7 +95,7 @@ class Step(Event):
 class FaultConfig:
     """Everything a fault test's worker needs to know, passed as environment variables."""
 
-    broker_url: str
+    broker_url: str  #: one URL, or several separated by ``;`` (Celery's failover)
     queue: str
     dead_letter_queue: str
     state_url: str  #: idempotency claims and ordering positions
@@ -104,6 +106,7 @@ class FaultConfig:
     gated: bool = False  #: each run of :data:`PLAIN` waits at :meth:`Effects.pass_gate`
     worker: str = "publisher"  #: who runs the handlers: effects are counted per worker
     transport: str = "eventbus"  #: on Redis, a key of :data:`REDIS_TRANSPORTS`
+    queue_type: str = "classic"  #: on RabbitMQ, ``eventbus_queue_type``: classic or quorum
     #: Redis Sentinel (a ``sentinel://`` broker URL): the master's name.
     master_name: str = ""
     #: ``eventbus_redis_wait_replicas``: replicas each publish (and dead letter) waits for.
@@ -326,6 +329,7 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
         # Flower's task-sent events are not what these tests count: leave
         # the publisher's and the brokers' time to the task messages.
         task_send_sent_event=False,
+        **({} if config.queue_type == "classic" else {"eventbus_queue_type": config.queue_type}),
         **overrides,
     )
     # Added to make_app's own options: their connection name keeps kombu from
@@ -335,7 +339,7 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
     bus = EventBus(app, default_queue=config.queue, dead_letter_queue=config.dead_letter_queue)
     worker, gated = config.worker, config.gated
 
-    if config.handlers in ("kill", "count"):
+    if config.handlers in ("kill", "count", "cluster"):
 
         def plain(envelope: Envelope[Probe]) -> None:
             effects.record(PLAIN, str(envelope.event_id), worker)
@@ -344,7 +348,7 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
 
         bus.subscribe(Probe, handler=plain, name=PLAIN, **RETRY_OPTIONS)
 
-    if config.handlers == "kill":
+    if config.handlers in ("kill", "cluster"):
 
         def idem(envelope: Envelope[Probe]) -> None:
             effects.record(IDEM, str(envelope.event_id))
@@ -384,6 +388,23 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
         retried = {**RETRY_OPTIONS, "max_retries": FAILING_RETRIES}
         bus.subscribe(Flaky, handler=failing, name=FAILING, **retried)
         bus.subscribe(Probe, handler=other, name=OTHER, queue=config.other_queue, **once)
+
+    if config.handlers == "cluster":
+
+        def recovering(envelope: Envelope[Flaky]) -> None:
+            effects.record(RECOVERING, str(envelope.event_id), worker)
+            delivery = current_delivery()
+            assert delivery is not None
+            if delivery.attempt <= FAILING_RETRIES:
+                raise RuntimeError(f"{RECOVERING} fails attempt {delivery.attempt}")
+
+        def always_failing(envelope: Envelope[Flaky]) -> None:
+            effects.record(FAILING, str(envelope.event_id), worker)
+            raise RuntimeError(f"{FAILING} always fails")
+
+        retried = {**RETRY_OPTIONS, "max_retries": FAILING_RETRIES}
+        bus.subscribe(Flaky, handler=recovering, name=RECOVERING, **retried)
+        bus.subscribe(Flaky, handler=always_failing, name=FAILING, **retried)
 
     return bus
 

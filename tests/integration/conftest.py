@@ -52,7 +52,9 @@ def closed_broker_url(request: pytest.FixtureRequest) -> str:
 class Env:
     """One test's world: a Celery app, an EventBus on it, its queues and its worker."""
 
-    def __init__(self, broker_url: str, stack: ExitStack, label: str = "t") -> None:
+    def __init__(
+        self, broker_url: str, stack: ExitStack, label: str = "t", **app_options: Any
+    ) -> None:
         self.broker_url = broker_url
         self.kind = "redis" if broker_url.startswith("redis") else "rabbitmq"
         self.uid = uuid.uuid4().hex[:12]
@@ -61,7 +63,7 @@ class Env:
         self._stack = stack
         # Teardown runs in reverse: stop the worker, close the app, then delete queues.
         stack.callback(self._delete_broker_objects)
-        self.app = make_app(broker_url)
+        self.app = make_app(broker_url, **app_options)
         stack.callback(self.app.close)
         self.bus = EventBus(
             self.app, default_queue=self.queue, dead_letter_queue=self.dead_letter_queue

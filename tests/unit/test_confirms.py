@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from collections import defaultdict, deque
 from types import SimpleNamespace
@@ -353,6 +354,28 @@ def test_disabled_confirms_do_not_touch_the_connection() -> None:
             pass
 
         assert not conn.connected
+
+
+def test_a_publisher_whose_broker_is_down_tries_the_next_url_of_its_failover_list() -> None:
+    # Given a failover list whose first broker is down (nothing listens on
+    # port 1) and whose second takes connections but never answers
+    with socket.create_server(("127.0.0.1", 0)) as second:
+        port = second.getsockname()[1]
+        url = f"amqp://guest:guest@127.0.0.1:1//;amqp://guest:guest@127.0.0.1:{port}//"
+        with Connection(url, connect_timeout=1) as conn:
+            producer = conn.Producer()
+
+            # When a confirmed block connects, and fails
+            with pytest.raises(OperationalError), confirmed(producer, timeout=1):
+                pass
+
+        # Then it tried the second broker too (its connection waits to be accepted)
+        second.settimeout(0)
+        try:
+            accepted, _ = second.accept()
+        except BlockingIOError:
+            pytest.fail("the publisher never tried the second URL of its failover list")
+        accepted.close()
 
 
 @pytest.mark.parametrize(

@@ -33,17 +33,28 @@ import time
 from collections import deque
 from collections.abc import Collection, Generator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from kombu.entity import Queue
 from kombu.message import Message
 from kombu.messaging import Consumer
 
 from eventbus.celery.deadletter.base import BrokerDeadLetterStore, decode_record
 from eventbus.celery.internals.amqp_headers import guard_deep_headers
+from eventbus.celery.queue_types import dead_letter_queue_arguments
 from eventbus.celery.refused import read_stand_in
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
-from eventbus.deadletter.store import REPLAY_CHUNK, IdSet, Publish, Select
+from eventbus.deadletter.store import (
+    DEFAULT_DEAD_LETTER_QUEUE,
+    REPLAY_CHUNK,
+    IdSet,
+    Publish,
+    Select,
+)
 from eventbus.errors import DeadLetterError
+
+if TYPE_CHECKING:
+    from celery import Celery
 
 __all__ = ["AmqpDeadLetterStore"]
 
@@ -132,7 +143,24 @@ def _record_of(message: Message) -> DeadLetter:
 
 
 class AmqpDeadLetterStore(BrokerDeadLetterStore):
-    """Browse the queue on a throwaway channel; close it to requeue."""
+    """Browse the queue on a throwaway channel; close it to requeue.
+
+    With ``eventbus_queue_type = "quorum"`` the queue is a quorum queue whose
+    delivery limit no browse reaches (:mod:`eventbus.celery.queue_types`).
+    """
+
+    def __init__(self, app: Celery, queue_name: str = DEFAULT_DEAD_LETTER_QUEUE) -> None:
+        super().__init__(app, queue_name)
+        arguments = dead_letter_queue_arguments(app.conf)
+        if arguments:
+            self.queue = Queue(
+                queue_name,
+                self.exchange,
+                routing_key=queue_name,
+                durable=True,
+                auto_delete=False,
+                queue_arguments=arguments,
+            )
 
     def append_once(self, record: DeadLetter, *, again: bool = False) -> None:
         if again and self._holds(record):

@@ -30,6 +30,7 @@ from eventbus.broker_errors import (
 )
 from eventbus.celery.internals.compat import optimising
 from eventbus.celery.internals.confirms import confirmed
+from eventbus.celery.queue_types import declaration_mismatch
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
 from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore
 from eventbus.errors import DeadLetterError, DeadLetterQueueUnavailable
@@ -138,14 +139,26 @@ class BrokerDeadLetterStore(DeadLetterStore):
             raise self._not_written(record, exc) from exc
 
     def _not_written(self, record: DeadLetter, exc: BaseException) -> DeadLetterError:
+        mismatch = declaration_mismatch(exc, self.app.conf)
         return DeadLetterError(
-            f"could not write dead letter {record.id} to {self.queue_name!r}: {exc}"
+            f"could not write dead letter {record.id} to {self.queue_name!r}: {mismatch or exc}"
         )
 
     def declare(self) -> None:
-        """Declare the queue (and its exchange) now, so the broker can route to it."""
+        """Declare the queue (and its exchange) now, so the broker can route to it.
+
+        A queue of that name declared before with other arguments (a classic
+        queue, now ``eventbus_queue_type = "quorum"``) raises
+        :class:`~eventbus.errors.ConfigurationError`, naming it.
+        """
         with self.app.connection_for_write() as conn:
-            self.queue.bind(conn.default_channel).declare()
+            try:
+                self.queue.bind(conn.default_channel).declare()
+            except conn.channel_errors as exc:
+                mismatch = declaration_mismatch(exc, self.app.conf)
+                if mismatch is not None:
+                    raise mismatch from exc
+                raise
 
     @contextmanager
     def _broker(self, doing: str) -> Iterator[Connection]:
@@ -181,9 +194,10 @@ class BrokerDeadLetterStore(DeadLetterStore):
     def _unavailable(self, doing: str, exc: BaseException) -> DeadLetterQueueUnavailable:
         # The cause's text is in the message: a driver may echo the URL into
         # its error, and then the cause is not chained (safe_cause).
+        why = declaration_mismatch(exc, self.app.conf) or describe_broker_error(exc, [self._url])
         return DeadLetterQueueUnavailable(
             f"cannot {doing} the dead-letter queue {self.queue_name!r} on "
-            f"{redact_url(self._url)}: {describe_broker_error(exc, [self._url])}"
+            f"{redact_url(self._url)}: {why}"
         )
 
     def count(self) -> int:
@@ -258,20 +272,30 @@ def decode_record(body: bytes | str | Any, headers: Mapping[str, Any] | None = N
 
 
 def _broker_dead_lettered(body: Any, headers: Mapping[str, Any]) -> DeadLetter:
-    """A handler task message the broker itself dead-lettered (x-death names why)."""
+    """A handler task message the broker itself dead-lettered (x-death names why).
+
+    RabbitMQ puts the latest death first. A quorum queue's delivery limit
+    (``delivery_limit``: the message came back unacknowledged too often, its
+    worker killed each time) is a reason of its own; any other (``rejected``,
+    ``expired``, ``maxlen``) is ``broker``.
+    """
     args = body[0] if isinstance(body, list) and body else []
     deaths = headers.get("x-death") or [{}]
     death = deaths[0] if isinstance(deaths, list) and deaths else {}
     why = str(death.get("reason", "rejected")) if isinstance(death, dict) else "rejected"
     task_id = str(headers.get("id") or hashlib.sha1(json.dumps(body).encode()).hexdigest())
+    queue = death.get("queue", "?") if isinstance(death, dict) else "?"
+    detail = (
+        ": delivered more times than its delivery limit (eventbus_delivery_limit) allows, "
+        "each time without an ack (its worker process died, or it was re-queued)"
+        if why == "delivery_limit"
+        else ""
+    )
     return DeadLetter.from_exception(
-        DeadLetterError(
-            f"the broker dead-lettered the message ({why}) from "
-            f"{death.get('queue', '?') if isinstance(death, dict) else '?'}"
-        ),
+        DeadLetterError(f"the broker dead-lettered the message ({why}) from {queue}{detail}"),
         id=f"broker-{task_id}",
         handler=str(headers["task"]),
-        reason="broker",
+        reason="delivery_limit" if why == "delivery_limit" else "broker",
         attempts=int(headers.get("retries") or 0) + 1,
         envelope=args[0] if args else None,
         task_id=task_id,

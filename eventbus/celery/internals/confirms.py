@@ -151,16 +151,27 @@ def _confirming_channel(producer: Any) -> Any | None:
         # One attempt: the channel would connect with the connection's own
         # failover options, retrying for seconds outside the publisher's
         # retry policy. A connection error goes to the publisher's retry.
-        connection.ensure_connection(max_retries=0)
+        _connect_once(connection)
     channel = producer.channel
     if isinstance(channel, AmqpChannel) and (not channel.is_open or channel.connection is None):
         # A pooled producer can hold the channel of a connection that was
         # closed since (and re-opened): publishing there would fail and make
         # kombu's retry publish the rest on a new channel, unconfirmed.
-        connection.ensure_connection(max_retries=0)
+        _connect_once(connection)
         producer.revive(connection.default_channel)
         channel = producer.channel
     return channel if isinstance(channel, AmqpChannel) else None
+
+
+def _connect_once(connection: Any) -> None:
+    """Connect, trying each URL of a failover list once (one URL: once), without waiting.
+
+    kombu moves to the next URL of ``broker_url = "amqp://a;amqp://b"`` only
+    when an attempt fails and another one follows: with ``max_retries=0`` a
+    publisher whose broker went down would try that one forever, and never
+    the next. One attempt per URL, and kombu waits only after a whole cycle.
+    """
+    connection.ensure_connection(max_retries=max(0, len(connection.alt) - 1))
 
 
 @contextmanager
