@@ -43,6 +43,10 @@ eventbus_redis_transport = os.environ.get("EVENTBUS_REDIS_TRANSPORT") or "eventb
 broker_transport_options = {
     "visibility_timeout": _env_int("EVENTBUS_VISIBILITY_TIMEOUT", 3600),
 }
+# Redis Sentinel: EVENTBUS_BROKER_URL=sentinel://host1:26379;sentinel://host2:26379 and
+# the name the sentinels monitor the master by (eventbus's transport serves it too).
+if os.environ.get("EVENTBUS_BROKER_MASTER_NAME"):
+    broker_transport_options["master_name"] = os.environ["EVENTBUS_BROKER_MASTER_NAME"]
 # RabbitMQ: the broker confirms every event's messages, waited for once per event
 # (eventbus.celery.internals.confirms). Not kombu's connection-wide "confirm_publish": that one
 # hangs --pool threads workers sending task events.
@@ -109,6 +113,14 @@ eventbus_delivery_limit = _env_int("EVENTBUS_DELIVERY_LIMIT", 5)
 # by default the broker when it is Redis; with RabbitMQ set EVENTBUS_REDIS_URL.
 eventbus_redis_url = os.environ.get("EVENTBUS_REDIS_URL") or None
 eventbus_redis_prefix = os.environ.get("EVENTBUS_REDIS_PREFIX", "eventbus:")  # of every key
+# A sentinel:// state URL of its own: its master's name (default: the broker's master_name).
+eventbus_redis_master_name = os.environ.get("EVENTBUS_REDIS_MASTER_NAME") or None
+# Redis replicates asynchronously: a fail-over can lose what a master acknowledged.
+# N > 0: a publish (and a dead letter, a sequence number) returns only once N replicas
+# have it (WAIT, at most eventbus_redis_wait_timeout seconds; fewer: PublishError).
+# README: "Redis Sentinel and TLS".
+eventbus_redis_wait_replicas = _env_int("EVENTBUS_REDIS_WAIT_REPLICAS", 0)
+eventbus_redis_wait_timeout = float(os.environ.get("EVENTBUS_REDIS_WAIT_TIMEOUT", "1"))
 eventbus_idempotent = os.environ.get("EVENTBUS_IDEMPOTENT", "0") not in ("0", "false", "no")
 eventbus_idempotency_ttl = _env_int("EVENTBUS_IDEMPOTENCY_TTL", 7 * 24 * 3600)  # seconds
 # An ordered handler's event whose predecessor has not shown up for this long

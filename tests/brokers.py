@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -64,10 +65,14 @@ class PrivateRedis:
     survives a restart (no AOF, no RDB snapshots).
     """
 
-    def __init__(self, *, persistent: bool = True, tls: bool = False) -> None:
+    def __init__(
+        self, *, persistent: bool = True, tls: bool = False, options: Sequence[str] = ()
+    ) -> None:
         require_server(REDIS_SERVER, "this test starts a redis-server of its own")
         self.persistent = persistent
         self.tls = tls
+        #: More command-line options of the server (``--replicaof host port``...).
+        self.options = list(options)
         self.port = free_port()
         self.directory = Path(tempfile.mkdtemp(prefix="eventbus-test-redis-"))
         self.process: subprocess.Popen[bytes] | None = None
@@ -116,6 +121,7 @@ class PrivateRedis:
             REDIS_SERVER, *listen, "--bind", "127.0.0.1",
             "--dir", str(self.directory), "--save", "", "--logfile", "redis.log",
             *(persistence if self.persistent else ["--appendonly", "no"]),
+            *self.options,
         ]  # fmt: skip
         self.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, start_new_session=True)
         wait_for(self.ping, timeout=10, message=lambda: f"private redis-server up\n{self.log()}")

@@ -30,6 +30,7 @@ from eventbus.celery.deferral import Deferred, defer
 from eventbus.celery.internals.bound_queues import bound_queues
 from eventbus.celery.internals.compat import optimising
 from eventbus.celery.internals.confirms import confirmed
+from eventbus.celery.internals.replication import replicated
 from eventbus.celery.internals.sent_events import SentEvents
 from eventbus.celery.internals.worker_queues import argsrepr_maxsize
 from eventbus.celery.queue_types import QueueType
@@ -87,7 +88,10 @@ class EventBus(BaseEventBus):
 
     On RabbitMQ the broker confirms every publish, waited for once per event
     (:mod:`eventbus.celery.internals.confirms`; ``eventbus_publish_confirms = False`` opts
-    out); ``eventbus_confirm_timeout`` (seconds, default 10) bounds the wait.
+    out); ``eventbus_confirm_timeout`` (seconds, default 10) bounds the wait. On
+    Redis, ``eventbus_redis_wait_replicas = N`` makes a publish return once N
+    replicas have its messages (``WAIT``, at most ``eventbus_redis_wait_timeout``
+    seconds, default 1; :mod:`eventbus.celery.internals.replication`).
     """
 
     def __init__(
@@ -381,6 +385,7 @@ class EventBus(BaseEventBus):
             with (
                 self._producer() as producer,
                 self._confirmed(producer),
+                self._replicated(producer),
                 producer.batch(max_size),
             ):
                 state.producer = producer
@@ -428,6 +433,9 @@ class EventBus(BaseEventBus):
                 with (
                     self._producer() as producer,
                     self._confirmed(producer),
+                    # After the messages went out (the batch flushed): on Redis,
+                    # with eventbus_redis_wait_replicas, wait for the replicas.
+                    self._replicated(producer),
                     # One message gains nothing from a batch (on Redis a
                     # pipeline object per event costs more than it saves).
                     producer.batch() if len(subscriptions) > 1 else nullcontext(),
@@ -492,6 +500,15 @@ class EventBus(BaseEventBus):
             timeout=conf.get("eventbus_confirm_timeout"),
             enabled=conf.get("eventbus_publish_confirms", True),
             batched=optimising(conf, "batched_confirms"),
+        )
+
+    def _replicated(self, producer: Any) -> AbstractContextManager[None]:
+        """Replicas of the block's publishes on Redis (``celery.internals.replication``)."""
+        conf = self.app.conf
+        return replicated(
+            producer,
+            int(conf.get("eventbus_redis_wait_replicas") or 0),
+            conf.get("eventbus_redis_wait_timeout"),
         )
 
     def _dispatch_in_batch(

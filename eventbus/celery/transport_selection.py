@@ -19,14 +19,21 @@ What this module changes: the choice is made from the app's own broker URLs
 :class:`~eventbus.EventBus` starts (``worker_init``, before its consumer
 connects), and checked before the bus first publishes:
 
-* ``redis://`` (eventbus's ``Transport``) and ``rediss://`` (``SecureTransport``:
-  TLS also without ``broker_use_ssl``, as kombu's ``rediss``), when
-  ``broker_transport`` is unset, unless ``eventbus_redis_transport = "kombu"``
-  (``EVENTBUS_REDIS_TRANSPORT=kombu`` with the repository's ``celeryconfig``);
-* a Redis URL eventbus's transport cannot serve (``sentinel://``,
-  ``redis+socket://``, a fail-over list: kombu's ``Connection.switch`` takes
-  the next URL's own transport, read and write URLs of different brokers)
-  keeps kombu's transport, and the worker logs a warning that names why;
+* ``redis://`` (eventbus's ``Transport``), ``rediss://`` (``SecureTransport``:
+  TLS also without ``broker_use_ssl``, as kombu's ``rediss``) and
+  ``sentinel://`` (``SentinelTransport``; every URL of the list a sentinel,
+  the ``master_name`` transport option set), when ``broker_transport`` is
+  unset, unless ``eventbus_redis_transport = "kombu"``
+  (``EVENTBUS_REDIS_TRANSPORT=kombu`` with the repository's ``celeryconfig``).
+  With ``sentinel://`` the app also gets :func:`sentinel_failover_hosts` as
+  its ``broker_failover_strategy`` (when unset): kombu's
+  ``Connection.switch`` to the next URL of a list takes that URL's own
+  transport from its scheme, kombu's, but keeps the connection's for a host
+  name;
+* a Redis URL eventbus's transport cannot serve (``redis+socket://``, a
+  fail-over list of ``redis://`` URLs: on a fail-over kombu takes the next
+  URL's own transport, read and write URLs of different brokers) keeps
+  kombu's transport, and the worker logs a warning that names why;
 * ``broker_transport`` set to eventbus's transport with a URL it cannot serve
   is a :class:`~eventbus.errors.ConfigurationError`: the worker stops at
   start, ``publish`` raises it;
@@ -45,10 +52,13 @@ an ``EventBus`` (their connections publish the same way on either transport).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import weakref
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from celery import bootsteps, signals
 
@@ -65,11 +75,13 @@ __all__ = [
     "KOMBU",
     "REDIS_TRANSPORT",
     "SECURE_REDIS_TRANSPORT",
+    "SENTINEL_REDIS_TRANSPORT",
     "TransportChoice",
     "apply_transport",
     "bind_transport",
     "check_transport",
     "choose_transport",
+    "sentinel_failover_hosts",
 ]
 
 logger = logging.getLogger(__name__)
@@ -78,14 +90,21 @@ REDIS_TRANSPORT = "eventbus.celery.internals.redis_transport:Transport"  #: for 
 SECURE_REDIS_TRANSPORT = (
     "eventbus.celery.internals.redis_transport:SecureTransport"  #: for ``rediss://`` URLs
 )
+SENTINEL_REDIS_TRANSPORT = (
+    "eventbus.celery.internals.sentinel_transport:SentinelTransport"  #: for ``sentinel://`` URLs
+)
 #: ``eventbus_redis_transport`` values: eventbus's transport (default), or kombu's own.
 EVENTBUS, KOMBU = "eventbus", "kombu"
 
 _SETTING: Any = object()  #: choose_transport: read broker_transport from conf
 
-_REDIS_SCHEMES = {"redis": REDIS_TRANSPORT, "rediss": SECURE_REDIS_TRANSPORT}
+_REDIS_SCHEMES = {
+    "redis": REDIS_TRANSPORT,
+    "rediss": SECURE_REDIS_TRANSPORT,
+    "sentinel": SENTINEL_REDIS_TRANSPORT,
+}
 #: Schemes of kombu's Redis transports that eventbus's cannot take the place of.
-_OTHER_REDIS_SCHEMES = {"sentinel", "redis+socket"}
+_OTHER_REDIS_SCHEMES = {"redis+socket"}
 
 
 @dataclass(frozen=True)
@@ -150,6 +169,8 @@ def choose_transport(conf: Mapping[str, Any], *, explicit: Any = _SETTING) -> Tr
         )
     (scheme,) = schemes
     _refuse_if_incompatible()
+    if scheme == "sentinel":
+        _require_master_name(conf, shown)
     return TransportChoice(
         _REDIS_SCHEMES[str(scheme)], f"eventbus's atomic Redis transport for {shown}"
     )
@@ -166,7 +187,25 @@ def apply_transport(app: Celery) -> TransportChoice:
     if explicit is None:
         app.conf.broker_transport = choice.transport
         _applied[app] = choice.transport
+    if _is_sentinel_transport(app.conf.broker_transport) and not app.conf.get(
+        "broker_failover_strategy"
+    ):
+        app.conf.broker_failover_strategy = sentinel_failover_hosts
     return choice
+
+
+def sentinel_failover_hosts(urls: Iterable[str]) -> Iterator[str]:
+    """``broker_failover_strategy`` of a Sentinel broker: its sentinels' host names, in turn.
+
+    kombu's ``Connection.switch`` (a reconnect that failed: the master was
+    killed and the sentinels still name it) takes a URL's transport from its
+    scheme, which for ``sentinel://`` is kombu's own (``BRPOP``), but keeps
+    the connection's transport, port, credentials and database for a bare
+    host name. The sentinels the channel asks are the connection's whole
+    list of URLs, whatever host it switched to.
+    """
+    hosts = [(urlsplit(url).hostname or url) if "://" in url else url for url in urls]
+    return itertools.cycle(hosts)
 
 
 def check_transport(app: Celery) -> None:
@@ -269,12 +308,22 @@ def _cannot_serve(urls: list[str], schemes: set[str | None]) -> str | None:
             + ", ".join(sorted(f"{s}://" if s else "a host name" for s in schemes))
             + ")"
         )
-    if len(urls) > 1:
+    if len(urls) > 1 and schemes != {"sentinel"}:  # (a list of sentinels is one broker)
         return (
             "the broker URL lists fail-over servers, and on a fail-over kombu switches "
             "to the next URL's own transport"
         )
     return None
+
+
+def _require_master_name(conf: Mapping[str, Any], shown: str) -> None:
+    options = conf.get("broker_transport_options") or {}
+    if not options.get("master_name"):
+        raise ConfigurationError(
+            f"the broker URL is sentinel:// ({shown}) and broker_transport_options has no "
+            "'master_name': set it to the name the sentinels monitor the master by "
+            '(broker_transport_options = {"master_name": "mymaster"})'
+        )
 
 
 def _check_explicit(
@@ -287,14 +336,19 @@ def _check_explicit(
     """``broker_transport`` names eventbus's transport: can it serve these URLs?"""
     _refuse_if_incompatible()
     name = _name(explicit)
-    served = set(_REDIS_SCHEMES) | {None}  # (a bare host name: Redis by this setting)
+    sentinel = _is_sentinel_transport(explicit)
+    # (a bare host name: Redis by this setting)
+    served = {"sentinel"} if sentinel else {"redis", "rediss", None}
     if not schemes <= served:
-        kinds = ", ".join(sorted(f"{s}://" for s in schemes - served if s))
+        kinds = ", ".join(sorted(f"{s}://" if s else "a host name" for s in schemes - served))
+        serves = "sentinel:// URLs" if sentinel else "redis:// and rediss:// URLs"
         raise ConfigurationError(
             f"broker_transport is {name}, eventbus's Redis transport, and the broker URL is "
-            f"{kinds} ({shown}): it serves redis:// and rediss:// URLs only. Remove "
+            f"{kinds} ({shown}): it serves {serves} only. Remove "
             "broker_transport: eventbus picks the transport from the broker URL"
         )
+    if sentinel:
+        _require_master_name(conf, shown)
     secure = _load(explicit) is _load(SECURE_REDIS_TRANSPORT)
     if "rediss" in schemes and not secure and not _ssl_configured(urls, conf):
         raise ConfigurationError(
@@ -304,7 +358,7 @@ def _check_explicit(
             "or set broker_use_ssl"
         )
     warning = None
-    if len(urls) > 1:
+    if len(urls) > 1 and not sentinel:
         warning = (
             "the broker URL lists fail-over servers; after a fail-over kombu uses the next "
             "URL's own transport (BRPOP), which can lose a message between take and record"
@@ -339,5 +393,13 @@ def _load(transport: Any) -> type | None:
 
 
 def _is_eventbus_transport(transport: Any) -> bool:
-    cls, ours = _load(transport), _load(REDIS_TRANSPORT)
+    return _is_subclass(transport, REDIS_TRANSPORT)
+
+
+def _is_sentinel_transport(transport: Any) -> bool:
+    return transport is not None and _is_subclass(transport, SENTINEL_REDIS_TRANSPORT)
+
+
+def _is_subclass(transport: Any, of: str) -> bool:
+    cls, ours = _load(transport), _load(of)
     return isinstance(cls, type) and ours is not None and issubclass(cls, ours)

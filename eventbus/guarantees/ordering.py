@@ -120,21 +120,49 @@ class RedisSequencer(Sequencer):
 
     The counters never expire: they are the aggregates' positions. On a Redis
     without persistence a restart starts them again at 1.
+
+    Redis replicates asynchronously: an ``INCR`` a fail-over loses gives its
+    number again, and an ordered handler skips the second event of that
+    number as a duplicate. With ``wait_replicas`` (``eventbus_redis_wait_replicas``)
+    each ``INCR`` is followed, on its connection, by ``WAIT wait_replicas
+    wait_timeout``, and a number fewer replicas have is refused
+    (:class:`~eventbus.errors.StateStoreError`): the event is not published.
     """
 
     def __init__(
-        self, client: redis.Redis, *, prefix: str, errors: StateErrors | None = None
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        errors: StateErrors | None = None,
+        wait_replicas: int = 0,
+        wait_timeout: float = 1.0,
     ) -> None:
         self.client = client
         self.prefix = prefix
         self._errors = errors or StateErrors.of_client(client)
+        self.wait_replicas = wait_replicas
+        self.wait_timeout = wait_timeout
 
     def next_sequence(self, aggregate_type: str | None, aggregate_id: str) -> int:
         key = f"{self.prefix}seq:{aggregate_key(aggregate_type, aggregate_id)}"
-        with self._errors.translated(
-            f"give aggregate {_printed(aggregate_type, aggregate_id)} its next sequence number"
-        ):
-            return int(self.client.incr(key))
+        doing = f"give aggregate {_printed(aggregate_type, aggregate_id)} its next sequence number"
+        with self._errors.translated(doing):
+            if not self.wait_replicas:
+                return int(self.client.incr(key))
+            # One pipeline: the WAIT goes on the connection that sent the INCR.
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.incr(key)
+                pipe.wait(self.wait_replicas, max(1, int(self.wait_timeout * 1000)))
+                number, replicas = pipe.execute()
+        if int(replicas) < self.wait_replicas:
+            self.client.connection_pool.disconnect()  # the next try asks the sentinels anew
+            raise self._errors.error(
+                doing,
+                f"{replicas} of {self.wait_replicas} Redis replica(s) acknowledged it within "
+                f"{self.wait_timeout:g}s (eventbus_redis_wait_replicas)",
+            )
+        return int(number)
 
 
 # -- at the consumer --------------------------------------------------------------

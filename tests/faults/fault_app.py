@@ -107,6 +107,10 @@ class FaultConfig:
     worker: str = "publisher"  #: who runs the handlers: effects are counted per worker
     transport: str = "eventbus"  #: on Redis, a key of :data:`REDIS_TRANSPORTS`
     queue_type: str = "classic"  #: on RabbitMQ, ``eventbus_queue_type``: classic or quorum
+    #: Redis Sentinel (a ``sentinel://`` broker URL): the master's name.
+    master_name: str = ""
+    #: ``eventbus_redis_wait_replicas``: replicas each publish (and dead letter) waits for.
+    wait_replicas: int = 0
 
     def environ(self) -> dict[str, str]:
         return {f"EVENTBUS_FAULTS_{k.upper()}": str(v) for k, v in asdict(self).items()}
@@ -117,11 +121,16 @@ class FaultConfig:
             name: environ[f"EVENTBUS_FAULTS_{name.upper()}"] for name in cls.__dataclass_fields__
         }
         values["gated"] = values["gated"] == "True"
+        values["wait_replicas"] = int(values["wait_replicas"])
         return cls(**values)
 
     @property
     def on_redis(self) -> bool:
-        return self.broker_url.startswith("redis")
+        return self.broker_url.startswith(("redis", "sentinel"))
+
+    @property
+    def on_sentinel(self) -> bool:
+        return self.broker_url.startswith("sentinel")
 
     @property
     def queues(self) -> list[str]:
@@ -293,7 +302,8 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
     transport_options: dict[str, Any] = {}
     transport: str | None = None
     if config.on_redis:
-        transport = REDIS_TRANSPORTS[config.transport]
+        # (Sentinel: the worker picks eventbus's transport for it, or kombu's when asked.)
+        transport = None if config.on_sentinel else REDIS_TRANSPORTS[config.transport]
         transport_options = {
             "visibility_timeout": VISIBILITY_TIMEOUT,
             # Look for a dead worker's messages every second, not every 100 s.
@@ -303,13 +313,19 @@ def build_bus(config: FaultConfig, effects: Effects, **overrides: Any) -> EventB
             # restore until the mutex expires (kombu's default: 300 s).
             "unacked_mutex_expire": 5,
         }
+        if config.master_name:
+            transport_options["master_name"] = config.master_name
+    wanted = "kombu" if transport is None else "eventbus"
+    if config.on_sentinel:
+        wanted = config.transport
     app = make_app(
         config.broker_url,
         eventbus_redis_url=config.state_url,
         eventbus_redis_prefix=config.state_prefix,
+        eventbus_redis_wait_replicas=config.wait_replicas,
         broker_transport=transport,
         # (kombu's: broker_transport unset would get eventbus's, chosen from the URL)
-        eventbus_redis_transport="kombu" if transport is None else "eventbus",
+        eventbus_redis_transport=wanted,
         # Flower's task-sent events are not what these tests count: leave
         # the publisher's and the brokers' time to the task messages.
         task_send_sent_event=False,

@@ -102,3 +102,60 @@ def test_describing_the_state_checks_what_building_it_would() -> None:
         with pytest.raises(StateStoreError, match="malformed URL") as raised:
             check({"eventbus_redis_url": "redis://:hunter2@h:port/1"}, purpose="t")
         assert "hunter2" not in str(raised.value)
+
+
+SENTINELS = "sentinel://:hunter2@s1:26379/3;sentinel://:hunter2@s2:26380;sentinel://s3"
+
+
+def test_a_sentinel_broker_keeps_its_state_behind_all_its_sentinels() -> None:
+    # Given a Sentinel broker (the list of sentinels is one broker, not fail-over servers)
+    conf = {"broker_url": SENTINELS, "broker_transport_options": {"master_name": "prod"}}
+    assert redis_url_from_config(conf) == SENTINELS
+    # Then the state's client asks every sentinel for the master "prod", with the
+    # first URL's password and database (no I/O: redis-py connects on first use)
+    state = state_from_config(conf, purpose="t")
+    assert isinstance(state.idempotency, RedisIdempotencyStore)
+    pool = state.idempotency.client.connection_pool
+    assert (pool.service_name, pool.is_master) == ("prod", True)
+    assert pool.connection_kwargs["password"] == "hunter2"
+    assert pool.connection_kwargs["db"] == 3
+    sentinels = pool.sentinel_manager.sentinels
+    assert [s.connection_pool.connection_kwargs["port"] for s in sentinels] == [26379, 26380, 26379]
+    assert "hunter2" not in state.description and "hunter2" not in describe_state(conf, purpose="t")
+
+
+def test_the_state_names_its_own_master_or_takes_the_brokers() -> None:
+    conf = {
+        "broker_url": "amqp://r//",
+        "eventbus_redis_url": "sentinel://s1:26379",
+        "eventbus_redis_master_name": "state",
+        "broker_transport_options": {"master_name": "broker", "sentinel_kwargs": {"password": "x"}},
+    }
+    client = state_from_config(conf, purpose="t").idempotency.client  # type: ignore[attr-defined]
+    assert client.connection_pool.service_name == "state"
+    (sentinel,) = client.connection_pool.sentinel_manager.sentinels
+    assert sentinel.connection_pool.connection_kwargs["password"] == "x"  # kombu's option
+    del conf["eventbus_redis_master_name"]
+    client = state_from_config(conf, purpose="t").idempotency.client  # type: ignore[attr-defined]
+    assert client.connection_pool.service_name == "broker"
+
+
+def test_a_sentinel_state_without_a_master_name_is_a_configuration_error() -> None:
+    conf = {"broker_url": "amqp://r//", "eventbus_redis_url": SENTINELS}
+    for check in (state_from_config, describe_state):
+        with pytest.raises(ConfigurationError, match="eventbus_redis_master_name") as err:
+            check(conf, purpose="ordered handlers")
+        assert "hunter2" not in str(err.value) and "sentinel://" in str(err.value)
+
+
+def test_state_on_a_tls_broker_checks_the_certificate_as_the_broker_does() -> None:
+    # Given a rediss:// broker whose CA is named in broker_use_ssl (kombu's way)
+    tls = {"ssl_cert_reqs": "required", "ssl_ca_certs": "/etc/ca.pem"}
+    conf = {"broker_url": "rediss://h:6380/0", "broker_use_ssl": tls}
+    # Then the state kept on the broker checks the server against that CA too
+    client = state_from_config(conf, purpose="t").idempotency.client  # type: ignore[attr-defined]
+    assert client.connection_pool.connection_kwargs["ssl_ca_certs"] == "/etc/ca.pem"
+    # And a state of its own URL keeps its own options
+    own = {**conf, "eventbus_redis_url": "rediss://s:6380/1"}
+    client = state_from_config(own, purpose="t").idempotency.client  # type: ignore[attr-defined]
+    assert client.connection_pool.connection_kwargs.get("ssl_ca_certs") is None

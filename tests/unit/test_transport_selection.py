@@ -9,13 +9,19 @@ from celery import Celery
 
 from eventbus import ConfigurationError
 from eventbus.celery.internals.redis_transport import SecureTransport, Transport
+from eventbus.celery.internals.sentinel_transport import SentinelTransport
 from eventbus.celery.transport_selection import (
     REDIS_TRANSPORT,
     SECURE_REDIS_TRANSPORT,
+    SENTINEL_REDIS_TRANSPORT,
     TransportChoice,
     apply_transport,
     choose_transport,
+    sentinel_failover_hosts,
 )
+
+#: The transport option kombu's (and eventbus's) sentinel transport needs.
+MASTER = {"broker_transport_options": {"master_name": "mymaster"}}
 
 
 @pytest.fixture(autouse=True)
@@ -62,8 +68,8 @@ def test_the_url_celery_connects_to_decides_environment_variable_included(
 @pytest.mark.parametrize(
     "settings, reason",
     [
-        ({"broker_url": "sentinel://s1:26379;sentinel://s2:26379"}, "sentinel://"),
         ({"broker_url": "redis+socket:///run/redis.sock"}, "redis+socket://"),
+        ({"broker_url": "sentinel://s1:26379;redis://b:6379/0", **MASTER}, "different kinds"),
         ({"broker_url": "redis://a:6379/0;redis://b:6379/0"}, "fail-over"),
         ({"broker_read_url": "redis://a/0", "broker_write_url": "amqp://b//"}, "different kinds"),
         ({"broker_url": "redis://a/0", "eventbus_redis_transport": "kombu"}, "is 'kombu'"),
@@ -134,3 +140,73 @@ def test_applying_sets_broker_transport_only_when_it_is_unset() -> None:
     amqp = app_with(broker_url="amqp://rabbit//", broker_transport="pyamqp")
     apply_transport(amqp)
     assert amqp.conf.broker_transport == "pyamqp"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sentinel://s1:26379",
+        "sentinel://:hunter2@s1:26379;sentinel://:hunter2@s2:26379;sentinel://s3/1",
+    ],
+)
+def test_a_sentinel_broker_gets_eventbus_transport(url: str) -> None:
+    # Given a Redis Sentinel broker (one sentinel, or several: one broker, not fail-over servers)
+    choice = choose(broker_url=url, **MASTER)
+    # Then eventbus's atomic transport serves it, with no warning and no password shown
+    assert (choice.transport, choice.warning) == (SENTINEL_REDIS_TRANSPORT, None)
+    assert "hunter2" not in choice.description
+    # And kombu's own is there when asked for, with the warning of its BRPOP
+    kombu = choose(broker_url=url, eventbus_redis_transport="kombu", **MASTER)
+    assert kombu.transport is None and "BRPOP" in (kombu.warning or "")
+
+
+def test_a_sentinel_broker_without_master_name_is_a_configuration_error() -> None:
+    for settings in ({}, {"broker_transport": SENTINEL_REDIS_TRANSPORT}):
+        with pytest.raises(ConfigurationError, match="master_name"):
+            choose(broker_url="sentinel://s1:26379;sentinel://s2:26379", **settings)
+
+
+@pytest.mark.parametrize(
+    "url, transport",
+    [
+        ("redis://a:6379/0", SENTINEL_REDIS_TRANSPORT),
+        ("sentinel://s1:26379", REDIS_TRANSPORT),
+    ],
+)
+def test_eventbus_transports_set_by_hand_for_the_other_kind_of_url_are_refused(
+    url: str, transport: str
+) -> None:
+    with pytest.raises(ConfigurationError, match="Remove broker_transport"):
+        choose(broker_url=url, broker_transport=transport, **MASTER)
+
+
+def test_a_sentinel_worker_keeps_eventbus_transport_when_kombu_switches_sentinels() -> None:
+    # Given the transport applied to an app on three sentinels (no I/O below)
+    app = app_with(
+        broker_url="sentinel://:pw@s1:26379/2;sentinel://:pw@s2:26380/2;sentinel://:pw@s3/2",
+        **MASTER,
+    )
+    apply_transport(app)
+    assert app.conf.broker_failover_strategy is sentinel_failover_hosts
+    with app.connection_for_read() as conn:
+        assert isinstance(conn.transport, SentinelTransport)
+        # When kombu switches to the next sentinel (a reconnect that failed)
+        conn.maybe_switch_next()
+        # Then the transport, the database and the password stay, and every sentinel is known
+        assert conn.transport_cls is app.conf.broker_transport
+        assert isinstance(conn.transport, SentinelTransport)
+        assert (conn.hostname, conn.virtual_host, conn.password) == ("s2", "2", "pw")
+        assert len(conn.alt) == 3
+    # And a strategy of the user's own is left alone
+    mine = app_with(broker_url="sentinel://s1", broker_failover_strategy="shuffle", **MASTER)
+    apply_transport(mine)
+    assert mine.conf.broker_failover_strategy == "shuffle"
+
+
+def test_without_the_strategy_kombu_switches_to_its_own_sentinel_transport() -> None:
+    # Why the strategy: kombu's switch to a sentinel:// URL takes the transport of its scheme
+    app = app_with(broker_url="sentinel://s1;sentinel://s2", **MASTER)
+    app.conf.broker_transport = SENTINEL_REDIS_TRANSPORT
+    with app.connection_for_read() as conn:
+        conn.maybe_switch_next()
+        assert conn.transport_cls == "sentinel"

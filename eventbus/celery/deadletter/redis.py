@@ -17,6 +17,10 @@ was lost, or the same failure recorded again after its message came back
 (an ack lost in an outage), leaves one record. The element is the one
 kombu's Redis transport would push (its JSON wrapper, body in base64); the
 task-sent event Flower lists it by follows, for a record that was pushed.
+With ``eventbus_redis_wait_replicas`` a write returns once that many Redis
+replicas have the record (``WAIT`` in the same round trip,
+:mod:`eventbus.celery.internals.replication`); fewer in time fail the write,
+and the worker tries it again, as a write to a broker that went away.
 A copy (same id) can still reach the list around that script (a record
 whose mark expired, a writer of another version): reading shows it once,
 a replay publishes it once and removes every copy it meets, and a purge
@@ -45,6 +49,7 @@ from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
 
 from eventbus.celery.deadletter.base import BrokerDeadLetterStore, decode_record, unwrap
+from eventbus.celery.internals.replication import DEFAULT_WAIT_TIMEOUT, check_replicas
 from eventbus.celery.internals.sent_events import SentEvents
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import REPLAY_CHUNK, IdSet, Publish, Select
@@ -103,21 +108,43 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
                 prefix = getattr(channel, "global_keyprefix", "") or ""
                 # As kombu's own push (Channel._put). EVAL is not among the commands
                 # kombu's client prefixes (global_keyprefix): the keys go prefixed.
+                mark = prefix + self._written_key(record.id)
                 with channel.conn_or_acquire() as client:
-                    pushed = client.eval(
-                        APPEND_SCRIPT,
-                        2,
-                        prefix + self._written_key(record.id),
-                        prefix + self.queue_name,
-                        element,
-                        self._mark_ttl(),
-                    )
+                    if self._replicas:
+                        pushed = self._append_replicated(client, mark, prefix, element)
+                    else:
+                        queue = prefix + self.queue_name
+                        pushed = client.eval(
+                            APPEND_SCRIPT, 2, mark, queue, element, self._mark_ttl()
+                        )
                 if pushed and sent_event:
                     self._send_sent_event(producer, sent_event)
         except Exception as exc:
             raise self._not_written(record, exc) from exc
         if not pushed:
             logger.info("dead letter %s: written before, not written again", record.id)
+
+    @property
+    def _replicas(self) -> int:
+        return int(self.app.conf.get("eventbus_redis_wait_replicas") or 0)
+
+    def _append_replicated(self, client: Any, mark: str, prefix: str, element: str) -> Any:
+        """The append, then ``WAIT`` for the replicas on its connection (one round trip).
+
+        The mark's TTL is set again after the script, a write even when the
+        record was written before (the script then writes nothing): ``WAIT``
+        counts the writes of its own connection, and this one comes after the
+        record's, wherever that was written from.
+        """
+        timeout = self.app.conf.get("eventbus_redis_wait_timeout")
+        seconds = DEFAULT_WAIT_TIMEOUT if timeout is None else float(timeout)
+        with client.pipeline(transaction=False) as pipe:
+            pipe.eval(APPEND_SCRIPT, 2, mark, prefix + self.queue_name, element, self._mark_ttl())
+            pipe.expire(mark, self._mark_ttl())
+            pipe.execute_command("WAIT", self._replicas, max(1, int(seconds * 1000)))
+            pushed, _, acknowledged = pipe.execute()
+        check_replicas(client, int(acknowledged), self._replicas, seconds)
+        return pushed
 
     def _element(
         self, channel: Any, record: DeadLetter, headers: Any, properties: Any, body: Any

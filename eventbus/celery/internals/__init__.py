@@ -16,13 +16,17 @@ when a name is missing):
 
 * :mod:`.redis_transport`: Redis take and record in one Lua script, acks in
   one pipeline (celery/kombu#1733). Refuses naming ``eventbus_redis_transport
-  = "kombu"``, which runs kombu's own.
+  = "kombu"``, which runs kombu's own. :mod:`.sentinel_transport`: the same
+  behind Redis Sentinel.
 * :mod:`.consumer_hooks`: the worker's message screen and the dead-lettering
   of messages Celery would drop (celery/celery#4308).
 * :mod:`.compression`: compressed messages decompressed within the payload
   limit, or refused.
 * :mod:`.amqp_headers`: headers nested too deep for py-amqp become a dead
   letter, not a stopped worker (RabbitMQ).
+* :mod:`.replication` (``replicated_publish``): with
+  ``eventbus_redis_wait_replicas``, a Redis publish returns once replicas
+  have it (``WAIT``).
 * :mod:`.confirms` (``publish_confirms``): a RabbitMQ publish returns once
   confirmed; and :mod:`eventbus.celery.dead_letter_before_ack` (Celery's
   documented custom ``Request``, whose undocumented settling it checks).

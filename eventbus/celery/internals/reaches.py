@@ -99,7 +99,8 @@ FEATURES: tuple[Feature, ...] = (
         "transport",
         "eventbus.celery.internals.redis_transport",
         "takes and records a Redis message in one Lua script (no loss between BRPOP and "
-        "the unacked record); acks in one pipeline; survives any bytes on a list",
+        "the unacked record); acks in one pipeline; survives any bytes on a list; behind "
+        "Redis Sentinel too (eventbus.celery.internals.sentinel_transport)",
         "refuses to start (IncompatibleDependency): set eventbus_redis_transport = "
         '"kombu" (EVENTBUS_REDIS_TRANSPORT=kombu) to run kombu\'s own Redis transport',
         "celery/kombu#1733, celery/celery#7950",
@@ -179,6 +180,17 @@ FEATURES: tuple[Feature, ...] = (
         "publishes unconfirmed",
         "",
         "DESIGN: publish confirms on RabbitMQ (an event publish returned for is never lost)",
+    ),
+    Feature(
+        "replicated_publish",
+        "guarantee",
+        "eventbus.celery.internals.replication",
+        "with eventbus_redis_wait_replicas, a publish on Redis returns once that many replicas "
+        "acknowledged its messages (WAIT on the connection that sent them)",
+        "refuses to publish (IncompatibleDependency); eventbus_redis_wait_replicas = 0 "
+        "publishes without waiting for replicas",
+        "",
+        "Sentinel fail-over tests: acknowledged events lost without it (tests/faults, README)",
     ),
     Feature(
         "message_screen",
@@ -313,6 +325,10 @@ redis_idle_wake | kombu.transport.redis:MultiChannelPoller.on_readable | method 
 redis_idle_wake | kombu.transport.redis:Channel._poll_error | method | (self, type, options) | overridden: an error event of the wake connection reads it
 redis_idle_wake | kombu.transport.redis:Channel._on_connection_disconnect | method | (self, connection) | overridden: a lost connection is set up again (tracking, subscription)
 redis_idle_wake | kombu.transport.redis:Channel._create_client | method | (self, asynchronous) | the wake connection's client, on the channel's own pool
+redis_transport | kombu.transport.redis:SentinelChannel | attribute | | the second base of eventbus's sentinel channel (sentinel_transport)
+redis_transport | kombu.transport.redis:SentinelChannel._get_pool | method | (self, asynchronous) | inherited: the pool that asks the sentinels where the master is
+redis_transport | kombu.transport.redis:SentinelChannel.from_transport_options | attribute | | master_name, sentinel_kwargs...: joined with eventbus_poll_interval
+redis_transport | kombu.transport.redis:SentinelTransport.default_port | attribute | | a sentinel's port when a URL has none
 worker_loop | kombu.asynchronous.hub:Hub._ready | instance attribute | | the callbacks queued for the next turn
 worker_loop | kombu.asynchronous.hub:Hub.call_soon | method | (self, callback, args) | what queues a late ack
 task_events | celery.events.dispatcher:EventDispatcher.__init__ | method | (..., buffer_group, buffer_limit, on_send_buffered) | on_send_buffered and buffer_limit, set after construction
@@ -328,6 +344,7 @@ batched_confirms | amqp.channel:Channel.events | instance attribute | | hears ba
 batched_confirms | amqp.connection:Connection.drain_events | method | (self, timeout) | replaced on the instance in a block: its polls read nothing
 publish_confirms | amqp.channel:Channel.confirm_select | method | (self, nowait) | puts the channel in confirm mode
 publish_confirms | amqp.channel:Channel.basic_publish_confirm | method | (self, args, kwargs) | py-amqp's per-message confirmed publish
+replicated_publish | kombu.transport.redis:Channel.conn_or_acquire | method | (self, client) | the client whose connection sent the publish: WAIT goes there
 message_screen | celery.worker.consumer.consumer:Consumer.on_decode_error | method | (self, message, exc) | replaced: a handler queue's message is dead-lettered
 message_screen | celery.worker.consumer.consumer:Consumer.on_unknown_message | method | (self, body, message) | replaced, as above
 message_screen | celery.worker.consumer.consumer:Consumer.on_unknown_task | method | (self, body, message, exc) | replaced, as above
