@@ -12,6 +12,7 @@ dead-letter queue is a list on the master. The fail-overs are in
 from __future__ import annotations
 
 import contextlib
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +23,7 @@ from eventbus import EventBus, PublishError, StateStoreError, create_event
 from eventbus.celery.internals.sentinel_transport import SentinelTransport
 from tests.brokers import PrivateRedis
 from tests.sentinels import SentinelGroup
-from tests.support import make_app, running_worker, wait_for
+from tests.support import assert_stays, make_app, running_worker, wait_for
 
 from .helpers import OrderPlaced, Recorder
 
@@ -213,5 +214,57 @@ def test_a_sequence_number_waits_for_a_replica_too(lone_redis: PrivateRedis) -> 
         # and nothing was sent
         with contextlib.closing(lone_redis.client()) as client:
             assert client.llen(f"it.lone.{uid}") == 0
+    finally:
+        app.close()
+
+
+def test_an_idle_worker_on_sentinel_waits_for_redis_to_tell_it(
+    sentinel_group: SentinelGroup,
+) -> None:
+    """The idle wake-up (CLIENT TRACKING) works through the sentinels' master too."""
+    from .test_redis_transport_idle import settled
+
+    # The master also serves its replica and three sentinels (PING, INFO,
+    # PUBLISH of their hello messages, REPLCONF): those are not the worker's.
+    chatter = ("ping", "publish", "replconf", "info", "config", "role", "subscribe")
+
+    def calls(client: Any, *names: str) -> int:
+        stats = client.info("commandstats")
+        return sum(
+            int(value["calls"])
+            for key, value in stats.items()
+            if (key.removeprefix("cmdstat_") in names)
+            or (not names and key.removeprefix("cmdstat_") not in chatter)
+        )
+
+    # Given a worker idle on the group's master, found through the sentinels
+    uid = uuid.uuid4().hex[:10]
+    app = sentinel_app(sentinel_group)
+    queue = f"it.sentinel-idle.{uid}"
+    bus = EventBus(app, default_queue=queue, dead_letter_queue=f"{queue}.dlq")
+    recorder = Recorder()
+    bus.subscribe(OrderPlaced, handler=recorder.handler("idle"), name=f"it.{uid}.idle")
+    try:
+        with (
+            contextlib.closing(sentinel_group.master_client()) as client,
+            running_worker(app, bus.queues, pool="solo", concurrency=1),
+        ):
+            bus.publish(OrderPlaced(order_id="s-0", quantity=1))
+            wait_for(lambda: recorder.count() == 1, message="the first event handled")
+            settled(client, "lindex", "brpop")
+
+            # When it stays idle for 6 s
+            takes = lambda: calls(client, "lindex", "brpop")  # noqa: E731
+            before, taken, started = calls(client), takes(), time.monotonic()
+            assert_stays(lambda: recorder.count() == 1, duration=6.0, message="no handler runs")
+            sent = calls(client) - before
+            elapsed = time.monotonic() - started
+
+            # Then the master ran at most 2 commands a second for it, none a take
+            assert sent / elapsed <= 2.0, f"{sent} commands in {elapsed:.1f} s"
+            assert takes() == taken
+            # And a new event wakes it
+            bus.publish(OrderPlaced(order_id="s-1", quantity=1))
+            wait_for(lambda: recorder.count() == 2, message="the second event handled")
     finally:
         app.close()
