@@ -9,7 +9,12 @@ every repetition), each doing the same fan-out of an event to 5 no-op handlers:
   Celery's own task events (``BENCH_STOCK_TRANSPORT``);
 * eventbus: ``bus.publish(event)``, a worker as eventbus deploys it (on Redis
   eventbus's transport, celeryconfig's default);
-* celery-pubsub: ``publish(topic, payload)`` (a group of 5), raw's worker setup.
+* celery-pubsub: ``publish(topic, payload)`` (a group of 5), raw's worker setup;
+* eventbus-noconfirm (RabbitMQ only): eventbus with
+  ``eventbus_publish_confirms = False``, to show what the confirms cost.
+
+Raw's and celery-pubsub's publisher is an app with a connection pool of its
+own (:func:`bench.apps.build`): not channels eventbus put in confirm mode.
 
 One run of a contender: its worker starts (``celery -A bench.apps:app worker``,
 only its queue), answers a ping, handles a warm-up; then
@@ -25,9 +30,9 @@ only its queue), answers a ping, handles a warm-up; then
 The server's counters are read at the edges of each phase. Redis: ``INFO cpu``
 (``used_cpu_sys + used_cpu_user``), ``INFO stats`` (read events, bytes) and
 ``INFO commandstats`` (calls per command; the INFO calls that read them are
-left out). RabbitMQ: the CPU time of the node's ``beam.smp``
-(its threads' ``/proc/<pid>/task/*/schedstat``, in
-nanoseconds), and through one ``rabbitmqctl eval`` per reading, the
+left out). RabbitMQ: the CPU time of the node's ``beam.smp`` (its threads'
+``/proc/<pid>/task/*/schedstat``, in nanoseconds), its disk writes
+(``/proc/<pid>/io``), and through one ``rabbitmqctl eval`` per reading, the
 bytes and socket reads/writes of every connection (``rabbit_networking``, as
 ``list_connections recv_oct send_oct recv_cnt send_cnt``) and the node's
 message counters (``rabbit_global_counters``: received, routed, dropped
