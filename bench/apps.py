@@ -118,6 +118,16 @@ def build(broker_url: str, run: str, *, stock_transport: bool = False) -> BenchA
     if stock_transport:
         overrides["eventbus_task_events_interval"] = 0
     app = make_app(f"bench-{run}", broker_url, stock_transport=stock_transport, **overrides)
+    if stock_transport and not broker_url.startswith("redis"):
+        # kombu pools connections (and their producers' channels) per connection
+        # parameters, across apps: in a process that also has eventbus's app,
+        # raw Celery's apply_async would reuse channels that eventbus put in
+        # confirm mode, and the broker would confirm what raw Celery never waits
+        # for. A parameter of its own (the connection's name) gives it its own pool.
+        app.conf.broker_transport_options = {
+            **app.conf.broker_transport_options,
+            "client_properties": {"connection_name": f"bench-{run}-stock"},
+        }
     bus = EventBus(app, default_queue=queues["eventbus"], dead_letter_queue=queues["dlq"])
 
     for i in range(FANOUT):

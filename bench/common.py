@@ -373,6 +373,17 @@ class Worker:
                 return time.monotonic() - start
         raise TimeoutError(f"worker {self.nodename} not ready after {timeout}s:\n{self.log_tail()}")
 
+    def pause(self) -> None:
+        """SIGSTOP the worker's process group (pool children too): it sends nothing."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT the worker's process group."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGCONT)
+
     def terminate(self) -> None:
         """Ask for a warm shutdown (SIGTERM) without waiting; :meth:`stop` reaps it."""
         if self.sampler is not None:
@@ -389,6 +400,7 @@ class Worker:
             return
         try:
             if proc.poll() is None:
+                self.resume()  # a paused worker would not act on SIGTERM
                 proc.terminate()
                 try:
                     proc.wait(timeout)

@@ -1,11 +1,12 @@
-"""Run the benchmarks (publish, end to end, worker RSS, guarantees; DLQ on request), summarized.
+"""Run the benchmarks (publish, end to end, worker RSS, guarantees; DLQ, broker cost on request).
 
 Each benchmark runs as its own subprocess (``bench/bench_*.py``, whose exact
 command is printed) and hands its figures back as JSON. ``--broker``,
 ``--events`` and ``--reps``, when given, are passed to every benchmark;
 otherwise each uses its own defaults (sized so the whole suite takes a few
 minutes on 2 cores). The DLQ benchmark (100,000 dead letters per broker, 7-8
-minutes on 2 cores) is not in the default set: run it with ``--only dlq``.
+minutes on 2 cores) and the broker's cost per event (servers of its own, ~8
+minutes) are not in the default set: run them with ``--only dlq`` / ``--only cost``.
 """
 
 from __future__ import annotations
@@ -38,11 +39,13 @@ BENCHMARKS = {
     "rss": "bench/bench_rss.py",
     "guarantees": "bench/bench_guarantees.py",
     "dlq": "bench/bench_dlq.py",
+    "cost": "bench/bench_broker_cost.py",
 }
-#: What runs without --only: dlq takes 7-8 minutes, so it is opt-in (--only dlq).
+#: What runs without --only: dlq takes 7-8 minutes and cost starts servers of its
+#: own (a RabbitMQ node among them) and a worker per run, so both are opt-in.
 DEFAULT = ["publish", "e2e", "rss", "guarantees"]
 TIMEOUT = 900  # seconds per benchmark; then SIGTERM (the benchmark cleans up)
-TIMEOUTS = {"dlq": 3600}
+TIMEOUTS = {"dlq": 3600, "cost": 1800}
 
 
 def run_benchmark(name: str, args: argparse.Namespace, out: Path) -> tuple[int, float]:
@@ -83,6 +86,13 @@ def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
             eb = f"{r['handlers_mib']:.1f} MiB"
             raw = f"{r['raw_mib']:.1f} MiB"
             ps = "-"
+        elif r["bench"] == "cost":  # the broker's CPU per handled event, median
+
+            def cpu(contender: str, key: tuple[str, str, str] = key) -> str:
+                found = values.get((*key, contender))
+                return f"{found['median']:,.0f} us" if found else "n/a"
+
+            eb, raw, ps = cpu("eventbus"), cpu("raw"), cpu("celery-pubsub")
         else:
 
             def best(contender: str, key: tuple[str, str, str] = key) -> str:
@@ -120,7 +130,7 @@ def main() -> int:
         nargs="+",
         choices=sorted(BENCHMARKS),
         default=DEFAULT,
-        help=f"benchmarks to run (default: {' '.join(DEFAULT)}; dlq only when named)",
+        help=f"benchmarks to run (default: {' '.join(DEFAULT)}; dlq and cost only when named)",
     )
     p.add_argument("--records", type=int, help="dead letters per broker for dlq (default 100000)")
     args = p.parse_args()
@@ -146,7 +156,7 @@ def main() -> int:
     if rows:
         print(
             "SUMMARY (events/s, best run; 1 event = 5 handler messages/executions; "
-            "rss: peak MiB, median)"
+            "rss: peak MiB, median; cost: broker CPU per handled event, median)"
         )
         print(
             table(
