@@ -460,7 +460,7 @@ class Soak:
             time.sleep(1)
         runs = {h: self.effects.runs(h) for h in HANDLERS}
         labels = {PLAIN: "plain", IDEM: "idem", ATOMIC: "atomic"}
-        reasons = Counter(record.reason for record in self.bus.dead_letters)
+        reasons = Counter(str(record.reason) for record in self.bus.dead_letters)
         handled_unledgered = len(set(runs[PLAIN]) - entries - self.ledger.refusals())
         return Result(
             broker=self.broker if self.broker == "redis" else "rabbitmq-quorum-cluster",
@@ -570,7 +570,7 @@ def main(argv: list[str] | None = None) -> int:
         brokers,
         seconds=options.minutes * 60,
         seed=seed,
-        gap=tuple(options.gap),  # type: ignore[arg-type]
+        gap=(options.gap[0], options.gap[1]),
         rate=options.rate,
         drain_timeout=max(180.0, options.minutes * 15),
     )
