@@ -38,6 +38,7 @@ import argparse
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -436,6 +437,9 @@ class Soak:
             raise
         finally:
             self.close()
+        if not result.lost:
+            # The workers' and publisher's logs are the evidence of a failure only.
+            shutil.rmtree(self.log_dir, ignore_errors=True)
         return result
 
     def accounted(self, entries: set[str]) -> tuple[set[str], set[str], dict[str, set[str]]]:
