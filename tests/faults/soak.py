@@ -279,6 +279,7 @@ class Soak:
         self.ledger = Ledger(self.state, f"eventbus-soak-{uid}:ledger:")
         self.config: FaultConfig | None = None
         self.publisher: PublisherProcess | None = None
+        self.publisher_crashes = 0  #: publishers that exited on their own (see :meth:`watch`)
 
     # -- set-up and tear-down --
 
@@ -417,10 +418,30 @@ class Soak:
             at = time.monotonic() + fault.gap
             if at > end - QUIET_END:
                 break
-            time.sleep(fault.gap)
+            self.watch(fault.gap)
             self.done.append(f"{time.monotonic() - started:6.1f}s {fault.describe()}")
             self.inject(fault)
-        time.sleep(max(0.0, end - time.monotonic()))
+        self.watch(max(0.0, end - time.monotonic()))
+
+    def watch(self, seconds: float) -> None:
+        """Wait ``seconds``; restart the publisher if it died on its own (counted: a crash).
+
+        ``publish`` raises :class:`~eventbus.PublishError` when the broker does not
+        take a message; anything else escaping it ends the publisher, which the
+        soak reports (``publisher_crashes``) rather than let it publish nothing.
+        """
+        until = time.monotonic() + seconds
+        while True:
+            process = self.publisher.process if self.publisher is not None else None
+            if process is not None and process.poll() is not None:
+                assert self.publisher is not None
+                self.publisher_crashes += 1
+                self.publisher.process = None
+                self.publisher.start()
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(0.5, left))
 
     # -- the run --
 
@@ -481,6 +502,7 @@ class Soak:
             seconds=time.monotonic() - began,
             extra={
                 "publishers": self.publisher.started if self.publisher else 0,
+                "publisher_crashes": self.publisher_crashes,
                 "workers": len(self.workers),
                 # Published, then the publisher was killed before its ledger write.
                 "handled_unledgered": handled_unledgered,
@@ -578,7 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         rate=options.rate,
         drain_timeout=max(180.0, options.minutes * 15),
     )
-    return 1 if any(r.lost for r in results) else 0
+    failed = [r for r in results if r.lost or r.extra["publisher_crashes"] or not r.published]
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
