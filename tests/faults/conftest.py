@@ -203,7 +203,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         node = PrivateRabbitMQ()
         node.launch()
         session.config.stash[_NODE] = node
-    cluster_tests = [item for item in session.items if item.get_closest_marker("cluster")]
+    cluster_tests = [
+        item
+        for item in session.items
+        if item.get_closest_marker("cluster")
+        or "rabbitmq_cluster" in getattr(item, "fixturenames", ())
+    ]
     if cluster_tests:
         cluster = PrivateRabbitMQCluster()
         session.config.stash[_CLUSTER] = cluster
