@@ -24,6 +24,7 @@ from kombu.exceptions import KombuError
 from eventbus.broker_errors import URL_ERRORS, describe_broker_error, url_of
 from eventbus.bus.base import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
 from eventbus.celery import queue_types
+from eventbus.celery.channel_kept import channel_kept
 from eventbus.celery.dead_letter_before_ack import request_class
 from eventbus.celery.deadletter.factory import store_for_app
 from eventbus.celery.deferral import Deferred, defer
@@ -439,6 +440,8 @@ class EventBus(BaseEventBus):
                     # One message gains nothing from a batch (on Redis a
                     # pipeline object per event costs more than it saves).
                     producer.batch() if len(subscriptions) > 1 else nullcontext(),
+                    # A connection kombu lost and replaced mid-send: retried here.
+                    channel_kept(producer, self._retryable_publish_errors()),
                 ):
                     self._send_messages(producer, args, argsrepr, subscriptions, sent)
                 return
@@ -527,7 +530,8 @@ class EventBus(BaseEventBus):
             )
         batch.events += 1
         try:
-            self._send_messages(batch.producer, args, argsrepr, subscriptions, [])
+            with channel_kept(batch.producer, self._retryable_publish_errors()):
+                self._send_messages(batch.producer, args, argsrepr, subscriptions, [])
         except self._retryable_publish_errors() as exc:
             batch.failure = exc
             raise PublishError(

@@ -458,7 +458,13 @@ class Soak:
             raise
         finally:
             self.close()
-        if not result.lost:
+        if result.lost or self.publisher_crashes:
+            print(self.report_failure(), file=sys.stderr)
+            if self.publisher_crashes and self.publisher is not None:
+                # What ended the publisher: the traceback it printed, for the CI log.
+                text = self.publisher.log_path.read_text(errors="replace")[-4000:]
+                print(f"--- soak[{self.broker}] publisher log:\n{text}", file=sys.stderr)
+        else:
             # The workers' and publisher's logs are the evidence of a failure only.
             shutil.rmtree(self.log_dir, ignore_errors=True)
         return result
