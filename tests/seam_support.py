@@ -19,6 +19,7 @@ release that renamed it would have renamed its own uses too):
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Any
 
 import pytest
@@ -77,7 +78,8 @@ def _hide_instance_attribute(cls: type, name: str, monkeypatch: pytest.MonkeyPat
     """Wrap the ``__init__`` methods that set ``name``; True if a class default remains."""
     for klass in cls.__mro__:
         init = vars(klass).get("__init__")
-        code = getattr(init, "__code__", None)
+        own = inspect.unwrap(init) if callable(init) else init  # (a decorated __init__)
+        code = getattr(own, "__code__", None)
         if code is None or name not in code.co_names:
             continue
         monkeypatch.setattr(klass, "__init__", _forwarding_init(init))

@@ -1,5 +1,5 @@
-"""Only ``eventbus/celery/internals/`` touches Celery's, kombu's, py-amqp's or prometheus_client's
-private or undocumented names (issue 12).
+"""Only ``eventbus/celery/internals/`` touches the private or undocumented names of
+Celery, kombu, py-amqp, redis-py and prometheus_client (issue 12).
 
 The rule, read from the source (AST) of every module of ``eventbus/`` outside
 ``eventbus/celery/internals/``:
@@ -44,7 +44,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "eventbus"
 SEAM = PACKAGE / "celery" / "internals"
 
 #: The libraries whose private names only the seam touches.
-LIBRARIES = ("celery", "kombu", "amqp", "prometheus_client", "billiard", "vine")
+LIBRARIES = ("celery", "kombu", "amqp", "prometheus_client", "billiard", "vine", "redis")
 
 #: Private names of other libraries' documented APIs that eventbus uses.
 ALLOWED = {

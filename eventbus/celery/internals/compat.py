@@ -258,6 +258,8 @@ def _sets(cls: Any, name: str) -> bool:
         return True
     for klass in cls.__mro__:
         init = vars(klass).get("__init__")
+        if callable(init):  # a decorated __init__ (redis-py's deprecation wrappers): its own code
+            init = inspect.unwrap(init)
         code = getattr(init, "__code__", None)
         if isinstance(code, CodeType) and name in code.co_names:
             return True

@@ -1,4 +1,4 @@
-"""Every private or undocumented name of Celery, kombu, py-amqp and prometheus_client eventbus uses.
+"""Every private or undocumented name of Celery, kombu, py-amqp, redis-py and prometheus_client eventbus uses.
 
 One table: :data:`FEATURES` says what each piece of eventbus that reaches into
 a dependency does, why (the upstream issue it works around, the measurement
@@ -43,6 +43,7 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "kombu": ("5.7", "5.8"),
     "amqp": ("5.4", "5.5"),
     "prometheus-client": ("0.20", "1"),
+    "redis": ("6.4", "9"),
 }
 
 #: The distribution each top-level module belongs to.
@@ -51,6 +52,7 @@ DISTRIBUTIONS = {
     "kombu": "kombu",
     "amqp": "amqp",
     "prometheus_client": "prometheus-client",
+    "redis": "redis",
 }
 
 
@@ -325,6 +327,7 @@ redis_idle_wake | kombu.transport.redis:MultiChannelPoller.on_readable | method 
 redis_idle_wake | kombu.transport.redis:Channel._poll_error | method | (self, type, options) | overridden: an error event of the wake connection reads it
 redis_idle_wake | kombu.transport.redis:Channel._on_connection_disconnect | method | (self, connection) | overridden: a lost connection is set up again (tracking, subscription)
 redis_idle_wake | kombu.transport.redis:Channel._create_client | method | (self, asynchronous) | the wake connection's client, on the channel's own pool
+redis_idle_wake | redis.connection:AbstractConnection._sock | instance attribute | | whether a connection is connected, and to which socket: a new one is set up again (redis-py says neither publicly)
 redis_transport | kombu.transport.redis:SentinelChannel | attribute | | the second base of eventbus's sentinel channel (sentinel_transport)
 redis_transport | kombu.transport.redis:SentinelChannel._get_pool | method | (self, asynchronous) | inherited: the pool that asks the sentinels where the master is
 redis_transport | kombu.transport.redis:SentinelChannel.from_transport_options | attribute | | master_name, sentinel_kwargs...: joined with eventbus_poll_interval
