@@ -1,0 +1,60 @@
+"""The hook a bus offers to an observer of its publishes, replays and handler runs.
+
+A bus's :attr:`~eventbus.bus.base.BaseEventBus.instrumentation` is ``None``
+unless something (:func:`eventbus.tracing.instrument`) sets it: then
+``publish``, a dead letter's replay and every handler run go through it. With
+none set a bus pays one attribute read per publish and per handler run, and
+imports nothing. This module names the shape only: it imports no tracing
+library (the layers below the integrations never do).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from eventbus.bus.base import Subscription
+    from eventbus.deadletter.record import DeadLetter
+    from eventbus.domain.envelope import Envelope
+
+__all__ = ["OUTCOMES", "HandlerRun", "Instrumentation", "Send"]
+
+#: What a bus does to send an envelope to subscriptions, returning the envelope sent.
+Send = Callable[["Envelope[Any]", "Sequence[Subscription]"], "Envelope[Any]"]
+
+#: The outcomes a handler run reports (as the metrics' ``outcome`` label, plus
+#: ``rejected``: the handler raised Celery's ``Reject``, or its dead letter
+#: could not be written and the message goes back to its queue).
+OUTCOMES = ("success", "retry", "dead_lettered", "duplicate", "deferred", "rejected")
+
+
+class HandlerRun(Protocol):
+    """One handler run, as the instrumentation sees it."""
+
+    def outcome(self, outcome: str) -> None:
+        """How the run ended (one of :data:`OUTCOMES`)."""
+
+
+class Instrumentation(Protocol):
+    """Wraps a bus's publishes, replays and handler runs (each method's ``send`` does the work).
+
+    ``publish`` and ``replay`` return the envelope actually sent: they may add
+    metadata (a trace context) before calling ``send``.
+    """
+
+    def publish(
+        self, envelope: Envelope[Any], subscriptions: Sequence[Subscription], send: Send
+    ) -> Envelope[Any]:
+        """Publish ``envelope`` to ``subscriptions`` (zero or more) through ``send``."""
+
+    def replay(
+        self, envelope: Envelope[Any], record: DeadLetter, subscription: Subscription, send: Send
+    ) -> Envelope[Any]:
+        """Re-publish a dead letter's ``envelope`` to its handler through ``send``."""
+
+    def running(
+        self, subscription: Subscription, wire: object, *, attempt: int, task_id: str | None
+    ) -> AbstractContextManager[HandlerRun]:
+        """A block around one handler run of ``wire`` (the envelope as received, unchecked)."""
