@@ -287,3 +287,51 @@ def test_a_replay_from_the_cli_links_to_the_original_trace(
         replay["context"]["span_id"],
     )
     assert attr(rerun, "eventbus.outcome") == "success"
+
+
+def test_celery_instrumentation_spans_nest_in_the_same_trace(env: Env, spans: Spans) -> None:
+    # Given a traced bus, and Celery's own OpenTelemetry instrumentation on too
+    from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+    runs: Counter[str] = Counter()
+    handler = env.name("flaky")
+
+    def fails_once(envelope: Envelope[ItemAdded]) -> None:
+        runs["flaky"] += 1
+        if runs["flaky"] == 1:
+            raise ConnectionError("the index timed out")
+
+    env.bus.subscribe(ItemAdded, handler=fails_once, name=handler, **RETRY_ONCE)
+    instrument(env.bus, tracer_provider=spans.provider)
+    celery_instrumentor = CeleryInstrumentor()
+    celery_instrumentor.instrument(tracer_provider=spans.provider)
+    try:
+        env.start_worker()
+
+        # When an event is published in a request's span
+        with spans.provider.get_tracer("test").start_as_current_span("request") as request:
+            env.bus.publish(ItemAdded(sku="sku-3", quantity=1))
+
+        # Then both attempts' handle spans are in the request's trace, each
+        # nested in Celery's run span of its message
+        wait_for(lambda: len(spans.runs(handler)) == 2, message=lambda: spans.describe())
+        by_id = {span_id(s): s for s in spans.exporter.get_finished_spans()}
+        for run in spans.runs(handler):
+            assert trace_of(run) == request.get_span_context().trace_id
+            celery_run = by_id[parent_of(run) or 0]
+            assert celery_run.name == f"run/{handler}"
+        first = spans.runs(handler)[0]
+        chain = []
+        span: ReadableSpan | None = first
+        while span is not None:
+            chain.append(span.name)
+            span = by_id.get(parent_of(span) or 0)
+        assert chain == [
+            f"handle {handler}",
+            f"run/{handler}",
+            f"apply_async/{handler}",
+            PUBLISH,
+            "request",
+        ]
+    finally:
+        celery_instrumentor.uninstrument()
