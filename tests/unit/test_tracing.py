@@ -266,3 +266,26 @@ def test_without_opentelemetry_everything_works_and_tracing_says_what_to_install
     result = run_python(blocked + "import eventbus.tracing\n")
     assert result.returncode != 0
     assert "pip install 'eventbus[tracing]'" in result.stderr
+
+
+def test_the_carried_context_is_what_the_w3c_propagator_writes_and_reads() -> None:
+    from opentelemetry import trace
+    from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    from eventbus.tracing.carrier import carried_span_context, trace_metadata
+
+    context = SpanContext(
+        0xABC,
+        0xDEF,
+        is_remote=False,
+        trace_flags=TraceFlags(1),
+        trace_state=TraceState([("k", "v")]),
+    )
+    span = NonRecordingSpan(context)
+    written: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(written, context=trace.set_span_in_context(span))
+    assert trace_metadata(span) == written
+    read = carried_span_context(written)
+    assert (read.trace_id, read.span_id, read.trace_state) == (0xABC, 0xDEF, context.trace_state)
+    assert trace_metadata(NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)) == {}
