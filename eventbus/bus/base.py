@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from eventbus.bus.instrumentation import bus_made
 from eventbus.deadletter.queue import DeadLetterQueue
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import DeadLetterStore
@@ -87,6 +88,8 @@ class BaseEventBus(ABC):
         #: What observes publishes, replays and handler runs (traces): None, or
         #: set by :func:`eventbus.tracing.instrument` (``bus.instrumentation``).
         self.instrumentation: Instrumentation | None = None
+        # Last: an instrumentor of every bus (opentelemetry-instrument) sets it now.
+        bus_made(self)
 
     # -- subscribing -------------------------------------------------------
 

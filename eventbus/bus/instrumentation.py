@@ -10,16 +10,26 @@ library (the layers below the integrations never do).
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from eventbus.bus.base import Subscription
+    from eventbus.bus.base import BaseEventBus, Subscription
     from eventbus.deadletter.record import DeadLetter
     from eventbus.domain.envelope import Envelope
 
-__all__ = ["OUTCOMES", "HandlerRun", "Instrumentation", "Send"]
+__all__ = [
+    "OUTCOMES",
+    "HandlerRun",
+    "Instrumentation",
+    "Send",
+    "bus_made",
+    "live_buses",
+    "on_every_bus",
+]
 
 #: What a bus does to send an envelope to subscriptions, returning the envelope sent.
 Send = Callable[["Envelope[Any]", "Sequence[Subscription]"], "Envelope[Any]"]
@@ -58,3 +68,40 @@ class Instrumentation(Protocol):
         self, subscription: Subscription, wire: object, *, attempt: int, task_id: str | None
     ) -> AbstractContextManager[HandlerRun]:
         """A block around one handler run of ``wire`` (the envelope as received, unchecked)."""
+
+
+# -- every bus, present and future (an instrumentor's way: opentelemetry-instrument) --
+
+_buses: weakref.WeakSet[BaseEventBus] = weakref.WeakSet()
+_on_every_bus: Callable[[BaseEventBus], None] | None = None
+_lock = threading.Lock()
+
+
+def on_every_bus(callback: Callable[[BaseEventBus], None] | None) -> None:
+    """Call ``callback`` on every bus made so far and on each bus made from now on.
+
+    ``None`` stops calling it on new buses (what it did to existing ones stays).
+    """
+    global _on_every_bus
+    with _lock:
+        _on_every_bus = callback
+        buses = list(_buses)
+    if callback is not None:
+        for bus in buses:
+            callback(bus)
+
+
+def live_buses() -> list[BaseEventBus]:
+    """The buses of this process that still exist."""
+    with _lock:
+        return list(_buses)
+
+
+def bus_made(bus: BaseEventBus) -> None:
+    """Called by every bus as it is made (its own attributes set): kept weakly, and given
+    to the callback of :func:`on_every_bus`."""
+    with _lock:
+        _buses.add(bus)
+        callback = _on_every_bus
+    if callback is not None:
+        callback(bus)

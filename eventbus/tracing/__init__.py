@@ -22,6 +22,9 @@ the global tracer provider (configure the SDK in every process, in a
 worker's pool processes at ``worker_process_init``), or to
 ``tracer_provider``. Without this package imported, a bus does nothing
 of this and imports no OpenTelemetry module.
+
+Every bus at once, with no code (``opentelemetry-instrument``):
+:class:`eventbus.tracing.instrumentor.EventBusInstrumentor`.
 """
 
 from __future__ import annotations
@@ -33,10 +36,17 @@ except ImportError as e:  # pragma: no cover - the extra is not installed
     raise ImportError("pip install 'eventbus[tracing]'") from e
 
 from eventbus.bus.base import BaseEventBus
-from eventbus.tracing.carrier import TRACEPARENT, TRACESTATE
+from eventbus.tracing.carrier import TRACEPARENT, TRACESTATE, trace_metadata
 from eventbus.tracing.spans import EventBusTracing
 
-__all__ = ["TRACEPARENT", "TRACESTATE", "EventBusTracing", "instrument", "uninstrument"]
+__all__ = [
+    "TRACEPARENT",
+    "TRACESTATE",
+    "EventBusTracing",
+    "instrument",
+    "trace_context",
+    "uninstrument",
+]
 
 #: The name of eventbus's tracer (the instrumentation scope of its spans).
 TRACER_NAME = "eventbus"
@@ -74,3 +84,14 @@ def uninstrument(bus: BaseEventBus) -> None:
 
 def _uid(bus: BaseEventBus) -> str:
     return f"eventbus.tracing.{id(bus)}"
+
+
+def trace_context() -> dict[str, str]:
+    """The current span's context as envelope metadata (W3C ``traceparent``, ``tracestate``).
+
+    For an envelope made outside ``publish``, such as an outbox row written in
+    a request: ``outbox.append(event, metadata=trace_context())``. The relay's
+    publish of it, later and in a trace of its own, then links to this trace.
+    {} when no span is current.
+    """
+    return trace_metadata(trace.get_current_span())

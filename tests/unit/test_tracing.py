@@ -289,3 +289,54 @@ def test_the_carried_context_is_what_the_w3c_propagator_writes_and_reads() -> No
     read = carried_span_context(written)
     assert (read.trace_id, read.span_id, read.trace_state) == (0xABC, 0xDEF, context.trace_state)
     assert trace_metadata(NonRecordingSpan(trace.INVALID_SPAN_CONTEXT)) == {}
+
+
+def test_the_instrumentor_traces_every_bus_made_before_and_after(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    from importlib.metadata import entry_points
+
+    from eventbus.tracing.instrumentor import EventBusInstrumentor
+
+    # Given a bus made before the instrumentor runs
+    before = InMemoryEventBus()
+    instrumentor = EventBusInstrumentor()
+    instrumentor.instrument(tracer_provider=provider)
+    try:
+        # When buses publish, made before and after
+        after = InMemoryEventBus()
+        before.publish(ItemAdded(sku="before", quantity=1))
+        after.publish(ItemAdded(sku="after", quantity=1))
+        # Then both are traced
+        assert len(named(exporter, PUBLISH)) == 2
+    finally:
+        instrumentor.uninstrument()
+    # And after uninstrument() neither is, nor a new one
+    exporter.clear()
+    for bus in (before, after, InMemoryEventBus()):
+        bus.publish(ItemAdded(sku="untraced", quantity=1))
+    assert exporter.get_finished_spans() == ()
+    # And opentelemetry-instrument finds it by its entry point
+    (found,) = [e for e in entry_points(group="opentelemetry_instrumentor") if e.name == "eventbus"]
+    assert found.load() is EventBusInstrumentor
+
+
+def test_trace_context_lets_an_outbox_row_link_back_to_its_request(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    from eventbus import create_event
+    from eventbus.tracing import trace_context
+
+    # Given an envelope made in a request's span (an outbox row) with its context
+    bus = InMemoryEventBus()
+    instrument(bus, tracer_provider=provider)
+    assert trace_context() == {}  # no span current: nothing to carry
+    with provider.get_tracer("test").start_as_current_span("request") as request:
+        row = create_event(ItemAdded, {"sku": "s", "quantity": 1}, metadata=trace_context())
+
+    # When the relay publishes it later, in no trace
+    bus.publish(row)
+
+    # Then the publish links to the request
+    (publish,) = named(exporter, PUBLISH)
+    assert [link.context.span_id for link in publish.links] == [request.get_span_context().span_id]
