@@ -352,9 +352,12 @@ class EventBus(BaseEventBus):
                         handler_run.outcome("retry")
                     raise
                 # Terminal: record it before the ack (re-queued if it cannot be).
-                if handler_run is not None:
-                    handler_run.outcome("rejected")  # unless the record is written:
-                hooks.dead_letter_in_task(task, subscription, exc)
+                try:
+                    hooks.dead_letter_in_task(task, subscription, exc)
+                except Reject:
+                    if handler_run is not None:
+                        handler_run.outcome("rejected")  # not written: back to its queue
+                    raise
                 if handler_run is not None:
                     handler_run.outcome("dead_lettered")
                 raise

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 
 __all__ = ["EventBusTracing"]
 
+#: The longest exception message a dead letter's span event carries (the record has it all).
+MAX_MESSAGE_LENGTH = 1024
 #: Outcomes of a handler run that are not an error of the run.
 _NOT_ERRORS = frozenset({"success", "duplicate", "deferred"})
 
@@ -167,6 +169,12 @@ class EventBusTracing:
         envelope carries, or a trace of its own for a message with none.
         """
         attributes = attrs.envelope_attributes(record.envelope)
+        for name, value in (
+            (attrs.EVENT_ID, record.event_id),
+            (attrs.EVENT_TYPE, record.event_type),
+        ):
+            if name not in attributes and value is not None:  # (a record without an envelope)
+                attributes[name] = value[: attrs.MAX_WIRE_TEXT]
         attributes[attrs.DEAD_LETTER_ID] = record.id
         attributes[attrs.DEAD_LETTER_REASON] = record.reason
         attributes[attrs.EXCEPTION_TYPE] = record.exception_type
@@ -187,7 +195,7 @@ class EventBusTracing:
             "eventbus.dead_letter.written",
             {
                 "exception.type": record.exception_type,
-                "exception.message": record.exception_message,
+                "exception.message": record.exception_message[:MAX_MESSAGE_LENGTH],
             },
         )
         span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {record.reason}"))

@@ -340,3 +340,30 @@ def test_trace_context_lets_an_outbox_row_link_back_to_its_request(
     # Then the publish links to the request
     (publish,) = named(exporter, PUBLISH)
     assert [link.context.span_id for link in publish.links] == [request.get_span_context().span_id]
+
+
+def test_a_publish_that_fails_is_an_error_span(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    from eventbus import PublishError
+
+    # Given a traced bus whose broker refuses connections
+    app = make_app(
+        "redis://127.0.0.1:1/0",
+        task_publish_retry_policy={"max_retries": 0},
+        broker_connection_timeout=0.5,
+    )
+    try:
+        bus = EventBus(app, default_queue=unique("unit-q"), dead_letter_queue=unique("unit-dlq"))
+        bus.subscribe(ItemAdded, handler=lambda e: None, name="unit.tracing.unreached")
+        instrument(bus, tracer_provider=provider)
+        # When an event is published, then PublishError, and the span says so
+        with pytest.raises(PublishError):
+            bus.publish(ItemAdded(sku="s", quantity=1))
+    finally:
+        app.close()
+    (publish,) = named(exporter, PUBLISH)
+    assert not publish.status.is_ok
+    assert [e.attributes["exception.type"] for e in publish.events if e.attributes] == [
+        "eventbus.errors.PublishError"
+    ]
