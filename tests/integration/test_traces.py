@@ -88,12 +88,13 @@ def span_id(span: ReadableSpan) -> int:
 
 @pytest.fixture
 def spans() -> Iterator[Spans]:
+    """Asked for before ``env``: shut down after the worker stopped (its last spans end)."""
     recorded = Spans()
     yield recorded
     recorded.provider.shutdown()
 
 
-def test_one_trace_runs_from_a_flask_route_to_every_handler_run(env: Env, spans: Spans) -> None:
+def test_one_trace_runs_from_a_flask_route_to_every_handler_run(spans: Spans, env: Env) -> None:
     # Given a traced bus with three handlers of ItemAdded: one that works, one
     # that fails its first attempt, one that fails until it is fixed
     runs: Counter[str] = Counter()
@@ -227,7 +228,7 @@ def test_one_trace_runs_from_a_flask_route_to_every_handler_run(env: Env, spans:
 
 
 def test_a_replay_from_the_cli_links_to_the_original_trace(
-    env: Env, spans: Spans, tmp_path: Path
+    spans: Spans, env: Env, tmp_path: Path
 ) -> None:
     # Given a traced bus whose handler dead-lettered an event published in a trace
     runs: Counter[str] = Counter()
@@ -289,7 +290,7 @@ def test_a_replay_from_the_cli_links_to_the_original_trace(
     assert attr(rerun, "eventbus.outcome") == "success"
 
 
-def test_celery_instrumentation_spans_nest_in_the_same_trace(env: Env, spans: Spans) -> None:
+def test_celery_instrumentation_spans_nest_in_the_same_trace(spans: Spans, env: Env) -> None:
     # Given a traced bus, and Celery's own OpenTelemetry instrumentation on too
     from opentelemetry.instrumentation.celery import CeleryInstrumentor
 
