@@ -43,8 +43,12 @@ OUTCOMES = ("success", "retry", "dead_lettered", "duplicate", "deferred", "rejec
 class HandlerRun(Protocol):
     """One handler run, as the instrumentation sees it."""
 
-    def outcome(self, outcome: str) -> None:
-        """How the run ended (one of :data:`OUTCOMES`)."""
+    def outcome(self, outcome: str, error: BaseException | None = None) -> None:
+        """How the run ended (one of :data:`OUTCOMES`), and the exception it ended with.
+
+        ``error``: for a failure the run caught itself (an exception that leaves
+        the block is seen there).
+        """
 
 
 class Instrumentation(Protocol):
@@ -68,6 +72,9 @@ class Instrumentation(Protocol):
         self, subscription: Subscription, wire: object, *, attempt: int, task_id: str | None
     ) -> AbstractContextManager[HandlerRun]:
         """A block around one handler run of ``wire`` (the envelope as received, unchecked)."""
+
+    def dead_lettered(self, record: DeadLetter) -> None:
+        """``record`` was written, in the process and thread that wrote it (never raises)."""
 
 
 # -- every bus, present and future (an instrumentor's way: opentelemetry-instrument) --

@@ -63,27 +63,15 @@ def instrument(
     """
     if not isinstance(bus, BaseEventBus):
         raise TypeError(f"instrument() takes an event bus, got {type(bus).__name__}")
-    from eventbus.celery.dead_letter_signals import dead_letter_written
-
-    uninstrument(bus)
     tracing = EventBusTracing(bus, trace.get_tracer(TRACER_NAME, tracer_provider=tracer_provider))
     bus.instrumentation = tracing
-    # Held weakly by the signal; the bus holds the tracing.
-    dead_letter_written.connect(tracing.on_dead_letter_written, dispatch_uid=_uid(bus))
     return tracing
 
 
 def uninstrument(bus: BaseEventBus) -> None:
     """Stop tracing ``bus`` (nothing happens if it is not traced)."""
     if isinstance(bus.instrumentation, EventBusTracing):
-        from eventbus.celery.dead_letter_signals import dead_letter_written
-
-        dead_letter_written.disconnect(dispatch_uid=_uid(bus))
         bus.instrumentation = None
-
-
-def _uid(bus: BaseEventBus) -> str:
-    return f"eventbus.tracing.{id(bus)}"
 
 
 def trace_context() -> dict[str, str]:

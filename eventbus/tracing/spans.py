@@ -57,15 +57,26 @@ _NOT_ERRORS = frozenset({"success", "duplicate", "deferred"})
 class _HandlerRun:
     """What a handler run reports to its span (an ``instrumentation.HandlerRun``)."""
 
-    __slots__ = ("result", "span")
+    __slots__ = ("recorded", "result", "span")
 
     def __init__(self, span: Span) -> None:
         self.span = span
         self.result: str | None = None
+        self.recorded = False
 
-    def outcome(self, outcome: str) -> None:
+    def outcome(self, outcome: str, error: BaseException | None = None) -> None:
         self.result = outcome
         self.span.set_attribute(attrs.OUTCOME, outcome)
+        if error is not None:
+            self.failed(error)
+
+    def failed(self, error: BaseException) -> None:
+        """Record ``error`` on the span (once), unless the outcome is no error."""
+        if self.recorded or self.result in _NOT_ERRORS:
+            return
+        self.recorded = True
+        self.span.record_exception(error)
+        self.span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
 
 
 class EventBusTracing:
@@ -153,14 +164,12 @@ class EventBusTracing:
             try:
                 yield run
             except BaseException as exc:
-                if run.result not in _NOT_ERRORS:
-                    span.record_exception(exc)
-                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                run.failed(exc)
                 raise
 
     # -- dead letters ---------------------------------------------------------
 
-    def dead_letter_written(self, record: DeadLetter) -> None:
+    def dead_lettered(self, record: DeadLetter) -> None:
         """A span for a dead letter just written (in the process and thread that wrote it).
 
         Inside the handler's run (its own failure): a child of the handle
@@ -200,13 +209,6 @@ class EventBusTracing:
         )
         span.set_status(Status(StatusCode.ERROR, f"dead-lettered: {record.reason}"))
         span.end()
-
-    def on_dead_letter_written(
-        self, sender: Any = None, record: DeadLetter | None = None, **_: Any
-    ) -> None:
-        """Receiver of :data:`eventbus.celery.dead_letter_signals.dead_letter_written`."""
-        if sender is self.bus and record is not None:
-            self.dead_letter_written(record)
 
 
 def _parent_of(carried: Context) -> tuple[Context | None, list[Link] | None]:

@@ -37,8 +37,17 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "deadletter": (*NOT_BELOW, "redis", "sqlalchemy"),
     "store": (*NOT_BELOW, "redis"),
     "outbox": (*NOT_BELOW, "redis"),
-    # Traces ride on the bus's instrumentation hook and the worker's signals.
-    "tracing": ("prometheus_client", "click", "eventbus.cli", "eventbus.metrics", "sqlalchemy"),
+    # Traces ride on the bus's instrumentation hook alone: any bus, no broker package.
+    "tracing": (
+        *CELERY_FAMILY,
+        "prometheus_client",
+        "click",
+        "redis",
+        "sqlalchemy",
+        "eventbus.celery",
+        "eventbus.cli",
+        "eventbus.metrics",
+    ),
 }
 
 

@@ -202,7 +202,7 @@ def test_a_dead_letter_written_outside_a_run_is_a_child_of_the_carried_context(
     )
 
     # When its span is made
-    tracing.dead_letter_written(record)
+    tracing.dead_lettered(record)
 
     # Then it hangs under the publish span the envelope carries
     (span,) = named(exporter, "dead_letter unit.tracing.slow")
@@ -366,4 +366,51 @@ def test_a_publish_that_fails_is_an_error_span(
     assert not publish.status.is_ok
     assert [e.attributes["exception.type"] for e in publish.events if e.attributes] == [
         "eventbus.errors.PublishError"
+    ]
+
+
+def test_the_in_memory_bus_traces_as_the_celery_bus_does(
+    provider: TracerProvider, exporter: InMemorySpanExporter
+) -> None:
+    # Given a traced in-memory bus (users' unit tests) with a flaky and a doomed handler
+    bus = InMemoryEventBus()
+    calls: list[str] = []
+
+    def flaky(envelope: Envelope[ItemAdded]) -> None:
+        calls.append("flaky")
+        if calls.count("flaky") == 1:
+            raise ConnectionError("once")
+
+    def doomed(envelope: Envelope[ItemAdded]) -> None:
+        raise ValueError("always")
+
+    bus.subscribe(ItemAdded, handler=flaky, name="unit.mem.flaky", max_retries=1)
+    bus.subscribe(ItemAdded, handler=doomed, name="unit.mem.doomed", max_retries=0)
+    instrument(bus, tracer_provider=provider)
+
+    # When an event is published
+    bus.publish(ItemAdded(sku="s", quantity=1))
+
+    # Then every attempt is a child of the publish span, a failed one an error
+    (publish,) = named(exporter, PUBLISH)
+    assert publish.context is not None
+    runs = [
+        (s.name, attr(s, "eventbus.attempt"), attr(s, "eventbus.outcome"), s.status.is_ok)
+        for s in exporter.get_finished_spans()
+        if s.name.startswith("handle ")
+        and s.parent is not None
+        and s.parent.span_id == publish.context.span_id
+    ]
+    assert sorted(runs) == [
+        ("handle unit.mem.doomed", 1, "dead_lettered", False),
+        ("handle unit.mem.flaky", 1, "retry", False),
+        ("handle unit.mem.flaky", 2, "success", True),
+    ]
+    # And the dead letter is a span under the doomed run
+    (doomed_run,) = named(exporter, "handle unit.mem.doomed")
+    (dead_letter,) = named(exporter, "dead_letter unit.mem.doomed")
+    assert doomed_run.context is not None and dead_letter.parent is not None
+    assert dead_letter.parent.span_id == doomed_run.context.span_id
+    assert [e.attributes["exception.type"] for e in doomed_run.events if e.attributes] == [
+        "ValueError"
     ]
