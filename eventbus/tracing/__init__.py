@@ -18,9 +18,9 @@ type, aggregate type and id, handler, attempt, outcome, fan-out.
 
 The trace context travels in the envelope's ``metadata`` as W3C
 ``traceparent``/``tracestate`` (:mod:`eventbus.tracing.carrier`). Spans go to
-the global tracer provider (configure the SDK in every process, in a
-worker's pool processes at ``worker_process_init``), or to
-``tracer_provider``. Without this package imported, a bus does nothing
+the global tracer provider (configure the SDK in every process that
+publishes or runs handlers; a prefork worker's pool processes inherit the
+main process's), or to ``tracer_provider``. Without this package imported, a bus does nothing
 of this and imports no OpenTelemetry module.
 
 Every bus at once, with no code (``opentelemetry-instrument``):
