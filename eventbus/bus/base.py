@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from eventbus.bus.instrumentation import bus_made
 from eventbus.deadletter.queue import DeadLetterQueue
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import DeadLetterStore
@@ -29,6 +30,7 @@ from eventbus.guarantees.delivery import Guard
 from eventbus.guarantees.ordering import DEFAULT_GAP_TIMEOUT
 
 if TYPE_CHECKING:
+    from eventbus.bus.instrumentation import Instrumentation
     from eventbus.guarantees.idempotency import IdempotencyStore
     from eventbus.guarantees.state import State
 
@@ -83,6 +85,11 @@ class BaseEventBus(ABC):
         self._lock = threading.RLock()
         #: Events published per type, including those that had no subscriber.
         self.published: Counter[str] = Counter()
+        #: What observes publishes, replays and handler runs (traces): None, or
+        #: set by :func:`eventbus.tracing.instrument` (``bus.instrumentation``).
+        self.instrumentation: Instrumentation | None = None
+        # Last: an instrumentor of every bus (opentelemetry-instrument) sets it now.
+        bus_made(self)
 
     # -- subscribing -------------------------------------------------------
 
@@ -268,6 +275,18 @@ class BaseEventBus(ABC):
                 "use create_event(type_name, data) for a dict"
             )
         subscriptions = self._by_type.get(envelope.event_type, ())
+        instrumentation = self.instrumentation
+        if instrumentation is None:
+            envelope = self._send(envelope, subscriptions)
+        else:
+            envelope = instrumentation.publish(envelope, subscriptions, self._send)
+        self.published[envelope.event_type] += 1
+        return envelope
+
+    def _send(
+        self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]
+    ) -> Envelope[Any]:
+        """Sequence ``envelope`` if it must be, dispatch it; return the envelope sent."""
         if (
             envelope.sequence is None
             and envelope.aggregate_id is not None
@@ -279,7 +298,6 @@ class BaseEventBus(ABC):
             envelope = envelope.model_copy(update={"sequence": sequence})
         if subscriptions:
             self._dispatch(envelope, subscriptions)
-        self.published[envelope.event_type] += 1
         return envelope
 
     @abstractmethod
@@ -391,10 +409,21 @@ class BaseEventBus(ABC):
             eventbus_dead_letter_id=record.id,
             **extra,
         )
+        instrumentation = self.instrumentation
         try:
-            self._dispatch(envelope, (sub,))
+            if instrumentation is None:
+                self._dispatch(envelope, (sub,))
+            else:
+                envelope = instrumentation.replay(envelope, record, sub, self._redispatch)
         except EventBusError as exc:
             raise ReplayError(f"re-publish of {record.id} failed, record kept: {exc}") from exc
+        return envelope
+
+    def _redispatch(
+        self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]
+    ) -> Envelope[Any]:
+        """Dispatch a replayed envelope as it is (it keeps its sequence); return it."""
+        self._dispatch(envelope, subscriptions)
         return envelope
 
 

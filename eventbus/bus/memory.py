@@ -10,6 +10,7 @@ import json
 import logging
 import uuid
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 from eventbus.bus.base import BaseEventBus, Subscription
@@ -18,7 +19,7 @@ from eventbus.deadletter.record import DeadLetter, DeadLetterReason
 from eventbus.domain.envelope import Envelope
 from eventbus.domain.events import EventRegistry
 from eventbus.errors import EnvelopeDecodeError, OrderingError, SequenceGap
-from eventbus.guarantees.delivery import Deferral
+from eventbus.guarantees.delivery import DUPLICATE, Deferral
 from eventbus.guarantees.idempotency import InMemoryIdempotencyStore
 from eventbus.guarantees.ordering import InMemoryResequencer, InMemorySequencer
 from eventbus.guarantees.state import State
@@ -91,28 +92,37 @@ class InMemoryEventBus(BaseEventBus):
         attempt = 0
         while True:
             attempt += 1
-            try:
+            instrumentation = self.instrumentation
+            with (
+                nullcontext(None)
+                if instrumentation is None
+                else instrumentation.running(sub, wire, attempt=attempt, task_id=owner)
+            ) as run:
                 try:
-                    guard(
-                        Envelope.from_wire(wire, self.event_registry),
-                        owner=owner,
-                        attempt=attempt,
-                        will_retry=will_retry,
+                    try:
+                        result = guard(
+                            Envelope.from_wire(wire, self.event_registry),
+                            owner=owner,
+                            attempt=attempt,
+                            will_retry=will_retry,
+                        )
+                    except Deferral as deferral:
+                        # Another thread's publish holds the claim: retried below.
+                        raise RuntimeError(deferral.reason) from None
+                    if run is not None:
+                        run.outcome("duplicate" if result == DUPLICATE else "success")
+                    return
+                except Exception as exc:
+                    permanent = _is_permanent(exc)
+                    if not permanent and attempt <= options.max_retries:
+                        logger.info("retrying %s (attempt %d): %r", sub.name, attempt, exc)
+                        if run is not None:
+                            run.outcome("retry", exc)
+                        continue
+                    reason: DeadLetterReason = (
+                        "retries_exhausted" if not permanent else _permanent_reason(exc)
                     )
-                except Deferral as deferral:
-                    # Another thread's publish holds the claim: retried below.
-                    raise RuntimeError(deferral.reason) from None
-                return
-            except Exception as exc:
-                permanent = _is_permanent(exc)
-                if not permanent and attempt <= options.max_retries:
-                    logger.info("retrying %s (attempt %d): %r", sub.name, attempt, exc)
-                    continue
-                reason: DeadLetterReason = (
-                    "retries_exhausted" if not permanent else _permanent_reason(exc)
-                )
-                self._store.append(
-                    DeadLetter.from_exception(
+                    record = DeadLetter.from_exception(
                         exc,
                         handler=sub.name,
                         reason=reason,
@@ -120,11 +130,17 @@ class InMemoryEventBus(BaseEventBus):
                         envelope=wire,
                         worker="in-memory",
                     )
-                )
-                logger.warning("dead-lettered %s after %d attempt(s): %r", sub.name, attempt, exc)
-                if self.raise_errors:
-                    raise
-                return
+                    self._store.append(record)
+                    logger.warning(
+                        "dead-lettered %s after %d attempt(s): %r", sub.name, attempt, exc
+                    )
+                    if run is not None:
+                        run.outcome("dead_lettered", exc)
+                    if instrumentation is not None:
+                        instrumentation.dead_lettered(record)
+                    if self.raise_errors:
+                        raise
+                    return
 
 
 def _permanent_reason(exc: BaseException) -> DeadLetterReason:

@@ -46,12 +46,13 @@ from eventbus.errors import (
     PublishError,
     SubscriptionError,
 )
-from eventbus.guarantees.delivery import Deferral
+from eventbus.guarantees.delivery import DUPLICATE, Deferral
 from eventbus.redaction import safe_cause
 
 if TYPE_CHECKING:
     from celery import Celery
 
+    from eventbus.bus.instrumentation import HandlerRun
     from eventbus.guarantees.state import State
 
 __all__ = ["Deferred", "EventBus", "bus_for_app"]
@@ -297,6 +298,22 @@ class EventBus(BaseEventBus):
         hooks = self._worker_hooks
 
         def run(task: Any, envelope: object = None, *args: object, **kwargs: object) -> str | None:
+            instrumentation = self.instrumentation
+            if instrumentation is None:
+                return execute(task, envelope, args, kwargs, None)
+            request = task.request
+            with instrumentation.running(
+                subscription, envelope, attempt=(request.retries or 0) + 1, task_id=request.id
+            ) as handler_run:
+                return execute(task, envelope, args, kwargs, handler_run)
+
+        def execute(
+            task: Any,
+            envelope: object,
+            args: tuple[object, ...],
+            kwargs: dict[str, object],
+            handler_run: HandlerRun | None,
+        ) -> str | None:
             request = task.request
             retries = request.retries or 0
 
@@ -313,23 +330,40 @@ class EventBus(BaseEventBus):
             try:
                 if args or kwargs:
                     raise EnvelopeDecodeError("a handler task takes exactly one envelope argument")
-                return guard(
+                result = guard(
                     Envelope.from_wire(envelope, event_registry),
                     owner=str(request.id),
                     attempt=retries + 1,
                     will_retry=will_retry,
                 )
             except Deferral as deferral:
+                if handler_run is not None:
+                    handler_run.outcome("deferred")
                 raise defer(task, deferral) from None
             except Reject:
                 # The handler's own: Celery re-queues the message, or the task's
                 # Request records it before the ack (a dropping reject).
+                if handler_run is not None:
+                    handler_run.outcome("rejected")
                 raise
             except Exception as exc:
-                if not will_retry(exc):
-                    # Terminal: record it before the ack (re-queued if it cannot be).
+                if will_retry(exc):
+                    if handler_run is not None:
+                        handler_run.outcome("retry")
+                    raise
+                # Terminal: record it before the ack (re-queued if it cannot be).
+                try:
                     hooks.dead_letter_in_task(task, subscription, exc)
+                except Reject:
+                    if handler_run is not None:
+                        handler_run.outcome("rejected")  # not written: back to its queue
+                    raise
+                if handler_run is not None:
+                    handler_run.outcome("dead_lettered")
                 raise
+            if handler_run is not None:
+                handler_run.outcome("duplicate" if result == DUPLICATE else "success")
+            return result
 
         module, _, short = subscription.name.rpartition(".")
         run.__name__ = run.__qualname__ = short

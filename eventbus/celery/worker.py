@@ -248,8 +248,15 @@ class WorkerHooks:
         )
 
     def announce(self, record: DeadLetter, *, ran: bool) -> None:
-        """Send ``dead_letter_written`` (metrics count it): ``record`` was written."""
+        """Send ``dead_letter_written`` (metrics count it), tell the instrumentation (traces):
+        ``record`` was written."""
         dead_letter_written.send(sender=self.bus, record=record, ran=ran)
+        instrumentation = self.bus.instrumentation
+        if instrumentation is not None:
+            try:
+                instrumentation.dead_lettered(record)
+            except Exception:  # the record is written: an observer's failure changes nothing
+                logger.warning("instrumentation failed on dead letter %s", record.id, exc_info=True)
 
     def write(self, record: DeadLetter) -> bool:
         try:

@@ -19,7 +19,15 @@ PACKAGE = Path(__file__).resolve().parents[2] / "eventbus"
 CELERY_FAMILY = ("celery", "kombu", "amqp", "billiard", "vine", "librabbitmq")
 
 #: What no layer below the integrations imports.
-NOT_BELOW = (*CELERY_FAMILY, "prometheus_client", "click", "eventbus.celery", "eventbus.cli")
+NOT_BELOW = (
+    *CELERY_FAMILY,
+    "prometheus_client",
+    "opentelemetry",
+    "click",
+    "eventbus.celery",
+    "eventbus.cli",
+    "eventbus.tracing",
+)
 
 #: Folder -> what its modules may not import (packages and eventbus folders).
 FORBIDDEN: dict[str, tuple[str, ...]] = {
@@ -29,6 +37,17 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
     "deadletter": (*NOT_BELOW, "redis", "sqlalchemy"),
     "store": (*NOT_BELOW, "redis"),
     "outbox": (*NOT_BELOW, "redis"),
+    # Traces ride on the bus's instrumentation hook alone: any bus, no broker package.
+    "tracing": (
+        *CELERY_FAMILY,
+        "prometheus_client",
+        "click",
+        "redis",
+        "sqlalchemy",
+        "eventbus.celery",
+        "eventbus.cli",
+        "eventbus.metrics",
+    ),
 }
 
 
@@ -129,3 +148,15 @@ def test_a_layer_imports_only_what_it_may(folder: str) -> None:
 def test_the_top_level_holds_only_the_public_face_and_shared_leaves() -> None:
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert top == ["__init__.py", "broker_errors.py", "errors.py", "redaction.py"]
+
+
+def test_only_the_tracing_package_imports_opentelemetry() -> None:
+    # Without the tracing extra, nothing else may need it (nor pay its import).
+    offenders = [
+        f"{name} imports {imported}"
+        for name, path in MODULES.items()
+        if not (name == "eventbus.tracing" or name.startswith("eventbus.tracing."))
+        for imported in runtime_imports(path)
+        if imported == "opentelemetry" or imported.startswith("opentelemetry.")
+    ]
+    assert offenders == []
