@@ -21,6 +21,7 @@ import click
 
 from eventbus.bus.base import BaseEventBus
 from eventbus.cli.context import bus_of, echo, fail, handle_errors, printable
+from eventbus.cli.progress import Mode, Progress, output_mode, verbosity
 from eventbus.deadletter.queue import DeadLetterQueue, Selection
 from eventbus.deadletter.record import DeadLetter
 from eventbus.domain.envelope import Envelope
@@ -297,7 +298,8 @@ def _field(record: DeadLetter, name: str) -> str:
     help="One failure group as 'dlq stats' prints it (exception: short or dotted).",
 )
 @_filters
-@click.option("--dry-run", is_flag=True, help="Print what would be replayed; replay nothing.")
+@click.option("--dry-run", is_flag=True, help="Count what would be replayed; replay nothing.")
+@verbosity
 @click.pass_context
 @handle_errors
 def dlq_replay(
@@ -310,11 +312,15 @@ def dlq_replay(
     exception_type: str | None,
     since: datetime | None,
     dry_run: bool,
+    verbose: bool,
+    as_json: bool,
 ) -> None:
     """Re-publish dead letters to the handler that failed; each is removed once sent.
 
     Name RECORD_IDS (unique prefixes work), or select with --all, --group or
     filters. A record that cannot be replayed is reported and kept (exit 1).
+    On a terminal a progress bar shows the walk through the queue, then a
+    summary; -v prints a line per record, --json a JSON object per record.
     """
     selection = Selection(handler, event_type, exception_type, since)
     selected = bool(group) or any((handler, event_type, exception_type, since))
@@ -324,52 +330,111 @@ def dlq_replay(
         raise click.UsageError("name record ids, or use --all or --group (optionally with filters)")
     if group and (handler or exception_type):
         raise click.UsageError("--group names the handler and exception: drop those filters")
+    mode = _mode(verbose, as_json)
     dead_letters = bus_of(ctx).dead_letters
     named = {record.id: record for record in _resolve(dead_letters, record_ids)}
     matches = (lambda record: record.id in named) if named else _matcher(selection, group)
     if dry_run:
-        records = named.values() if named else filter(matches, dead_letters)
-        _dry_run(records, selected=selected)
+        _dry_run(dead_letters, named, matches, mode, selected=selected)
         return
     outcomes: dict[str, bool] = {}  # record id: replayed (kept when False)
+    replayed = kept = 0
+
+    def status() -> str:
+        return f"replayed {replayed}" + (f", kept {kept}" if kept else "")
 
     def report(record: DeadLetter, outcome: Envelope[Any] | ReplayError) -> None:
+        nonlocal replayed, kept
+        fields = {"id": record.id, "handler": record.handler, "event_id": record.event_id}
         if isinstance(outcome, ReplayError):
             outcomes[record.id] = False
-            echo(f"kept {printable(record.id)}: {printable(outcome)}", err=True)
+            kept += 1
+            progress.failed(
+                f"kept {printable(record.id)}: {printable(outcome)}",
+                {**fields, "outcome": "kept", "error": str(outcome)},
+            )
         else:
             outcomes[record.id] = True
-            echo(
+            replayed += 1
+            progress.record(
                 f"replayed {printable(record.id)} to {printable(record.handler)} "
-                f"(event {outcome.event_id})"
+                f"(event {outcome.event_id})",
+                {**fields, "event_id": str(outcome.event_id), "outcome": "replayed"},
             )
 
-    replayed = dead_letters.replay_each(matches, report)
-    for record_id in named.keys() - outcomes.keys():  # replayed or purged meanwhile
-        report(named[record_id], ReplayError(f"dead letter {record_id} is gone"))
-    kept = sum(1 for ok in outcomes.values() if not ok)
+    # The walk reads the whole queue (every record is looked at): its depth is the length.
+    length = dead_letters.store.count() if mode == "bar" else None
+    with Progress(mode, label="replaying", length=length, status=status) as progress:
+        dead_letters.replay_each(_stepping(matches, progress), report)
+        for record_id in named.keys() - outcomes.keys():  # replayed or purged meanwhile
+            report(named[record_id], ReplayError(f"dead letter {record_id} is gone"))
     if replayed + kept == 0:
         _nothing_matched(selected)
-    echo(f"replayed {replayed} dead letter(s)" + (f", kept {kept}" if kept else ""))
+    progress.summary(f"replayed {replayed} dead letter(s)" + (f", kept {kept}" if kept else ""))
     if kept:
         raise click.exceptions.Exit(1)
 
 
-def _dry_run(records: Iterable[DeadLetter], *, selected: bool) -> None:
+def _mode(verbose: bool, as_json: bool) -> Mode:
+    if verbose and as_json:
+        raise click.UsageError("give -v or --json, not both")
+    return output_mode(verbose=verbose, as_json=as_json, terminal=_stderr_is_terminal())
+
+
+def _stderr_is_terminal() -> bool:
+    """Where the bar would be drawn: stderr (stdout keeps the summary, or JSON)."""
+    return sys.stderr.isatty()
+
+
+def _stepping(
+    matches: Callable[[DeadLetter], bool], progress: Progress
+) -> Callable[[DeadLetter], bool]:
+    """``matches``, advancing the bar by each record the walk looks at."""
+
+    def select(record: DeadLetter) -> bool:
+        progress.step()
+        return matches(record)
+
+    return select
+
+
+def _dry_run(
+    dead_letters: DeadLetterQueue,
+    named: dict[str, DeadLetter],
+    matches: Callable[[DeadLetter], bool],
+    mode: Mode,
+    *,
+    selected: bool,
+) -> None:
     replayable = kept = 0
-    for record in records:
-        if record.replayable:
-            replayable += 1
-            echo(
-                f"would replay {printable(record.id)} to {printable(record.handler)} "
-                f"(event {printable(record.event_id)})"
-            )
-        else:
-            kept += 1
-            echo(f"would keep {printable(record.id)}: not replayable ({record.reason})")
+
+    def status() -> str:
+        return f"would replay {replayable}" + (f", keep {kept}" if kept else "")
+
+    length = len(named) if named else dead_letters.store.count() if mode == "bar" else None
+    with Progress(mode, label="dry run", length=length, status=status) as progress:
+        records: Iterable[DeadLetter] = named.values() if named else dead_letters
+        for record in records:
+            progress.step()
+            if not named and not matches(record):
+                continue
+            fields = {"id": record.id, "handler": record.handler, "event_id": record.event_id}
+            if record.replayable:
+                replayable += 1
+                progress.record(
+                    f"would replay {printable(record.id)} to {printable(record.handler)} "
+                    f"(event {printable(record.event_id)})",
+                    {**fields, "outcome": "would_replay"},
+                )
+            else:
+                kept += 1
+                progress.record(
+                    f"would keep {printable(record.id)}: not replayable ({record.reason})",
+                    {**fields, "outcome": "would_keep", "reason": record.reason},
+                )
     if replayable + kept == 0:
         _nothing_matched(selected)
-    echo(
+    progress.summary(
         f"dry run: would replay {replayable} dead letter(s)"
         + (f", keep {kept}" if kept else "")
         + "; nothing was replayed"
@@ -494,14 +559,20 @@ def _edit(current: Any) -> dict[str, Any]:
 @dlq.command("purge", short_help="Delete named records, or all of them.")
 @click.argument("record_ids", nargs=-1)
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@verbosity
 @click.pass_context
 @handle_errors
-def dlq_purge(ctx: click.Context, record_ids: tuple[str, ...], yes: bool) -> None:
+def dlq_purge(
+    ctx: click.Context, record_ids: tuple[str, ...], yes: bool, verbose: bool, as_json: bool
+) -> None:
     """Delete the named dead letters, or all of them (asks first).
 
     RECORD_IDS may be unique prefixes; naming them is how hand-pushed
     garbage (listed as <undecodable>) is removed without touching the rest.
+    On a terminal a progress bar shows a purge of all, then a summary; -v
+    prints a line per record, --json a JSON object per record.
     """
+    mode = _mode(verbose, as_json)
     dead_letters = bus_of(ctx).dead_letters
     records = _resolve(dead_letters, record_ids)
     if records:
@@ -516,9 +587,35 @@ def dlq_purge(ctx: click.Context, record_ids: tuple[str, ...], yes: bool) -> Non
             fail("refusing to purge without --yes when not on a terminal")
         click.confirm(question, abort=True)
     if not records:
-        echo(f"purged {dead_letters.purge()} dead letter(s)")
+        purged = 0
+
+        def removed(ids: list[str]) -> None:
+            nonlocal purged
+            purged += len(ids)
+            progress.step(len(ids))
+            for record_id in ids:
+                progress.record(f"purged {printable(record_id)}", _purged(record_id, "purged"))
+
+        with Progress(mode, label="purging", length=total, status=lambda: "") as progress:
+            count = dead_letters.purge(removed=removed)
+        progress.summary(f"purged {count} dead letter(s)")
         return
-    deleted = dead_letters.delete([record.id for record in records])
-    echo(f"deleted {deleted} dead letter(s)")
+    progress = Progress(mode, label="deleting", length=None)  # (no bar: one pass)
+    if mode in ("lines", "json"):  # which ones went: one at a time (they were named: a few)
+        deleted = 0
+        for record in records:
+            gone = dead_letters.delete([record.id]) == 1
+            deleted += gone
+            progress.record(
+                f"deleted {printable(record.id)}" if gone else f"{record.id} was gone already",
+                _purged(record.id, "deleted" if gone else "gone"),
+            )
+    else:
+        deleted = dead_letters.delete([record.id for record in records])
+    progress.summary(f"deleted {deleted} dead letter(s)")
     if deleted < len(records):
         fail(f"{len(records) - deleted} of them were gone already (replayed or purged meanwhile)")
+
+
+def _purged(record_id: str, outcome: str) -> dict[str, Any]:
+    return {"id": record_id, "outcome": outcome}

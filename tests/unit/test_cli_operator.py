@@ -157,7 +157,7 @@ def test_control_characters_are_escaped_in_every_text_output() -> None:
         ["dlq", "list"],
         ["dlq", "stats"],
         ["dlq", "show", record.id],
-        ["dlq", "replay", "--dry-run", "--all"],
+        ["dlq", "replay", "--dry-run", "--all", "-v"],
         ["events"],
     ):
         result = invoke(*args)
@@ -167,6 +167,8 @@ def test_control_characters_are_escaped_in_every_text_output() -> None:
         assert "\\x1b[31m\\x07" in result.output, args
     # And a replay that keeps the record says why without the raw text either
     result = invoke("dlq", "replay", "--all")
+    assert_escaped(result.output)
+    result = invoke("dlq", "replay", "--all", "-v")
     assert_escaped(result.output)
 
 
