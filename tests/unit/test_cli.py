@@ -453,7 +453,7 @@ def test_edit_opens_the_editor_on_a_terminal(monkeypatch: pytest.MonkeyPatch) ->
     add_item("A1", quantity=2)
     record = records()[0]
     cli_app.broken["on"] = False
-    monkeypatch.setattr("eventbus.cli.dlq._interactive", lambda: True)
+    monkeypatch.setattr("eventbus.cli.dlq_select.interactive", lambda: True)
     shown: list[str] = []
 
     def editor(replace: tuple[str, str] | None) -> Any:
@@ -518,7 +518,7 @@ def test_purge_asks_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     add_item("A1")
     add_item("A2")
     first, second = records()
-    monkeypatch.setattr("eventbus.cli.dlq._interactive", lambda: True)
+    monkeypatch.setattr("eventbus.cli.dlq_select.interactive", lambda: True)
     result = invoke("dlq", "purge", first.id, input="n\n")
     assert result.exit_code == 1 and "delete 1 dead letter(s)" in result.output
     assert len(records()) == 2
