@@ -125,7 +125,9 @@ class DeadLetterStore(ABC):
 
         ``removed(ids)`` hears the ids of the records removed, a batch at a
         time, each once, only once the broker removed them (for a progress
-        bar, or a line per record): the ids it heard are those counted.
+        bar, or a line per record): the ids it heard are those counted. An
+        exception it raises ends the purge there and propagates: what was
+        removed stays removed, the rest stays in the queue.
         """
 
     def declare(self) -> None:
