@@ -22,8 +22,9 @@ COPY pyproject.toml README.md celeryconfig.py ./
 COPY eventbus/ eventbus/
 COPY handlers/ handlers/
 
-# The [flower] extra: the compose stack runs Flower from this image too.
-RUN pip install ".[flower]" \
+# The [flower] extra: the compose stack runs Flower from this image too; the
+# [metrics] extra: the worker's /metrics (EVENTBUS_METRICS_PORT) for Prometheus.
+RUN pip install ".[flower,metrics]" \
  && rm -rf build ./*.egg-info
 
 # The app `eventbus dlq list` and the other commands act on (the CLI has no

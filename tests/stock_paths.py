@@ -49,6 +49,7 @@ STOCK: tuple[str, ...] = (
 #: Modules run once, with why: the switch does not change what they test.
 ONCE: dict[str, str] = {
     "test_cli_dlq.py": "the operator CLI reads and replays through the DLQ store",
+    "test_cli_dlq_progress.py": "the CLI's output modes (progress bar, summary, --json)",
     "test_cli_secrets.py": "the CLI's messages and redaction",
     "test_demo.py": "the demo: its own app, run as a newcomer runs it",
     "test_demo_state.py": "the demo's state prefix",

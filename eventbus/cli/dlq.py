@@ -11,117 +11,21 @@ from __future__ import annotations
 
 import itertools
 import json
-import re
-import sys
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
-from typing import IO, Any, NoReturn, TypeVar
+from datetime import UTC, datetime
+from typing import IO, Any
 
 import click
 
 from eventbus.bus.base import BaseEventBus
+from eventbus.cli import dlq_select
 from eventbus.cli.context import bus_of, echo, fail, handle_errors, printable
-from eventbus.deadletter.queue import DeadLetterQueue, Selection
+from eventbus.cli.dlq_bulk import dlq_purge, dlq_replay
+from eventbus.cli.dlq_select import filters, matcher, nothing
+from eventbus.deadletter.queue import Selection
 from eventbus.deadletter.record import DeadLetter
-from eventbus.domain.envelope import Envelope
-from eventbus.errors import EventBusError, EventValidationError, EventVersionError, ReplayError
+from eventbus.errors import EventBusError, EventValidationError, EventVersionError
 
 __all__ = ["dlq"]
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-class Since(click.ParamType[datetime]):
-    """An ISO date or time (UTC unless it names its zone), or an age such as 30m, 2h, 1d."""
-
-    name = "since"
-    _AGE = re.compile(r"(\d+)\s*([smhdw])", re.IGNORECASE)
-    _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        text = str(value).strip()
-        try:
-            age = self._AGE.fullmatch(text)
-            if age:
-                unit = self._UNITS[age[2].lower()]
-                return datetime.now(UTC) - timedelta(**{unit: int(age[1])})
-            moment = datetime.fromisoformat(text)
-        except (ValueError, OverflowError):
-            self.fail(
-                f"{text!r} is neither an ISO date/time (2025-05-01, 2025-05-01T13:00) "
-                "nor an age (45s, 30m, 2h, 1d, 1w)",
-                param,
-                ctx,
-            )
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
-
-
-def _filters(func: F) -> F:
-    for option in reversed(
-        [
-            click.option("--handler", help="Handler name (shell pattern, e.g. 'handlers.todo.*')."),
-            click.option("--event-type", help="Event type (shell pattern)."),
-            click.option("--exception", "exception_type", help="Exception type, short or dotted."),
-            click.option(
-                "--since",
-                type=Since(),
-                metavar="AGE|DATE",
-                help="Failed at/after: an ISO date/time (UTC) or an age (30m, 2h, 1d).",
-            ),
-        ]
-    ):
-        func = option(func)
-    return func
-
-
-def _matcher(selection: Selection, group: tuple[str, str] | None) -> Callable[[DeadLetter], bool]:
-    """The filters, and the failure group if one is named (matched exactly, not as a pattern)."""
-
-    def matches(record: DeadLetter) -> bool:
-        if group is not None:
-            handler, exception = record.group
-            if handler != group[0] or group[1] not in (exception, exception.rsplit(".", 1)[-1]):
-                return False
-        return selection.matches(record)
-
-    return matches
-
-
-def _parse_group(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    if value is None:
-        return None
-    handler, _, exception = value.rpartition(":")
-    if not handler or not exception:
-        raise click.BadParameter(
-            f"{value!r} is not HANDLER:EXCEPTION (as 'eventbus dlq stats' prints it)"
-        )
-    return handler, exception
-
-
-def _resolve(dead_letters: DeadLetterQueue, record_ids: tuple[str, ...]) -> list[DeadLetter]:
-    """Each named record, once; an unknown id fails before anything is done."""
-    records: dict[str, DeadLetter] = {}
-    for record_id in record_ids:
-        record = dead_letters.get(record_id)
-        records.setdefault(record.id, record)
-    return list(records.values())
-
-
-def _interactive() -> bool:
-    """Can we ask the operator (a prompt, an editor)? Both ends must be a terminal."""
-    return sys.stdin.isatty() and sys.stdout.isatty()
-
-
-def _nothing_matched(filtered: bool) -> NoReturn:
-    fail(_nothing(filtered))
-
-
-def _nothing(filtered: bool) -> str:
-    return "no dead letters match" if filtered else "no dead letters"
 
 
 def _json(record: DeadLetter, indent: int | None = None) -> str:
@@ -139,7 +43,7 @@ def dlq() -> None:
 
 
 @dlq.command("list", short_help="List records, oldest first, without consuming them.")
-@_filters
+@filters
 @click.option("--limit", type=click.IntRange(min=1), help="At most this many.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON record per line.")
 @click.pass_context
@@ -158,7 +62,7 @@ def dlq_list(
     An empty queue, or none matching, is an answer, not an error: exit 0
     (with --json, nothing printed).
     """
-    matches = _matcher(Selection(handler, event_type, exception_type, since), None)
+    matches = matcher(Selection(handler, event_type, exception_type, since), None)
     records = itertools.islice(filter(matches, bus_of(ctx).dead_letters), limit)
     count = 0
     for record in records:
@@ -173,7 +77,7 @@ def dlq_list(
             )
         echo(_row(record))
     if count == 0 and not as_json:
-        echo(_nothing(any((handler, event_type, exception_type, since))))
+        echo(nothing(any((handler, event_type, exception_type, since))))
 
 
 def _row(record: DeadLetter) -> str:
@@ -230,7 +134,7 @@ def dlq_stats(ctx: click.Context, as_json: bool) -> None:
                 "counted, listed and replayed once"
             )
     else:
-        echo(_nothing(False))
+        echo(nothing(False))
 
 
 @dlq.command("show", short_help="Show one record in full, traceback included.")
@@ -287,95 +191,6 @@ def _field(record: DeadLetter, name: str) -> str:
 # -- replay, edit ------------------------------------------------------------------
 
 
-@dlq.command("replay", short_help="Re-publish records to the handler that failed.")
-@click.argument("record_ids", nargs=-1)
-@click.option("--all", "everything", is_flag=True, help="Every record (narrowed by filters).")
-@click.option(
-    "--group",
-    metavar="HANDLER:EXCEPTION",
-    callback=_parse_group,
-    help="One failure group as 'dlq stats' prints it (exception: short or dotted).",
-)
-@_filters
-@click.option("--dry-run", is_flag=True, help="Print what would be replayed; replay nothing.")
-@click.pass_context
-@handle_errors
-def dlq_replay(
-    ctx: click.Context,
-    record_ids: tuple[str, ...],
-    everything: bool,
-    group: tuple[str, str] | None,
-    handler: str | None,
-    event_type: str | None,
-    exception_type: str | None,
-    since: datetime | None,
-    dry_run: bool,
-) -> None:
-    """Re-publish dead letters to the handler that failed; each is removed once sent.
-
-    Name RECORD_IDS (unique prefixes work), or select with --all, --group or
-    filters. A record that cannot be replayed is reported and kept (exit 1).
-    """
-    selection = Selection(handler, event_type, exception_type, since)
-    selected = bool(group) or any((handler, event_type, exception_type, since))
-    if record_ids and (everything or selected):
-        raise click.UsageError("give record ids, or --all/--group/filters, not both")
-    if not record_ids and not (everything or selected):
-        raise click.UsageError("name record ids, or use --all or --group (optionally with filters)")
-    if group and (handler or exception_type):
-        raise click.UsageError("--group names the handler and exception: drop those filters")
-    dead_letters = bus_of(ctx).dead_letters
-    named = {record.id: record for record in _resolve(dead_letters, record_ids)}
-    matches = (lambda record: record.id in named) if named else _matcher(selection, group)
-    if dry_run:
-        records = named.values() if named else filter(matches, dead_letters)
-        _dry_run(records, selected=selected)
-        return
-    outcomes: dict[str, bool] = {}  # record id: replayed (kept when False)
-
-    def report(record: DeadLetter, outcome: Envelope[Any] | ReplayError) -> None:
-        if isinstance(outcome, ReplayError):
-            outcomes[record.id] = False
-            echo(f"kept {printable(record.id)}: {printable(outcome)}", err=True)
-        else:
-            outcomes[record.id] = True
-            echo(
-                f"replayed {printable(record.id)} to {printable(record.handler)} "
-                f"(event {outcome.event_id})"
-            )
-
-    replayed = dead_letters.replay_each(matches, report)
-    for record_id in named.keys() - outcomes.keys():  # replayed or purged meanwhile
-        report(named[record_id], ReplayError(f"dead letter {record_id} is gone"))
-    kept = sum(1 for ok in outcomes.values() if not ok)
-    if replayed + kept == 0:
-        _nothing_matched(selected)
-    echo(f"replayed {replayed} dead letter(s)" + (f", kept {kept}" if kept else ""))
-    if kept:
-        raise click.exceptions.Exit(1)
-
-
-def _dry_run(records: Iterable[DeadLetter], *, selected: bool) -> None:
-    replayable = kept = 0
-    for record in records:
-        if record.replayable:
-            replayable += 1
-            echo(
-                f"would replay {printable(record.id)} to {printable(record.handler)} "
-                f"(event {printable(record.event_id)})"
-            )
-        else:
-            kept += 1
-            echo(f"would keep {printable(record.id)}: not replayable ({record.reason})")
-    if replayable + kept == 0:
-        _nothing_matched(selected)
-    echo(
-        f"dry run: would replay {replayable} dead letter(s)"
-        + (f", keep {kept}" if kept else "")
-        + "; nothing was replayed"
-    )
-
-
 @dlq.command("edit", short_help="Replay one record with corrected data.")
 @click.argument("record_id")
 @click.option("--data", "data_text", metavar="JSON", help="The corrected data, a JSON object.")
@@ -398,7 +213,7 @@ def dlq_edit(
     """
     if data_text is not None and data_file is not None:
         raise click.UsageError("give --data or --file, not both")
-    if data_text is None and data_file is None and not _interactive():
+    if data_text is None and data_file is None and not dlq_select.interactive():
         raise click.UsageError("give --data or --file: not on a terminal, so no $EDITOR")
     bus = bus_of(ctx)
     dead_letters = bus.dead_letters
@@ -491,34 +306,6 @@ def _edit(current: Any) -> dict[str, Any]:
 # -- purge -------------------------------------------------------------------------
 
 
-@dlq.command("purge", short_help="Delete named records, or all of them.")
-@click.argument("record_ids", nargs=-1)
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
-@click.pass_context
-@handle_errors
-def dlq_purge(ctx: click.Context, record_ids: tuple[str, ...], yes: bool) -> None:
-    """Delete the named dead letters, or all of them (asks first).
-
-    RECORD_IDS may be unique prefixes; naming them is how hand-pushed
-    garbage (listed as <undecodable>) is removed without touching the rest.
-    """
-    dead_letters = bus_of(ctx).dead_letters
-    records = _resolve(dead_letters, record_ids)
-    if records:
-        question = f"delete {len(records)} dead letter(s): {', '.join(r.id for r in records)}?"
-    else:
-        total = len(dead_letters)
-        if total == 0:
-            _nothing_matched(False)
-        question = f"delete all {total} dead letter(s)?"
-    if not yes:
-        if not _interactive():
-            fail("refusing to purge without --yes when not on a terminal")
-        click.confirm(question, abort=True)
-    if not records:
-        echo(f"purged {dead_letters.purge()} dead letter(s)")
-        return
-    deleted = dead_letters.delete([record.id for record in records])
-    echo(f"deleted {deleted} dead letter(s)")
-    if deleted < len(records):
-        fail(f"{len(records) - deleted} of them were gone already (replayed or purged meanwhile)")
+# replay and purge, over many records: eventbus.cli.dlq_bulk
+dlq.add_command(dlq_replay)
+dlq.add_command(dlq_purge)

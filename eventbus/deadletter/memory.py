@@ -6,7 +6,7 @@ import threading
 from collections.abc import Collection, Iterator
 
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import DeadLetterStore
+from eventbus.deadletter.store import DeadLetterStore, Removed
 
 __all__ = ["InMemoryDeadLetterStore"]
 
@@ -40,8 +40,10 @@ class InMemoryDeadLetterStore(DeadLetterStore):
         with self._lock:
             return len({r.id for r in self._records})
 
-    def purge(self) -> int:
+    def purge(self, *, removed: Removed | None = None) -> int:
         with self._lock:
-            count = len({r.id for r in self._records})
+            ids = list(dict.fromkeys(r.id for r in self._records))
             self._records.clear()
-        return count
+        if removed is not None and ids:
+            removed(ids)
+        return len(ids)

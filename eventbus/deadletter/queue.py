@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import DeadLetterStore, IdSet
+from eventbus.deadletter.store import DeadLetterStore, IdSet, Removed
 from eventbus.domain.envelope import Envelope
 from eventbus.errors import (
     DeadLetterError,
@@ -329,9 +329,13 @@ class DeadLetterQueue:
         """
         return self.store.remove(record_ids)
 
-    def purge(self) -> int:
-        """Delete every record. Returns how many were deleted."""
-        return self.store.purge()
+    def purge(self, *, removed: Removed | None = None) -> int:
+        """Delete every record. Returns how many were deleted.
+
+        ``removed(ids)`` hears the records' ids as they go, a batch at a time
+        (see :meth:`~eventbus.deadletter.store.DeadLetterStore.purge`).
+        """
+        return self.store.purge(removed=removed)
 
 
 def _not_replayable(record: DeadLetter) -> str:

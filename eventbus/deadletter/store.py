@@ -34,6 +34,7 @@ __all__ = [
     "DeadLetterStore",
     "IdSet",
     "Publish",
+    "Removed",
     "Select",
     "distinct",
 ]
@@ -56,6 +57,8 @@ REPLAY_CHUNK = 500
 Publish = Callable[[list[DeadLetter]], Collection[str]]
 #: Chooses the records to replay.
 Select = Callable[[DeadLetter], bool]
+#: Hears which records a purge removed, a batch at a time, once they are gone.
+Removed = Callable[[list[str]], object]
 
 
 class DeadLetterStore(ABC):
@@ -117,8 +120,15 @@ class DeadLetterStore(ABC):
         """Messages in the queue, copies of a record included: its depth, read cheaply."""
 
     @abstractmethod
-    def purge(self) -> int:
-        """Remove every record, copies included; return how many records there were."""
+    def purge(self, *, removed: Removed | None = None) -> int:
+        """Remove every record, copies included; return how many records there were.
+
+        ``removed(ids)`` hears the ids of the records removed, a batch at a
+        time, each once, only once the broker removed them (for a progress
+        bar, or a line per record): the ids it heard are those counted. An
+        exception it raises ends the purge there and propagates: what was
+        removed stays removed, the rest stays in the queue.
+        """
 
     def declare(self) -> None:
         """Create what the store needs on its backend (nothing, by default)."""

@@ -81,14 +81,14 @@ def test_list_stats_show_dry_run_replay_purge(env: Env) -> None:
     assert "Traceback (most recent call last)" in result.stdout
 
     # And dry-runs a replay of everything: reported, nothing changes
-    result = eventbus_dlq(env, "replay", "--dry-run", "--all")
+    result = eventbus_dlq(env, "replay", "--dry-run", "--all", "-v")
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("would replay ") == 4  # three records and the total
     assert dead_letter_ids(env) == ids
     assert env.queue_length() == 0
 
     # And replays one (no worker runs now: its message waits on the handler queue)
-    result = eventbus_dlq(env, "replay", first["id"][:12])
+    result = eventbus_dlq(env, "replay", first["id"][:12], "-v")
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
         f"replayed {first['id']} to {REJECT} (event {first['event_id']})",

@@ -158,7 +158,7 @@ def test_cli_replay_and_purge_count_records_not_copies(
 ) -> None:
     env, record, other = dup_env
     # When the operator replays the copied record from the shell
-    result = cli(env, "replay", record.id)
+    result = cli(env, "replay", record.id, "-v")
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines()[-1] == "replayed 1 dead letter(s)"
     assert result.stdout.count(f"replayed {record.id}") == 1
@@ -166,10 +166,11 @@ def test_cli_replay_and_purge_count_records_not_copies(
     # And a second copy of the other record appears, then everything is purged
     write_copy(env, other)
     wait_for(lambda: dlq_messages(env) == 2, message="the other record and its copy")
-    result = cli(env, "purge", "--yes")
+    result = cli(env, "purge", "--yes", "--json")
     assert result.exit_code == 0, result.output
-    # Then the purge counts the one record the operator saw, and removed its copy too
-    assert result.stdout.strip() == "purged 1 dead letter(s)"
+    # Then the purge counts (and names) the one record the operator saw, and removed its copy too
+    assert result.stdout.splitlines() == [f'{{"id": "{other.id}", "outcome": "purged"}}']
+    assert result.stderr.strip() == "purged 1 dead letter(s)"
     assert dlq_messages(env) == 0
 
 

@@ -85,3 +85,22 @@ def test_concurrent_replays_publish_each_record_once(env: Env) -> None:
     assert sum(counts.values()) == 300
     assert env.queue_length() == 300
     assert len(env.bus.dead_letters) == 0
+
+
+def test_a_purge_names_each_record_once_a_batch_at_a_time(env: Env) -> None:
+    # Given more dead letters than one batch (REPLAY_CHUNK, 500)
+    name = env.name("h")
+    records = [record_for(env, name, n) for n in range(1100)]
+    store = env.bus.dead_letter_store
+    for record in records:
+        store.append(record)
+    wait_for(lambda: store.count() == 1100, message=lambda: f"{store.count()}/1100 messages")
+    # When everything is purged, hearing the ids as they go
+    batches: list[list[str]] = []
+    purged = env.bus.dead_letters.purge(removed=batches.append)
+    # Then each record was named once, in batches (a progress bar moves), and counted
+    heard = [record_id for batch in batches for record_id in batch]
+    assert sorted(heard) == sorted(r.id for r in records)
+    assert purged == len(heard) == 1100
+    assert len(batches) >= 3 and max(map(len, batches)) <= 500
+    assert store.count() == 0

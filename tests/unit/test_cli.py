@@ -123,7 +123,7 @@ def test_publish_then_list_show_replay_a_dead_letter() -> None:
     assert code == 0 and "no stock for A1" in output and "Traceback" in output
     # Then, after the fix, replay puts it through and empties the queue
     cli_app.broken["on"] = False
-    code, output = run("dlq", "replay", record["id"])
+    code, output = run("dlq", "replay", record["id"], "-v")
     assert code == 0 and f"replayed {record['id']}" in output
     assert ("reserved", "A1") in cli_app.received
     code, output = run("dlq", "list")
@@ -320,8 +320,8 @@ def test_replay_a_group_as_stats_prints_it() -> None:
     remove_item("B1")
     cli_app.broken["on"] = False
     # When the operator replays one group, by the exception's short or dotted name
-    code, output = run("dlq", "replay", "--group", f"{RESERVE}:LookupError")
-    # Then only that group's records were replayed, one line each and a total
+    code, output = run("dlq", "replay", "--group", f"{RESERVE}:LookupError", "-v")
+    # Then only that group's records were replayed, one line each (-v) and a total
     assert code == 0
     assert output.count("replayed ") == 3 and "replayed 2 dead letter(s)" in output
     assert sorted(e.data.sku for e in cli_app.reserved) == ["A1", "A2"]
@@ -343,11 +343,11 @@ def test_dry_run_prints_what_would_be_replayed_and_replays_nothing() -> None:
     before = [r.id for r in records()]
     cli_app.broken["on"] = False
     for args in (["--all"], [before[0], before[1]], ["--group", f"{RESERVE}:LookupError"]):
-        code, output = run("dlq", "replay", "--dry-run", *args)
+        code, output = run("dlq", "replay", "--dry-run", "-v", *args)
         assert code == 0, args
         assert f"would replay {before[0]} to {RESERVE}" in output
         assert "nothing was replayed" in output
-    code, output = run("dlq", "replay", "--dry-run", "--all")
+    code, output = run("dlq", "replay", "--dry-run", "--all", "-v")
     assert f"would keep {garbage.id}: not replayable" in output
     assert "would replay 2 dead letter(s), keep 1" in output
     assert [r.id for r in records()] == before
@@ -367,11 +367,11 @@ def test_replay_reports_and_keeps_what_cannot_be_replayed() -> None:
     orphan = records()[0].model_copy(update={"id": "orphan-0001", "handler": "gone.handler"})
     cli_app.bus.dead_letter_store.append(orphan)
     cli_app.broken["on"] = False
-    # When everything is replayed
+    # When everything is replayed (no -v: a summary, and each record kept, named)
     result = invoke("dlq", "replay", "--all")
     # Then the good ones went, the others are reported, kept, and the exit code says so
     assert result.exit_code == 1
-    assert result.stdout.count("replayed ") == 3
+    assert result.stdout.count("replayed ") == 1
     assert result.stdout.splitlines()[-1] == "replayed 2 dead letter(s), kept 2"
     assert f"kept {garbage.id}: " in result.stderr
     assert "kept orphan-0001: handler 'gone.handler' is not subscribed" in result.stderr
@@ -453,7 +453,7 @@ def test_edit_opens_the_editor_on_a_terminal(monkeypatch: pytest.MonkeyPatch) ->
     add_item("A1", quantity=2)
     record = records()[0]
     cli_app.broken["on"] = False
-    monkeypatch.setattr("eventbus.cli.dlq._interactive", lambda: True)
+    monkeypatch.setattr("eventbus.cli.dlq_select.interactive", lambda: True)
     shown: list[str] = []
 
     def editor(replace: tuple[str, str] | None) -> Any:
@@ -518,7 +518,7 @@ def test_purge_asks_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     add_item("A1")
     add_item("A2")
     first, second = records()
-    monkeypatch.setattr("eventbus.cli.dlq._interactive", lambda: True)
+    monkeypatch.setattr("eventbus.cli.dlq_select.interactive", lambda: True)
     result = invoke("dlq", "purge", first.id, input="n\n")
     assert result.exit_code == 1 and "delete 1 dead letter(s)" in result.output
     assert len(records()) == 2

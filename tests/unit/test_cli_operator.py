@@ -82,7 +82,7 @@ def test_edit_of_a_v1_record_in_the_editor_shows_the_data_upcast(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     record = v1_dead_letter()
-    monkeypatch.setattr("eventbus.cli.dlq._interactive", lambda: True)
+    monkeypatch.setattr("eventbus.cli.dlq_select.interactive", lambda: True)
     shown: list[str] = []
 
     def edit(text: str, **kwargs: Any) -> str:
@@ -119,7 +119,7 @@ def test_a_v1_record_the_upcaster_cannot_read_is_still_edited_with_v2_data(
     )
     op.bus.dead_letter_store.append(broken)
     # Then the editor cannot show it at v2, and says what to do instead
-    monkeypatch.setattr("eventbus.cli.dlq._interactive", lambda: True)
+    monkeypatch.setattr("eventbus.cli.dlq_select.interactive", lambda: True)
     result = invoke("dlq", "edit", broken.id)
     assert result.exit_code == 1 and "with --data or --file" in result.stderr
     # And corrected data of v2 goes through
@@ -157,7 +157,7 @@ def test_control_characters_are_escaped_in_every_text_output() -> None:
         ["dlq", "list"],
         ["dlq", "stats"],
         ["dlq", "show", record.id],
-        ["dlq", "replay", "--dry-run", "--all"],
+        ["dlq", "replay", "--dry-run", "--all", "-v"],
         ["events"],
     ):
         result = invoke(*args)
@@ -167,6 +167,8 @@ def test_control_characters_are_escaped_in_every_text_output() -> None:
         assert "\\x1b[31m\\x07" in result.output, args
     # And a replay that keeps the record says why without the raw text either
     result = invoke("dlq", "replay", "--all")
+    assert_escaped(result.output)
+    result = invoke("dlq", "replay", "--all", "-v")
     assert_escaped(result.output)
 
 

@@ -49,6 +49,7 @@ from eventbus.deadletter.store import (
     REPLAY_CHUNK,
     IdSet,
     Publish,
+    Removed,
     Select,
 )
 from eventbus.errors import DeadLetterError
@@ -250,16 +251,25 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
                     found.add(record.id)
         return len(found)
 
-    def purge(self) -> int:
+    def purge(self, *, removed: Removed | None = None) -> int:
         # Acked one by one in a browse, rather than a queue purge: the records
         # counted (and reported to monitors) are exactly the messages removed.
         ids: list[str] = []
+        heard = 0  # ids[:heard] were reported to ``removed``
         seen = IdSet()
         with self._browsing("purge") as browse:
             for message, record in browse:
                 browse.ack(message)
                 if seen.add(record.id):
                     ids.append(record.id)
+                if removed is not None and len(ids) - heard >= REPLAY_CHUNK:
+                    # An ack has no answer; a synchronous method on the same
+                    # channel does, after the broker handled the acks before it.
+                    browse.ready()
+                    removed(ids[heard:])
+                    heard = len(ids)
+        if removed is not None and len(ids) > heard:
+            removed(ids[heard:])  # the browse ended: its channel closed after the acks
         self._announce(ids, "task-revoked", terminated=False, expired=False, signum=None)
         return len(ids)
 

@@ -32,7 +32,7 @@ from eventbus.celery.internals.compat import optimising
 from eventbus.celery.internals.confirms import confirmed
 from eventbus.celery.queue_types import declaration_mismatch
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
-from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore
+from eventbus.deadletter.store import DEFAULT_DEAD_LETTER_QUEUE, DeadLetterStore, Removed
 from eventbus.errors import DeadLetterError, DeadLetterQueueUnavailable
 from eventbus.redaction import redact_url, safe_cause
 
@@ -210,12 +210,14 @@ class BrokerDeadLetterStore(DeadLetterStore):
                 raise
             return int(count)
 
-    def purge(self) -> int:
+    def purge(self, *, removed: Removed | None = None) -> int:
         ids = [record.id for record in self.records()]
         with self._broker("purge") as conn:
             bound = self.queue.bind(conn.default_channel)
             bound.declare()
             bound.purge()
+        if removed is not None and ids:
+            removed(ids)
         self._announce(ids, "task-revoked", terminated=False, expired=False, signum=None)
         return len(ids)
 

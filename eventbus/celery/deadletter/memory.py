@@ -14,6 +14,7 @@ from kombu.transport.memory import Channel as MemoryChannel
 
 from eventbus.celery.deadletter.base import BrokerDeadLetterStore, decode_record, unwrap
 from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.store import Removed
 
 __all__ = ["KombuMemoryDeadLetterStore"]
 
@@ -51,11 +52,14 @@ class KombuMemoryDeadLetterStore(BrokerDeadLetterStore):
         queue = self._queue()
         return 0 if queue is None else queue.qsize()
 
-    def purge(self) -> int:
+    def purge(self, *, removed: Removed | None = None) -> int:
         queue = self._queue()
         if queue is None:
             return 0
         with queue.mutex:
             messages = list(queue.queue)
             queue.queue.clear()
-        return len({decode_record(*unwrap(message)).id for message in messages})
+        ids = list(dict.fromkeys(decode_record(*unwrap(message)).id for message in messages))
+        if removed is not None and ids:
+            removed(ids)
+        return len(ids)

@@ -52,7 +52,7 @@ from eventbus.celery.deadletter.base import BrokerDeadLetterStore, decode_record
 from eventbus.celery.internals.replication import DEFAULT_WAIT_TIMEOUT, check_replicas
 from eventbus.celery.internals.sent_events import SentEvents
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import REPLAY_CHUNK, IdSet, Publish, Select
+from eventbus.deadletter.store import REPLAY_CHUNK, IdSet, Publish, Removed, Select
 
 __all__ = ["RedisDeadLetterStore"]
 
@@ -384,7 +384,7 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
         with self._redis("read") as keys:
             return int(keys.client.llen(keys.queue))
 
-    def purge(self) -> int:
+    def purge(self, *, removed: Removed | None = None) -> int:
         # The list is renamed away in one step, then read and deleted: the
         # records counted (and reported to monitors) are exactly those
         # removed, and a record written meanwhile goes to a new list, kept.
@@ -405,7 +405,10 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
             start = 0
             while page := client.lrange(doomed, start, start + PAGE_SIZE - 1):
                 start += len(page)
-                ids += [r.id for r in map(_decode, page) if seen.add(r.id)]
+                new = [r.id for r in map(_decode, page) if seen.add(r.id)]
+                ids += new
+                if removed is not None and new:
+                    removed(new)  # (renamed away above: out of the queue already)
             client.delete(doomed)
         self._announce(ids, "task-revoked", terminated=False, expired=False, signum=None)
         return len(ids)
