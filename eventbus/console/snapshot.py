@@ -1,0 +1,298 @@
+"""What the console's list pages read: one summary row per dead letter, from one read of the queue.
+
+A dead-letter store can only be read front to back (Redis: ``LRANGE`` pages;
+RabbitMQ: a browse that holds every message it passes, because AMQP 0-9-1 has
+no peek). Reading the queue again for every page, at page 2,000 of a
+100,000-record queue, would read 100,000 records per click on RabbitMQ. So the
+console reads it once into a :class:`Snapshot` of small rows (no envelope, no
+traceback: about 400 bytes a record, see ``bench/bench_console.py``) and serves
+the groups, records and overview pages from it, with cursor paging by row
+position. The cost is one full read per refresh: every page says when the
+snapshot was read, beside the queue's live depth, and a snapshot older than
+``max_age`` seconds, or taken before an action of this console, is read again
+before it is shown. A read that fails raises
+:class:`~eventbus.errors.DeadLetterQueueUnavailable`, and the page says so:
+a stale snapshot is never shown in its place, and neither is "empty".
+
+A single record (its page, its actions) is always read live from the store.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.store import DeadLetterStore
+
+__all__ = [
+    "DEFAULT_MAX_AGE",
+    "MESSAGE_CHARS",
+    "Filters",
+    "Group",
+    "Page",
+    "Row",
+    "Snapshot",
+    "SnapshotCache",
+]
+
+DEFAULT_MAX_AGE = 5.0  #: seconds a snapshot is served before the queue is read again
+MESSAGE_CHARS = 200  #: characters of an exception message a row keeps (and text search sees)
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One record, as the list pages show it and filter it."""
+
+    position: int  #: its place in the snapshot, oldest first: the cursor
+    id: str
+    handler: str
+    event_type: str
+    event_id: str
+    aggregate_id: str
+    reason: str
+    exception_type: str
+    message: str  #: the exception message, its first MESSAGE_CHARS characters
+    failed_at: float  #: POSIX seconds, UTC
+    attempts: int
+    replayable: bool
+
+    @property
+    def failed_at_utc(self) -> datetime:
+        return datetime.fromtimestamp(self.failed_at, UTC)
+
+    @property
+    def group_key(self) -> tuple[str, str, str]:
+        return (self.handler, self.exception_type, self.reason)
+
+
+def _row(position: int, record: DeadLetter) -> Row:
+    intern = sys.intern  # the few distinct handler, type and reason names are shared
+    envelope = record.envelope or {}
+    aggregate = envelope.get("aggregate_id")
+    return Row(
+        position=position,
+        id=record.id,
+        handler=intern(record.handler or "?"),
+        event_type=intern(record.event_type or "<undecodable>"),
+        event_id=record.event_id or "",
+        aggregate_id="" if aggregate is None else str(aggregate)[:100],
+        reason=intern(record.reason),
+        exception_type=intern(record.exception_type),
+        message=record.exception_message[:MESSAGE_CHARS],
+        failed_at=record.failed_at.timestamp(),
+        attempts=record.attempts,
+        replayable=record.replayable,
+    )
+
+
+@dataclass(frozen=True)
+class Filters:
+    """The records page's filters; every one given must match (exact names, text: substring)."""
+
+    handler: str = ""
+    event_type: str = ""
+    reason: str = ""
+    exception_type: str = ""
+    since: datetime | None = None
+    until: datetime | None = None
+    text: str = ""
+
+    def matches(self, row: Row) -> bool:
+        if self.handler and row.handler != self.handler:
+            return False
+        if self.event_type and row.event_type != self.event_type:
+            return False
+        if self.reason and row.reason != self.reason:
+            return False
+        if self.exception_type and self.exception_type not in (
+            row.exception_type,
+            row.exception_type.rsplit(".", 1)[-1],
+        ):
+            return False
+        if self.since is not None and row.failed_at < self.since.timestamp():
+            return False
+        if self.until is not None and row.failed_at >= self.until.timestamp():
+            return False
+        if self.text:
+            needle = self.text.casefold()
+            fields = (row.id, row.event_id, row.aggregate_id, row.message, row.handler)
+            return any(needle in value.casefold() for value in fields)
+        return True
+
+    @property
+    def active(self) -> bool:
+        return any(
+            (self.handler, self.event_type, self.reason, self.exception_type, self.text)
+        ) or (self.since is not None or self.until is not None)
+
+
+@dataclass
+class Group:
+    """Records of one (handler, exception type, reason)."""
+
+    handler: str
+    exception_type: str
+    reason: str
+    count: int = 0
+    first: float = float("inf")
+    last: float = 0.0
+    replayable: int = 0
+    messages: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def top_message(self) -> tuple[str, int]:
+        """The most frequent exception message of the group, and how often it occurs."""
+        return self.messages.most_common(1)[0] if self.messages else ("", 0)
+
+    @property
+    def first_utc(self) -> datetime:
+        return datetime.fromtimestamp(self.first, UTC)
+
+    @property
+    def last_utc(self) -> datetime:
+        return datetime.fromtimestamp(self.last, UTC)
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of rows, and the cursor of the next page (None: this is the last)."""
+
+    rows: list[Row]
+    next_cursor: str | None
+    restarted: bool  #: the cursor's record had left the queue: the page starts over
+
+
+@dataclass
+class Snapshot:
+    """The rows of one read of the queue, oldest first, and when it was taken."""
+
+    rows: list[Row]
+    taken_at: float  #: time.time() when the read began
+    took: float  #: seconds the read took
+    _positions: dict[str, int] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def read(cls, store: DeadLetterStore) -> Snapshot:
+        """Read every record of ``store`` once (each record once, copies folded)."""
+        started = time.time()
+        clock = time.perf_counter()
+        rows = [_row(n, record) for n, record in enumerate(store.records())]
+        return cls(rows, started, time.perf_counter() - clock)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def age(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.taken_at
+
+    def position(self, record_id: str) -> int | None:
+        if not self._positions and self.rows:
+            self._positions = {row.id: row.position for row in self.rows}
+        return self._positions.get(record_id)
+
+    def page(self, filters: Filters, cursor: str | None, size: int) -> Page:
+        """Up to ``size`` rows matching ``filters`` after ``cursor``; cost: the rows walked.
+
+        A cursor is ``POSITION.ID`` of the last row shown. When a new
+        snapshot moved that record, its id finds it again; when it has left
+        the queue, the page goes on from the same position (``restarted``
+        is then set only if that position is past the end).
+        """
+        start, restarted = 0, False
+        if cursor:
+            start, restarted = self._resume(cursor)
+        found: list[Row] = []
+        for row in self._from(start):
+            if filters.matches(row):
+                if len(found) == size:
+                    last = found[-1]
+                    return Page(found, f"{last.position}.{last.id}", restarted)
+                found.append(row)
+        return Page(found, None, restarted)
+
+    def _resume(self, cursor: str) -> tuple[int, bool]:
+        text, _, record_id = cursor.partition(".")
+        try:
+            position = int(text)
+        except ValueError:
+            return 0, True
+        rows = self.rows
+        if 0 <= position < len(rows) and rows[position].id == record_id:
+            return position + 1, False
+        moved = self.position(record_id)
+        if moved is not None:
+            return moved + 1, False
+        if 0 <= position < len(rows):
+            return position, False  # it left the queue: what followed it moved up
+        return 0, True
+
+    def _from(self, start: int) -> Iterator[Row]:
+        rows = self.rows
+        for n in range(max(start, 0), len(rows)):
+            yield rows[n]
+
+    def groups(self) -> list[Group]:
+        """Every failure group, largest first: one pass over the rows."""
+        groups: dict[tuple[str, str, str], Group] = {}
+        for row in self.rows:
+            key = row.group_key
+            group = groups.get(key)
+            if group is None:
+                group = groups[key] = Group(*key)
+            group.count += 1
+            group.first = min(group.first, row.failed_at)
+            group.last = max(group.last, row.failed_at)
+            group.replayable += row.replayable
+            group.messages[row.message] += 1
+        return sorted(
+            groups.values(), key=lambda g: (-g.count, g.handler, g.exception_type, g.reason)
+        )
+
+    def failures_since(self, since: float) -> Counter[str]:
+        """Records per handler that failed at or after ``since`` (and are still in the queue)."""
+        return Counter(row.handler for row in self.rows if row.failed_at >= since)
+
+    def values(self) -> dict[str, list[str]]:
+        """The distinct handler, event type, reason and exception names: the filter choices."""
+        return {
+            "handler": sorted({row.handler for row in self.rows}),
+            "event_type": sorted({row.event_type for row in self.rows}),
+            "reason": sorted({row.reason for row in self.rows}),
+            "exception_type": sorted({row.exception_type for row in self.rows}),
+        }
+
+
+class SnapshotCache:
+    """The console's current snapshot: read again when older than ``max_age`` or invalidated.
+
+    One read at a time: requests that find the snapshot stale while another
+    reads it wait for that read instead of starting their own (on RabbitMQ,
+    two browses at once would each miss what the other holds).
+    """
+
+    def __init__(self, store: DeadLetterStore, *, max_age: float = DEFAULT_MAX_AGE) -> None:
+        self.store = store
+        self.max_age = max_age
+        self._snapshot: Snapshot | None = None
+        self._lock = threading.Lock()
+
+    def get(self, *, fresh: bool = False) -> Snapshot:
+        """The snapshot, read again first if it is stale (``fresh``: read it again now)."""
+        wanted_after = time.time() - (0.0 if fresh else self.max_age)
+        with self._lock:
+            current = self._snapshot
+            if current is None or current.taken_at < wanted_after:
+                self._snapshot = None  # a failed read leaves nothing to show in its place
+                current = self._snapshot = Snapshot.read(self.store)
+            return current
+
+    def invalidate(self) -> None:
+        """Forget the snapshot: the next page reads the queue again (after an action)."""
+        with self._lock:
+            self._snapshot = None
