@@ -70,7 +70,9 @@ def _depth(conn: Any, name: str) -> QueueDepth:
         _, count, _ = channel.queue_declare(queue=name, passive=True)
         return QueueDepth(name, int(count))
     except conn.channel_errors as exc:
-        if not is_missing_queue(exc):
+        # kombu's Redis channel says NOT_FOUND, without AMQP's 404, for a list
+        # that does not exist: which is also what an empty queue is on Redis.
+        if not (is_missing_queue(exc) or "NOT_FOUND" in str(exc)):
             raise
         return QueueDepth(name, 0)
     finally:

@@ -81,7 +81,7 @@ def check_edit(bus: BaseEventBus, record: DeadLetter, text: str) -> Edited:
     except EventBusError as exc:
         return Edited(None, [FieldError("(event type)", str(exc))])
     try:
-        event_class.model_validate(value)
+        event_class.parse_data(value)
     except ValidationError as exc:
         return Edited(None, field_errors(exc))
     except EventVersionError as exc:  # (a validator that upcasts)
