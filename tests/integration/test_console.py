@@ -13,7 +13,6 @@ import logging
 from collections.abc import Iterator
 from datetime import timedelta
 
-
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
