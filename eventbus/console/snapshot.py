@@ -71,6 +71,10 @@ class Row:
         return (self.handler, self.exception_type, self.reason)
 
 
+def _cursor(row: Row) -> str:
+    return f"{row.position}.{row.id}.{int(row.failed_at * 1000)}"
+
+
 def _row(position: int, record: DeadLetter) -> Row:
     intern = sys.intern  # the few distinct handler, type and reason names are shared
     envelope = record.envelope or {}
@@ -165,7 +169,7 @@ class Page:
 
     rows: list[Row]
     next_cursor: str | None
-    restarted: bool  #: the cursor's record had left the queue: the page starts over
+    restarted: bool  #: the cursor's record had left the queue: the page goes on by time
 
 
 @dataclass
@@ -199,10 +203,12 @@ class Snapshot:
     def page(self, filters: Filters, cursor: str | None, size: int) -> Page:
         """Up to ``size`` rows matching ``filters`` after ``cursor``; cost: the rows walked.
 
-        A cursor is ``POSITION.ID`` of the last row shown. When a new
-        snapshot moved that record, its id finds it again; when it has left
-        the queue, the page goes on from the same position (``restarted``
-        is then set only if that position is past the end).
+        A cursor names the last row shown: ``POSITION.ID.FAILED_AT_MS``. Its
+        position is tried first, then its id (a new snapshot moved the
+        record). When the record has left the queue, the page goes on from
+        the first record that failed after it (``restarted`` says so): the
+        queue keeps records in the order they were written, nearly that of
+        their failures.
         """
         start, restarted = 0, False
         if cursor:
@@ -212,15 +218,16 @@ class Snapshot:
             if filters.matches(row):
                 if len(found) == size:
                     last = found[-1]
-                    return Page(found, f"{last.position}.{last.id}", restarted)
+                    return Page(found, _cursor(last), restarted)
                 found.append(row)
         return Page(found, None, restarted)
 
     def _resume(self, cursor: str) -> tuple[int, bool]:
-        text, _, record_id = cursor.partition(".")
+        """Where the page after ``cursor`` starts, and whether its record had left the queue."""
+        parts = cursor.split(".")
         try:
-            position = int(text)
-        except ValueError:
+            position, record_id, failed_ms = int(parts[0]), parts[1], int(parts[2])
+        except (ValueError, IndexError):
             return 0, True
         rows = self.rows
         if 0 <= position < len(rows) and rows[position].id == record_id:
@@ -228,9 +235,11 @@ class Snapshot:
         moved = self.position(record_id)
         if moved is not None:
             return moved + 1, False
-        if 0 <= position < len(rows):
-            return position, False  # it left the queue: what followed it moved up
-        return 0, True
+        after = failed_ms / 1000
+        for row in rows:
+            if row.failed_at > after:
+                return row.position, True
+        return len(rows), True
 
     def _from(self, start: int) -> Iterator[Row]:
         rows = self.rows

@@ -19,7 +19,14 @@ PACKAGE = Path(__file__).resolve().parents[2] / "eventbus"
 CELERY_FAMILY = ("celery", "kombu", "amqp", "billiard", "vine", "librabbitmq")
 
 #: What no layer below the integrations imports.
-NOT_BELOW = (*CELERY_FAMILY, "prometheus_client", "click", "eventbus.celery", "eventbus.cli")
+NOT_BELOW = (
+    *CELERY_FAMILY,
+    "prometheus_client",
+    "click",
+    "eventbus.celery",
+    "eventbus.cli",
+    "eventbus.console",
+)
 
 #: Folder -> what its modules may not import (packages and eventbus folders).
 FORBIDDEN: dict[str, tuple[str, ...]] = {
