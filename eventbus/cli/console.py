@@ -89,6 +89,7 @@ def console(
         flower_url=flower_url,
         max_age=max_age,
     )
+    app.extensions["eventbus_console"].cache.refresh()  # the first read starts now
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -60,8 +60,7 @@ def replay(record_id: str) -> ResponseReturnValue:
         message = redact(str(exc), secrets_of(state.bus))
         logger.warning("console: user=%s replay of %s refused: %s", g.user, record_id, message)
         return render_template("error.html", title="Not replayed", message=message), 409
-    finally:
-        state.cache.invalidate()
+    state.cache.forget([record_id])
     logger.info(
         "console: user=%s replayed dead letter %s (event %s)", g.user, record_id, envelope.event_id
     )
@@ -97,8 +96,7 @@ def edit(record_id: str) -> ResponseReturnValue:
         message = redact(str(exc), secrets_of(state.bus))
         logger.warning("console: user=%s edit of %s refused: %s", g.user, found.id, message)
         return render_template("error.html", title="Not replayed", message=message), 409
-    finally:
-        state.cache.invalidate()
+    state.cache.forget([found.id])
     changed = sorted(
         k for k in {*edited.data, *(current or {})} if edited.data.get(k) != (current or {}).get(k)
     )
@@ -116,10 +114,8 @@ def edit(record_id: str) -> ResponseReturnValue:
 @console.route("/records/<record_id>/purge", methods=["POST"])
 def purge(record_id: str) -> ResponseReturnValue:
     state = console_of()
-    try:
-        deleted = state.bus.dead_letters.delete([record_id])
-    finally:
-        state.cache.invalidate()
+    deleted = state.bus.dead_letters.delete([record_id])
+    state.cache.forget([record_id])
     if not deleted:
         flash(f"{record_id} was gone already (replayed or purged meanwhile).")
         return redirect(url_for("console.records"))
@@ -167,6 +163,6 @@ def group_replay() -> ResponseReturnValue:
         what=what,
         expected=expected,
         secrets=secrets_of(state.bus),
-        done=state.cache.invalidate,
+        done=state.cache.forget,
     )
     return redirect(url_for("console.job", job_id=job.id))

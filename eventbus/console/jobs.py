@@ -76,15 +76,17 @@ class Jobs:
         what: str,
         expected: int,
         secrets: list[str],
-        done: Callable[[], Any],
+        done: Callable[[list[str]], Any],
     ) -> Job:
-        """Replay every record ``select`` accepts in a new thread; ``done()`` runs at its end."""
+        """Replay every record ``select`` accepts in a new thread; then ``done(ids replayed)``."""
         job = Job(uuid.uuid4().hex, user, what, expected)
         with self._lock:
             finished = [j for j in self._jobs.values() if j.done]
             for old in finished[: max(0, len(finished) - JOBS_KEPT)]:
                 del self._jobs[old.id]
             self._jobs[job.id] = job
+
+        replayed: list[str] = []
 
         def report(record: DeadLetter, outcome: Envelope[Any] | ReplayError) -> None:
             if isinstance(outcome, ReplayError):
@@ -93,6 +95,7 @@ class Jobs:
                     job.kept_reasons.append(f"{record.id}: {redact(str(outcome), secrets)}")
             else:
                 job.replayed += 1
+                replayed.append(record.id)
 
         def run() -> None:
             try:
@@ -102,7 +105,7 @@ class Jobs:
                 logger.error("console: replay %s of %s failed: %s", job.id, what, job.error)
             finally:
                 job.finished = time.time()
-                done()
+                done(replayed)
                 logger.info(
                     "console: user=%s replay of %s finished: replayed %d, kept %d%s",
                     user,

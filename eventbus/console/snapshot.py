@@ -2,28 +2,36 @@
 
 A dead-letter store can only be read front to back (Redis: ``LRANGE`` pages;
 RabbitMQ: a browse that holds every message it passes, because AMQP 0-9-1 has
-no peek). Reading the queue again for every page, at page 2,000 of a
-100,000-record queue, would read 100,000 records per click on RabbitMQ. So the
-console reads it once into a :class:`Snapshot` of small rows (no envelope, no
-traceback: about 400 bytes a record, see ``bench/bench_console.py``) and serves
-the groups, records and overview pages from it, with cursor paging by row
-position. The cost is one full read per refresh: every page says when the
-snapshot was read, beside the queue's live depth, and a snapshot older than
-``max_age`` seconds, or taken before an action of this console, is read again
-before it is shown. A read that fails raises
-:class:`~eventbus.errors.DeadLetterQueueUnavailable`, and the page says so:
-a stale snapshot is never shown in its place, and neither is "empty".
+no peek), and each record is decoded on the way (JSON twice and a pydantic
+validation: about 0.1 ms a record, see ``bench/bench_console.py``). Reading
+the queue again for every page, at page 2,000 of a 100,000-record queue,
+would take seconds per click. So the console reads it into a
+:class:`Snapshot` of small rows (no envelope, no traceback: a few hundred
+bytes a record) and serves the groups, records and overview pages from it,
+with cursor paging by row position.
+
+The cost is one full read per refresh. :class:`SnapshotCache` reads the queue
+on the first page; a snapshot older than ``max_age`` seconds is read again
+in the background while the pages go on showing the one they have; every
+page says when what it shows was read, beside the queue's live depth (one
+cheap call). What this console itself removed (a replay, a purge) leaves the
+snapshot at once. With ``max_age=0`` every page reads the queue itself.
+
+A read that fails is never hidden: the page raises its
+:class:`~eventbus.errors.DeadLetterQueueUnavailable` and says so, with the
+problem named; a stale snapshot is not shown in its place, nor "empty".
 
 A single record (its page, its actions) is always read live from the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -39,6 +47,7 @@ __all__ = [
     "Row",
     "Snapshot",
     "SnapshotCache",
+    "cursor_of",
 ]
 
 DEFAULT_MAX_AGE = 5.0  #: seconds a snapshot is served before the queue is read again
@@ -49,7 +58,6 @@ MESSAGE_CHARS = 200  #: characters of an exception message a row keeps (and text
 class Row:
     """One record, as the list pages show it and filter it."""
 
-    position: int  #: its place in the snapshot, oldest first: the cursor
     id: str
     handler: str
     event_type: str
@@ -71,16 +79,16 @@ class Row:
         return (self.handler, self.exception_type, self.reason)
 
 
-def _cursor(row: Row) -> str:
-    return f"{row.position}.{row.id}.{int(row.failed_at * 1000)}"
+def cursor_of(position: int, row: Row) -> str:
+    """The cursor of the page after ``row``, at ``position`` in its snapshot."""
+    return f"{position}.{row.id}.{int(row.failed_at * 1000)}"
 
 
-def _row(position: int, record: DeadLetter) -> Row:
+def _row(record: DeadLetter) -> Row:
     intern = sys.intern  # the few distinct handler, type and reason names are shared
     envelope = record.envelope or {}
     aggregate = envelope.get("aggregate_id")
     return Row(
-        position=position,
         id=record.id,
         handler=intern(record.handler or "?"),
         event_type=intern(record.event_type or "<undecodable>"),
@@ -88,7 +96,7 @@ def _row(position: int, record: DeadLetter) -> Row:
         aggregate_id="" if aggregate is None else str(aggregate)[:100],
         reason=intern(record.reason),
         exception_type=intern(record.exception_type),
-        message=record.exception_message[:MESSAGE_CHARS],
+        message=intern(record.exception_message[:MESSAGE_CHARS]),  # often the same text
         failed_at=record.failed_at.timestamp(),
         attempts=record.attempts,
         replayable=record.replayable,
@@ -186,7 +194,7 @@ class Snapshot:
         """Read every record of ``store`` once (each record once, copies folded)."""
         started = time.time()
         clock = time.perf_counter()
-        rows = [_row(n, record) for n, record in enumerate(store.records())]
+        rows = [_row(record) for record in store.records()]
         return cls(rows, started, time.perf_counter() - clock)
 
     def __len__(self) -> int:
@@ -197,7 +205,7 @@ class Snapshot:
 
     def position(self, record_id: str) -> int | None:
         if not self._positions and self.rows:
-            self._positions = {row.id: row.position for row in self.rows}
+            self._positions = {row.id: n for n, row in enumerate(self.rows)}
         return self._positions.get(record_id)
 
     def page(self, filters: Filters, cursor: str | None, size: int) -> Page:
@@ -214,12 +222,15 @@ class Snapshot:
         if cursor:
             start, restarted = self._resume(cursor)
         found: list[Row] = []
-        for row in self._from(start):
+        rows = self.rows
+        last = start
+        for n in range(max(start, 0), len(rows)):
+            row = rows[n]
             if filters.matches(row):
                 if len(found) == size:
-                    last = found[-1]
-                    return Page(found, _cursor(last), restarted)
+                    return Page(found, cursor_of(last, found[-1]), restarted)
                 found.append(row)
+                last = n
         return Page(found, None, restarted)
 
     def _resume(self, cursor: str) -> tuple[int, bool]:
@@ -236,15 +247,10 @@ class Snapshot:
         if moved is not None:
             return moved + 1, False
         after = failed_ms / 1000
-        for row in rows:
+        for n, row in enumerate(rows):
             if row.failed_at > after:
-                return row.position, True
+                return n, True
         return len(rows), True
-
-    def _from(self, start: int) -> Iterator[Row]:
-        rows = self.rows
-        for n in range(max(start, 0), len(rows)):
-            yield rows[n]
 
     def groups(self) -> list[Group]:
         """Every failure group, largest first: one pass over the rows."""
@@ -263,6 +269,12 @@ class Snapshot:
             groups.values(), key=lambda g: (-g.count, g.handler, g.exception_type, g.reason)
         )
 
+    def without(self, record_ids: Collection[str]) -> Snapshot:
+        """This snapshot without these records (which this console removed), same time."""
+        gone = set(record_ids)
+        rows = [row for row in self.rows if row.id not in gone]
+        return Snapshot(rows, self.taken_at, self.took)
+
     def failures_since(self, since: float) -> Counter[str]:
         """Records per handler that failed at or after ``since`` (and are still in the queue)."""
         return Counter(row.handler for row in self.rows if row.failed_at >= since)
@@ -278,30 +290,80 @@ class Snapshot:
 
 
 class SnapshotCache:
-    """The console's current snapshot: read again when older than ``max_age`` or invalidated.
+    """The console's current snapshot, read again when older than ``max_age``.
 
-    One read at a time: requests that find the snapshot stale while another
-    reads it wait for that read instead of starting their own (on RabbitMQ,
-    two browses at once would each miss what the other holds).
+    The first page reads the queue; later, a stale snapshot is still served
+    while one background thread reads the queue again (``refreshing`` is then
+    set, and the pages say so). A read that fails is kept as the answer (it
+    is raised to every page) until a read succeeds. ``max_age=0``: every
+    call reads the queue, in the caller's thread.
     """
 
     def __init__(self, store: DeadLetterStore, *, max_age: float = DEFAULT_MAX_AGE) -> None:
         self.store = store
         self.max_age = max_age
         self._snapshot: Snapshot | None = None
-        self._lock = threading.Lock()
+        self._failure: Exception | None = None
+        self._lock = threading.Lock()  # held while the snapshot is read in a caller's thread
+        self._state = threading.Lock()  # guards the fields below
+        self._reader: threading.Thread | None = None
+
+    @property
+    def refreshing(self) -> bool:
+        reader = self._reader
+        return reader is not None and reader.is_alive()
 
     def get(self, *, fresh: bool = False) -> Snapshot:
-        """The snapshot, read again first if it is stale (``fresh``: read it again now)."""
-        wanted_after = time.time() - (0.0 if fresh else self.max_age)
-        with self._lock:
-            current = self._snapshot
-            if current is None or current.taken_at < wanted_after:
-                self._snapshot = None  # a failed read leaves nothing to show in its place
-                current = self._snapshot = Snapshot.read(self.store)
-            return current
+        """The snapshot to show (``fresh``: read the queue now, in this thread).
+
+        Raises what the last read raised, if it failed.
+        """
+        if fresh or self.max_age <= 0:
+            return self._read_now()
+        with self._state:
+            snapshot, failure = self._snapshot, self._failure
+        if failure is not None:
+            self.refresh()  # try again, in the background; this page says why it cannot show
+            raise failure
+        if snapshot is None:
+            return self._read_now()
+        if snapshot.age() > self.max_age:
+            self.refresh()
+        return snapshot
+
+    def refresh(self) -> None:
+        """Read the queue again in a background thread (unless one is reading it now)."""
+        with self._state:
+            if self.refreshing:
+                return
+            self._reader = threading.Thread(
+                target=self._read_quietly, name="eventbus-console-snapshot", daemon=True
+            )
+            self._reader.start()
+
+    def forget(self, record_ids: Collection[str]) -> None:
+        """These records left the queue (this console replayed or purged them)."""
+        with self._state:
+            if self._snapshot is not None and record_ids:
+                self._snapshot = self._snapshot.without(record_ids)
 
     def invalidate(self) -> None:
-        """Forget the snapshot: the next page reads the queue again (after an action)."""
-        with self._lock:
+        """Read the queue again soon: the next page waits for a fresh read."""
+        with self._state:
             self._snapshot = None
+
+    def _read_now(self) -> Snapshot:
+        with self._lock:
+            try:
+                snapshot = Snapshot.read(self.store)
+            except Exception as exc:
+                with self._state:
+                    self._snapshot, self._failure = None, exc
+                raise
+            with self._state:
+                self._snapshot, self._failure = snapshot, None
+            return snapshot
+
+    def _read_quietly(self) -> None:
+        with contextlib.suppress(Exception):  # kept as _failure, raised to the next page
+            self._read_now()

@@ -103,7 +103,8 @@ def _utc(moment: datetime | float | None) -> str:
 
 @console.app_context_processor
 def _shared() -> dict[str, Any]:
-    return {"user": g.get("user"), "open_console": console_of().open}
+    state = console_of()
+    return {"user": g.get("user"), "open_console": state.open, "refreshing": state.cache.refreshing}
 
 
 @console.app_errorhandler(DeadLetterQueueUnavailable)
