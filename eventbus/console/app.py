@@ -111,7 +111,8 @@ def _authenticate() -> ResponseReturnValue | None:
         if request.headers.get("Authorization"):
             logger.warning("console: refused credentials from %s", request.remote_addr)
             return "authentication failed", 401, {"WWW-Authenticate": 'Basic realm="eventbus"'}
-        return redirect(url_for("console.login", next=request.full_path))
+        # With the script root: mounted under /console, the page is /console/...
+        return redirect(url_for("console.login", next=request.script_root + request.full_path))
     g.user = user
     return None
 

@@ -142,3 +142,95 @@ def test_mounted_under_a_flask_app() -> None:
     assert response.status_code == 302 and response.headers["Location"].startswith("/console/login")
     login = client.get("/console/login").get_data(as_text=True)
     assert 'href="/console/static/console.css"' in login
+
+
+DJANGO_MOUNT = """
+import django
+from django.conf import settings
+from django.http import HttpResponse
+from django.urls import path
+
+settings.configure(
+    ROOT_URLCONF=__name__, ALLOWED_HOSTS=["localhost"], SECRET_KEY="x" * 50, DEBUG=False
+)
+urlpatterns = [path("", lambda request: HttpResponse("the django site"))]
+django.setup()
+
+# The README's snippet: the console under /eventbus of a Django project's WSGI app
+from django.core.wsgi import get_wsgi_application
+from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+from eventbus import InMemoryEventBus
+from eventbus.console import Credentials, create_app
+
+bus = InMemoryEventBus()
+application = DispatcherMiddleware(
+    get_wsgi_application(),
+    {"/eventbus": create_app(bus, credentials=Credentials(user="ops", password="pw-123456"))},
+)
+
+from werkzeug.test import Client
+
+client = Client(application)
+site = client.get("/", headers={"Host": "localhost"})
+console = client.get("/eventbus/groups", headers={"Host": "localhost"})
+print(site.get_data(as_text=True), console.status_code, console.headers["Location"])
+"""
+
+
+def test_mounted_in_a_django_project() -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", DJANGO_MOUNT], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "the",
+        "django",
+        "site",
+        "302",
+        "/eventbus/login?next=/eventbus/groups?",
+    ]
+
+
+def test_a_stale_snapshot_is_served_while_it_is_read_again() -> None:
+    from eventbus.console.snapshot import SnapshotCache
+    from tests.support import wait_for
+
+    store = InMemoryDeadLetterStore()
+    store.append(record(1))
+    cache = SnapshotCache(store, max_age=0.05)
+    first = cache.get()
+    assert len(first) == 1
+    store.append(record(2))
+    wait_for(lambda: first.age() > 0.05, message="the snapshot to grow stale")
+    assert cache.get() is first  # served stale, while a read runs in the background
+    wait_for(lambda: len(cache.get()) == 2, message="the new read to be served")
+    # What the console itself removed leaves the snapshot at once
+    cache.forget([record(2).id])
+    assert [r.id for r in cache.get(fresh=False).rows] == [record(1).id]
+
+
+def test_a_failed_read_is_raised_never_an_empty_snapshot() -> None:
+    from eventbus.console.snapshot import SnapshotCache
+    from eventbus.errors import DeadLetterQueueUnavailable
+
+    class Failing(InMemoryDeadLetterStore):
+        fail = False
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            if self.fail:
+                raise DeadLetterQueueUnavailable("cannot read the dead-letter queue: refused")
+            return super().__iter__()
+
+    store = Failing()
+    store.append(record(1))
+    cache = SnapshotCache(store, max_age=60)
+    assert len(cache.get()) == 1
+    store.fail = True
+    with pytest.raises(DeadLetterQueueUnavailable):
+        cache.get(fresh=True)
+    with pytest.raises(DeadLetterQueueUnavailable):  # and on every page after, until a read works
+        cache.get()
