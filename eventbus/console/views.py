@@ -142,7 +142,9 @@ def _safe_next(target: str | None) -> str:
     if not target:
         return url_for("console.overview")
     parts = urlsplit(target)
-    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+    # (A browser reads "/\\evil.example" as "//evil.example": no backslash either.)
+    offsite = parts.scheme or parts.netloc or target.startswith("//") or "\\" in target
+    if offsite or not target.startswith("/"):
         return url_for("console.overview")
     return target
 
