@@ -17,9 +17,17 @@
             all through Flask's test client (routing, auth, templates: the
             server side of a request, no network), median of 5;
             - peak RSS of the subprocess (psutil) after the snapshot.
-3. cleanup: the DLQ (Redis db 13 by default, as bench_dlq.py).
+3. replay (``--replay N``): a group of N records (one of the three failure
+            groups of 3N records) replayed by ``eventbus dlq replay --group``
+            (a subprocess: its wall time, interpreter start included, and that
+            start alone, ``eventbus --help``), then, on a refill, by the
+            console (POST /groups/replay, its background job's own time):
+            records/s and the ratio console/CLI. No worker: the replayed
+            messages pile up in the handler queue, emptied between the runs.
+4. cleanup: the DLQ and the handler queue (Redis db 13 by default, as bench_dlq.py).
 
-Targets (issue 15): records page < 300 ms, groups page < 2 s, memory < 150 MB.
+Targets (issue 15): records page < 300 ms, groups page < 2 s, memory < 150 MB,
+a group replay from the console >= 0.8x the CLI's rate.
 The groups page must read the whole queue once per snapshot (``max_age``,
 5 s by default): the cold figure is that read, and its ratio to the baseline
 says what the console adds to it.
@@ -135,10 +143,82 @@ def measure(url: str, dlq: str, handler_queue: str) -> dict[str, float]:
     }
 
 
+def replay_rates(url: str, dlq: str, handler_queue: str, n: int, broker: str) -> None:
+    """The CLI's and the console's replay of one N-record group: records/s, and the ratio."""
+    from kombu import Connection
+
+    from bench import dlq_app
+    from eventbus.console import Credentials, create_app
+
+    group = (dlq_app.HANDLER, "ConnectionError", "retries_exhausted")
+
+    def empty_handler_queue() -> None:
+        with Connection(url) as conn, contextlib.suppress(Exception):
+            conn.default_channel.queue_purge(handler_queue)
+
+    env = {
+        **os.environ,
+        "BENCH_BROKER_URL": url,
+        "BENCH_DLQ": dlq,
+        "BENCH_DLQ_HANDLER_QUEUE": handler_queue,
+    }
+    cli = [sys.executable, "-m", "eventbus.cli", "-A", "bench.dlq_app"]
+    repo = Path(__file__).resolve().parent.parent
+    t0 = time.perf_counter()
+    subprocess.run([*cli, "--help"], env=env, cwd=repo, check=True, capture_output=True)
+    startup = time.perf_counter() - t0
+
+    fill(url, dlq, handler_queue, 3 * n, broker)
+    t0 = time.perf_counter()
+    subprocess.run(
+        [*cli, "dlq", "replay", "--group", f"{group[0]}:{group[1]}"],
+        env=env,
+        cwd=repo,
+        check=True,
+        capture_output=True,
+    )
+    cli_seconds = time.perf_counter() - t0
+    empty_handler_queue()
+
+    built = dlq_app.build(url, dlq, handler_queue)
+    built.bus.dead_letter_store.purge()
+    fill(url, dlq, handler_queue, 3 * n, broker)
+    app = create_app(built.bus, credentials=Credentials(user="bench", password="bench"))
+    app.config["WTF_CSRF_ENABLED"] = False  # (the bench posts no form it read)
+    client = app.test_client()
+    auth = {"Authorization": "Basic YmVuY2g6YmVuY2g="}
+    response = client.post(
+        "/groups/replay",
+        data={"handler": group[0], "exception_type": group[1], "reason": group[2]},
+        headers=auth,
+    )
+    job_id = response.headers["Location"].rsplit("/", 1)[-1]
+    job = app.extensions["eventbus_console"].jobs.get(job_id)
+    while not job.done:
+        time.sleep(0.05)
+    assert job.replayed == n and not job.error, (job.replayed, job.error)
+    empty_handler_queue()
+    built.app.close()
+    cli_rate, console_rate = n / cli_seconds, n / job.seconds
+    print(f"replay of a {n}-record group on {broker}:")
+    print(
+        f"  eventbus dlq replay --group   {cli_seconds:6.2f} s  {cli_rate:8.0f} records/s"
+        f"   (interpreter and app start alone: {startup:.2f} s;"
+        f" without it: {n / max(cli_seconds - startup, 1e-9):.0f} records/s)"
+    )
+    print(
+        f"  console (group replay job)    {job.seconds:6.2f} s  {console_rate:8.0f} records/s"
+        f"   x{console_rate / cli_rate:.2f} the CLI's rate"
+        f" (x{job.seconds and (cli_seconds - startup) / job.seconds:.2f} without its start)"
+        "   target >= 0.8x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--broker", choices=sorted(URLS), default="redis")
+    parser.add_argument("--replay", type=int, default=0, metavar="N", help="also: replay rates")
     parser.add_argument("--measure", nargs=3, metavar=("URL", "DLQ", "HANDLER_QUEUE"))
     args = parser.parse_args()
     if args.measure:
@@ -157,11 +237,19 @@ def main() -> None:
             check=True,
         ).stdout
         f = json.loads(out.strip().splitlines()[-1])
+        if args.replay:
+            from bench import dlq_app
+
+            built = dlq_app.build(url, dlq, handler_queue)
+            built.bus.dead_letter_store.purge()
+            built.app.close()
+            replay_rates(url, dlq, handler_queue, args.replay, args.broker)
     finally:
         from kombu import Connection
 
-        with Connection(url) as conn, contextlib.suppress(Exception):
-            conn.default_channel.queue_delete(dlq)
+        for name in (dlq, handler_queue):
+            with Connection(url) as conn, contextlib.suppress(Exception):
+                conn.default_channel.queue_delete(name)
     print(f"console on {args.broker}, {f['records']:.0f} records (server side, median of 5):")
     base = f["baseline_read_s"]
     rows = [
