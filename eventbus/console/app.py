@@ -28,6 +28,7 @@ from eventbus.bus.base import BaseEventBus
 from eventbus.console import actions, views  # noqa: F401 - their routes join the blueprint
 from eventbus.console.auth import Credentials, is_loopback
 from eventbus.console.blueprint import console as blueprint
+from eventbus.console.broker import dead_letter_readers
 from eventbus.console.snapshot import DEFAULT_MAX_AGE, SnapshotCache
 from eventbus.console.state import Console, console_of
 from eventbus.errors import ConfigurationError
@@ -89,7 +90,9 @@ def create_app(
         credentials=creds,
         open=open,
         flower_url=flower_url.rstrip("/") if flower_url else None,
-        cache=SnapshotCache(bus.dead_letter_store, max_age=max_age),
+        cache=SnapshotCache(
+            bus.dead_letter_store, max_age=max_age, readers=lambda: dead_letter_readers(bus)
+        ),
         page_size=page_size,
     )
     CSRFProtect(app)

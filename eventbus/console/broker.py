@@ -15,7 +15,7 @@ from eventbus.broker_errors import broker_errors, describe_broker_error, is_miss
 from eventbus.bus.base import BaseEventBus
 from eventbus.redaction import redact, redact_url
 
-__all__ = ["QueueDepth", "broker_name", "queue_depths", "secrets_of"]
+__all__ = ["QueueDepth", "broker_name", "dead_letter_readers", "queue_depths", "secrets_of"]
 
 #: Celery settings whose URLs (and passwords) a page or a log line could echo.
 URL_SETTINGS = ("broker_url", "broker_read_url", "broker_write_url", "result_backend")
@@ -78,3 +78,38 @@ def _depth(conn: Any, name: str) -> QueueDepth:
     finally:
         with suppress(Exception):  # a channel the broker closed already
             channel.close()
+
+
+def dead_letter_readers(bus: BaseEventBus) -> int:
+    """Consumers of the bus's dead-letter queue now: on RabbitMQ, other browses.
+
+    No worker consumes that queue; a consumer is a listing or a replay
+    browsing it, holding the messages it passed, which a browse of ours then
+    does not see. 0 on Redis (kombu counts no consumers there), for the
+    in-memory bus, and for a queue not declared yet.
+    """
+    app: Any = getattr(bus, "app", None)
+    if app is None:
+        return 0
+    try:
+        return _consumers(app, bus.dead_letter_queue)
+    except Exception:  # the read this goes with names the broker's problem itself
+        return 0
+
+
+def _consumers(app: Any, queue: str) -> int:
+    with app.connection_for_write() as conn:
+        if conn.transport.driver_type != "amqp":
+            return 0
+        conn.ensure_connection(max_retries=0)
+        channel = conn.channel()
+        try:
+            _, _, consumers = channel.queue_declare(queue=queue, passive=True)
+            return int(consumers)
+        except conn.channel_errors as exc:
+            if is_missing_queue(exc):
+                return 0
+            raise
+        finally:
+            with suppress(Exception):
+                channel.close()

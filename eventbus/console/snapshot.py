@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -44,11 +44,15 @@ __all__ = [
     "Filters",
     "Group",
     "Page",
+    "Readers",
     "Row",
     "Snapshot",
     "SnapshotCache",
     "cursor_of",
 ]
+
+#: Counts the other readers of the dead-letter queue now (see Snapshot.read).
+Readers = Callable[[], int]
 
 DEFAULT_MAX_AGE = 5.0  #: seconds a snapshot is served before the queue is read again
 MESSAGE_CHARS = 200  #: characters of an exception message a row keeps (and text search sees)
@@ -187,15 +191,25 @@ class Snapshot:
     rows: list[Row]
     taken_at: float  #: time.time() when the read began
     took: float  #: seconds the read took
+    #: Another reader held messages of the queue while it was read (RabbitMQ: a
+    #: browse sees only what no other browse holds): records may be missing.
+    incomplete: bool = False
     _positions: dict[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def read(cls, store: DeadLetterStore) -> Snapshot:
-        """Read every record of ``store`` once (each record once, copies folded)."""
+    def read(cls, store: DeadLetterStore, readers: Readers | None = None) -> Snapshot:
+        """Read every record of ``store`` once (each record once, copies folded).
+
+        ``readers()`` counts the other readers of the queue (consumers, on
+        RabbitMQ), asked before and after: any means the read may have missed
+        records they held.
+        """
         started = time.time()
         clock = time.perf_counter()
+        before = readers() if readers is not None else 0
         rows = [_row(record) for record in store.records()]
-        return cls(rows, started, time.perf_counter() - clock)
+        after = readers() if readers is not None else 0
+        return cls(rows, started, time.perf_counter() - clock, bool(before or after))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -273,7 +287,7 @@ class Snapshot:
         """This snapshot without these records (which this console removed), same time."""
         gone = set(record_ids)
         rows = [row for row in self.rows if row.id not in gone]
-        return Snapshot(rows, self.taken_at, self.took)
+        return Snapshot(rows, self.taken_at, self.took, self.incomplete)
 
     def failures_since(self, since: float) -> Counter[str]:
         """Records per handler that failed at or after ``since`` (and are still in the queue)."""
@@ -299,9 +313,16 @@ class SnapshotCache:
     call reads the queue, in the caller's thread.
     """
 
-    def __init__(self, store: DeadLetterStore, *, max_age: float = DEFAULT_MAX_AGE) -> None:
+    def __init__(
+        self,
+        store: DeadLetterStore,
+        *,
+        max_age: float = DEFAULT_MAX_AGE,
+        readers: Readers | None = None,
+    ) -> None:
         self.store = store
         self.max_age = max_age
+        self.readers = readers
         self._snapshot: Snapshot | None = None
         self._failure: Exception | None = None
         self._lock = threading.Lock()  # held while the snapshot is read in a caller's thread
@@ -355,7 +376,7 @@ class SnapshotCache:
     def _read_now(self) -> Snapshot:
         with self._lock:
             try:
-                snapshot = Snapshot.read(self.store)
+                snapshot = Snapshot.read(self.store, self.readers)
             except Exception as exc:
                 with self._state:
                     self._snapshot, self._failure = None, exc

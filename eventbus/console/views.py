@@ -118,7 +118,10 @@ def _unavailable(error: DeadLetterQueueUnavailable) -> ResponseReturnValue:
 
 @console.app_errorhandler(DeadLetterNotFound)
 def _not_found(error: DeadLetterNotFound) -> ResponseReturnValue:
-    message = f"{error} (replayed or purged meanwhile?)"
+    message = (
+        f"{error}: replayed or purged meanwhile, or (on RabbitMQ) held by another reader "
+        "of the queue at this moment, a listing or a replay: try again"
+    )
     return render_template("error.html", title="No such dead letter", message=message), 404
 
 
