@@ -17,7 +17,7 @@ from flask import flash, g, redirect, render_template, request, url_for
 from flask.typing import ResponseReturnValue
 
 from eventbus.console.blueprint import console
-from eventbus.console.broker import secrets_of
+from eventbus.console.broker import dead_letter_readers, secrets_of
 from eventbus.console.editing import FieldError, check_edit, current_data, field_errors
 from eventbus.console.state import console_of
 from eventbus.console.views import find_record, render_record
@@ -130,14 +130,17 @@ def group_dry_run() -> ResponseReturnValue:
     handler, exception_type, reason = _group_args()
     select = group_selector(handler, exception_type, reason)
     replayable = kept = 0
+    others = dead_letter_readers(state.bus)
     for found in state.bus.dead_letter_store.records():
         if select(found):
             if found.replayable:
                 replayable += 1
             else:
                 kept += 1
+    others += dead_letter_readers(state.bus)
     return render_template(
         "group_replay.html",
+        incomplete=bool(others),
         handler=handler,
         exception_type=exception_type,
         reason=reason,
