@@ -197,17 +197,28 @@ class Snapshot:
     _positions: dict[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def read(cls, store: DeadLetterStore, readers: Readers | None = None) -> Snapshot:
+    def read(
+        cls,
+        store: DeadLetterStore,
+        readers: Readers | None = None,
+        previous: Snapshot | None = None,
+    ) -> Snapshot:
         """Read every record of ``store`` once (each record once, copies folded).
 
         ``readers()`` counts the other readers of the queue (consumers, on
         RabbitMQ), asked before and after: any means the read may have missed
-        records they held.
+        records they held. The rows of ``previous`` are reused for the records
+        it has (a record never changes): while a refresh runs the old
+        snapshot is still served, and the two then share their rows instead
+        of holding two copies (bench_console.py: 165 MB at 100,000 records
+        without it).
         """
         started = time.time()
         clock = time.perf_counter()
         before = readers() if readers is not None else 0
-        rows = [_row(record) for record in store.records()]
+        known = {row.id: row for row in previous.rows} if previous is not None else {}
+        rows = [known.get(record.id) or _row(record) for record in store.records()]
+        del known
         after = readers() if readers is not None else 0
         return cls(rows, started, time.perf_counter() - clock, bool(before or after))
 
@@ -375,8 +386,10 @@ class SnapshotCache:
 
     def _read_now(self) -> Snapshot:
         with self._lock:
+            with self._state:
+                previous = self._snapshot
             try:
-                snapshot = Snapshot.read(self.store, self.readers)
+                snapshot = Snapshot.read(self.store, self.readers, previous)
             except Exception as exc:
                 with self._state:
                     self._snapshot, self._failure = None, exc
