@@ -29,7 +29,8 @@ from eventbus.console import actions, views  # noqa: F401 - their routes join th
 from eventbus.console.auth import Credentials, is_loopback
 from eventbus.console.blueprint import console as blueprint
 from eventbus.console.broker import dead_letter_readers
-from eventbus.console.snapshot import DEFAULT_MAX_AGE, SnapshotCache
+from eventbus.console.cache import SnapshotCache
+from eventbus.console.snapshot import DEFAULT_MAX_AGE
 from eventbus.console.state import Console, console_of
 from eventbus.errors import ConfigurationError
 

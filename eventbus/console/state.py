@@ -9,8 +9,8 @@ from flask import Flask, current_app, request, session
 
 from eventbus.bus.base import BaseEventBus
 from eventbus.console.auth import OPEN_USER, Credentials
+from eventbus.console.cache import SnapshotCache
 from eventbus.console.jobs import Jobs
-from eventbus.console.snapshot import SnapshotCache
 
 __all__ = ["Console", "console_of"]
 

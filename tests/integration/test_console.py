@@ -21,6 +21,7 @@ from markupsafe import escape
 from eventbus import Envelope, EventBus
 from eventbus.cli.context import fail_fast
 from eventbus.console import Credentials, create_app
+from eventbus.errors import ConfigurationError
 from tests.support import make_app, wait_for
 
 from .conftest import Env
@@ -83,7 +84,7 @@ def test_who_may_enter(env: Env, client: FlaskClient) -> None:
 def test_refuses_to_exist_without_authentication(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("EVENTBUS_CONSOLE_USER", "EVENTBUS_CONSOLE_PASSWORD", "EVENTBUS_CONSOLE_TOKEN"):
         monkeypatch.delenv(name, raising=False)
-    with pytest.raises(Exception, match="without authentication"):
+    with pytest.raises(ConfigurationError, match="without authentication"):
         create_app(env.bus)
     # Open, it answers loopback clients only
     app = create_app(env.bus, open=True)

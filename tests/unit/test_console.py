@@ -196,7 +196,7 @@ def test_mounted_in_a_django_project() -> None:
 
 
 def test_a_stale_snapshot_is_served_while_it_is_read_again() -> None:
-    from eventbus.console.snapshot import SnapshotCache
+    from eventbus.console.cache import SnapshotCache
     from tests.support import wait_for
 
     store = InMemoryDeadLetterStore()
@@ -214,7 +214,7 @@ def test_a_stale_snapshot_is_served_while_it_is_read_again() -> None:
 
 
 def test_a_failed_read_is_raised_never_an_empty_snapshot() -> None:
-    from eventbus.console.snapshot import SnapshotCache
+    from eventbus.console.cache import SnapshotCache
     from eventbus.errors import DeadLetterQueueUnavailable
 
     class Failing(InMemoryDeadLetterStore):
