@@ -51,6 +51,8 @@ ONCE: dict[str, str] = {
     "test_cli_dlq.py": "the operator CLI reads and replays through the DLQ store",
     "test_cli_dlq_progress.py": "the CLI's output modes (progress bar, summary, --json)",
     "test_cli_secrets.py": "the CLI's messages and redaction",
+    "test_console.py": "the console reads and replays through the DLQ API",
+    "test_console_browser.py": "the console in a browser",
     "test_demo.py": "the demo: its own app, run as a newcomer runs it",
     "test_demo_state.py": "the demo's state prefix",
     "test_dlq_keyprefix.py": "the DLQ store's keys",

@@ -80,6 +80,9 @@ def test_the_wheel_holds_the_eventbus_package_alone(wheel: Path) -> None:
     assert top - dist_info == {"eventbus"}, f"the wheel installs more than eventbus: {top}"
     assert "eventbus/py.typed" in names
     assert "eventbus/cli/demo_app.py" in names  # the demo's own example app ships inside it
+    # the console's templates and stylesheet ship as package data
+    assert "eventbus/console/templates/record.html" in names
+    assert "eventbus/console/static/console.css" in names
 
 
 def test_the_demo_runs_from_a_fresh_install(fresh_install: Path, tmp_path: Path) -> None:
@@ -116,3 +119,8 @@ def test_a_fresh_install_brings_no_example_app(fresh_install: Path, tmp_path: Pa
     assert result.returncode == 2, result.stdout + result.stderr
     (line,) = result.stderr.splitlines()
     assert "-A" in line and "EVENTBUS_APP" in line, line
+    # and the console, without its extra, says what to install
+    result = run([str(fresh_install / "eventbus"), "console"], cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    (line,) = result.stderr.splitlines()
+    assert "pip install 'eventbus[console]'" in line, line

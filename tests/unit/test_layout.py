@@ -26,6 +26,7 @@ NOT_BELOW = (
     "click",
     "eventbus.celery",
     "eventbus.cli",
+    "eventbus.console",
     "eventbus.tracing",
 )
 
