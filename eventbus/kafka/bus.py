@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from eventbus.bus.base import DEFAULT_MAX_PAYLOAD_BYTES, BaseEventBus, Subscription
-from eventbus.errors import ConfigurationError, PublishError, SubscriptionError
+from eventbus.errors import ConfigurationError, PayloadTooLarge, PublishError, SubscriptionError
 from eventbus.kafka.producer import Deliveries, KafkaProducer
 from eventbus.kafka.records import encode_record
 from eventbus.kafka.settings import KafkaSettings
@@ -176,8 +176,12 @@ class KafkaEventBus(BaseEventBus):
 
     def _emit(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
         # Everything that can refuse the event (size, topic name, metadata that
-        # is not JSON) runs before anything is produced.
-        record = encode_record(envelope, self.topics, wire=self._wire(envelope))
+        # is not JSON) runs before anything is produced. The size is the
+        # record's value itself (the JSON made once).
+        record = encode_record(envelope, self.topics)
+        limit = self._max_payload_bytes
+        if limit and len(record.value) > limit:
+            raise PayloadTooLarge(envelope.event_type, len(record.value), limit)
         batch: _Batch | None = getattr(self._batches, "open", None)
         if batch is None:
             self.producer.send((record,))

@@ -48,6 +48,9 @@ librdkafka_logger = logging.getLogger("eventbus.kafka.librdkafka")
 #: verdict on a record, before it stops waiting and says it does not know.
 DELIVERY_GRACE = 2.0
 
+#: A batch serves delivery reports every this many records it produces.
+_POLL_EVERY = 64
+
 #: Longest single ``poll``: a thread whose callback another thread served
 #: notices within this (librdkafka wakes a poll at once for its own thread).
 _POLL_SLICE = 0.05
@@ -71,16 +74,16 @@ class Deliveries:
     def outstanding(self) -> int:
         return self.produced - self.acknowledged - len(self.failures)
 
-    def _callback(self, what: str, topic: str) -> Any:
-        def on_delivery(error: Any, message: Any) -> None:
+    def on_delivery(self, error: Any, message: Any) -> None:
+        """librdkafka's delivery report of one record (one bound method for all of them)."""
+        if error is None:
             with self._lock:
-                if error is None:
-                    self.acknowledged += 1
-                else:
-                    self.failures.append((what, topic, _describe_error(error)))
-                    self.fatal = self.fatal or bool(error.fatal())
-
-        return on_delivery
+                self.acknowledged += 1
+            return
+        failure = (_what(message.headers()), str(message.topic()), _describe_error(error))
+        with self._lock:
+            self.failures.append(failure)
+            self.fatal = self.fatal or bool(error.fatal())
 
 
 class KafkaProducer:
@@ -99,8 +102,9 @@ class KafkaProducer:
         self.settings = settings
         self._confluent = confluent_kafka_module()
         self._client: Any = None
-        self._pid = 0
+        self._pid = os.getpid()
         self._lock = threading.Lock()
+        # (A producer does not survive fork: a child process makes its own.)
 
     def __repr__(self) -> str:
         return f"KafkaProducer({self.settings.describe()})"
@@ -158,9 +162,7 @@ class KafkaProducer:
         outright (too large, its local queue full for longer than the timeout).
         """
         client = self.client()
-        what = _what(record)
-        on_delivery = deliveries._callback(what, record.topic)
-        deadline = time.monotonic() + self.settings.delivery_timeout
+        deadline: float | None = None
         while True:
             try:
                 client.produce(
@@ -168,26 +170,32 @@ class KafkaProducer:
                     value=record.value,
                     key=record.key,
                     headers=record.headers,
-                    on_delivery=on_delivery,
+                    on_delivery=deliveries.on_delivery,
                 )
                 break
             except BufferError:
                 # librdkafka's local queue is full (queue.buffering.max.*):
                 # serve callbacks, which frees it, until the timeout.
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                deadline = deadline or now + self.settings.delivery_timeout
+                if now >= deadline:
                     raise PublishError(
-                        f"could not publish {what} to Kafka topic {record.topic!r}: the "
-                        f"producer's local queue stayed full for {self.settings.delivery_timeout}s "
+                        f"could not publish {_what(record.headers)} to Kafka topic "
+                        f"{record.topic!r}: the producer's local queue stayed full for "
+                        f"{self.settings.delivery_timeout}s "
                         f"(brokers {self.settings.bootstrap_servers})"
                     ) from None
                 client.poll(_POLL_SLICE)
             except self._confluent.KafkaException as exc:
                 raise PublishError(
-                    f"could not publish {what} to Kafka topic {record.topic!r}: "
-                    f"{_describe_error(exc.args[0] if exc.args else exc)}"
+                    f"could not publish {_what(record.headers)} to Kafka topic "
+                    f"{record.topic!r}: {_describe_error(exc.args[0] if exc.args else exc)}"
                 ) from None
         deliveries.produced += 1
-        client.poll(0)  # serve callbacks due already (keeps librdkafka's queue short)
+        if deliveries.produced % _POLL_EVERY == 0:
+            # Serve the reports due already, now and then: librdkafka queues
+            # them until served (a poll per record costs more than the produce).
+            client.poll(0)
 
     def wait(self, deliveries: Deliveries, timeout: float | None = None) -> None:
         """Wait until every record of ``deliveries`` was acknowledged; else PublishError.
@@ -246,13 +254,13 @@ class KafkaProducer:
         return text
 
 
-def _what(record: KafkaRecord) -> str:
-    """``event_type event_id`` of the record (from its headers), for error messages."""
-    headers = header_values(record.headers)
-    event_type = headers.get(HEADER_EVENT_TYPE)
+def _what(headers: Any) -> str:
+    """``event_type event_id`` of a record (from its headers), for error messages."""
+    values = header_values(headers)
+    event_type = values.get(HEADER_EVENT_TYPE)
     if event_type is None:
         return "a record"
-    return f"{event_type} {headers.get(HEADER_EVENT_ID, '')}".rstrip()
+    return f"{event_type} {values.get(HEADER_EVENT_ID, '')}".rstrip()
 
 
 def _describe_error(error: Any) -> str:
