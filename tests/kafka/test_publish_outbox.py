@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,3 +88,30 @@ def test_a_kafka_broker_that_is_down_leaves_the_rows_pending(outbox: Outbox) -> 
     assert "_MSG_TIMED_OUT" in result.error
     assert outbox.status().pending == 2
     bus.close(0)
+
+
+def test_the_relay_command_publishes_to_kafka_with_a_kafka_bus_as_its_app(
+    outbox: Outbox, kafka_broker: TansuBroker, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from eventbus.cli.main import main
+
+    with outbox.engine.begin() as conn:
+        written = outbox.add([placed("o-1"), placed("o-2")], connection=conn)
+    monkeypatch.setenv("EVENTBUS_KAFKA_BOOTSTRAP_SERVERS", kafka_broker.bootstrap_servers)
+    monkeypatch.setenv("EVENTBUS_TEST_KAFKA_TOPIC", topic)
+    monkeypatch.delitem(sys.modules, "tests.kafka.publish_apps", raising=False)
+
+    result = CliRunner().invoke(
+        main,
+        ["-A", "tests.kafka.publish_apps:kafka_bus", "outbox", "relay",
+         "--url", str(outbox.engine.url)],
+    )  # fmt: skip
+
+    assert result.exit_code == 0, result.output
+    assert "published 2" in result.output
+    records = read_records(kafka_broker.bootstrap_servers, topic, 2)
+    assert sorted(json.loads(r.value or b"")["event_id"] for r in records) == sorted(
+        str(e.event_id) for e in written
+    )
