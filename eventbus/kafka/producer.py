@@ -203,6 +203,8 @@ class KafkaProducer:
         ``timeout`` defaults to ``delivery_timeout`` plus :data:`DELIVERY_GRACE`:
         librdkafka reports each record by its ``delivery_timeout`` at the latest.
         """
+        if deliveries.produced == 0:
+            return  # (an empty batch: nothing to wait for, no producer to make)
         client = self.client()
         limit = self.settings.delivery_timeout + DELIVERY_GRACE if timeout is None else timeout
         deadline = time.monotonic() + limit

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -272,3 +274,50 @@ def test_without_confluent_kafka_the_bus_says_what_to_install(
     monkeypatch.setitem(sys.modules, "confluent_kafka", None)
     with pytest.raises(MissingDependency, match=r'pip install "eventbus\[kafka\]"'):
         KafkaEventBus(KafkaSettings("127.0.0.1:9092"))
+
+
+def test_threads_share_the_producer_and_each_publish_returns_acknowledged(
+    bus: KafkaEventBus, kafka_broker: TansuBroker, prefix: str
+) -> None:
+    published: list[str] = []
+    errors: list[BaseException] = []
+
+    def publish_some(worker: int) -> None:
+        try:
+            for n in range(25):
+                envelope = bus.publish(OrderPlaced(total=n), aggregate_id=f"w{worker}")
+                published.append(str(envelope.event_id))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=publish_some, args=(w,)) for w in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    assert errors == []
+    records = read_records(kafka_broker.bootstrap_servers, prefix + OrderPlaced.event_type, 100)
+    assert sorted(json.loads(r.value or b"")["event_id"] for r in records) == sorted(published)
+
+
+def test_a_forked_child_publishes_with_a_producer_of_its_own(
+    bus: KafkaEventBus, kafka_broker: TansuBroker, prefix: str
+) -> None:
+    # As a pre-forking web server or Celery's prefork pool: the parent's
+    # producer exists before the fork and does not survive it.
+    parent = bus.publish(OrderPlaced(total=1))
+    context = multiprocessing.get_context("fork")
+    child = context.Process(target=_publish_in_child, args=(bus,))
+    child.start()
+    child.join(30)
+
+    assert child.exitcode == 0
+    records = read_records(kafka_broker.bootstrap_servers, prefix + OrderPlaced.event_type, 2)
+    totals = sorted(json.loads(r.value or b"")["data"]["total"] for r in records)
+    assert totals == [1, 2]
+    assert str(parent.event_id) in {json.loads(r.value or b"")["event_id"] for r in records}
+
+
+def _publish_in_child(bus: KafkaEventBus) -> None:
+    bus.publish(OrderPlaced(total=2))
