@@ -23,8 +23,9 @@ COPY eventbus/ eventbus/
 COPY handlers/ handlers/
 
 # The [flower] extra: the compose stack runs Flower from this image too; the
-# [metrics] extra: the worker's /metrics (EVENTBUS_METRICS_PORT) for Prometheus.
-RUN pip install ".[flower,metrics]" \
+# [metrics] extra: the worker's /metrics (EVENTBUS_METRICS_PORT) for Prometheus;
+# [kafka]: confluent-kafka, for the Kafka profile (publishing and `eventbus kafka consume`).
+RUN pip install ".[flower,metrics,kafka]" \
  && rm -rf build ./*.egg-info
 
 # The app `eventbus dlq list` and the other commands act on (the CLI has no

@@ -161,3 +161,16 @@ def test_only_the_tracing_package_imports_opentelemetry() -> None:
         if imported == "opentelemetry" or imported.startswith("opentelemetry.")
     ]
     assert offenders == []
+
+
+def test_only_the_kafka_package_imports_the_kafka_client() -> None:
+    # confluent-kafka is an optional extra: eventbus/kafka imports it behind
+    # the error that says what to install; nothing else may reach it.
+    offenders = [
+        f"{name} imports {imported}"
+        for name, path in MODULES.items()
+        if not (name == "eventbus.kafka" or name.startswith("eventbus.kafka."))
+        for imported in runtime_imports(path)
+        if imported == "confluent_kafka" or imported.startswith("confluent_kafka.")
+    ]
+    assert offenders == []
