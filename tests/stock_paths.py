@@ -44,6 +44,7 @@ STOCK: tuple[str, ...] = (
     "test_quorum_queues.py",  # native delayed delivery, confirms on quorum queues
     "test_replay_task.py",  # replay as a task: publish from the worker
     "test_retries.py",  # autoretry: the worker's own publishes
+    "test_traces.py",  # spans from the publish path and the worker's hooks
 )
 
 #: Modules run once, with why: the switch does not change what they test.
