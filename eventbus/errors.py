@@ -25,6 +25,7 @@
     └── DeadLetterError             a dead-letter operation failed
         ├── DeadLetterNotFound      no record with that id
         ├── DeadLetterQueueUnavailable  the queue could not be read or changed (not: it is empty)
+        │   └── DeadLetterQueueBusy     another reader holds its records (RabbitMQ): try again
         └── ReplayError             a record could not be replayed
             └── ReplayConflict      another replay holds the record
     └── EventStoreError             an event store operation failed
@@ -49,6 +50,7 @@ __all__ = [
     "ConfigurationError",
     "DeadLetterError",
     "DeadLetterNotFound",
+    "DeadLetterQueueBusy",
     "DeadLetterQueueUnavailable",
     "DuplicateEventType",
     "EnvelopeDecodeError",
@@ -313,6 +315,17 @@ class DeadLetterQueueUnavailable(DeadLetterError):
     URL is wrong (unknown scheme, malformed). Never raised for a queue that
     does not exist yet: that one is empty. The message names the problem and
     the broker (its password masked).
+    """
+
+
+class DeadLetterQueueBusy(DeadLetterQueueUnavailable):
+    """Another reader holds the dead-letter queue's records: reading it now would miss them.
+
+    RabbitMQ has no peek: a listing, a replay or a purge holds every record
+    it reads until it ends, and the broker shows a held record to no one
+    else. A reader waits for the one before it (``eventbus_dlq_browse_wait``
+    seconds) and raises this past that, rather than list fewer records or
+    none. Try again once the other listing or replay is over.
     """
 
 

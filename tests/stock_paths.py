@@ -56,6 +56,7 @@ ONCE: dict[str, str] = {
     "test_console_browser.py": "the console in a browser",
     "test_demo.py": "the demo: its own app, run as a newcomer runs it",
     "test_demo_state.py": "the demo's state prefix",
+    "test_dlq_readers.py": "readers of a RabbitMQ DLQ taking turns (the store)",
     "test_dlq_keyprefix.py": "the DLQ store's keys",
     "test_dlq_deep_headers.py": "reading a dead letter py-amqp cannot decode",
     "test_dlq_store.py": "the DLQ store",

@@ -22,7 +22,7 @@ from eventbus.cli.progress import Mode, Progress, output_mode, verbosity
 from eventbus.deadletter.queue import DeadLetterQueue, Selection
 from eventbus.deadletter.record import DeadLetter
 from eventbus.domain.envelope import Envelope
-from eventbus.errors import ReplayError
+from eventbus.errors import DeadLetterQueueBusy, ReplayError
 
 __all__ = ["dlq_purge", "dlq_replay"]
 
@@ -102,7 +102,7 @@ def dlq_replay(
             )
 
     # The walk reads the whole queue (every record is looked at): its depth is the length.
-    length = dead_letters.store.count() if mode == "bar" else None
+    length = _depth(dead_letters) if mode == "bar" else None
     with Progress(mode, label="replaying", length=length, status=status) as progress:
         dead_letters.replay_each(_stepping(matches, progress), report)
         for record_id in named.keys() - outcomes.keys():  # replayed or purged meanwhile
@@ -150,7 +150,7 @@ def _dry_run(
     def status() -> str:
         return f"would replay {replayable}" + (f", keep {kept}" if kept else "")
 
-    length = len(named) if named else dead_letters.store.count() if mode == "bar" else None
+    length = len(named) if named else _depth(dead_letters) if mode == "bar" else None
     with Progress(mode, label="dry run", length=length, status=status) as progress:
         records: Iterable[DeadLetter] = named.values() if named else dead_letters
         for record in records:
@@ -243,3 +243,16 @@ def dlq_purge(
 
 def _purged(record_id: str, outcome: str) -> dict[str, Any]:
     return {"id": record_id, "outcome": outcome}
+
+
+def _depth(dead_letters: Any) -> int | None:
+    """The queue's depth for the progress bar; None (a bar without a total) while unknown.
+
+    On RabbitMQ the depth is not known while another reader holds records
+    (:class:`~eventbus.errors.DeadLetterQueueBusy`); the walk itself waits
+    for its turn.
+    """
+    try:
+        return int(dead_letters.store.count())
+    except DeadLetterQueueBusy:
+        return None

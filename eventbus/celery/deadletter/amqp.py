@@ -9,7 +9,15 @@ AMQP 0-9-1 has no "peek". Browsing consumes every message unacknowledged on
 a private channel and then closes it, which makes the broker requeue them all in
 their original order; the browse ends once the broker shows them again.
 While one browser holds a message, no other sees it: that is what makes a
-replay exclusive. A record is acked (removed) only after
+replay exclusive, and what made a second listing meanwhile print fewer
+records, or none, as if the queue held no more. Readers therefore take
+turns: a browse holds an exclusive queue named after the DLQ
+(``<dlq>.eventbus-reader``, a lock the broker drops with the browse's
+connection) from before it reads until its messages are back, a reader
+waits for its turn (``eventbus_dlq_browse_wait`` seconds, default 10), and
+past that it raises :class:`~eventbus.errors.DeadLetterQueueBusy`: could not
+read, never "empty". A consumer of the DLQ outside that turn-taking (another
+tool) makes a read busy too. A record is acked (removed) only after
 the chunk of records replayed with it was published and confirmed.
 
 A queue cannot refuse a duplicate on write. A write that may repeat an
@@ -31,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections import deque
-from collections.abc import Collection, Generator, Iterator
+from collections.abc import Callable, Collection, Generator, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +47,7 @@ from kombu.entity import Queue
 from kombu.message import Message
 from kombu.messaging import Consumer
 
+from eventbus.broker_errors import is_missing_queue
 from eventbus.celery.deadletter.base import BrokerDeadLetterStore, decode_record
 from eventbus.celery.internals.amqp_headers import guard_deep_headers
 from eventbus.celery.queue_types import dead_letter_queue_arguments
@@ -52,7 +61,7 @@ from eventbus.deadletter.store import (
     Removed,
     Select,
 )
-from eventbus.errors import DeadLetterError
+from eventbus.errors import DeadLetterError, DeadLetterQueueBusy
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -65,13 +74,22 @@ IDLE_TIMEOUT = 1.0  #: seconds without a message after which a browse ends early
 #: close-ok: a browse started at once could find the queue empty). Reached
 #: only when another browser took messages meanwhile.
 REQUEUE_WAIT = 2.0
+#: Seconds a reader waits, by default, for another reader to finish (``eventbus_dlq_browse_wait``).
+BROWSE_WAIT = 10.0
+#: The lock a reader of the DLQ holds: an exclusive queue of this name's suffix.
+READER_LOCK_SUFFIX = ".eventbus-reader"
+#: AMQP reply codes: the exclusive queue is another connection's; no such queue.
+RESOURCE_LOCKED, NOT_FOUND = 405, 404
 
 
 class _Browse:
     """One browse: its (message, record) walk, and how many messages it holds."""
 
-    def __init__(self, conn: Any, channel: Any, bound: Any) -> None:
+    def __init__(
+        self, conn: Any, channel: Any, bound: Any, busy: Callable[[str], DeadLetterQueueBusy]
+    ) -> None:
         self.bound = bound
+        self.busy = busy
         self.seen = 0
         self.acked = 0
         self._walk = self._messages(conn, channel)
@@ -101,7 +119,9 @@ class _Browse:
         bound.declare()
         # Bound the walk by the depth seen at the start, so records appended
         # meanwhile (or requeued by another browser) do not make it endless.
-        depth = self.ready()
+        _, depth, consumers = bound.queue_declare(passive=True)
+        if consumers:  # a reader outside the turn-taking holds records: they would be missed
+            raise self.busy(f"{consumers} other consumer(s) of the queue hold its records")
         if not depth:
             return
         arrived: deque[Message] = deque()
@@ -169,25 +189,23 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
         super().append_once(record)
 
     def _holds(self, record: DeadLetter) -> bool:
-        """Whether the queue holds a record of this id, as a browse no other browse overlapped saw.
+        """Whether the queue holds a record of this id, as a browse no other reader overlapped saw.
 
-        A browse sees only the messages nobody else holds: with another browse
-        (a consumer of the DLQ) before or after, not finding the record proves
-        nothing, and the write waits for a later try.
+        A browse sees only the messages nobody else holds: while another
+        reader (a listing, a replay) has its turn, not finding the record
+        proves nothing. The write does not wait for that turn (a worker
+        writes it): it waits for a later try instead.
         """
         try:
-            browsed = self._consumers()
-            if any(kept.id == record.id for kept in self):
-                return True
-            browsed += self._consumers()
-        except Exception as exc:
-            raise self._not_written(record, exc) from exc
-        if browsed:
+            with self._browsing("check", wait=0.0) as browse:
+                return any(kept.id == record.id for _, kept in browse)
+        except DeadLetterQueueBusy as exc:
             raise DeadLetterError(
                 f"dead letter {record.id} may be in {self.queue_name!r} already, held by "
-                "another browse (a listing, a replay): looking again before writing it"
-            )
-        return False
+                f"another reader (a listing, a replay): looking again before writing it ({exc})"
+            ) from exc
+        except Exception as exc:
+            raise self._not_written(record, exc) from exc
 
     def _consumers(self) -> int:
         """Consumers of the queue now: browses (a worker never consumes the DLQ)."""
@@ -200,8 +218,72 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
                 raise
             return int(consumers)
 
+    @property
+    def _lock_name(self) -> str:
+        return f"{self.queue_name}{READER_LOCK_SUFFIX}"
+
+    def _browse_wait(self) -> float:
+        value = self.app.conf.get("eventbus_dlq_browse_wait")
+        return BROWSE_WAIT if value is None else max(0.0, float(value))
+
+    def _busy(self, doing: str, why: str) -> DeadLetterQueueBusy:
+        return DeadLetterQueueBusy(
+            f"cannot {doing} the dead-letter queue {self.queue_name!r} now: another reader "
+            f"(a listing, a replay, a purge) holds its records ({why}); reading it meanwhile "
+            "would miss them: try again when it is done"
+        )
+
+    def _take_turn(self, conn: Any, doing: str, wait: float) -> None:
+        """Hold the readers' lock on ``conn`` (an exclusive queue), waiting up to ``wait`` s."""
+        deadline = time.monotonic() + wait
+        while True:
+            channel = conn.channel()
+            try:
+                channel.queue_declare(
+                    queue=self._lock_name, durable=False, exclusive=True, auto_delete=True
+                )
+                channel.close()
+                return
+            except conn.channel_errors as exc:  # (the broker closed that channel)
+                if getattr(exc, "reply_code", None) != RESOURCE_LOCKED:
+                    raise
+            if time.monotonic() >= deadline:
+                raise self._busy(doing, f"waited {wait:g} s for it, eventbus_dlq_browse_wait")
+            time.sleep(0.02)  # another reader's turn: ask again (a lock has no "wake me")
+
+    def _someone_reading(self, conn: Any) -> str:
+        """Why a read now would miss records ("" if nobody else reads): the lock, consumers."""
+        channel = conn.channel()
+        try:
+            channel.queue_declare(queue=self._lock_name, passive=True)
+        except conn.channel_errors as exc:
+            code = getattr(exc, "reply_code", None)
+            if code == RESOURCE_LOCKED:
+                return "it is another reader's turn"
+            if code != NOT_FOUND:
+                raise
+        else:
+            channel.close()
+            return "it is another reader's turn"
+        try:
+            _, _, consumers = self.queue.bind(conn.default_channel).queue_declare(passive=True)
+        except conn.channel_errors as exc:
+            if is_missing_queue(exc):
+                return ""
+            raise
+        return f"{consumers} other consumer(s) of the queue hold its records" if consumers else ""
+
+    def count(self) -> int:
+        # The broker's count leaves out the messages a reader holds: while one
+        # reads, the depth is not known (raised at once: monitors poll this).
+        with self._broker("read") as conn:
+            why = self._someone_reading(conn)
+            if why:
+                raise self._busy("count", why)
+        return super().count()
+
     @contextmanager
-    def _browsing(self, doing: str = "read") -> Iterator[_Browse]:
+    def _browsing(self, doing: str = "read", *, wait: float | None = None) -> Iterator[_Browse]:
         """Every (message, record), held unacked until the block ends, then requeued.
 
         A consumer without a prefetch limit streams the queue (one
@@ -213,8 +295,13 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
         # RecursionError out of the browse: read as a stand-in instead.
         guard_deep_headers()
         with self._broker(doing) as conn:
+            # Held until the messages are back (the connection closes after
+            # _wait_ready): the next reader's turn starts with a whole queue.
+            self._take_turn(conn, doing, self._browse_wait() if wait is None else wait)
             channel = conn.channel()
-            browse = _Browse(conn, channel, self.queue.bind(channel))
+            browse = _Browse(
+                conn, channel, self.queue.bind(channel), lambda why: self._busy(doing, why)
+            )
             try:
                 yield browse
             finally:
