@@ -282,8 +282,16 @@ class BaseEventBus(ABC):
             envelope = self._send(envelope, subscriptions)
         else:
             envelope = instrumentation.publish(envelope, subscriptions, self._send)
-        self.published[envelope.event_type] += 1
+        self._count_published(envelope.event_type)
         return envelope
+
+    def _count_published(self, event_type: str) -> None:
+        """Count one event as published (``published``, the metric): its publish returned.
+
+        A bus whose :meth:`batch` can still fail after ``publish`` returned
+        counts the block's events when the block was sent.
+        """
+        self.published[event_type] += 1
 
     def _send(
         self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]

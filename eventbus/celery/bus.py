@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 import weakref
+from collections import Counter
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext, suppress
 from typing import TYPE_CHECKING, Any
@@ -438,6 +439,16 @@ class EventBus(BaseEventBus):
                 f"a batch of {state.events} event(s) was not sent, or not confirmed: "
                 f"{why if mismatch is None else mismatch}"
             ) from exc
+        # Sent (and confirmed): now they count as published. A block that
+        # raised counts none: its caller publishes them again.
+        self.published.update(state.published)
+
+    def _count_published(self, event_type: str) -> None:
+        batch: _Batch | None = getattr(self._batches, "open", None)
+        if batch is None:
+            super()._count_published(event_type)
+        else:
+            batch.published[event_type] += 1
 
     def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
         args = (self._wire(envelope),)
@@ -608,12 +619,14 @@ class EventBus(BaseEventBus):
 class _Batch:
     """The state of one thread's open :meth:`EventBus.batch`."""
 
-    __slots__ = ("events", "failure", "producer")
+    __slots__ = ("events", "failure", "producer", "published")
 
     def __init__(self) -> None:
         self.producer: Any = None
         self.events = 0
         self.failure: BaseException | None = None
+        #: Events of the block by type: published once the block was sent.
+        self.published: Counter[str] = Counter()
 
 
 def _argsrepr(args: tuple[dict[str, Any]], maxsize: int) -> str:

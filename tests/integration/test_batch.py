@@ -109,6 +109,8 @@ def test_a_batch_the_broker_does_not_take_is_a_publish_error(closed_broker_url: 
 
         # Then the error says the batch was not sent, and why
         assert "publish them again" in str(raised.value) or "in a batch" in str(raised.value)
+        # And nothing counts as published (the metric eventbus_events_published_total)
+        assert bus.published[OrderPlaced.event_type] == 0
     finally:
         app.close()
 
@@ -141,6 +143,8 @@ def test_a_failed_batch_refuses_further_publishes(
     assert len(raised) == 2
     assert "broker went away" in raised[0]
     assert "already failed" in raised[1]
+    # And no event of the failed batch counts as published (eventbus_events_published_total)
+    assert env.bus.published[OrderPlaced.event_type] == 0
 
 
 def test_the_in_memory_bus_runs_handlers_inside_a_batch() -> None:
