@@ -16,14 +16,14 @@ from typing import IO, Any
 
 import click
 
-from eventbus.bus.base import BaseEventBus
 from eventbus.cli import dlq_select
 from eventbus.cli.context import bus_of, echo, fail, handle_errors, printable
 from eventbus.cli.dlq_bulk import dlq_purge, dlq_replay
 from eventbus.cli.dlq_select import filters, matcher, nothing
 from eventbus.deadletter.queue import Selection
 from eventbus.deadletter.record import DeadLetter
-from eventbus.errors import EventBusError, EventValidationError, EventVersionError
+from eventbus.deadletter.upcast import current_data
+from eventbus.errors import EventValidationError, EventVersionError
 
 __all__ = ["dlq"]
 
@@ -221,7 +221,7 @@ def dlq_edit(
     if not record.replayable:
         fail(f"dead letter {record.id} has no decodable envelope ({record.reason}): purge it")
     try:
-        current, upcast = _current_data(bus, record)
+        current, upcast = current_data(bus.event_registry, record)
     except EventVersionError as exc:
         if data_text is None and data_file is None:
             fail(
@@ -254,29 +254,6 @@ def dlq_edit(
         f"replayed {record.id} to {printable(record.handler)} with corrected data "
         f"(event {envelope.event_id}; changed: {printable(', '.join(changed))})"
     )
-
-
-def _current_data(bus: BaseEventBus, record: DeadLetter) -> tuple[Any, str | None]:
-    """The record's data at its event class's current version, and how it got there.
-
-    A record written at an older schema version is upcast (the registry's
-    upcasters, as every reader does): the operator edits, and the replay
-    sends, data of the version the handlers run today. ``None`` when no
-    upcast was needed (or the type is unknown here: the replay says so).
-    Raises :class:`EventVersionError` when the upcasters cannot do it.
-    """
-    wire = record.envelope or {}
-    data = wire.get("data")
-    version = wire.get("version")
-    event_type = str(wire.get("event_type"))
-    try:
-        latest = bus.event_registry.get(event_type).event_version
-    except EventBusError:
-        return data, None
-    if not isinstance(data, dict) or not isinstance(version, int) or version == latest:
-        return data, None
-    data = bus.event_registry.upcasters.upcast(event_type, version, data, latest)
-    return data, f"upcast from v{version} to v{latest}"
 
 
 def _json_object(text: str, source: str) -> dict[str, Any]:

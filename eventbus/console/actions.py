@@ -18,10 +18,11 @@ from flask.typing import ResponseReturnValue
 
 from eventbus.console.blueprint import console
 from eventbus.console.broker import dead_letter_readers, secrets_of
-from eventbus.console.editing import FieldError, check_edit, current_data, field_errors
+from eventbus.console.editing import FieldError, check_edit, field_errors
 from eventbus.console.state import console_of
 from eventbus.console.views import find_record, render_record
 from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.upcast import current_data
 from eventbus.errors import EventValidationError, EventVersionError, ReplayError
 from eventbus.redaction import redact
 
@@ -80,7 +81,7 @@ def edit(record_id: str) -> ResponseReturnValue:
     if edited.errors or edited.data is None:
         return render_record(found, edit_text=text, errors=edited.errors, status=422, state=state)
     try:
-        current, _ = current_data(state.bus, found)
+        current, _ = current_data(state.bus.event_registry, found)
     except EventVersionError:
         current = None
     if edited.data == current:

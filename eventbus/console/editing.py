@@ -20,7 +20,7 @@ from eventbus.bus.base import BaseEventBus
 from eventbus.deadletter.record import DeadLetter
 from eventbus.errors import EventBusError, EventVersionError
 
-__all__ = ["Edited", "FieldError", "check_edit", "current_data", "field_errors"]
+__all__ = ["Edited", "FieldError", "check_edit", "field_errors"]
 
 
 @dataclass(frozen=True)
@@ -37,26 +37,6 @@ class Edited:
 
     data: dict[str, Any] | None
     errors: list[FieldError]
-
-
-def current_data(bus: BaseEventBus, record: DeadLetter) -> tuple[Any, str | None]:
-    """The record's data at its event class's current version, and the upcast done (or None).
-
-    Like ``eventbus dlq edit``. An event type unknown here shows the data as
-    it is; upcasters that cannot do it raise :class:`EventVersionError`.
-    """
-    wire = record.envelope or {}
-    data = wire.get("data")
-    version = wire.get("version")
-    event_type = str(wire.get("event_type"))
-    try:
-        latest = bus.event_registry.get(event_type).event_version
-    except EventBusError:
-        return data, None
-    if not isinstance(data, dict) or not isinstance(version, int) or version == latest:
-        return data, None
-    upcast = bus.event_registry.upcasters.upcast(event_type, version, data, latest)
-    return upcast, f"upcast from v{version} to v{latest}"
 
 
 def field_errors(error: ValidationError) -> list[FieldError]:

@@ -21,10 +21,10 @@ from flask.typing import ResponseReturnValue
 
 from eventbus.console.blueprint import console
 from eventbus.console.broker import broker_name, queue_depths, secrets_of
-from eventbus.console.editing import current_data
 from eventbus.console.snapshot import Filters
 from eventbus.console.state import console_of
 from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.upcast import current_data
 from eventbus.errors import (
     DeadLetterNotFound,
     DeadLetterQueueUnavailable,
@@ -270,7 +270,7 @@ def render_record(
     data: Any = None
     if found.envelope is not None:
         try:
-            data, upcast_note = current_data(state.bus, found)
+            data, upcast_note = current_data(state.bus.event_registry, found)
         except EventVersionError as exc:
             data, version_error = (found.envelope or {}).get("data"), str(exc)
     return render_template(
