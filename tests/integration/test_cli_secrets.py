@@ -94,6 +94,8 @@ COMMANDS: dict[str, list[list[str]]] = {
     "outbox relay": [["outbox", "relay"]],
     "outbox status": [["outbox", "status"], ["outbox", "status", "--json"]],
     "outbox retry-failed": [["outbox", "retry-failed", "--all"]],
+    # Without credentials in its environment it refuses to start (exit 2), saying so.
+    "console": [["console"]],
 }
 OUTBOX_COMMANDS = [
     args for name, runs in COMMANDS.items() if name.startswith("outbox") for args in runs
