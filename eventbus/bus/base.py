@@ -359,6 +359,11 @@ class BaseEventBus(ABC):
 
     # -- introspection -----------------------------------------------------
 
+    def destination(self, envelope: Envelope[Any]) -> str:
+        """Where :meth:`publish` sends ``envelope``, in words (what the CLI prints)."""
+        names = [s.name for s in self.subscriptions(envelope.event_type)]
+        return f"{len(names)} handler(s)" + (": " + ", ".join(names) if names else "")
+
     def subscriptions(self, event_type: EventTypeRef | None = None) -> list[Subscription]:
         """All subscriptions, or those of one event type, sorted by handler name."""
         if event_type is None:

@@ -109,12 +109,8 @@ def publish(
         correlation_id=correlation_id,
         event_registry=bus.event_registry,
     )
-    bus.publish(envelope)
-    handlers = [printable(s.name) for s in bus.subscriptions(event_type)]
-    echo(
-        f"published {printable(event_type)} {envelope.event_id} to {len(handlers)} handler(s)"
-        + (": " + ", ".join(handlers) if handlers else "")
-    )
+    sent = bus.publish(envelope)
+    echo(f"published {printable(event_type)} {sent.event_id} to {printable(bus.destination(sent))}")
 
 
 @click.command()

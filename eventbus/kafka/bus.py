@@ -174,6 +174,9 @@ class KafkaEventBus(BaseEventBus):
 
     # -- publishing ------------------------------------------------------------
 
+    def destination(self, envelope: Envelope[Any]) -> str:
+        return f"Kafka topic {self.topics.topic_for(envelope)}"
+
     def _emit(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
         # Everything that can refuse the event (size, topic name, metadata that
         # is not JSON) runs before anything is produced. The size is the

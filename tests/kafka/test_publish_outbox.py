@@ -115,3 +115,27 @@ def test_the_relay_command_publishes_to_kafka_with_a_kafka_bus_as_its_app(
     assert sorted(json.loads(r.value or b"")["event_id"] for r in records) == sorted(
         str(e.event_id) for e in written
     )
+
+
+def test_the_publish_command_says_which_topic_it_published_to(
+    kafka_broker: TansuBroker, topic: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from eventbus.cli.main import main
+
+    monkeypatch.setenv("EVENTBUS_KAFKA_BOOTSTRAP_SERVERS", kafka_broker.bootstrap_servers)
+    monkeypatch.setenv("EVENTBUS_TEST_KAFKA_TOPIC", topic)
+    monkeypatch.delitem(sys.modules, "tests.kafka.publish_apps", raising=False)
+
+    event_type = placed("o-1").event_type
+    result = CliRunner().invoke(
+        main,
+        ["-A", "tests.kafka.publish_apps:kafka_bus", "publish", event_type,
+         json.dumps(placed("o-1").data.model_dump(mode="json"))],
+    )  # fmt: skip
+
+    # Then it names the topic (it has no handlers: "to 0 handler(s)" would say nothing was sent)
+    assert result.exit_code == 0, result.output
+    assert f"to Kafka topic {topic}" in result.output
+    assert len(read_records(kafka_broker.bootstrap_servers, topic, 1)) == 1
