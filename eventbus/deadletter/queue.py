@@ -158,14 +158,18 @@ class DeadLetterQueue:
 
     def get(self, record_id: str) -> DeadLetter:
         """The record with this id (a unique prefix of 6 or more characters also works)."""
-        matches = [
-            r
-            for r in self.store.records()
-            if r.id == record_id or (len(record_id) >= MIN_PREFIX and r.id.startswith(record_id))
-        ]
-        exact = [r for r in matches if r.id == record_id]
-        if exact:
-            return exact[0]
+        matches: list[DeadLetter] = []
+        records = self.store.records()
+        try:
+            for r in records:
+                if r.id == record_id:
+                    return r  # an exact id: the rest of the queue need not be read
+                if len(record_id) >= MIN_PREFIX and r.id.startswith(record_id):
+                    matches.append(r)
+        finally:
+            close = getattr(records, "close", None)
+            if close is not None:
+                close()  # (a browse stopped early gives back what it held at once)
         if len(matches) == 1:
             return matches[0]
         if matches:
