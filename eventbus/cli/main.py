@@ -4,7 +4,7 @@
 (``demo`` and ``--help`` need none). The same commands run under Celery as
 ``celery -A proj eventbus ...``. The
 ``dlq`` commands live in :mod:`eventbus.cli.dlq`, ``schema`` in :mod:`eventbus.cli.schema`,
-``outbox`` in :mod:`eventbus.cli.outbox`.
+``outbox`` in :mod:`eventbus.cli.outbox`, ``kafka`` in :mod:`eventbus.cli.kafka`.
 Exit codes: 0 ok, 1 nothing matched or the operation failed, 2 usage error.
 """
 
@@ -21,6 +21,7 @@ from eventbus.bus.base import BaseEventBus, Subscription
 from eventbus.celery.bus import bus_for_app
 from eventbus.cli.context import BusContext, NoAppGiven, bus_of, echo, handle_errors, printable
 from eventbus.cli.dlq import dlq
+from eventbus.cli.kafka import kafka
 from eventbus.cli.outbox import outbox
 from eventbus.cli.schema import schema
 
@@ -163,7 +164,7 @@ def events(ctx: click.Context, as_json: bool) -> None:
             echo("  (no handlers)")
 
 
-_COMMANDS = (demo, publish, events, dlq, schema, outbox)
+_COMMANDS = (demo, publish, events, dlq, schema, outbox, kafka)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -189,7 +190,8 @@ for _command in _COMMANDS:
 
 @click.group(name="eventbus")
 def celery_command() -> None:
-    """eventbus commands on this Celery app's bus (demo, publish, events, dlq, schema, outbox)."""
+    """eventbus commands on this Celery app's bus (demo, publish, events, dlq, schema, outbox,
+    kafka)."""
 
 
 for _command in _COMMANDS:
