@@ -59,7 +59,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
 from eventbus.errors import ConfigurationError, EventError, PayloadTooLarge
 from eventbus.kafka.consumer_decode import RecordError, decode_record, record_uuid
 from eventbus.kafka.consumer_offsets import Offsets, TopicPartition
@@ -395,17 +395,16 @@ class KafkaConsumer:
             record.offset(),
             exc,
         )
-        return DeadLetter.from_exception(
-            cause,
+        return DeadLetter(
+            id=record_uuid(record, "dead-letter").hex,
             handler=None,
             reason="oversized" if isinstance(cause, PayloadTooLarge) else "undecodable",
             attempts=1,
-            envelope=None,
-            traceback="",
-            id=record_uuid(record, "dead-letter").hex,
+            # The cause's type: an operator groups by what is wrong (unknown type...).
+            exception_type=_qualified_name(type(cause)),
             exception_message=str(exc),
             worker=self.worker,
-            raw_body=text[:65536] if text is not None else None,
+            raw_body=text[:MAX_RAW_BODY] if text is not None else None,
             raw_size=len(raw) if raw is not None else None,
             source={
                 "kafka_topic": record.topic(),
@@ -431,6 +430,11 @@ class KafkaConsumer:
 
 def _topic_of(letter: DeadLetter) -> str:
     return str((letter.source or {}).get("kafka_topic"))
+
+
+def _qualified_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 def _key(record: Record) -> tuple[str, int, int]:

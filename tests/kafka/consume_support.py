@@ -1,0 +1,142 @@
+"""What the consume tests share: topics on the test broker, records, a consumer in a thread.
+
+Records of eventbus are written as the record codec writes them (value: the
+envelope's JSON wire dict; the event type in a header); records of other
+producers are plain JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from eventbus import Envelope
+from eventbus.kafka.consumer import KafkaConsumer
+from eventbus.kafka.consumer_decode import EVENT_TYPE_HEADER
+from tests.kafka.broker import CONSUMER_TIMING, TansuBroker
+
+confluent_kafka = pytest.importorskip("confluent_kafka")
+admin_module = pytest.importorskip("confluent_kafka.admin")
+
+#: A record to produce: (key, value, headers).
+Raw = tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]
+
+
+def create_topic(broker: TansuBroker, topic: str, partitions: int) -> None:
+    admin = admin_module.AdminClient({"bootstrap.servers": broker.bootstrap_servers})
+    for future in admin.create_topics([admin_module.NewTopic(topic, partitions)]).values():
+        future.result(timeout=10)
+
+
+def delete_topics(broker: TansuBroker, *topics: str) -> None:
+    admin = admin_module.AdminClient({"bootstrap.servers": broker.bootstrap_servers})
+    for future in admin.delete_topics(list(topics)).values():
+        try:
+            future.result(timeout=10)
+        except confluent_kafka.KafkaException:
+            pass  # never created, or the broker cannot delete: memory storage goes anyway
+
+
+def envelope_record(envelope: Envelope[Any]) -> Raw:
+    """An eventbus record: key = aggregate id, value = the wire dict, the type in a header."""
+    key = envelope.aggregate_id.encode() if envelope.aggregate_id is not None else None
+    value = json.dumps(envelope.to_wire(), separators=(",", ":")).encode()
+    return key, value, [(EVENT_TYPE_HEADER, envelope.event_type.encode())]
+
+
+def produce(broker: TansuBroker, topic: str, records: Sequence[Raw]) -> list[tuple[int, int]]:
+    """Produce ``records`` in order (acks=all, idempotent); return each one's (partition, offset)."""
+    producer = confluent_kafka.Producer(
+        {
+            "bootstrap.servers": broker.bootstrap_servers,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+        }
+    )
+    places: list[tuple[int, int] | None] = [None] * len(records)
+    errors: list[str] = []
+
+    def report(index: int) -> Any:
+        def on_delivery(error: Any, message: Any) -> None:
+            if error is not None:
+                errors.append(str(error))
+            else:
+                places[index] = (message.partition(), message.offset())
+
+        return on_delivery
+
+    for index, (key, value, headers) in enumerate(records):
+        while True:
+            try:
+                producer.produce(
+                    topic, key=key, value=value, headers=headers, on_delivery=report(index)
+                )
+                break
+            except BufferError:  # the local queue is full: let it drain
+                producer.poll(0.1)
+    assert producer.flush(30) == 0, "records not delivered within 30 s"
+    assert not errors, errors
+    return [place for place in places if place is not None]
+
+
+def committed(broker: TansuBroker, group: str, topic: str, partitions: int) -> dict[int, int]:
+    """The group's committed offset of each partition (-1001: none)."""
+    reader = confluent_kafka.Consumer(
+        {"bootstrap.servers": broker.bootstrap_servers, "group.id": group}
+    )
+    try:
+        asked = [confluent_kafka.TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: tp.offset for tp in reader.committed(asked, timeout=10)}
+    finally:
+        reader.close()
+
+
+def consumer_config(broker: TansuBroker, **extra: Any) -> dict[str, Any]:
+    """The test consumers' librdkafka settings (Tansu's join timing: ``CONSUMER_TIMING``)."""
+    return {"bootstrap.servers": broker.bootstrap_servers, **CONSUMER_TIMING, **extra}
+
+
+@contextmanager
+def consuming(
+    bus: Any,
+    broker: TansuBroker,
+    *,
+    topics: Sequence[str],
+    group: str,
+    topic_types: Mapping[str, str] | None = None,
+    **options: Any,
+) -> Iterator[KafkaConsumer]:
+    """A :class:`KafkaConsumer` running in a thread; stopped (gracefully) and joined at the end."""
+    consumer = KafkaConsumer(
+        bus,
+        topics=topics,
+        group_id=group,
+        config=consumer_config(broker),
+        topic_types=topic_types,
+        **options,
+    )
+    stop = threading.Event()
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            consumer.run(stop)
+        except BaseException as exc:  # re-raised in the test's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="kafka-consumer", daemon=True)
+    thread.start()
+    try:
+        yield consumer
+    finally:
+        stop.set()
+        thread.join(30)
+        assert not thread.is_alive(), "the consumer did not stop within 30 s"
+    if failure:
+        raise failure[0]
