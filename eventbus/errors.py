@@ -11,7 +11,8 @@
     │   ├── PayloadTooLarge         the envelope is over eventbus_max_payload_bytes
     │   └── EventVersionError       data at a schema version the code cannot upcast
     ├── ConfigurationError          a setting is missing or wrong
-    │   └── IncompatibleDependency  the installed Celery/kombu/py-amqp lacks what a guarantee needs
+    │   ├── IncompatibleDependency  the installed Celery/kombu/py-amqp lacks what a guarantee needs
+    │   └── MissingDependency   an optional dependency is not installed (also an ImportError)
     ├── StateStoreError             the state store (Redis: idempotency, ordering, sequence
     │                               numbers) could not be used: its URL, its server
     ├── SubscriptionError           a handler cannot be subscribed
@@ -58,6 +59,7 @@ __all__ = [
     "EventVersionError",
     "IncompatibleDependency",
     "LateEvent",
+    "MissingDependency",
     "OrderingError",
     "OutboxError",
     "OutboxRowError",
@@ -220,6 +222,15 @@ class IncompatibleDependency(ConfigurationError):
     installed versions and the supported range, and the setting that turns the
     dependent piece off where one exists (``eventbus_redis_transport = "kombu"``
     for eventbus's Redis transport). See :mod:`eventbus.celery.internals`.
+    """
+
+
+class MissingDependency(ConfigurationError, ImportError):
+    """An optional dependency of the feature being used is not installed.
+
+    The message says what to install (``pip install "eventbus[kafka]"``). It is
+    also an ``ImportError``, which the import of a module that needs the
+    dependency raises.
     """
 
 

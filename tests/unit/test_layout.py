@@ -129,3 +129,16 @@ def test_a_layer_imports_only_what_it_may(folder: str) -> None:
 def test_the_top_level_holds_only_the_public_face_and_shared_leaves() -> None:
     top = sorted(p.name for p in PACKAGE.glob("*.py"))
     assert top == ["__init__.py", "broker_errors.py", "errors.py", "redaction.py"]
+
+
+def test_only_the_kafka_package_imports_the_kafka_client() -> None:
+    # confluent-kafka is an optional extra: eventbus/kafka imports it behind
+    # the error that says what to install; nothing else may reach it.
+    offenders = [
+        f"{name} imports {imported}"
+        for name, path in MODULES.items()
+        if not (name == "eventbus.kafka" or name.startswith("eventbus.kafka."))
+        for imported in runtime_imports(path)
+        if imported == "confluent_kafka" or imported.startswith("confluent_kafka.")
+    ]
+    assert offenders == []
