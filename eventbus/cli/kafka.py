@@ -84,11 +84,11 @@ def kafka() -> None:
 )
 @click.option(
     "--config",
-    "settings",
+    "options",
     multiple=True,
     metavar="KEY=VALUE",
     help="A librdkafka consumer setting, e.g. security.protocol=SSL (repeatable; added to "
-    "eventbus_kafka_consumer_config).",
+    "eventbus_kafka_consumer).",
 )
 @click.option(
     "--batch-size",
@@ -114,7 +114,7 @@ def consume(
     group: str | None,
     topics: tuple[str, ...],
     topic_types: tuple[str, ...],
-    settings: tuple[str, ...],
+    options: tuple[str, ...],
     batch_size: int,
     metrics_port: int | None,
     metrics_addr: str,
@@ -126,20 +126,30 @@ def consume(
     version) becomes a dead letter with its topic, partition and offset.
     """
     mapping = _pairs(topic_types, "--topic-type")
-    extra = _pairs(settings, "--config")
+    extra = _pairs(options, "--config")
     bus = bus_of(ctx)
+    app = getattr(bus, "app", None)
+    conf: Mapping[str, Any] = app.conf if app is not None else {}
     mapping = {**_mapping(_setting(bus, "topic_types"), "topic_types"), **mapping}
-    config: dict[str, Any] = {**_mapping(_setting(bus, "consumer_config"), "consumer_config")}
-    config.update(extra)
-    servers = (
-        bootstrap_servers or _setting(bus, "bootstrap_servers") or config.get("bootstrap.servers")
-    )
-    if not servers:
+    from eventbus.kafka.settings import KafkaSettings
+
+    if not (bootstrap_servers or conf.get("eventbus_kafka_bootstrap_servers")):
         raise click.UsageError(
             "no Kafka servers: pass --bootstrap-servers, set EVENTBUS_KAFKA_BOOTSTRAP_SERVERS, "
             "or set eventbus_kafka_bootstrap_servers"
         )
-    config["bootstrap.servers"] = str(servers)
+    kafka_settings = KafkaSettings.from_mapping(
+        {
+            **conf,
+            **(
+                {"eventbus_kafka_bootstrap_servers": bootstrap_servers} if bootstrap_servers else {}
+            ),
+            "eventbus_kafka_consumer": {
+                **_mapping(conf.get("eventbus_kafka_consumer"), "consumer"),
+                **extra,
+            },
+        }
+    )
     group = group or _setting(bus, "group_id")
     if not group:
         raise click.UsageError(
@@ -174,7 +184,7 @@ def consume(
         bus,
         topics=names,
         group_id=str(group),
-        config=config,
+        settings=kafka_settings,
         topic_types=mapping,
         batch_size=batch_size,
         metrics=metrics,

@@ -61,14 +61,16 @@ from typing import TYPE_CHECKING, Any
 
 from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
 from eventbus.errors import ConfigurationError, EventError, PayloadTooLarge
-from eventbus.kafka.consumer_decode import RecordError, decode_record, record_uuid
+from eventbus.kafka.consumer_decode import RecordError, decode_consumed, record_uuid
 from eventbus.kafka.consumer_offsets import Offsets, TopicPartition
+from eventbus.kafka.settings import confluent_kafka_module
 
 if TYPE_CHECKING:
     from eventbus.bus.base import BaseEventBus
     from eventbus.domain.envelope import Envelope
     from eventbus.kafka.consumer_decode import Record
     from eventbus.kafka.consumer_metrics import ConsumerMetrics
+    from eventbus.kafka.settings import KafkaSettings
 
 __all__ = [
     "DEFAULT_BATCH_SIZE",
@@ -109,9 +111,10 @@ class _Batch:
 class KafkaConsumer:
     """Reads ``topics`` as a member of ``group_id`` and dispatches each record on ``bus``.
 
-    ``config`` is the librdkafka configuration (``bootstrap.servers`` and any
-    other client setting; ``auto.offset.reset`` defaults to ``earliest``: a
-    new group starts at the oldest record, not past what already waits).
+    ``settings`` says where the cluster is and how to reach it; its
+    ``consumer`` settings go to librdkafka as they are (``auto.offset.reset``
+    defaults to ``earliest``: a new group starts at the oldest record, not
+    past what already waits; ``enable.auto.commit`` is always off).
     ``topic_types`` maps topics of producers that are not eventbus to the
     event type of their records (:mod:`eventbus.kafka.consumer_decode`).
     ``metrics``: where lag and counts go (:class:`ConsumerMetrics`).
@@ -125,19 +128,14 @@ class KafkaConsumer:
         *,
         topics: Sequence[str],
         group_id: str,
-        config: Mapping[str, Any],
+        settings: KafkaSettings,
         topic_types: Mapping[str, str] | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         poll_timeout: float = DEFAULT_POLL_TIMEOUT,
         retry_backoff_max: float = DEFAULT_RETRY_BACKOFF_MAX,
         metrics: ConsumerMetrics | None = None,
     ) -> None:
-        try:
-            import confluent_kafka
-        except ImportError as exc:  # pragma: no cover - the extra is missing
-            raise ConfigurationError(
-                "the Kafka consumer needs confluent-kafka: pip install 'eventbus[kafka]'"
-            ) from exc
+        confluent_kafka = confluent_kafka_module()  # MissingDependency: what to install
         if not topics:
             raise ConfigurationError("the Kafka consumer needs at least one topic to read")
         if not group_id:
@@ -159,10 +157,10 @@ class KafkaConsumer:
         # Envelopes of a failed batch, by place, with the sequence publish gave
         # them: dispatched again as they were (no number burnt).
         self._sequenced: dict[tuple[str, int, int], Envelope[Any]] = {}
+        self.settings = settings
         self._config = {
             "auto.offset.reset": "earliest",
-            **config,
-            "group.id": group_id,
+            **settings.consumer_config(group_id),
             **FIXED_CONFIG,
             "on_commit": self._on_commit,
         }
@@ -243,7 +241,7 @@ class KafkaConsumer:
             envelope = self._sequenced.get(key)
             if envelope is None:
                 try:
-                    envelope = decode_record(record, registry, self.topic_types)
+                    envelope = decode_consumed(record, registry, self.topic_types)
                 except RecordError as exc:
                     batch.dead_letters.append(self._dead_letter(record, exc.cause, exc))
                     continue

@@ -7,7 +7,6 @@ producers are plain JSON.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
@@ -17,7 +16,8 @@ import pytest
 
 from eventbus import Envelope
 from eventbus.kafka.consumer import KafkaConsumer
-from eventbus.kafka.consumer_decode import EVENT_TYPE_HEADER
+from eventbus.kafka.records import encode_record
+from eventbus.kafka.settings import KafkaSettings
 from tests.kafka.broker import CONSUMER_TIMING, TansuBroker
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
@@ -42,10 +42,9 @@ def delete_topics(broker: TansuBroker, *topics: str) -> None:
 
 
 def envelope_record(envelope: Envelope[Any]) -> Raw:
-    """An eventbus record: key = aggregate id, value = the wire dict, the type in a header."""
-    key = envelope.aggregate_id.encode() if envelope.aggregate_id is not None else None
-    value = json.dumps(envelope.to_wire(), separators=(",", ":")).encode()
-    return key, value, [(EVENT_TYPE_HEADER, envelope.event_type.encode())]
+    """An eventbus record, as the record codec writes it (key = aggregate id)."""
+    record = encode_record(envelope)
+    return record.key, record.value, record.headers
 
 
 def produce(broker: TansuBroker, topic: str, records: Sequence[Raw]) -> list[tuple[int, int]]:
@@ -96,9 +95,9 @@ def committed(broker: TansuBroker, group: str, topic: str, partitions: int) -> d
         reader.close()
 
 
-def consumer_config(broker: TansuBroker, **extra: Any) -> dict[str, Any]:
-    """The test consumers' librdkafka settings (Tansu's join timing: ``CONSUMER_TIMING``)."""
-    return {"bootstrap.servers": broker.bootstrap_servers, **CONSUMER_TIMING, **extra}
+def kafka_settings(broker: TansuBroker, **consumer: Any) -> KafkaSettings:
+    """The test consumers' settings (Tansu's join timing: ``CONSUMER_TIMING``)."""
+    return KafkaSettings(broker.bootstrap_servers, consumer={**CONSUMER_TIMING, **consumer})
 
 
 @contextmanager
@@ -116,7 +115,7 @@ def consuming(
         bus,
         topics=topics,
         group_id=group,
-        config=consumer_config(broker),
+        settings=kafka_settings(broker),
         topic_types=topic_types,
         **options,
     )

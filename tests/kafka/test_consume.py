@@ -16,7 +16,6 @@ import pytest
 
 from eventbus import Envelope, Event, create_event
 from eventbus.domain.events import EventRegistry
-from eventbus.kafka.consumer_decode import record_uuid
 from tests.integration.conftest import Env
 from tests.kafka.broker import TansuBroker, unique_topic
 from tests.kafka.consume_support import (
@@ -182,26 +181,6 @@ def test_records_reach_their_handlers_and_bad_ones_become_dead_letters(
         ], [r.summary() for r in letters.values()]
     finally:
         delete_topics(kafka_broker, events, payments)
-
-
-def test_a_foreign_record_read_twice_has_the_same_event_id() -> None:
-    # Given a plain JSON record at a place of a topic (no broker needed)
-    class FakeRecord:
-        def topic(self) -> str:
-            return "payments"
-
-        def partition(self) -> int:
-            return 2
-
-        def offset(self) -> int:
-            return 41
-
-        def timestamp(self) -> tuple[int, int]:
-            return (1, 1_700_000_000_000)
-
-    # Then its id is the same each time it is read, and another place has another
-    assert record_uuid(FakeRecord()) == record_uuid(FakeRecord())  # type: ignore[arg-type]
-    assert record_uuid(FakeRecord(), "dead-letter") != record_uuid(FakeRecord())  # type: ignore[arg-type]
 
 
 def _json(value: object) -> bytes:
