@@ -1,0 +1,170 @@
+"""The Kafka fault tests' world: ``eventbus kafka consume`` subprocesses, killed on purpose.
+
+The consumer runs as an operator runs it (``python -m eventbus.cli -A
+tests.faults.fault_app kafka consume ...``), in a process group of its own,
+on the fault tests' app (:mod:`tests.faults.fault_app`, configured by
+``EVENTBUS_FAULTS_*`` variables): it dispatches into the same handlers that
+real ``celery worker`` subprocesses run, which count their effects in Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import replace
+from pathlib import Path
+
+from tests.faults.fault_app import Effects, FaultConfig, HandlerSet, build_bus
+from tests.faults.workers import WorkerProcess
+from tests.kafka.broker import CONSUMER_TIMING, TansuBroker
+from tests.support import STATE_REDIS_URL, delete_queues, delete_state, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class ConsumerProcess:
+    """``eventbus kafka consume`` on the fault app, logging to a file."""
+
+    def __init__(
+        self,
+        config: FaultConfig,
+        broker: TansuBroker,
+        log_path: Path,
+        *,
+        topic: str,
+        group: str,
+        batch_size: int = 100,
+    ) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.command = [
+            sys.executable, "-m", "eventbus.cli", "-A", "tests.faults.fault_app",
+            "kafka", "consume", "--bootstrap-servers", broker.bootstrap_servers,
+            "--group", group, "--topic", topic, f"--batch-size={batch_size}",
+            *(f"--config={k}={v}" for k, v in CONSUMER_TIMING.items()),
+        ]  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ConsumerProcess:
+        environ = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("EVENTBUS_", "CELERY_", "PROMETHEUS_"))
+        }
+        environ.update(self.config.environ(), PYTHONPATH=str(ROOT))
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                self.command, cwd=ROOT, env=environ, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, whatever it is doing: no commit, no goodbye to the group."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=10)
+
+    def terminate(self, timeout: float = 20) -> int:
+        """SIGTERM (a graceful stop); its exit status."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log(self) -> str:
+        if not self.log_path.exists():
+            return "--- consumer: no log"
+        text = self.log_path.read_text(errors="replace")
+        return f"--- consumer ({self.log_path}):\n{text[-6000:]}"
+
+
+class KafkaFaultEnv:
+    """A fault test's app (on the shared Celery broker), its effects and its processes."""
+
+    def __init__(
+        self, broker_url: str, kafka: TansuBroker, log_dir: Path, handlers: HandlerSet = "kill"
+    ) -> None:
+        uid = uuid.uuid4().hex[:10]
+        self.kafka = kafka
+        self.log_dir = log_dir
+        self.config = FaultConfig(
+            broker_url=broker_url,
+            queue=f"kafka-faults.{handlers}.{uid}",
+            dead_letter_queue=f"kafka-faults.{handlers}.{uid}.dlq",
+            state_url=STATE_REDIS_URL,
+            state_prefix=f"eventbus-kafka-faults-{uid}:",
+            effects_url=STATE_REDIS_URL,
+            effects_prefix=f"eventbus-kafka-faults-{uid}:fx:",
+            handlers=handlers,
+        )
+        self.kind = "redis" if broker_url.startswith("redis") else "rabbitmq"
+        self.effects = Effects(self.config.effects_url, self.config.effects_prefix)
+        self.bus = build_bus(self.config, self.effects)
+        self.workers: list[WorkerProcess] = []
+        self.consumers: list[ConsumerProcess] = []
+
+    def start_worker(self, concurrency: int = 2) -> WorkerProcess:
+        worker = WorkerProcess(
+            replace(self.config, worker=f"w{len(self.workers)}"),
+            self.log_dir,
+            concurrency=concurrency,
+            loglevel="WARNING",
+        ).start()
+        self.workers.append(worker)
+        return worker
+
+    def start_consumer(self, *, topic: str, group: str, batch_size: int = 100) -> ConsumerProcess:
+        log = self.log_dir / f"consumer-{len(self.consumers)}.log"
+        consumer = ConsumerProcess(
+            self.config, self.kafka, log, topic=topic, group=group, batch_size=batch_size
+        ).start()
+        self.consumers.append(consumer)
+        return consumer
+
+    def logs(self) -> str:
+        return "\n".join([c.log() for c in self.consumers] + [w.log() for w in self.workers])
+
+    def close(self) -> None:
+        try:
+            for consumer in self.consumers:
+                consumer.kill()
+            for worker in self.workers:
+                worker.kill()
+        finally:
+            self.effects.close()
+            delete_queues(self.bus.app, self.config.queue, self.config.dead_letter_queue)
+            delete_state(self.bus.app)
+            self.bus.app.close()
+
+
+@contextlib.contextmanager
+def kafka_fault_env(
+    broker_url: str, kafka: TansuBroker, log_dir: Path, handlers: HandlerSet = "kill"
+) -> Iterator[KafkaFaultEnv]:
+    with ExitStack() as stack:
+        env = KafkaFaultEnv(broker_url, kafka, log_dir, handlers)
+        stack.callback(env.close)
+        yield env
+
+
+def wait_handled(env: KafkaFaultEnv, handlers: list[str], count: int, timeout: float) -> None:
+    wait_for(
+        lambda: all(env.effects.handled(h) >= count for h in handlers),
+        timeout=timeout,
+        interval=0.1,
+        message=lambda: (
+            f"{count} events handled by {handlers}: "
+            f"{ {h: env.effects.handled(h) for h in handlers} }\n{env.logs()}"
+        ),
+    )

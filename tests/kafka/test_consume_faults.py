@@ -1,0 +1,163 @@
+"""The Kafka consumer under faults: killed mid-stream, and a Celery broker that refuses publishes.
+
+Real processes: ``eventbus kafka consume`` as a subprocess (killed with
+SIGKILL, stopped with SIGTERM), real ``celery worker`` subprocesses running
+the fault tests' three handlers of :mod:`tests.faults.fault_app` (plain,
+idempotent with a separate write, idempotent with ``atomic()``), which count
+their effects by event id in Redis. Each test records its figure lines.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from eventbus import create_event
+from tests.faults.fault_app import ATOMIC, IDEM, PLAIN, Probe
+from tests.integration.conftest import FIGURES
+from tests.kafka.broker import TansuBroker, unique_topic
+from tests.kafka.consume_support import (
+    Raw,
+    committed,
+    create_topic,
+    delete_topics,
+    envelope_record,
+    produce,
+)
+from tests.kafka.faults import kafka_fault_env, wait_handled
+from tests.support import require_broker, wait_for
+
+pytestmark = [pytest.mark.kafka, pytest.mark.faults]
+
+EVENTS = 2000
+PARTITIONS = 3
+HANDLERS = {"plain": PLAIN, "idem": IDEM, "atomic": ATOMIC}
+
+Figure = Callable[[str], str]
+
+
+@pytest.fixture(
+    params=[
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+    ]
+)
+def celery_broker(request: pytest.FixtureRequest) -> str:
+    return require_broker(request.param)
+
+
+@pytest.fixture
+def figure() -> Figure:
+    """Record a figure line: printed now, listed again at the end of the run."""
+
+    def record(line: str) -> str:
+        print(line)
+        FIGURES.append(line)
+        return line
+
+    return record
+
+
+class Streaming:
+    """Produces records in a thread, 100 at a time (each batch acknowledged), as a stream."""
+
+    def __init__(self, broker: TansuBroker, topic: str, records: list[Raw]) -> None:
+        self.broker, self.topic, self.records = broker, topic, records
+        self.produced = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="producer", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for start in range(0, len(self.records), 100):
+                produce(self.broker, self.topic, self.records[start : start + 100])
+                self.produced = min(len(self.records), start + 100)
+        except BaseException as exc:  # re-raised by join()
+            self.error = exc
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def join(self, timeout: float = 60) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), f"producing took over {timeout}s"
+        if self.error is not None:
+            raise AssertionError(f"producing failed: {self.error!r}") from self.error
+
+
+def _total(offsets: dict[int, int]) -> int:
+    return sum(max(0, offset) for offset in offsets.values())
+
+
+def test_sigkill_of_the_consumer_mid_stream_loses_no_event(
+    celery_broker: str, kafka_broker: TansuBroker, tmp_path: Path, figure: Figure
+) -> None:
+    topic, group = unique_topic("kill"), unique_topic("group")
+    create_topic(kafka_broker, topic, PARTITIONS)
+    with kafka_fault_env(celery_broker, kafka_broker, tmp_path) as env:
+        try:
+            # Given a prefork worker running three handlers of Probe, and a
+            # consumer feeding it from a 3-partition topic
+            envelopes = [
+                create_event(Probe, {"n": n}, aggregate_id=f"a{n % 50}") for n in range(EVENTS)
+            ]
+            event_ids = [str(e.event_id) for e in envelopes]
+            env.start_worker(concurrency=2)
+            first = env.start_consumer(topic=topic, group=group)
+
+            # When 2,000 events stream in, 100 at a time, and the consumer is
+            # SIGKILLed once it committed a third of them
+            producer = Streaming(kafka_broker, topic, [envelope_record(e) for e in envelopes])
+            producer.start()
+            wait_for(
+                lambda: _total(committed(kafka_broker, group, topic, PARTITIONS)) >= EVENTS // 3,
+                timeout=60,
+                interval=0.05,
+                message=lambda: f"a third committed ({producer.produced} produced)\n{env.logs()}",
+            )
+            first.kill()
+            produced_at_kill = producer.produced
+            handled_at_kill = env.effects.handled(PLAIN)
+            committed_at_kill = _total(committed(kafka_broker, group, topic, PARTITIONS))
+
+            # and started again
+            started = time.monotonic()
+            second = env.start_consumer(topic=topic, group=group)
+            producer.join()
+
+            # Then every handler runs every event
+            wait_handled(env, list(HANDLERS.values()), EVENTS, timeout=90)
+            caught_up = time.monotonic() - started
+            # and a SIGTERM stops the consumer gracefully, everything committed
+            wait_for(
+                lambda: _total(committed(kafka_broker, group, topic, PARTITIONS)) == EVENTS,
+                timeout=15,
+                interval=0.2,
+                message=lambda: f"all committed: {committed(kafka_broker, group, topic, 3)}",
+            )
+            assert second.terminate() == 0, env.logs()
+            log = second.log_path.read_text()
+            # The restarted consumer dispatched exactly what was not committed
+            redispatched = EVENTS - committed_at_kill
+            assert f"stopped: dispatched {redispatched}," in log, log
+        finally:
+            delete_topics(kafka_broker, topic)
+        for label, handler in HANDLERS.items():
+            runs = env.effects.runs(handler)
+            lost = [event_id for event_id in event_ids if event_id not in runs]
+            duplicates = sum(count - 1 for count in runs.values())
+            figure(
+                f"kafka-kill[{env.kind}] {label}: produced={EVENTS} handled={len(runs)} "
+                f"lost={len(lost)} duplicate_effects={duplicates} (killed at {produced_at_kill} "
+                f"produced, {handled_at_kill} handled, {committed_at_kill} committed; the "
+                f"restart dispatched "
+                f"{redispatched} and caught up in {caught_up:.1f}s)"
+            )
+            assert not lost, f"{label}: lost {len(lost)}: {lost[:5]}"
+            if label == "atomic":
+                assert duplicates == 0
+        assert env.bus.dead_letter_store.count() == 0
