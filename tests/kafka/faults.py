@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,12 +22,18 @@ from contextlib import ExitStack
 from dataclasses import replace
 from pathlib import Path
 
+import pytest
+import redis
+
 from tests.faults.fault_app import Effects, FaultConfig, HandlerSet, build_bus
 from tests.faults.workers import WorkerProcess
 from tests.kafka.broker import CONSUMER_TIMING, TansuBroker
 from tests.support import STATE_REDIS_URL, delete_queues, delete_state, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+#: The fault tests' consumers: half the tests' session timeout, so that a
+#: killed member leaves the group (and its successor joins) sooner.
+FAULT_TIMING = {**CONSUMER_TIMING, "session.timeout.ms": 3000, "heartbeat.interval.ms": 300}
 
 
 class ConsumerProcess:
@@ -47,7 +55,7 @@ class ConsumerProcess:
             sys.executable, "-m", "eventbus.cli", "-A", "tests.faults.fault_app",
             "kafka", "consume", "--bootstrap-servers", broker.bootstrap_servers,
             "--group", group, "--topic", topic, f"--batch-size={batch_size}",
-            *(f"--config={k}={v}" for k, v in CONSUMER_TIMING.items()),
+            *(f"--config={k}={v}" for k, v in FAULT_TIMING.items()),
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -168,3 +176,58 @@ def wait_handled(env: KafkaFaultEnv, handlers: list[str], count: int, timeout: f
             f"{ {h: env.effects.handled(h) for h in handlers} }\n{env.logs()}"
         ),
     )
+
+
+# -- a Celery broker that refuses publishes ------------------------------------------
+
+
+class Refusal:
+    """Makes the Celery broker of one test refuse the handler messages, and accept them again.
+
+    Redis: the test's private redis-server gets ``maxmemory 1`` (``noeviction``):
+    every write is refused (OOM), reads still work. RabbitMQ: a policy of the
+    test's own makes its handler queue ``max-length 0`` with ``reject-publish``:
+    the broker nacks every publish to it (the publisher's confirm says no),
+    while the rest of the shared broker is untouched.
+    """
+
+    def __init__(self, kind: str, *, redis_url: str | None = None, queue: str = "") -> None:
+        self.kind = kind
+        self.redis_url = redis_url
+        self.queue = queue
+        self.policy = f"eventbus-test-refuse-{uuid.uuid4().hex[:8]}"
+        self.refusing = False
+
+    def refuse(self) -> None:
+        self.refusing = True
+        if self.kind == "redis":
+            with contextlib.closing(redis.Redis.from_url(str(self.redis_url))) as client:
+                client.config_set("maxmemory-policy", "noeviction")
+                client.config_set("maxmemory", 1)
+            return
+        definition = '{"max-length": 0, "overflow": "reject-publish"}'
+        pattern = "^" + re.escape(self.queue) + "$"
+        _rabbitmqctl("set_policy", "--apply-to", "queues", self.policy, pattern, definition)
+
+    def accept(self) -> None:
+        """Accept again (nothing to do if it never refused, or accepts already)."""
+        if not self.refusing:
+            return
+        self.refusing = False
+        if self.kind == "redis":
+            with contextlib.closing(redis.Redis.from_url(str(self.redis_url))) as client:
+                client.config_set("maxmemory", 0)
+            return
+        _rabbitmqctl("clear_policy", self.policy)
+
+
+def _rabbitmqctl(*args: str) -> None:
+    """Run ``rabbitmqctl`` on the shared node; skip the test without it (fail when CI is set)."""
+    ctl = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    try:
+        subprocess.run([ctl, *args], check=True, capture_output=True, timeout=60)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        message = f"rabbitmqctl {' '.join(args[:1])} failed (needed to refuse publishes): {exc}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)

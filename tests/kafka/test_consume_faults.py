@@ -11,24 +11,28 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from eventbus import create_event
+from eventbus import Envelope, Event, create_event
+from eventbus.domain.events import EventRegistry
+from tests.brokers import PrivateRedis
 from tests.faults.fault_app import ATOMIC, IDEM, PLAIN, Probe
-from tests.integration.conftest import FIGURES
+from tests.integration.conftest import FIGURES, Env
 from tests.kafka.broker import TansuBroker, unique_topic
 from tests.kafka.consume_support import (
     Raw,
     committed,
+    consuming,
     create_topic,
     delete_topics,
     envelope_record,
     produce,
 )
-from tests.kafka.faults import kafka_fault_env, wait_handled
+from tests.kafka.faults import Refusal, kafka_fault_env, wait_handled
 from tests.support import require_broker, wait_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.faults]
@@ -161,3 +165,105 @@ def test_sigkill_of_the_consumer_mid_stream_loses_no_event(
             if label == "atomic":
                 assert duplicates == 0
         assert env.bus.dead_letter_store.count() == 0
+
+
+REGISTRY = EventRegistry()
+
+
+@REGISTRY.register
+class Tick(Event):
+    """One numbered event of the refusal test."""
+
+    event_type = "kafka.tick"
+
+    n: int
+
+
+@pytest.fixture
+def refusing(celery_broker: str) -> Iterator[tuple[Env, Refusal]]:
+    """The test's app and bus, on a Celery broker the test can make refuse publishes.
+
+    Redis: a private redis-server (its memory limit is the refusal); RabbitMQ:
+    the shared node (a policy on the test's own queue is).
+    """
+    with ExitStack() as stack:
+        if celery_broker.startswith("redis"):
+            private = PrivateRedis(persistent=False)
+            private.start()
+            stack.callback(private.close)
+            env = Env(private.url, stack, "refuse")
+            refusal = Refusal("redis", redis_url=private.url)
+        else:
+            env = Env(celery_broker, stack, "refuse")
+            refusal = Refusal("rabbitmq", queue=env.queue)
+            stack.callback(refusal.accept)  # (no policy left behind on the shared node)
+        env.bus.event_registry = REGISTRY
+        yield env, refusal
+
+
+def test_a_celery_broker_refusing_publishes_holds_the_offsets(
+    refusing: tuple[Env, Refusal], kafka_broker: TansuBroker, figure: Figure
+) -> None:
+    # Given a handler of Tick, its worker, and a consumer that dispatched and
+    # committed the first 20 records of a 2-partition topic
+    env, refusal = refusing
+    handled: set[int] = set()
+    lock = threading.Lock()
+
+    def handle(envelope: Envelope[Tick]) -> None:
+        with lock:
+            handled.add(envelope.data.n)
+
+    env.bus.subscribe(Tick, handler=handle, name=env.name("tick"))
+    env.start_worker(pool="threads", concurrency=2)
+    topic, group = unique_topic("refuse"), unique_topic("group")
+    create_topic(kafka_broker, topic, 2)
+    ticks = [
+        create_event(Tick, {"n": n}, aggregate_id=f"t{n % 4}", event_registry=REGISTRY)
+        for n in range(50)
+    ]
+
+    def total() -> int:
+        return _total(committed(kafka_broker, group, topic, 2))
+
+    try:
+        with consuming(
+            env.bus, kafka_broker, topics=[topic], group=group, batch_size=10, retry_backoff_max=2
+        ) as consumer:
+            produce(kafka_broker, topic, [envelope_record(e) for e in ticks[:20]])
+            wait_for(lambda: len(handled) == 20 and total() == 20, timeout=30, interval=0.1)
+
+            # When the Celery broker refuses the handler messages while 30 more come
+            refusal.refuse()
+            refused_at = time.monotonic()
+            produce(kafka_broker, topic, [envelope_record(e) for e in ticks[20:]])
+            wait_for(
+                lambda: consumer.totals["failed_batches"] >= 2,
+                timeout=30,
+                interval=0.05,
+                message=lambda: f"two failed dispatches: {consumer.totals}",
+            )
+            # Then no offset is committed past a record that was not dispatched
+            committed_while_refused = total()
+            assert committed_while_refused == 20
+            assert len(handled) == 20
+
+            # and once the broker accepts them again, every record is dispatched,
+            # handled and committed
+            refusal.accept()
+            refused_for = time.monotonic() - refused_at
+            wait_for(
+                lambda: len(handled) == 50 and total() == 50,
+                timeout=30,
+                interval=0.1,
+                message=lambda: f"{len(handled)} handled, {total()} committed",
+            )
+    finally:
+        delete_topics(kafka_broker, topic)
+    assert handled == set(range(50))
+    figure(
+        f"kafka-refuse[{env.kind}]: produced=50 handled={len(handled)} "
+        f"lost={50 - len(handled)} committed_while_refused={committed_while_refused} "
+        f"(20 dispatched before) failed_dispatches={consumer.totals['failed_batches']} "
+        f"refused for {refused_for:.1f}s"
+    )
