@@ -16,13 +16,19 @@ failed, 2 usage error (no servers, no group, no topic, a bad mapping).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from eventbus.cli.context import bus_of, echo, handle_errors
 
+if TYPE_CHECKING:
+    from eventbus.kafka.settings import KafkaSettings
+
 __all__ = ["kafka"]
+
+#: librdkafka keys that carry credentials: KafkaSettings.security, kept out of logs.
+_SECURITY_PREFIXES = ("security.", "sasl.", "ssl.", "ssl_")
 
 
 def _pairs(values: tuple[str, ...], option: str) -> dict[str, str]:
@@ -46,6 +52,28 @@ def _mapping(value: object, name: str) -> dict[str, Any]:
     if not isinstance(value, Mapping):
         raise click.UsageError(f"eventbus_kafka_{name} must be a dict, got {type(value).__name__}")
     return dict(value)
+
+
+def _kafka_settings(
+    conf: Mapping[str, Any], servers: str | None, extra: Mapping[str, str]
+) -> KafkaSettings:
+    """The app's ``eventbus_kafka_*`` settings, with the options' on top.
+
+    ``--config`` takes any librdkafka setting; those that carry credentials
+    go to ``security`` (kept out of logs), the others to ``consumer``.
+    """
+    from eventbus.kafka.settings import KafkaSettings
+
+    security = {k: v for k, v in extra.items() if k.startswith(_SECURITY_PREFIXES)}
+    consumer = {k: v for k, v in extra.items() if k not in security}
+    mapping = {k: v for k, v in conf.items() if str(k).startswith("eventbus_kafka_")}
+    if servers:
+        mapping["eventbus_kafka_bootstrap_servers"] = servers
+    for name, given in (("consumer", consumer), ("security", security)):
+        if given:
+            key = f"eventbus_kafka_{name}"
+            mapping[key] = {**_mapping(mapping.get(key), name), **given}
+    return KafkaSettings.from_mapping(mapping)
 
 
 @click.group()
@@ -131,25 +159,12 @@ def consume(
     app = getattr(bus, "app", None)
     conf: Mapping[str, Any] = app.conf if app is not None else {}
     mapping = {**_mapping(_setting(bus, "topic_types"), "topic_types"), **mapping}
-    from eventbus.kafka.settings import KafkaSettings
-
     if not (bootstrap_servers or conf.get("eventbus_kafka_bootstrap_servers")):
         raise click.UsageError(
             "no Kafka servers: pass --bootstrap-servers, set EVENTBUS_KAFKA_BOOTSTRAP_SERVERS, "
             "or set eventbus_kafka_bootstrap_servers"
         )
-    kafka_settings = KafkaSettings.from_mapping(
-        {
-            **conf,
-            **(
-                {"eventbus_kafka_bootstrap_servers": bootstrap_servers} if bootstrap_servers else {}
-            ),
-            "eventbus_kafka_consumer": {
-                **_mapping(conf.get("eventbus_kafka_consumer"), "consumer"),
-                **extra,
-            },
-        }
-    )
+    kafka_settings = _kafka_settings(conf, bootstrap_servers, extra)
     group = group or _setting(bus, "group_id")
     if not group:
         raise click.UsageError(

@@ -16,9 +16,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from eventbus import Envelope, Event, create_event
 from eventbus.domain.events import EventRegistry
+from eventbus.kafka.consumer_metrics import ConsumerMetrics
 from tests.brokers import PrivateRedis
 from tests.faults.fault_app import ATOMIC, IDEM, PLAIN, Probe
 from tests.integration.conftest import FIGURES, Env
@@ -226,9 +228,26 @@ def test_a_celery_broker_refusing_publishes_holds_the_offsets(
     def total() -> int:
         return _total(committed(kafka_broker, group, topic, 2))
 
+    registry = CollectorRegistry()
+
+    def lag() -> float:
+        return sum(
+            registry.get_sample_value(
+                "eventbus_kafka_consumer_lag", {"group": group, "topic": topic, "partition": p}
+            )
+            or 0.0
+            for p in ("0", "1")
+        )
+
     try:
         with consuming(
-            env.bus, kafka_broker, topics=[topic], group=group, batch_size=10, retry_backoff_max=2
+            env.bus,
+            kafka_broker,
+            topics=[topic],
+            group=group,
+            batch_size=10,
+            retry_backoff_max=2,
+            metrics=ConsumerMetrics(group, registry),
         ) as consumer:
             produce(kafka_broker, topic, [envelope_record(e) for e in ticks[:20]])
             wait_for(lambda: len(handled) == 20 and total() == 20, timeout=30, interval=0.1)
@@ -247,6 +266,8 @@ def test_a_celery_broker_refusing_publishes_holds_the_offsets(
             committed_while_refused = total()
             assert committed_while_refused == 20
             assert len(handled) == 20
+            # and the lag metric counts the 30 records waiting
+            wait_for(lambda: lag() == 30, timeout=5, message=lambda: f"lag 30, not {lag()}")
 
             # and once the broker accepts them again, every record is dispatched,
             # handled and committed
@@ -258,6 +279,7 @@ def test_a_celery_broker_refusing_publishes_holds_the_offsets(
                 interval=0.1,
                 message=lambda: f"{len(handled)} handled, {total()} committed",
             )
+            wait_for(lambda: lag() == 0, timeout=5, message=lambda: f"lag 0, not {lag()}")
     finally:
         delete_topics(kafka_broker, topic)
     assert handled == set(range(50))
