@@ -22,8 +22,9 @@ COPY pyproject.toml README.md celeryconfig.py ./
 COPY eventbus/ eventbus/
 COPY handlers/ handlers/
 
-# The [flower] extra: the compose stack runs Flower from this image too.
-RUN pip install ".[flower]" \
+# The [flower] extra: the compose stack runs Flower from this image too; [kafka]:
+# confluent-kafka, for the Kafka profile (publishing and `eventbus kafka consume`).
+RUN pip install ".[flower,kafka]" \
  && rm -rf build ./*.egg-info
 
 # The app `eventbus dlq list` and the other commands act on (the CLI has no

@@ -72,7 +72,9 @@ class BaseEventBus(ABC):
     """Subscribe handlers to event types and publish events to them.
 
     Hooks for subclasses: ``_attach(subscription)``, ``_dispatch(envelope,
-    subscriptions)``, ``_resolve_options(given)`` and ``dead_letter_store``.
+    subscriptions)``, ``_emit(envelope, subscriptions)`` (where a published
+    envelope goes; by default ``_dispatch`` to its subscriptions),
+    ``_resolve_options(given)`` and ``dead_letter_store``.
     """
 
     def __init__(self, *, event_registry: EventRegistry | None = None) -> None:
@@ -277,10 +279,18 @@ class BaseEventBus(ABC):
                 envelope.aggregate_type, envelope.aggregate_id
             )
             envelope = envelope.model_copy(update={"sequence": sequence})
-        if subscriptions:
-            self._dispatch(envelope, subscriptions)
+        self._emit(envelope, subscriptions)
         self.published[envelope.event_type] += 1
         return envelope
+
+    def _emit(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
+        """Send a checked envelope where this bus sends events: to its subscriptions, if any.
+
+        A bus whose destination is not its handlers (the Kafka bus: a topic)
+        overrides this.
+        """
+        if subscriptions:
+            self._dispatch(envelope, subscriptions)
 
     @abstractmethod
     def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:

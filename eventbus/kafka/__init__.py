@@ -35,6 +35,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from eventbus.kafka.bus import KafkaEventBus
+    from eventbus.kafka.producer import KafkaProducer
     from eventbus.kafka.records import (
         HEADER_CORRELATION_ID,
         HEADER_EVENT_ID,
@@ -56,6 +58,8 @@ __all__ = [
     "HEADER_EVENT_ID",
     "HEADER_EVENT_TYPE",
     "HEADER_EVENT_VERSION",
+    "KafkaEventBus",
+    "KafkaProducer",
     "KafkaRecord",
     "KafkaSettings",
     "TopicNaming",
@@ -69,6 +73,8 @@ __all__ = [
 # Loaded on first use: the codec and settings need no Kafka client; the
 # producer (and the consumer) import confluent-kafka, or say what to install.
 _EXPORTS = {
+    "KafkaEventBus": "eventbus.kafka.bus",
+    "KafkaProducer": "eventbus.kafka.producer",
     "HEADER_CORRELATION_ID": "eventbus.kafka.records",
     "HEADER_EVENT_ID": "eventbus.kafka.records",
     "HEADER_EVENT_TYPE": "eventbus.kafka.records",

@@ -99,16 +99,17 @@ def encode_record(
     topic = (topics or _DEFAULT_TOPICS).topic_for(envelope)
     wire = envelope.to_wire() if wire is None else wire
     try:
-        value = json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode()
+        value = _ENCODER.encode(wire).encode()
     except (TypeError, ValueError) as exc:
         raise EventValidationError(
             envelope.event_type,
             [{"type": _KAFKA_TYPE, "loc": ("metadata",), "msg": f"not JSON: {exc}", "input": None}],
         ) from None
+    event_type = envelope.event_type.encode()
     headers = [
-        (HEADER_EVENT_TYPE, envelope.event_type.encode()),
-        (HEADER_EVENT_VERSION, str(envelope.version).encode()),
-        (HEADER_EVENT_ID, str(envelope.event_id).encode()),
+        (HEADER_EVENT_TYPE, event_type),
+        (HEADER_EVENT_VERSION, _VERSIONS.get(envelope.version) or str(envelope.version).encode()),
+        (HEADER_EVENT_ID, str(wire["event_id"]).encode()),
     ]
     if envelope.correlation_id is not None:
         headers.append((HEADER_CORRELATION_ID, envelope.correlation_id.encode()))
@@ -116,6 +117,9 @@ def encode_record(
     return KafkaRecord(topic=topic, key=key, value=value, headers=headers)
 
 
+#: The value's JSON: compact, UTF-8 as it is (one encoder, made once).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+_VERSIONS = {n: str(n).encode() for n in range(1, 100)}
 _DEFAULT_TOPICS = TopicNaming()
 
 

@@ -23,6 +23,7 @@ at publish, before anything is sent.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -44,7 +45,12 @@ _LEGAL = re.compile(r"^[A-Za-z0-9._-]+$")
 def check_topic_name(name: str) -> str | None:
     """Why ``name`` is not a legal Kafka topic name, or None when it is."""
     if not isinstance(name, str) or not name:
-        return "a topic name cannot be empty"
+        return "a topic name must be a non-empty string"
+    return _check_name(name)
+
+
+@functools.lru_cache(maxsize=4096)  # (a publish asks for the same few names again and again)
+def _check_name(name: str) -> str | None:
     if len(name) > MAX_TOPIC_LENGTH:
         return f"a topic name has at most {MAX_TOPIC_LENGTH} characters, not {len(name)}"
     if name in (".", ".."):
