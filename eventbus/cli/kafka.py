@@ -76,6 +76,27 @@ def _kafka_settings(
     return KafkaSettings.from_mapping(mapping)
 
 
+def _default_topics(bus: Any, conf: Mapping[str, Any], mapping: Mapping[str, str]) -> list[str]:
+    """The topics of the subscribed event types (as a KafkaEventBus of ``conf`` names
+    them), and the topics ``mapping`` maps; UsageError when that names none."""
+    from eventbus.kafka.topics import TopicNaming
+
+    naming = TopicNaming.parse(
+        conf.get("eventbus_kafka_topics") or "event_type",
+        prefix=conf.get("eventbus_kafka_topic_prefix") or "",
+    )
+    handled = {t for sub in bus.subscriptions() for t in sub.event_types}
+    found = {naming.topic_for_type(t) for t in handled}
+    names = sorted({name for name in found if name is not None} | set(mapping))
+    if not names or (handled and None in found and not mapping):
+        raise click.UsageError(
+            "no topic to read: pass --topic (or --topic-type), or set "
+            "eventbus_kafka_consume_topics (topics named by aggregate type cannot be "
+            "told from the handlers' event types)"
+        )
+    return names
+
+
 @click.group()
 def kafka() -> None:
     """Kafka: feed topics into the app's Celery handlers."""
@@ -99,8 +120,9 @@ def kafka() -> None:
     "--topic",
     "topics",
     multiple=True,
-    help="A topic to read (repeatable; default: eventbus_kafka_consume_topics, "
-    "else the topics of --topic-type).",
+    help="A topic to read (repeatable; default: eventbus_kafka_consume_topics, else the "
+    "topics of the subscribed event types, as eventbus_kafka_topics names them, and of "
+    "--topic-type).",
 )
 @click.option(
     "--topic-type",
@@ -177,11 +199,11 @@ def consume(
                 f"topic {topic!r} maps to {event_type!r}, which is no registered event type",
                 param_hint="--topic-type",
             )
-    names = list(topics) or list(_setting(bus, "consume_topics") or []) or sorted(mapping)
-    if not names:
-        raise click.UsageError(
-            "no topic to read: pass --topic (or --topic-type), or set eventbus_kafka_consume_topics"
-        )
+    names = (
+        list(topics)
+        or list(_setting(bus, "consume_topics") or [])
+        or _default_topics(bus, conf, mapping)
+    )
 
     from eventbus.cli.outbox import stop_on_signals
     from eventbus.kafka.consumer import KafkaConsumer

@@ -80,6 +80,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+#: Where librdkafka's own log goes (the producer's too: :mod:`eventbus.kafka.producer`).
+librdkafka_logger = logging.getLogger("eventbus.kafka.librdkafka")
 
 DEFAULT_BATCH_SIZE = 500  #: records dispatched together (one bus.batch(), one commit)
 DEFAULT_POLL_TIMEOUT = 1.0  #: seconds a poll waits for the first record of a batch
@@ -163,6 +165,8 @@ class KafkaConsumer:
             **settings.consumer_config(group_id),
             **FIXED_CONFIG,
             "on_commit": self._on_commit,
+            # librdkafka's own log (a broker away...) to logging, not to stderr.
+            "logger": librdkafka_logger,
         }
         self._client: Any = None
         self._backoff = 0.0

@@ -6,10 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner, Result
 
-from eventbus.cli.main import main
+from eventbus.cli.kafka import _default_topics
+from eventbus.cli.main import load_bus, main
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ["-A", "tests.unit.cli_app"]
@@ -65,8 +67,26 @@ def test_consume_without_servers_says_where_to_give_them() -> None:
 def test_consume_without_a_group_or_a_topic_is_a_usage_error() -> None:
     no_group = consume("--bootstrap-servers", "127.0.0.1:1", "--topic", "t")
     assert_one_line_error(no_group, 2, "no consumer group: pass --group")
-    no_topic = consume("--bootstrap-servers", "127.0.0.1:1", "--group", "g")
-    assert_one_line_error(no_topic, 2, "no topic to read")
+
+
+def test_without_topics_it_reads_those_of_the_handlers_event_types() -> None:
+    # Given the CLI test app (handlers of contract.item_added and _removed) and a mapping
+    bus = load_bus("tests.unit.cli_app")
+    mapping = {"payments": "contract.item_added"}
+    # Then the default topics are one per handled type (the default naming), and the mapped
+    assert _default_topics(bus, {}, mapping) == [
+        "contract.item_added",
+        "contract.item_removed",
+        "payments",
+    ]
+    prefixed = {"eventbus_kafka_topic_prefix": "shop."}
+    assert _default_topics(bus, prefixed, {}) == [
+        "shop.contract.item_added",
+        "shop.contract.item_removed",
+    ]
+    # but topics named by aggregate type cannot be told from event types
+    with pytest.raises(click.UsageError, match="no topic to read"):
+        _default_topics(bus, {"eventbus_kafka_topics": "aggregate_type"}, {})
 
 
 def test_consume_refuses_a_bad_topic_mapping() -> None:
