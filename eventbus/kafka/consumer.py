@@ -213,6 +213,8 @@ class KafkaConsumer:
                 self._done(client, batch)
             else:
                 self._rewind(client, batch, stop)
+        else:
+            self._commit(client, synchronous=False)  # (a commit that failed, again)
         self._read_lag(client)
         return len(records)
 
@@ -309,6 +311,9 @@ class KafkaConsumer:
         assigned = {(tp.topic, tp.partition) for tp in client.assignment()}
         for (topic, partition), offset in batch.first.items():
             if (topic, partition) in assigned:  # (a partition revoked meanwhile is another's)
+                # A seek that fails raises out of run(): reading on would skip the
+                # batch. close() commits only what was dispatched; a restart
+                # resumes from there.
                 client.seek(self._kafka.TopicPartition(topic, partition, offset))
         self._backoff = min(max(self._backoff * 2, RETRY_BACKOFF_START), self.retry_backoff_max)
         (stop or threading.Event()).wait(self._backoff)
@@ -331,12 +336,21 @@ class KafkaConsumer:
             self._on_commit(None, done)
 
     def _on_commit(self, error: Any, partitions: Sequence[Any]) -> None:
-        if error is not None:
-            logger.warning("kafka consumer %s: commit failed: %s", self.group_id, error)
-            return
+        failed = []
         for tp in partitions:
-            if tp.error is None and tp.offset >= 0:
+            if error is None and tp.error is None and tp.offset >= 0:
                 self.offsets.committed((tp.topic, tp.partition), tp.offset)
+            else:
+                failed.append((tp.topic, tp.partition))
+        if failed:
+            # Asked again at the next step (what is dispatched stays dispatched).
+            self.offsets.commit_failed(failed)
+            logger.warning(
+                "kafka consumer %s: commit of %s failed: %s",
+                self.group_id,
+                ", ".join(f"{t}/{p}" for t, p in failed),
+                error or next((tp.error for tp in partitions if tp.error), None),
+            )
 
     def _on_revoke(self, client: Any, partitions: Sequence[Any]) -> None:
         # Called inside poll, between batches: what was dispatched is committed

@@ -47,6 +47,12 @@ class Offsets:
             self._requested.update(wanted)
             return wanted
 
+    def commit_failed(self, places: Iterable[TopicPartition]) -> None:
+        """A commit of these was refused or lost: :meth:`to_commit` asks for them again."""
+        with self._lock:
+            for place in places:
+                self._requested.pop(place, None)
+
     def uncommitted(self) -> dict[TopicPartition, int]:
         """Every dispatched offset not confirmed committed (a final, synchronous commit)."""
         with self._lock:
