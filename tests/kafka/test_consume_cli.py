@@ -12,6 +12,7 @@ from click.testing import CliRunner, Result
 
 from eventbus.cli.kafka import _default_topics
 from eventbus.cli.main import load_bus, main
+from eventbus.deadletter.record import DeadLetter
 
 ROOT = Path(__file__).resolve().parents[2]
 APP = ["-A", "tests.unit.cli_app"]
@@ -103,3 +104,27 @@ def test_a_setting_eventbus_owns_is_refused_in_one_line() -> None:
         "--config", "bootstrap.servers=elsewhere:9092",
     )  # fmt: skip
     assert_one_line_error(result, 1, "'bootstrap.servers' is set from KafkaSettings")
+
+
+def test_dlq_show_names_a_kafka_dead_letters_source() -> None:
+    # Given a dead letter of a Kafka record (as the consumer writes it)
+    bus = load_bus("tests.unit.cli_app")
+    record = DeadLetter(
+        handler=None,
+        reason="undecodable",
+        attempts=1,
+        exception_type="eventbus.errors.UnknownEventType",
+        exception_message="invalid envelope for 'shop.refunded'",
+        raw_body='{"event_type": "shop.refunded"}',
+        source={"kafka_topic": "shop.refunded", "partition": 2, "offset": 4117},
+    )
+    bus.dead_letter_store.append(record)
+    try:
+        # When an operator shows it, then its topic, partition and offset are there
+        result = CliRunner().invoke(main, [*APP, "dlq", "show", record.id])
+        assert result.exit_code == 0, result.output
+        assert "source:      kafka_topic=shop.refunded partition=2 offset=4117" in result.output
+        shown = CliRunner().invoke(main, [*APP, "dlq", "show", record.id, "--json"])
+        assert '"offset": 4117' in shown.output
+    finally:
+        bus.dead_letter_store.remove([record.id])
