@@ -27,13 +27,11 @@ import redis
 
 from tests.faults.fault_app import Effects, FaultConfig, HandlerSet, build_bus
 from tests.faults.workers import WorkerProcess
-from tests.kafka.broker import CONSUMER_TIMING, TansuBroker
+from tests.kafka.broker import TansuBroker
+from tests.kafka.consume_support import CONSUME_TIMING
 from tests.support import STATE_REDIS_URL, delete_queues, delete_state, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
-#: The fault tests' consumers: half the tests' session timeout, so that a
-#: killed member leaves the group (and its successor joins) sooner.
-FAULT_TIMING = {**CONSUMER_TIMING, "session.timeout.ms": 3000, "heartbeat.interval.ms": 300}
 
 
 class ConsumerProcess:
@@ -55,7 +53,7 @@ class ConsumerProcess:
             sys.executable, "-m", "eventbus.cli", "-A", "tests.faults.fault_app",
             "kafka", "consume", "--bootstrap-servers", broker.bootstrap_servers,
             "--group", group, "--topic", topic, f"--batch-size={batch_size}",
-            *(f"--config={k}={v}" for k, v in FAULT_TIMING.items()),
+            *(f"--config={k}={v}" for k, v in CONSUME_TIMING.items()),
         ]  # fmt: skip
         self.process: subprocess.Popen[bytes] | None = None
 
