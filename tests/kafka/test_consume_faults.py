@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -93,6 +94,10 @@ class Streaming:
         assert not self._thread.is_alive(), f"producing took over {timeout}s"
         if self.error is not None:
             raise AssertionError(f"producing failed: {self.error!r}") from self.error
+
+
+def _runs(runs: dict[str, list[int]]) -> int:
+    return sum(len(v) for v in runs.values())
 
 
 def _total(offsets: dict[int, int]) -> int:
@@ -217,6 +222,15 @@ def test_a_celery_broker_refusing_publishes_holds_the_offsets(
             handled.add(envelope.data.n)
 
     env.bus.subscribe(Tick, handler=handle, name=env.name("tick"))
+    # and an ordered one: the consumer numbers each aggregate's events at dispatch,
+    # and a batch dispatched again must keep its numbers (a gap would hold it)
+    in_order: dict[str, list[int]] = defaultdict(list)
+
+    def record_order(envelope: Envelope[Tick]) -> None:
+        with lock:
+            in_order[str(envelope.aggregate_id)].append(envelope.data.n)
+
+    env.bus.subscribe(Tick, handler=record_order, name=env.name("ordered"), ordered=True)
     env.start_worker(pool="threads", concurrency=2)
     topic, group = unique_topic("refuse"), unique_topic("group")
     create_topic(kafka_broker, topic, 2)
@@ -274,7 +288,7 @@ def test_a_celery_broker_refusing_publishes_holds_the_offsets(
             refusal.accept()
             refused_for = time.monotonic() - refused_at
             wait_for(
-                lambda: len(handled) == 50 and total() == 50,
+                lambda: len(handled) == 50 and total() == 50 and _runs(in_order) == 50,
                 timeout=30,
                 interval=0.1,
                 message=lambda: f"{len(handled)} handled, {total()} committed",
@@ -283,6 +297,7 @@ def test_a_celery_broker_refusing_publishes_holds_the_offsets(
     finally:
         delete_topics(kafka_broker, topic)
     assert handled == set(range(50))
+    assert in_order == {f"t{a}": list(range(a, 50, 4)) for a in range(4)}
     figure(
         f"kafka-refuse[{env.kind}]: produced=50 handled={len(handled)} "
         f"lost={50 - len(handled)} committed_while_refused={committed_while_refused} "
