@@ -396,6 +396,12 @@ class KafkaConsumer:
                 positions[place] = known
             elif tp.offset >= 0:
                 positions[place] = tp.offset
+            else:
+                # Nothing read from it yet: an empty partition has no lag; another
+                # is unknown until its first fetch (not reported rather than wrong).
+                low, high = client.get_watermark_offsets(tp, cached=True)
+                if high >= 0 and low == high:
+                    positions[place] = high
         self._lag(client, positions)
 
     # -- dead letters --------------------------------------------------------------
