@@ -41,6 +41,10 @@ from eventbus.redaction import MASK
 
 __all__ = ["DELIVERY_GRACE", "Deliveries", "KafkaProducer"]
 
+# Without confluent-kafka, importing this module (or KafkaEventBus) raises
+# MissingDependency, an ImportError that says what to install.
+confluent_kafka_module()
+
 logger = logging.getLogger(__name__)
 librdkafka_logger = logging.getLogger("eventbus.kafka.librdkafka")
 

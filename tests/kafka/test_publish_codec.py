@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import uuid
 from typing import Any
@@ -294,3 +295,20 @@ def test_without_confluent_kafka_the_error_says_what_to_install(
         confluent_kafka_module()
     assert isinstance(info.value, ConfigurationError)
     assert isinstance(info.value, ImportError)
+
+
+def test_importing_the_kafka_bus_without_confluent_kafka_says_what_to_install() -> None:
+    # A process of its own: this one has imported confluent-kafka already.
+    code = (
+        "import sys; sys.modules['confluent_kafka'] = None\n"
+        "import eventbus.kafka.records, eventbus.kafka.settings  # no client needed\n"
+        "from eventbus.kafka import KafkaEventBus\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last == (
+        "eventbus.errors.MissingDependency: Kafka support needs confluent-kafka, which is not "
+        'installed: pip install "eventbus[kafka]"'
+    )
