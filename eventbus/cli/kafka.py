@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from eventbus.cli.context import bus_of, echo, handle_errors
+from eventbus.errors import MissingDependency
 
 if TYPE_CHECKING:
     from eventbus.kafka.settings import KafkaSettings
@@ -210,7 +211,12 @@ def consume(
 
     metrics = None
     if metrics_port is not None:
-        from prometheus_client import CollectorRegistry, start_http_server
+        try:
+            from prometheus_client import CollectorRegistry, start_http_server
+        except ImportError:
+            raise MissingDependency(
+                '--metrics-port needs prometheus-client: pip install "eventbus[metrics]"'
+            ) from None
 
         from eventbus.kafka.consumer_metrics import ConsumerMetrics
 

@@ -53,15 +53,15 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
-from eventbus.errors import ConfigurationError, EventError, PayloadTooLarge
-from eventbus.kafka.consumer_decode import RecordError, decode_consumed, record_uuid
+from eventbus.deadletter.record import DeadLetter
+from eventbus.errors import ConfigurationError, EventError
+from eventbus.kafka.consumer_decode import RecordError, dead_letter_of, decode_consumed
+from eventbus.kafka.consumer_lag import LagReader
 from eventbus.kafka.consumer_offsets import Offsets, TopicPartition
 from eventbus.kafka.settings import confluent_kafka_module
 
@@ -87,7 +87,6 @@ DEFAULT_BATCH_SIZE = 500  #: records dispatched together (one bus.batch(), one c
 DEFAULT_POLL_TIMEOUT = 1.0  #: seconds a poll waits for the first record of a batch
 DEFAULT_RETRY_BACKOFF_MAX = 30.0  #: seconds, at most, between two dispatches of a failed batch
 RETRY_BACKOFF_START = 0.5  #: seconds before the first dispatch again of a failed batch
-LAG_INTERVAL = 1.0  #: seconds between two lag readings of every assigned partition
 
 #: librdkafka settings the consumer's promises rest on: a caller cannot override them.
 FIXED_CONFIG = {"enable.auto.commit": False, "enable.auto.offset.store": False}
@@ -170,7 +169,7 @@ class KafkaConsumer:
         }
         self._client: Any = None
         self._backoff = 0.0
-        self._lag_read_at = 0.0
+        self._lag = LagReader(metrics, self.offsets, confluent_kafka) if metrics else None
 
     # -- the loop ------------------------------------------------------------------
 
@@ -215,7 +214,8 @@ class KafkaConsumer:
                 self._rewind(client, batch, stop)
         else:
             self._commit(client, synchronous=False)  # (a commit that failed, again)
-        self._read_lag(client)
+        if self._lag is not None:
+            self._lag.read_all(client)
         return len(records)
 
     def _read(self, client: Any) -> list[Record]:
@@ -304,7 +304,8 @@ class KafkaConsumer:
         for place, offset in batch.next.items():
             self.offsets.dispatched(place, offset)
         self._commit(client, synchronous=False)
-        self._lag(client, batch.next)
+        if self._lag is not None:
+            self._lag.report(client, batch.next)
 
     def _rewind(self, client: Any, batch: _Batch, stop: threading.Event | None) -> None:
         """Read the batch again from its first record in each partition, after a backoff."""
@@ -371,44 +372,9 @@ class KafkaConsumer:
             for topic, partition in places:
                 self.metrics.forget(topic, partition)
 
-    # -- lag -----------------------------------------------------------------------
-
-    def _lag(self, client: Any, positions: Mapping[TopicPartition, int]) -> None:
-        if self.metrics is None:
-            return
-        for (topic, partition), position in positions.items():
-            tp = self._kafka.TopicPartition(topic, partition)
-            _, high = client.get_watermark_offsets(tp, cached=True)
-            if high >= 0:
-                self.metrics.set_lag(topic, partition, high - position)
-
-    def _read_lag(self, client: Any) -> None:
-        """Every assigned partition's lag, once a second (an idle one keeps its own)."""
-        now = time.monotonic()
-        if self.metrics is None or now - self._lag_read_at < LAG_INTERVAL:
-            return
-        self._lag_read_at = now
-        positions: dict[TopicPartition, int] = {}
-        for tp in client.position(client.assignment()):
-            place = (tp.topic, tp.partition)
-            known = self.offsets.position(place)
-            if known is not None:
-                positions[place] = known
-            elif tp.offset >= 0:
-                positions[place] = tp.offset
-            else:
-                # Nothing read from it yet: an empty partition has no lag; another
-                # is unknown until its first fetch (not reported rather than wrong).
-                low, high = client.get_watermark_offsets(tp, cached=True)
-                if high >= 0 and low == high:
-                    positions[place] = high
-        self._lag(client, positions)
-
     # -- dead letters --------------------------------------------------------------
 
     def _dead_letter(self, record: Record, cause: BaseException, exc: BaseException) -> DeadLetter:
-        raw = record.value()
-        text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
         logger.error(
             "kafka consumer %s: record %s/%s@%s is a dead letter: %s",
             self.group_id,
@@ -417,23 +383,7 @@ class KafkaConsumer:
             record.offset(),
             exc,
         )
-        return DeadLetter(
-            id=record_uuid(record, "dead-letter").hex,
-            handler=None,
-            reason="oversized" if isinstance(cause, PayloadTooLarge) else "undecodable",
-            attempts=1,
-            # The cause's type: an operator groups by what is wrong (unknown type...).
-            exception_type=_qualified_name(type(cause)),
-            exception_message=str(exc),
-            worker=self.worker,
-            raw_body=text[:MAX_RAW_BODY] if text is not None else None,
-            raw_size=len(raw) if raw is not None else None,
-            source={
-                "kafka_topic": record.topic(),
-                "partition": record.partition(),
-                "offset": record.offset(),
-            },
-        )
+        return dead_letter_of(record, cause, str(exc), worker=self.worker)
 
     def _count(self, batch: _Batch, refused: list[DeadLetter]) -> None:
         assert self.metrics is not None
@@ -452,11 +402,6 @@ class KafkaConsumer:
 
 def _topic_of(letter: DeadLetter) -> str:
     return str((letter.source or {}).get("kafka_topic"))
-
-
-def _qualified_name(cls: type) -> str:
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
 
 
 def _key(record: Record) -> tuple[str, int, int]:

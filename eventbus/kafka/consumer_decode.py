@@ -23,12 +23,13 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from eventbus.deadletter.record import MAX_RAW_BODY, DeadLetter
 from eventbus.domain.envelope import Envelope
 from eventbus.domain.events import EventRegistry
-from eventbus.errors import EnvelopeDecodeError, EventBusError
+from eventbus.errors import EnvelopeDecodeError, EventBusError, PayloadTooLarge
 from eventbus.kafka.records import decode_plain_record, decode_record, is_envelope_record
 
-__all__ = ["Record", "RecordError", "decode_consumed", "record_uuid"]
+__all__ = ["Record", "RecordError", "dead_letter_of", "decode_consumed", "record_uuid"]
 
 #: Namespace of the ids derived from a record's place (dead-letter ids).
 _NAMESPACE = uuid.UUID("5b0c1f7e-3d4a-4c59-9a61-2f1e8c7d4b10")
@@ -95,3 +96,37 @@ def decode_consumed(
                 "event type: eventbus_kafka_topic_types)"
             )
         raise RecordError(message, cause) from exc
+
+
+def dead_letter_of(
+    record: Record, cause: BaseException, message: str, *, worker: str
+) -> DeadLetter:
+    """The dead letter of a record that can never be dispatched.
+
+    Reason ``undecodable`` (``oversized`` when the bus refused its size);
+    ``exception_type`` is the cause's, so that an operator groups by what is
+    wrong (unknown type, invalid data...); ``source`` is where the record is.
+    Its id derives from the record's place: read twice, it is one record.
+    It has no handler: it is not replayable (fix the producer, produce again).
+    """
+    raw = record.value()
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    kind = type(cause)
+    return DeadLetter(
+        id=record_uuid(record, "dead-letter").hex,
+        handler=None,
+        reason="oversized" if isinstance(cause, PayloadTooLarge) else "undecodable",
+        attempts=1,
+        exception_type=kind.__qualname__
+        if kind.__module__ == "builtins"
+        else f"{kind.__module__}.{kind.__qualname__}",
+        exception_message=message,
+        worker=worker,
+        raw_body=text[:MAX_RAW_BODY] if text is not None else None,
+        raw_size=len(raw) if raw is not None else None,
+        source={
+            "kafka_topic": record.topic(),
+            "partition": record.partition(),
+            "offset": record.offset(),
+        },
+    )
