@@ -120,9 +120,13 @@ def test_sigkill_of_the_consumer_mid_stream_loses_no_event(
             env.start_worker(concurrency=2)
             first = env.start_consumer(topic=topic, group=group)
 
-            # When 2,000 events stream in, 100 at a time, and the consumer is
-            # SIGKILLed once it committed a third of them
-            producer = Streaming(kafka_broker, topic, [envelope_record(e) for e in envelopes])
+            # When 2,000 events stream in (half of them waiting already, the rest
+            # 100 at a time), and the consumer is SIGKILLed once it committed a
+            # third of them, busy with the backlog (a batch in hand, or
+            # dispatched and not yet committed)
+            records = [envelope_record(e) for e in envelopes]
+            produce(kafka_broker, topic, records[: EVENTS // 2])
+            producer = Streaming(kafka_broker, topic, records[EVENTS // 2 :])
             producer.start()
             wait_for(
                 lambda: _total(committed(kafka_broker, group, topic, PARTITIONS)) >= EVENTS // 3,
@@ -131,7 +135,7 @@ def test_sigkill_of_the_consumer_mid_stream_loses_no_event(
                 message=lambda: f"a third committed ({producer.produced} produced)\n{env.logs()}",
             )
             first.kill()
-            produced_at_kill = producer.produced
+            produced_at_kill = EVENTS // 2 + producer.produced
             handled_at_kill = env.effects.handled(PLAIN)
             committed_at_kill = _total(committed(kafka_broker, group, topic, PARTITIONS))
 
