@@ -8,9 +8,11 @@ producers are plain JSON.
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -18,22 +20,30 @@ from eventbus import Envelope
 from eventbus.kafka.consumer import KafkaConsumer
 from eventbus.kafka.records import encode_record
 from eventbus.kafka.settings import KafkaSettings
-from tests.kafka.broker import CONSUMER_TIMING, TansuBroker
+from tests.kafka.broker import CONSUMER_TIMING
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
 admin_module = pytest.importorskip("confluent_kafka.admin")
+
+
+class Cluster(Protocol):
+    """A Kafka-protocol broker of the tests: Tansu in memory, or on S3 (``tests.kafka.faults``)."""
+
+    @property
+    def bootstrap_servers(self) -> str: ...
+
 
 #: A record to produce: (key, value, headers).
 Raw = tuple[bytes | None, bytes, list[tuple[str, bytes]] | None]
 
 
-def create_topic(broker: TansuBroker, topic: str, partitions: int) -> None:
+def create_topic(broker: Cluster, topic: str, partitions: int) -> None:
     admin = admin_module.AdminClient({"bootstrap.servers": broker.bootstrap_servers})
     for future in admin.create_topics([admin_module.NewTopic(topic, partitions)]).values():
         future.result(timeout=10)
 
 
-def delete_topics(broker: TansuBroker, *topics: str) -> None:
+def delete_topics(broker: Cluster, *topics: str) -> None:
     admin = admin_module.AdminClient({"bootstrap.servers": broker.bootstrap_servers})
     for future in admin.delete_topics(list(topics)).values():
         # Never created, or not deletable: the broker's memory storage goes anyway.
@@ -47,7 +57,7 @@ def envelope_record(envelope: Envelope[Any]) -> Raw:
     return record.key, record.value, record.headers
 
 
-def produce(broker: TansuBroker, topic: str, records: Sequence[Raw]) -> list[tuple[int, int]]:
+def produce(broker: Cluster, topic: str, records: Sequence[Raw]) -> list[tuple[int, int]]:
     """Produce ``records`` in order (acks=all, idempotent); return their (partition, offset)."""
     producer = confluent_kafka.Producer(
         {
@@ -83,7 +93,7 @@ def produce(broker: TansuBroker, topic: str, records: Sequence[Raw]) -> list[tup
     return [place for place in places if place is not None]
 
 
-def committed(broker: TansuBroker, group: str, topic: str, partitions: int) -> dict[int, int]:
+def committed(broker: Cluster, group: str, topic: str, partitions: int) -> dict[int, int]:
     """The group's committed offset of each partition (-1001: none)."""
     reader = confluent_kafka.Consumer(
         {"bootstrap.servers": broker.bootstrap_servers, "group.id": group}
@@ -100,7 +110,7 @@ def committed(broker: TansuBroker, group: str, topic: str, partitions: int) -> d
 CONSUME_TIMING = {**CONSUMER_TIMING, "session.timeout.ms": 3000, "heartbeat.interval.ms": 300}
 
 
-def kafka_settings(broker: TansuBroker, **consumer: Any) -> KafkaSettings:
+def kafka_settings(broker: Cluster, **consumer: Any) -> KafkaSettings:
     """The test consumers' settings (Tansu's join timing: :data:`CONSUME_TIMING`)."""
     return KafkaSettings(broker.bootstrap_servers, consumer={**CONSUME_TIMING, **consumer})
 
@@ -108,7 +118,7 @@ def kafka_settings(broker: TansuBroker, **consumer: Any) -> KafkaSettings:
 @contextmanager
 def consuming(
     bus: Any,
-    broker: TansuBroker,
+    broker: Cluster,
     *,
     topics: Sequence[str],
     group: str,
@@ -143,3 +153,43 @@ def consuming(
         assert not thread.is_alive(), "the consumer did not stop within 30 s"
     if failure:
         raise failure[0]
+
+
+def read_topic(
+    broker: Cluster, topic: str, timeout: float = 20
+) -> dict[str, list[tuple[int, int]]]:
+    """Every record of ``topic`` now, by event id (header): the places holding it."""
+    reader = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap_servers,
+            "group.id": f"reader.{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            **CONSUME_TIMING,
+        }
+    )
+    found: dict[str, list[tuple[int, int]]] = {}
+    ends: set[int] = set()
+    try:
+        reader.subscribe([topic])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = reader.poll(0.2)
+            if message is None:
+                continue
+            error = message.error()
+            if error is not None:
+                if error.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                    ends.add(message.partition())
+                    assignment = {tp.partition for tp in reader.assignment()}
+                    if assignment and assignment <= ends:
+                        break
+                continue
+            ends.discard(message.partition())
+            headers = dict(message.headers() or [])
+            event_id = (headers.get("eventbus-event-id") or b"?").decode()
+            found.setdefault(event_id, []).append((message.partition(), message.offset()))
+    finally:
+        reader.close()
+    return found

