@@ -164,6 +164,9 @@ def dlq_show(ctx: click.Context, record_id: str, as_json: bool) -> None:
         "failed_at",
     ):
         echo(f"{name + ':':<12} {_field(record, name)}")
+    if record.source is not None:
+        where = " ".join(f"{key}={value}" for key, value in record.source.items())
+        echo(f"{'source:':<12} {printable(where)}")
     echo(
         f"{'exception:':<12} {printable(record.exception_type)}: "
         f"{printable(record.exception_message)}"

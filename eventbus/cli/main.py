@@ -4,7 +4,8 @@
 (``demo`` and ``--help`` need none). The same commands run under Celery as
 ``celery -A proj eventbus ...``. The
 ``dlq`` commands live in :mod:`eventbus.cli.dlq`, ``schema`` in :mod:`eventbus.cli.schema`,
-``outbox`` in :mod:`eventbus.cli.outbox`, ``console`` in :mod:`eventbus.cli.console`.
+``outbox`` in :mod:`eventbus.cli.outbox`, ``console`` in :mod:`eventbus.cli.console`,
+``kafka`` in :mod:`eventbus.cli.kafka`.
 Exit codes: 0 ok, 1 nothing matched or the operation failed, 2 usage error.
 """
 
@@ -22,6 +23,7 @@ from eventbus.celery.bus import bus_for_app
 from eventbus.cli.console import console
 from eventbus.cli.context import BusContext, NoAppGiven, bus_of, echo, handle_errors, printable
 from eventbus.cli.dlq import dlq
+from eventbus.cli.kafka import kafka
 from eventbus.cli.outbox import outbox
 from eventbus.cli.schema import schema
 
@@ -160,7 +162,7 @@ def events(ctx: click.Context, as_json: bool) -> None:
             echo("  (no handlers)")
 
 
-_COMMANDS = (demo, publish, events, dlq, schema, outbox, console)
+_COMMANDS = (demo, publish, events, dlq, schema, outbox, console, kafka)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -186,7 +188,8 @@ for _command in _COMMANDS:
 
 @click.group(name="eventbus")
 def celery_command() -> None:
-    """eventbus commands on this Celery app's bus (demo, publish, events, dlq, console, ...)."""
+    """eventbus commands on this Celery app's bus (demo, publish, events, dlq, schema, outbox,
+    console, kafka)."""
 
 
 for _command in _COMMANDS:

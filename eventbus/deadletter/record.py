@@ -53,7 +53,9 @@ class DeadLetter(BaseModel):
     ``envelope`` is the event exactly as it was sent (the wire dict), so the
     record survives even if the event class changed since; ``raw_body`` is set
     instead when the message could not be decoded at all (or its envelope nests
-    deeper than :data:`MAX_ENVELOPE_DEPTH`). ``exception_message`` and
+    deeper than :data:`MAX_ENVELOPE_DEPTH`). ``source`` says where a message
+    that did not come from a Celery queue came from (a Kafka record's topic,
+    partition and offset). ``exception_message`` and
     ``traceback`` are cut to :data:`MAX_EXCEPTION_MESSAGE` and
     :data:`MAX_TRACEBACK` bytes, the cut marked at the end.
     """
@@ -76,6 +78,9 @@ class DeadLetter(BaseModel):
     envelope: dict[str, Any] | None = None
     raw_body: str | None = None
     raw_size: int | None = None
+    #: Where the message came from when not from a Celery queue: a Kafka record's
+    #: ``{"kafka_topic": ..., "partition": ..., "offset": ...}`` (``eventbus kafka consume``).
+    source: dict[str, Any] | None = None
 
     @field_validator("exception_message")
     @classmethod
