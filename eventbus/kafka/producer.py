@@ -18,8 +18,13 @@ The producer is idempotent: librdkafka's retries never write a record twice
 and one key's records keep their order in their partition. It is made on
 first use in each process (a producer does not survive ``fork``: a
 pre-forking web server or Celery worker gets one per child), and shared by
-the threads of the process (librdkafka's producer is thread-safe; each
-waiting thread serves the callbacks it finds).
+the threads of the process. librdkafka is not fork-safe either way: a child
+forked while the parent's producer threads hold librdkafka's locks hangs
+making its own (seen: one run in two of the fork test, under load). Before
+any ``fork`` the parent's producer is therefore flushed and closed
+(``os.register_at_fork``); the parent makes a new one at its next publish.
+(librdkafka's producer is thread-safe; each waiting thread serves the
+callbacks it finds.)
 
 librdkafka's log goes to the ``eventbus.kafka.librdkafka`` logger, not stderr.
 """
@@ -30,6 +35,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -90,6 +96,18 @@ class Deliveries:
             self.fatal = self.fatal or bool(error.fatal())
 
 
+#: Every producer of this process: each is closed before a fork (see the module docstring).
+_PRODUCERS: weakref.WeakSet[KafkaProducer] = weakref.WeakSet()
+
+
+def _close_before_fork() -> None:
+    for producer in list(_PRODUCERS):
+        producer.close_before_fork()
+
+
+os.register_at_fork(before=_close_before_fork)
+
+
 class KafkaProducer:
     """An idempotent ``acks=all`` producer whose :meth:`send` returns once the broker has it.
 
@@ -109,6 +127,7 @@ class KafkaProducer:
         self._pid = os.getpid()
         self._lock = threading.Lock()
         # (A producer does not survive fork: a child process makes its own.)
+        _PRODUCERS.add(self)
 
     def __repr__(self) -> str:
         return f"KafkaProducer({self.settings.describe()})"
@@ -249,6 +268,23 @@ class KafkaProducer:
         if client is None or self._pid != os.getpid():
             return 0
         return int(client.flush(self.settings.delivery_timeout if timeout is None else timeout))
+
+    def close_before_fork(self) -> None:
+        """Flush and close this process's librdkafka client: a fork is about to happen.
+
+        Its threads end with it, so no lock of theirs is held in the child;
+        records in flight are delivered first (up to ``delivery_timeout``).
+        A failure here must not stop the fork: it is logged.
+        """
+        if self._client is None or self._pid != os.getpid():
+            return
+        try:
+            left = self.close()
+        except Exception:
+            logger.exception("the Kafka producer could not be closed before a fork")
+            return
+        if left:
+            logger.warning("%d record(s) to Kafka were still in flight at a fork", left)
 
     def _masked(self, exc: BaseException) -> str:
         # librdkafka quotes the setting it refused, rarely its value: mask any
