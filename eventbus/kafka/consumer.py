@@ -249,7 +249,7 @@ class KafkaConsumer:
                 try:
                     envelope = decode_consumed(record, registry, self.topic_types)
                 except RecordError as exc:
-                    batch.dead_letters.append(self._dead_letter(record, exc.cause, exc))
+                    batch.dead_letters.append(self._dead_letter(record, exc.kind, str(exc)))
                     continue
             batch.envelopes.append((record, envelope))
         return batch
@@ -268,7 +268,7 @@ class KafkaConsumer:
                     except EventError as exc:
                         # Refused by the bus before anything was sent (over
                         # the size limit): this record only.
-                        refused.append(self._dead_letter(record, exc, exc))
+                        refused.append(self._dead_letter(record, type(exc), str(exc)))
                         continue
                     self._sequenced[_key(record)] = sent
             for letter in refused:
@@ -374,16 +374,16 @@ class KafkaConsumer:
 
     # -- dead letters --------------------------------------------------------------
 
-    def _dead_letter(self, record: Record, cause: BaseException, exc: BaseException) -> DeadLetter:
+    def _dead_letter(self, record: Record, kind: type[BaseException], why: str) -> DeadLetter:
         logger.error(
             "kafka consumer %s: record %s/%s@%s is a dead letter: %s",
             self.group_id,
             record.topic(),
             record.partition(),
             record.offset(),
-            exc,
+            why,
         )
-        return dead_letter_of(record, cause, str(exc), worker=self.worker)
+        return dead_letter_of(record, kind, why, worker=self.worker)
 
     def _count(self, batch: _Batch, refused: list[DeadLetter]) -> None:
         assert self.metrics is not None

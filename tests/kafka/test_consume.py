@@ -204,3 +204,37 @@ def _committed(
     found = {(events, p): o for p, o in committed(broker, group, events, 3).items() if o >= 0}
     found.update({(payments, p): o for p, o in committed(broker, group, payments, 1).items()})
     return found
+
+
+def test_a_stopped_consumer_leaves_no_kafka_client_for_the_garbage_collector(
+    kafka_broker: TansuBroker,
+) -> None:
+    # A librdkafka client freed by the cyclic GC in a forked child (a prefork
+    # worker, a pre-forking web server) hangs it: its destroy waits for the
+    # parent's threads. Given a consumer that dead-lettered a bad record
+    import gc
+
+    from eventbus.bus.memory import InMemoryEventBus
+
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    bus = InMemoryEventBus(event_registry=REGISTRY)
+    seen: list[Envelope[Any]] = []
+    bus.subscribe(Moved, handler=seen.append, name="kafka.gc.plain")
+    topic = unique_topic("gc")
+    create_topic(kafka_broker, topic, 1)
+    try:
+        good = create_event(Moved, {"n": 1}, event_registry=REGISTRY)
+        produce(kafka_broker, topic, [(None, b"{not json", None), envelope_record(good)])
+        gc.collect()
+        gc.disable()  # (what is left now is left to the cyclic GC)
+        try:
+            with consuming(bus, kafka_broker, topics=[topic], group=unique_topic("g")):
+                wait_for(lambda: seen, timeout=20)
+            # When it stopped, then no Kafka client of it is left alive
+            kinds = (confluent_kafka.Consumer, confluent_kafka.Producer)
+            alive = [o for o in gc.get_objects() if isinstance(o, kinds)]
+        finally:
+            gc.enable()
+        assert alive == [], "a Kafka client only the cyclic garbage collector would free"
+    finally:
+        delete_topics(kafka_broker, topic)
