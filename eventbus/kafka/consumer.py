@@ -203,19 +203,22 @@ class KafkaConsumer:
 
     def step(self, stop: threading.Event | None = None) -> int:
         """Read one batch and dispatch it; return how many records it held."""
-        client = self._client
-        assert client is not None, "open() first"
-        records = self._read(client)
+        # No local holds the client: a failed dispatch's error may sit in a
+        # reference cycle (redis-py's do) with its traceback's frames and their
+        # callers', this one included; the client would then outlive close()
+        # until the cyclic GC, which in a forked child hangs in librdkafka.
+        assert self._client is not None, "open() first"
+        records = self._read(self._client)
         if records:
             batch = self._decode(records)
             if self._dispatch(batch):
-                self._done(client, batch)
+                self._done(self._client, batch)
             else:
-                self._rewind(client, batch, stop)
+                self._rewind(self._client, batch, stop)
         else:
-            self._commit(client, synchronous=False)  # (a commit that failed, again)
+            self._commit(self._client, synchronous=False)  # (a commit that failed, again)
         if self._lag is not None:
-            self._lag.read_all(client)
+            self._lag.read_all(self._client)
         return len(records)
 
     def _read(self, client: Any) -> list[Record]:

@@ -245,7 +245,7 @@ def test_a_celery_broker_refusing_publishes_holds_the_offsets(
             in_order[str(envelope.aggregate_id)].append(envelope.data.n)
 
     env.bus.subscribe(Tick, handler=record_order, name=env.name("ordered"), ordered=True)
-    env.start_worker(pool="threads", concurrency=2)
+    env.start_worker()  # (solo: no pool threads left in the test process, which forks later)
     topic, group = unique_topic("refuse"), unique_topic("group")
     create_topic(kafka_broker, topic, 2)
     ticks = [
