@@ -15,6 +15,7 @@ restart on Redis. Both pass on the other (their figures are in the README).
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import defaultdict
@@ -53,6 +54,18 @@ PARTITIONS = 3
 HANDLERS = {"plain": PLAIN, "idem": IDEM, "atomic": ATOMIC}
 
 Figure = Callable[[str], str]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_garbage_left() -> Iterator[None]:
+    """Collect this module's cyclic garbage before the next module runs.
+
+    A librdkafka client left to the cyclic GC and freed in a forked child
+    hangs it (its destroy waits for the parent's threads): a later test that
+    forks (tests/kafka/test_publish.py) must not inherit any.
+    """
+    yield
+    gc.collect()
 
 
 @pytest.fixture(
