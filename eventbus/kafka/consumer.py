@@ -203,19 +203,22 @@ class KafkaConsumer:
 
     def step(self, stop: threading.Event | None = None) -> int:
         """Read one batch and dispatch it; return how many records it held."""
-        client = self._client
-        assert client is not None, "open() first"
-        records = self._read(client)
+        # No local holds the client: a failed dispatch's error may sit in a
+        # reference cycle (redis-py's do) with its traceback's frames and their
+        # callers', this one included; the client would then outlive close()
+        # until the cyclic GC, which in a forked child hangs in librdkafka.
+        assert self._client is not None, "open() first"
+        records = self._read(self._client)
         if records:
             batch = self._decode(records)
             if self._dispatch(batch):
-                self._done(client, batch)
+                self._done(self._client, batch)
             else:
-                self._rewind(client, batch, stop)
+                self._rewind(self._client, batch, stop)
         else:
-            self._commit(client, synchronous=False)  # (a commit that failed, again)
+            self._commit(self._client, synchronous=False)  # (a commit that failed, again)
         if self._lag is not None:
-            self._lag.read_all(client)
+            self._lag.read_all(self._client)
         return len(records)
 
     def _read(self, client: Any) -> list[Record]:
@@ -249,7 +252,7 @@ class KafkaConsumer:
                 try:
                     envelope = decode_consumed(record, registry, self.topic_types)
                 except RecordError as exc:
-                    batch.dead_letters.append(self._dead_letter(record, exc.cause, exc))
+                    batch.dead_letters.append(self._dead_letter(record, exc.kind, str(exc)))
                     continue
             batch.envelopes.append((record, envelope))
         return batch
@@ -268,7 +271,7 @@ class KafkaConsumer:
                     except EventError as exc:
                         # Refused by the bus before anything was sent (over
                         # the size limit): this record only.
-                        refused.append(self._dead_letter(record, exc, exc))
+                        refused.append(self._dead_letter(record, type(exc), str(exc)))
                         continue
                     self._sequenced[_key(record)] = sent
             for letter in refused:
@@ -374,16 +377,16 @@ class KafkaConsumer:
 
     # -- dead letters --------------------------------------------------------------
 
-    def _dead_letter(self, record: Record, cause: BaseException, exc: BaseException) -> DeadLetter:
+    def _dead_letter(self, record: Record, kind: type[BaseException], why: str) -> DeadLetter:
         logger.error(
             "kafka consumer %s: record %s/%s@%s is a dead letter: %s",
             self.group_id,
             record.topic(),
             record.partition(),
             record.offset(),
-            exc,
+            why,
         )
-        return dead_letter_of(record, cause, str(exc), worker=self.worker)
+        return dead_letter_of(record, kind, why, worker=self.worker)
 
     def _count(self, batch: _Batch, refused: list[DeadLetter]) -> None:
         assert self.metrics is not None

@@ -13,8 +13,8 @@ Two kinds of records arrive on a topic (the codec is :mod:`eventbus.kafka.record
   record's place, so a record dispatched twice is the same event).
 
 Anything else (not JSON, not an object, an unknown type or version, invalid
-data) raises :class:`RecordError`, whose ``cause`` is the eventbus error that
-says what is wrong; the consumer turns it into a dead letter.
+data) raises :class:`RecordError`, whose ``kind`` is the type of the eventbus
+error that says what is wrong; the consumer turns it into a dead letter.
 """
 
 from __future__ import annotations
@@ -48,11 +48,17 @@ class Record(Protocol):
 
 
 class RecordError(EventBusError):
-    """A record that can never be dispatched: ``cause`` says why (its type names the group)."""
+    """A record that can never be dispatched; ``kind``: the type of the error that says why.
 
-    def __init__(self, message: str, cause: BaseException | None = None) -> None:
+    A type, not the error: an exception kept past its ``except`` block keeps its
+    traceback's frames alive, the consumer's Kafka client among their locals,
+    for the cyclic garbage collector, which in a forked child would free that
+    client and hang there (librdkafka waits for the parent's threads).
+    """
+
+    def __init__(self, message: str, kind: type[BaseException] | None = None) -> None:
         super().__init__(message)
-        self.cause: BaseException = cause if cause is not None else self
+        self.kind: type[BaseException] = kind or RecordError
 
 
 def record_uuid(record: Record, purpose: str) -> uuid.UUID:
@@ -75,7 +81,7 @@ def decode_consumed(
     foreign_type = topic_types.get(topic)
     try:
         if foreign_type is not None and not is_envelope_record(headers):
-            kind, stamp = record.timestamp()
+            stamp_type, stamp = record.timestamp()
             return decode_plain_record(
                 record.value(),
                 foreign_type,
@@ -83,39 +89,39 @@ def decode_consumed(
                 partition=int(record.partition() or 0),
                 offset=int(record.offset() or 0),
                 key=record.key(),
-                timestamp_ms=stamp if kind else None,
+                timestamp_ms=stamp if stamp_type else None,
                 event_registry=registry,
             )
         return decode_record(record.value(), headers, event_registry=registry)
     except EnvelopeDecodeError as exc:
-        cause = exc.__cause__ if isinstance(exc.__cause__, EventBusError) else exc
+        kind = type(exc.__cause__) if isinstance(exc.__cause__, EventBusError) else type(exc)
         message = str(exc)
         if foreign_type is None and not is_envelope_record(headers):
             message += (
                 f" (a record without eventbus headers, on topic {topic!r}, which maps to no "
                 "event type: eventbus_kafka_topic_types)"
             )
-        raise RecordError(message, cause) from exc
+        raise RecordError(message, kind) from None
 
 
 def dead_letter_of(
-    record: Record, cause: BaseException, message: str, *, worker: str
+    record: Record, kind: type[BaseException], message: str, *, worker: str
 ) -> DeadLetter:
     """The dead letter of a record that can never be dispatched.
 
     Reason ``undecodable`` (``oversized`` when the bus refused its size);
-    ``exception_type`` is the cause's, so that an operator groups by what is
-    wrong (unknown type, invalid data...); ``source`` is where the record is.
-    Its id derives from the record's place: read twice, it is one record.
-    It has no handler: it is not replayable (fix the producer, produce again).
+    ``exception_type`` is ``kind``, the error that says what is wrong, so that
+    an operator groups by it (unknown type, invalid data...); ``source`` is
+    where the record is. Its id derives from the record's place: read twice, it
+    is one record. It has no handler: it is not replayable (fix the producer,
+    produce it again).
     """
     raw = record.value()
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-    kind = type(cause)
     return DeadLetter(
         id=record_uuid(record, "dead-letter").hex,
         handler=None,
-        reason="oversized" if isinstance(cause, PayloadTooLarge) else "undecodable",
+        reason="oversized" if issubclass(kind, PayloadTooLarge) else "undecodable",
         attempts=1,
         exception_type=kind.__qualname__
         if kind.__module__ == "builtins"

@@ -92,7 +92,7 @@ def test_records_reach_their_handlers_and_bad_ones_become_dead_letters(
         Moved, handler=lambda e: seen.add("ordered", e), name=env.name("ordered"), ordered=True
     )
     env.bus.subscribe(Paid, handler=lambda e: seen.add("paid", e), name=env.name("paid"))
-    env.start_worker(pool="threads", concurrency=2)
+    env.start_worker()  # (solo: no pool threads left in the test process, which forks later)
     events, payments = unique_topic("events"), unique_topic("payments")
     create_topic(kafka_broker, events, 3)
     create_topic(kafka_broker, payments, 1)
@@ -204,3 +204,58 @@ def _committed(
     found = {(events, p): o for p, o in committed(broker, group, events, 3).items() if o >= 0}
     found.update({(payments, p): o for p, o in committed(broker, group, payments, 1).items()})
     return found
+
+
+def test_a_stopped_consumer_leaves_no_kafka_client_for_the_garbage_collector(
+    kafka_broker: TansuBroker,
+) -> None:
+    # A librdkafka client freed by the cyclic GC in a forked child (a prefork
+    # worker, a pre-forking web server) hangs it: its destroy waits for the
+    # parent's threads. Given a consumer that dead-lettered a bad record, and
+    # whose first dispatch failed with an error kept in a reference cycle (as
+    # redis-py's are), which keeps the frames of its traceback alive
+    import gc
+    from contextlib import contextmanager
+
+    from eventbus.bus.memory import InMemoryEventBus
+    from eventbus.errors import PublishError
+
+    class RefusingOnce(InMemoryEventBus):
+        refused = False
+
+        @contextmanager
+        def batch(self) -> Iterator[None]:
+            if not self.refused:
+                self.refused = True
+                try:
+                    raise PublishError("refused once (by the test)")
+                except PublishError as exc:
+                    kept = exc  # a cycle: the error, its traceback, this frame
+                    raise kept from None
+            yield
+
+    confluent_kafka = pytest.importorskip("confluent_kafka")
+    bus = RefusingOnce(event_registry=REGISTRY)
+    seen: list[Envelope[Any]] = []
+    bus.subscribe(Moved, handler=seen.append, name="kafka.gc.plain")
+    topic = unique_topic("gc")
+    create_topic(kafka_broker, topic, 1)
+    try:
+        good = create_event(Moved, {"n": 1}, event_registry=REGISTRY)
+        produce(kafka_broker, topic, [(None, b"{not json", None), envelope_record(good)])
+        gc.collect()
+        gc.disable()  # (what is left now is left to the cyclic GC)
+        try:
+            with consuming(
+                bus, kafka_broker, topics=[topic], group=unique_topic("g"), retry_backoff_max=0.1
+            ) as consumer:
+                wait_for(lambda: seen, timeout=20)
+            assert consumer.totals["failed_batches"] == 1
+            # When it stopped, then no Kafka client of it is left alive
+            kinds = (confluent_kafka.Consumer, confluent_kafka.Producer)
+            alive = [o for o in gc.get_objects() if isinstance(o, kinds)]
+        finally:
+            gc.enable()
+        assert alive == [], "a Kafka client only the cyclic garbage collector would free"
+    finally:
+        delete_topics(kafka_broker, topic)

@@ -15,6 +15,7 @@ restart on Redis. Both pass on the other (their figures are in the README).
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 from collections import defaultdict
@@ -53,6 +54,18 @@ PARTITIONS = 3
 HANDLERS = {"plain": PLAIN, "idem": IDEM, "atomic": ATOMIC}
 
 Figure = Callable[[str], str]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _no_garbage_left() -> Iterator[None]:
+    """Collect this module's cyclic garbage before the next module runs.
+
+    A librdkafka client left to the cyclic GC and freed in a forked child
+    hangs it (its destroy waits for the parent's threads): a later test that
+    forks (tests/kafka/test_publish.py) must not inherit any.
+    """
+    yield
+    gc.collect()
 
 
 @pytest.fixture(
@@ -245,7 +258,7 @@ def test_a_celery_broker_refusing_publishes_holds_the_offsets(
             in_order[str(envelope.aggregate_id)].append(envelope.data.n)
 
     env.bus.subscribe(Tick, handler=record_order, name=env.name("ordered"), ordered=True)
-    env.start_worker(pool="threads", concurrency=2)
+    env.start_worker()  # (solo: no pool threads left in the test process, which forks later)
     topic, group = unique_topic("refuse"), unique_topic("group")
     create_topic(kafka_broker, topic, 2)
     ticks = [
