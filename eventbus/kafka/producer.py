@@ -31,6 +31,7 @@ librdkafka's log goes to the ``eventbus.kafka.librdkafka`` logger, not stderr.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -101,6 +102,10 @@ _PRODUCERS: weakref.WeakSet[KafkaProducer] = weakref.WeakSet()
 
 
 def _close_before_fork() -> None:
+    # A librdkafka client (a producer or a consumer) only garbage in a
+    # reference cycle would be freed in the child, where its destroy hangs:
+    # free it here, in the parent, where its threads still run.
+    gc.collect()
     for producer in list(_PRODUCERS):
         producer.close_before_fork()
 
