@@ -40,6 +40,7 @@ def test_a_prefork_main_process_on_rabbitmq_loads_no_redis_client(
     worker = subprocess.Popen(
         [sys.executable, "-c", "from tests.integration.lean_app import run; run()"],
         cwd=ROOT, env=environ, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True,  # (its pool processes too are killed if it does not stop)
     )  # fmt: skip
 
     def worker_log() -> str:
@@ -61,7 +62,15 @@ def test_a_prefork_main_process_on_rabbitmq_loads_no_redis_client(
         assert ready["redis_modules"] == [], "the main process loaded redis-py"
     finally:
         worker.send_signal(signal.SIGQUIT)  # cold shutdown: nothing is left to finish
-        worker.wait(timeout=30)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            # Seen once in CI (a loaded machine): Celery's cold shutdown of a
+            # prefork worker took over 30 s. What this test checks was checked
+            # above; the worker and its pool are killed, and the log says so.
+            print(f"the worker did not stop within 30 s of SIGQUIT:\n{worker_log()}")
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(timeout=30)
         log.close()
         delete_queues(lean.app, queue, lean.bus.dead_letter_queue)
         delete_state(lean.app)
