@@ -24,6 +24,7 @@ and to Celery that could half-fail.
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -227,13 +228,24 @@ class KafkaEventBus(BaseEventBus):
                 f"a batch of {state.deliveries.produced} record(s) was not all acknowledged: "
                 f"{exc}; publish them again (some may have been written)"
             ) from None
+        # All acknowledged: now they count as published (none of a block that raised).
+        self.published.update(state.published)
+
+    def _count_published(self, event_type: str) -> None:
+        batch: _Batch | None = getattr(self._batches, "open", None)
+        if batch is None:
+            super()._count_published(event_type)
+        else:
+            batch.published[event_type] += 1
 
 
 class _Batch:
     """The state of one thread's open :meth:`KafkaEventBus.batch`."""
 
-    __slots__ = ("deliveries", "failure")
+    __slots__ = ("deliveries", "failure", "published")
 
     def __init__(self) -> None:
         self.deliveries = Deliveries()
         self.failure: PublishError | None = None
+        #: Events of the block by type: published once every record was acknowledged.
+        self.published: Counter[str] = Counter()

@@ -243,6 +243,7 @@ def test_a_broker_that_is_down_is_a_publish_error_within_the_timeout(
     assert "0 of 1 acknowledged" in str(single.value)
     assert "a batch of 5 record(s) was not all acknowledged" in str(batch.value)
     assert "0 of 5 acknowledged" in str(batch.value)
+    assert down.published[OrderPlaced.event_type] == 0  # nor the failed batch's events
     shown = [str(single.value), str(batch.value), repr(down), caplog.text]
     assert not any("s3cret-never-shown" in text for text in shown)
     down.close(0)
