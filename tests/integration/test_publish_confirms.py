@@ -14,6 +14,7 @@ from ``EVENTBUS_CONFIRMS_TEST_*`` environment variables.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -467,6 +468,33 @@ def threads_worker(env: Env, downstream: str, runs: Path, log: Path) -> Iterator
         proc.wait(timeout=10)
 
 
+def thread_dump(proc: Any, log: Path) -> str:
+    """Where each thread of a (hung) worker stands: Celery's SIGUSR1 handler logs the stacks."""
+    if proc.poll() is not None:
+        return f"(the worker exited with {proc.returncode})"
+    start = log.stat().st_size
+    os.kill(proc.pid, signal.SIGUSR1)
+
+    sizes: list[int] = []
+
+    def dumped() -> str:
+        # Written at once by the handler: done when it has stacks and stopped growing.
+        with log.open("rb") as read:
+            read.seek(start)
+            text = read.read().decode(errors="replace")
+        sizes.append(len(text))
+        return text if "LOCAL VARIABLES" in text and sizes[-3:] == [len(text)] * 3 else ""
+
+    try:
+        dump = wait_for(dumped, timeout=5, interval=0.1, message="a thread dump")
+        # The stacks only: each thread's local variables follow its stack.
+        return re.sub(r"LOCAL VARIABLES\n=+\n.*?\n\n\n", "", dump, flags=re.S)[-12000:]
+    except AssertionError:
+        with log.open("rb") as read:
+            read.seek(start)
+            return read.read().decode(errors="replace")[-12000:] or "(no dump)"
+
+
 @pytest.mark.rabbitmq
 def test_a_threads_worker_with_task_events_does_not_hang(rabbitmq_env: Env, tmp_path: Path) -> None:
     env = rabbitmq_env
@@ -503,6 +531,7 @@ def test_a_threads_worker_with_task_events_does_not_hang(rabbitmq_env: Env, tmp_
             message=lambda: (
                 f"{len(runs.read_text().splitlines()) if runs.exists() else 0} of "
                 f"{len(expected)} runs\nworker log:\n{log.read_text(errors='replace')[-4000:]}"
+                f"\nthe worker's threads:\n{thread_dump(proc, log)}"
             ),
         )
         assert proc.poll() is None, log.read_text(errors="replace")[-4000:]

@@ -11,8 +11,10 @@ publishes were a quarter of the worker's time (py-spy).
 
 A worker whose app has an :class:`~eventbus.EventBus` sends the buffer
 every ``eventbus_task_events_interval`` seconds instead (default
-:data:`DEFAULT_INTERVAL`), and at once when it holds
-``eventbus_task_events_buffer`` events (default :data:`DEFAULT_BUFFER`).
+:data:`DEFAULT_INTERVAL`), and when it holds ``eventbus_task_events_buffer``
+events (default :data:`DEFAULT_BUFFER`): at once in the event loop's thread,
+on the loop's next turn when a pool thread (``--pool threads``) filled it.
+Only the loop's thread sends (see :meth:`BatchedTaskEvents.start`).
 Receivers see every event, in order, up to that interval later; the events'
 timestamps are still taken when they happen. The buffer is sent before the
 consumer stops (shutdown, lost connection). ``eventbus_task_events_interval
@@ -28,6 +30,8 @@ Celery built it (undocumented): checked once (:mod:`.compat`, feature
 from __future__ import annotations
 
 import logging
+import sys
+import threading
 from typing import Any
 
 from celery import bootsteps
@@ -65,13 +69,35 @@ class BatchedTaskEvents(bootsteps.StartStopStep):  # type: ignore[misc]
         interval = float(conf.get("eventbus_task_events_interval", DEFAULT_INTERVAL) or 0)
         if interval <= 0 or not optimising(conf, "task_events"):
             return
-        limit = int(conf.get("eventbus_task_events_buffer") or DEFAULT_BUFFER)
+        limit = max(1, int(conf.get("eventbus_task_events_buffer") or DEFAULT_BUFFER))
         # Celery's dispatcher calls on_send_buffered for each buffered event: the
         # worker's callback schedules a send for the next turn of the loop (and
-        # wakes it up from a pool thread). Without it, the buffer waits for the
-        # timer, or for the limit, where the dispatcher sends it itself.
-        dispatcher.on_send_buffered = None
-        dispatcher.buffer_limit = max(1, limit)
+        # wakes it up from a pool thread). Here the buffer waits for the timer,
+        # or for the limit. The dispatcher's own limit is never reached: it
+        # would send in the thread that buffered the event, and a --pool
+        # threads worker buffers in its pool threads. The loop reads the
+        # dispatcher's connection (for the broker's heartbeats), so a reply a
+        # pool thread waits for there (the exchange's declare, on a first
+        # send) can be read by the loop instead: the thread waits forever
+        # holding the dispatcher's lock, and the loop waits for the lock.
+        # Only the loop's thread sends; a full buffer in another thread asks
+        # the loop to send it on its next turn.
+        loop_thread = threading.get_ident()  # steps start in the thread that runs the loop
+        buffered = 0
+
+        def on_buffered() -> None:
+            nonlocal buffered
+            buffered += 1  # (a count lost between threads only delays a send to the timer)
+            if buffered < limit:
+                return
+            buffered = 0
+            if threading.get_ident() == loop_thread:
+                self._send(consumer)
+            else:
+                hub.call_soon(self._send, consumer)
+
+        dispatcher.on_send_buffered = on_buffered
+        dispatcher.buffer_limit = sys.maxsize
         self._timer = hub.call_repeatedly(interval, self._send, consumer)
 
     def stop(self, consumer: Any) -> None:
