@@ -288,10 +288,16 @@ class BaseEventBus(ABC):
     def _count_published(self, event_type: str) -> None:
         """Count one event as published (``published``, the metric): its publish returned.
 
-        A bus whose :meth:`batch` can still fail after ``publish`` returned
-        counts the block's events when the block was sent.
+        In an open :meth:`batch` whose sending can still fail after
+        ``publish`` returned, the event waits in the batch's own count
+        (:meth:`_batch_published`), which the bus adds once the block was sent.
         """
-        self.published[event_type] += 1
+        pending = self._batch_published()
+        (self.published if pending is None else pending)[event_type] += 1
+
+    def _batch_published(self) -> Counter[str] | None:
+        """The calling thread's open batch's count of events, or None (counted at once)."""
+        return None
 
     def _send(
         self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]

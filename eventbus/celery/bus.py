@@ -443,12 +443,9 @@ class EventBus(BaseEventBus):
         # raised counts none: its caller publishes them again.
         self.published.update(state.published)
 
-    def _count_published(self, event_type: str) -> None:
+    def _batch_published(self) -> Counter[str] | None:
         batch: _Batch | None = getattr(self._batches, "open", None)
-        if batch is None:
-            super()._count_published(event_type)
-        else:
-            batch.published[event_type] += 1
+        return None if batch is None else batch.published
 
     def _dispatch(self, envelope: Envelope[Any], subscriptions: Sequence[Subscription]) -> None:
         args = (self._wire(envelope),)

@@ -231,12 +231,9 @@ class KafkaEventBus(BaseEventBus):
         # All acknowledged: now they count as published (none of a block that raised).
         self.published.update(state.published)
 
-    def _count_published(self, event_type: str) -> None:
+    def _batch_published(self) -> Counter[str] | None:
         batch: _Batch | None = getattr(self._batches, "open", None)
-        if batch is None:
-            super()._count_published(event_type)
-        else:
-            batch.published[event_type] += 1
+        return None if batch is None else batch.published
 
 
 class _Batch:
