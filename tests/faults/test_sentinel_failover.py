@@ -47,10 +47,11 @@ pytestmark = [pytest.mark.faults, pytest.mark.sentinel, pytest.mark.redis]
 
 #: Events a second the publisher sends: steady traffic through the whole fault.
 RATE = 150
-#: Events the publisher has at most; it is stopped before (see AFTER_DEMOTION).
+#: Events the publisher has at most; it is stopped before it runs out (see AFTER_SYNC).
 MAX_EVENTS = 60 * RATE
-#: Seconds the publisher goes on once the old master is a replica again, in sync.
-AFTER_SYNC = 2.0
+#: Events every publisher has acknowledged after the group settled (once the
+#: old master is a replica again, in sync) before it stops: publishing resumed.
+AFTER_SYNC = 2 * RATE
 #: Events acknowledged before the fault is forced.
 BEFORE_FAULT = 300
 #: Seconds the broker must hold none of the queue's messages before events
@@ -234,7 +235,20 @@ def run(group: SentinelGroup, envs: list[SentinelEnv], fault: str, figure: Figur
         if group.master() is not old
         else f"the sentinels failed over again, back to :{old.port}"
     )
-    time.sleep(AFTER_SYNC)  # (steady traffic a little longer: not a wait for a condition)
+    wait_for(
+        lambda: all(
+            len(s.publisher.acknowledged) - s.at_sync >= AFTER_SYNC
+            or s.publisher.error is not None
+            for s in streams
+        ),
+        timeout=60,
+        interval=0.05,
+        message=lambda: "; ".join(
+            f"{len(s.publisher.acknowledged) - s.at_sync}/{AFTER_SYNC} acknowledged after the "
+            f"sync, {len(s.publisher.refused)} refused\n{s.env.logs()}"
+            for s in streams
+        ),
+    )
     for stream in streams:
         stream.publisher.stop()
         assert stream.publisher.error is None, stream.publisher.error

@@ -74,6 +74,8 @@ IDLE_TIMEOUT = 1.0  #: seconds without a message after which a browse ends early
 #: close-ok: a browse started at once could find the queue empty). Reached
 #: only when another browser took messages meanwhile.
 REQUEUE_WAIT = 2.0
+#: Seconds between a waiting reader's first asks for its turn, and at most later on.
+TURN_POLL_FIRST, TURN_POLL_MAX = 0.02, 0.5
 #: Seconds a reader waits, by default, for another reader to finish (``eventbus_dlq_browse_wait``).
 BROWSE_WAIT = 10.0
 #: The lock a reader of the DLQ holds: an exclusive queue of this name's suffix.
@@ -236,6 +238,7 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
     def _take_turn(self, conn: Any, doing: str, wait: float) -> None:
         """Hold the readers' lock on ``conn`` (an exclusive queue), waiting up to ``wait`` s."""
         deadline = time.monotonic() + wait
+        pause = TURN_POLL_FIRST
         while True:
             channel = conn.channel()
             try:
@@ -249,7 +252,10 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
                     raise
             if time.monotonic() >= deadline:
                 raise self._busy(doing, f"waited {wait:g} s for it, eventbus_dlq_browse_wait")
-            time.sleep(0.02)  # another reader's turn: ask again (a lock has no "wake me")
+            # Another reader's turn: ask again (a lock has no "wake me"), less
+            # often the longer it lasts (each ask opens a channel on the broker).
+            time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
+            pause = min(pause * 2, TURN_POLL_MAX)
 
     def _someone_reading(self, conn: Any) -> str:
         """Why a read now would miss records ("" if nobody else reads): the lock, consumers."""
