@@ -24,6 +24,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 from dramatiq.brokers.rabbitmq import RabbitmqBroker
@@ -46,6 +47,17 @@ def amqp_queues(run: str) -> list[str]:
     return [q, f"{q}.DQ", f"{q}.XQ"]
 
 
+def pika_url(url: str) -> str:
+    """kombu's ``amqp://host//`` (the default vhost ``/``) as pika reads it: ``/%2F``.
+
+    (pika takes the path after its first slash, unquoted: ``//`` would be vhost ``""``.)
+    """
+    parts = urlsplit(url)
+    if parts.path in ("", "/", "//"):
+        parts = parts._replace(path="/%2F")
+    return urlunsplit(parts)
+
+
 @dataclass
 class DramatiqApp:
     broker: Any
@@ -58,7 +70,7 @@ def build(broker_url: str, run: str) -> DramatiqApp:
     if broker_url.startswith("redis"):
         broker = RedisBroker(url=broker_url, namespace=f"bench-dq-{run}")
     else:
-        broker = RabbitmqBroker(url=broker_url)
+        broker = RabbitmqBroker(url=pika_url(broker_url))
     queue = queue_name(run)
 
     def actor(name: str) -> Any:
