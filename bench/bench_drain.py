@@ -60,14 +60,24 @@ TARGETS = {"raw-defaults": 1.0, "celery-pubsub": 1.2, "dramatiq": 0.75}
 
 
 def drain_once(
-    c: Contenders, counter: ExecutionCounter, contender: str, pool: str, n: int, key: str
+    c: Contenders,
+    counter: ExecutionCounter,
+    contender: str,
+    pool: str,
+    n: int,
+    key: str,
+    tag: str,
+    *,
+    show: bool = False,
 ) -> tuple[float, float]:
     """(handler runs per second, seconds from the worker's spawn to its first run)."""
     events = apps.make_events(n, key)
     payloads = apps.wire_payloads(events)
     c.publish(contender, events, payloads)  # no worker consumes the queue yet
     target = n * apps.FANOUT
-    worker = c.worker([contender], pool, POOLS[pool], f"{c.run}-{pool}-{contender}-{key[-6:]}")
+    worker = c.worker([contender], pool, POOLS[pool], f"{c.run}-{pool}-{contender}-{tag}")
+    if show:
+        print(f"{c.broker} {pool}: {contender}: $ {' '.join(worker.argv[1:])}", flush=True)
     gc.collect()
     spawned = time.time()
     with worker:
@@ -94,20 +104,18 @@ def bench_broker(
         for contender in c.names:
             print(f"{broker}: {contender}: {c.describe(contender)}", flush=True)
             # Declares the queues, opens the publishers' connections, pays first calls.
-            drain_once(
-                c, counter, contender, pools[0], WARMUP_EVENTS, counter.key("warm", contender)
-            )
+            key = counter.key("warm", contender)
+            drain_once(c, counter, contender, pools[0], WARMUP_EVENTS, key, "warm")
         for pool in pools:
             setting = f"{pool} c={POOLS[pool]}"
-            for contender in c.names:
-                argv = c.worker([contender], pool, POOLS[pool], "x").argv
-                print(f"{broker} {setting}: {contender}: $ {' '.join(argv[1:])}", flush=True)
             rates: dict[str, list[float]] = {name: [] for name in c.names}
             startup: dict[str, list[float]] = {name: [] for name in c.names}
             for rep in range(reps):
                 for contender in rotate(c.names, rep):
                     key = counter.key(pool, contender, f"r{rep}")
-                    rate, took = drain_once(c, counter, contender, pool, n, key)
+                    rate, took = drain_once(
+                        c, counter, contender, pool, n, key, f"r{rep}", show=rep == 0
+                    )
                     rates[contender].append(rate)
                     startup[contender].append(took)
                 print(
