@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import re
 import shutil
 import subprocess
 import sys
@@ -45,7 +44,12 @@ from bench.contenders import ALL, Contenders
 
 PROFILES = REPO / "bench" / "profiles"
 TOP = 30
-_PROCESS = re.compile(r"^process (\d+):")
+#: A frame on every stack of a pool's process or thread (the rest is the main
+#: process's or thread's: receiving, acking, task events, dispatching to the pool).
+POOL_FRAMES = ("Worker.workloop (billiard/pool.py", "_worker (concurrent/futures/thread.py")
+#: Frames on at least this share of a role's stacks (the launcher, the loop) are
+#: left out of the total-time list: they say nothing.
+EVERYWHERE = 0.97
 
 
 def py_spy() -> str:
@@ -55,7 +59,7 @@ def py_spy() -> str:
     return found
 
 
-def summarize(raw: Path, main_pid: int) -> tuple[str, dict[str, int]]:
+def summarize(raw: Path) -> tuple[str, dict[str, int]]:
     """Top frames by own and total samples, per process role, from py-spy's raw output."""
     own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     total: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -64,13 +68,11 @@ def summarize(raw: Path, main_pid: int) -> tuple[str, dict[str, int]]:
         stack, _, n = line.rpartition(" ")
         if not stack or not n.isdigit():
             continue
-        frames = stack.split(";")
-        role = "?"
-        if frames and (m := _PROCESS.match(frames[0])):
-            role = "main process" if int(m.group(1)) == main_pid else "pool processes"
-            frames = frames[1:]
-        if frames and frames[0].startswith("thread "):
-            frames = frames[1:]
+        frames = [f for f in stack.split(";") if not f.startswith(("process ", "thread "))]
+        # (a forked pool process's stack starts with its parent's frames up to
+        # the fork, so the role is read from the frames, not from the pid)
+        pool = any(f.startswith(POOL_FRAMES) for f in frames)
+        role = "pool (runs the tasks)" if pool else "main (receives, acks, dispatches)"
         if not frames:
             continue
         count = int(n)
@@ -83,8 +85,12 @@ def summarize(raw: Path, main_pid: int) -> tuple[str, dict[str, int]]:
         n = samples[role]
         out.append(f"== {role}: {n} samples (at 100 Hz: {n / 100:.1f} CPU-seconds)")
         for title, counter in (("own", own[role]), ("total", total[role])):
-            out.append(f"-- top {TOP} by {title} time (% of the role's samples)")
-            for frame, count in counter.most_common(TOP):
+            note = f", frames on >= {EVERYWHERE:.0%} of stacks left out" if title == "total" else ""
+            out.append(f"-- top {TOP} by {title} time (% of the role's samples{note})")
+            ranked = [
+                (f, c) for f, c in counter.most_common() if c < EVERYWHERE * n or title == "own"
+            ]
+            for frame, count in ranked[:TOP]:
                 out.append(f"{100 * count / n:6.1f}%  {frame}")
         out.append("")
     return "\n".join(out), dict(samples)
@@ -98,6 +104,7 @@ def main() -> int:
     p.add_argument("--events", type=int, default=3000, help="pre-filled events (x 5 handlers)")
     p.add_argument("--duration", type=int, default=10, help="seconds of sampling")
     p.add_argument("--output", help="summary file (default bench/profiles/C-B-P.txt)")
+    p.add_argument("--raw", help="also keep py-spy's raw output (collapsed stacks) there")
     args = p.parse_args()
     install_signal_handlers()
     spy = py_spy()
@@ -146,7 +153,9 @@ def main() -> int:
             ]
             subprocess.run(cmd, check=True, capture_output=True)
             after, t1 = counter.get(key), time.time()
-            summary, _ = summarize(raw, worker.proc.pid)
+            summary, _ = summarize(raw)
+            if args.raw:
+                shutil.copy(raw, args.raw)
         done = after - before
         left = args.events * apps.FANOUT - after
         head = [
