@@ -83,7 +83,7 @@ def summarize(raw: Path) -> tuple[str, dict[str, int]]:
     out = []
     for role in sorted(samples):
         n = samples[role]
-        out.append(f"== {role}: {n} samples (at 100 Hz: {n / 100:.1f} CPU-seconds)")
+        out.append(f"== {role}: {n} samples (at 100 Hz: {n / 100:.1f} s of non-idle thread time)")
         for title, counter in (("own", own[role]), ("total", total[role])):
             note = f", frames on >= {EVERYWHERE:.0%} of stacks left out" if title == "total" else ""
             out.append(f"-- top {TOP} by {title} time (% of the role's samples{note})")
