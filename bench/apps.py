@@ -19,20 +19,19 @@ The benchmark scripts call :func:`build` directly instead.
 from __future__ import annotations
 
 import os
-import threading
 from dataclasses import dataclass
 from typing import Any
 
-import redis
 from celery_pubsub.pubsub import PubSubManager
 
+from bench.counting import DEFAULT_COUNTER_URL as DEFAULT_COUNTER_URL  # re-exported
+from bench.counting import count
 from bench.settings import make_app
 from eventbus import Envelope, Event, EventBus, create_event
 
 FANOUT = 5
 TOPIC = "bench.happened"
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/14"
-DEFAULT_COUNTER_URL = "redis://127.0.0.1:6379/15"
 
 
 class BenchHappened(Event):
@@ -45,23 +44,6 @@ class BenchHappened(Event):
     title: str
     tags: list[str] = []
     amount: float = 0.0
-
-
-# -- the no-op body: count one execution ---------------------------------------
-
-_counter: redis.Redis | None = None
-_counter_lock = threading.Lock()
-
-
-def count(key: str) -> None:
-    global _counter
-    if _counter is None:
-        with _counter_lock:
-            if _counter is None:
-                _counter = redis.Redis.from_url(
-                    os.environ.get("BENCH_COUNTER_URL", DEFAULT_COUNTER_URL)
-                )
-    _counter.incr(key)
 
 
 # -- the app -------------------------------------------------------------------

@@ -1,16 +1,27 @@
 """End to end: events fully handled per second, 5 no-op handlers, real worker.
 
-Real ``celery -A bench.apps:app worker`` subprocesses per (broker, pool), same
-flags and settings: by default (``--workers split``) one runs eventbus's
-handlers as eventbus deploys them (eventbus's Redis transport, celeryconfig's
-default; task events sent in batches, ``eventbus.celery.internals.task_events``), the other the
-raw tasks and celery-pubsub's as plain Celery runs them (kombu's own transport,
-Celery's own sending of task events); on RabbitMQ both transports are kombu's.
-``--workers shared`` runs all three on one worker (eventbus's settings). Both
-stay up; runs are interleaved. A run's clock starts at its first publish and
-stops when the Redis counter of its executions reaches N*5 (each no-op handler
-INCRs it; polled, with a deadline). Publisher and worker share the machine.
-Best and median are printed; ratios are of the best runs.
+Concurrent measure: the publisher and the workers run together. Real worker
+subprocesses per (broker, pool), same flags (``bench/contenders.py``):
+
+* ``--workers split`` (default): each contender on a worker of its own, as it
+  is deployed: eventbus's handlers with eventbus's settings (eventbus's Redis
+  transport on Redis; task events sent in batches,
+  ``eventbus.celery.internals.task_events``); raw Celery with the same
+  guarantees (celeryconfig: late acks, task and task-sent events) on kombu's
+  own transport and Celery's own sending of task events; raw Celery with
+  Celery's defaults (``bench.defaults_app``); celery-pubsub as raw; dramatiq, a
+  reference, on its own command with its defaults (2 processes x 8 threads).
+* ``--workers shared``: eventbus, raw and celery-pubsub on one worker
+  (eventbus's settings; the method of sessions 1 and 2); raw-defaults and
+  dramatiq on their own.
+
+All workers stay up; runs are interleaved (the order rotates every
+repetition). A run's clock starts at its first publish and stops when the
+Redis counter of its executions reaches N*5 (each no-op handler INCRs it;
+polled, with a deadline). Publisher and workers share the machine, so this
+measures publishing as much as handling (``bench_drain.py`` measures the
+worker alone). Medians of the reps; ratios are ratios of medians with the
+min-max of the paired ratios (rep i against rep i) in brackets.
 """
 
 from __future__ import annotations
@@ -27,131 +38,116 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import apps
 from bench.common import (
     BROKER_URLS,
-    COUNTER_URL,
     POOLS,
     ExecutionCounter,
     Janitor,
     Worker,
-    best,
     broker_available,
     brokers,
     fmt_num,
-    fmt_ratio,
+    fmt_paired,
     install_signal_handlers,
     median,
     new_run_id,
+    paired,
+    paired_result,
     parser,
     print_header,
-    ratio,
     rotate,
     table,
-    verdict,
     write_json,
 )
+from bench.contenders import Contenders, dramatiq_available
 
-CONTENDERS = ["raw", "eventbus", "celery-pubsub"]
 WARMUP_EVENTS = 20
+#: eventbus against each of these, in the table's order, and the issue's targets.
+AGAINST = ["raw-defaults", "raw", "celery-pubsub", "dramatiq"]
+TARGETS = {"raw-defaults": 1.0, "raw": 1.0, "celery-pubsub": 1.2}
 
 
 def run_once(
-    bench: apps.BenchApp, counter: ExecutionCounter, contender: str, n: int, key: str
+    c: Contenders, counter: ExecutionCounter, contender: str, n: int, key: str
 ) -> tuple[float, float]:
     """(events handled per second, events published per second) of one run."""
     events = apps.make_events(n, key)
     payloads = apps.wire_payloads(events)
-    publish = apps.PUBLISHERS[contender]
     target = n * apps.FANOUT
     timeout = 60 + target / 50
     gc.collect()
     start = time.perf_counter()
-    publish(bench, events, payloads)
+    c.publish(contender, events, payloads)
     published = time.perf_counter()
     done = counter.wait(key, target, timeout)
     return n / (done - start), n / (published - start)
 
 
+def plan(c: Contenders, split: bool) -> list[list[str]]:
+    """The contenders each worker serves."""
+    own = [["raw-defaults"]] + ([["dramatiq"]] if "dramatiq" in c.names else [])
+    if split:
+        return [["eventbus"], ["raw"], ["celery-pubsub"], *own]
+    return [["eventbus", "raw", "celery-pubsub"], *own]
+
+
 def bench_broker(
-    broker: str, pools: list[str], n: int, reps: int, *, split: bool
+    broker: str, pools: list[str], n: int, reps: int, *, split: bool, with_dramatiq: bool
 ) -> list[dict[str, Any]]:
     url = BROKER_URLS[broker]
     run = new_run_id("e2e")
     janitor = Janitor(broker, url)
     counter = ExecutionCounter(run)
-    bench = apps.build(url, run)
-    janitor.track(*bench.queues.values())
-    janitor.track_exchanges(*apps.created_exchanges(run))
-    env = {"BENCH_BROKER_URL": url, "BENCH_RUN": run, "BENCH_COUNTER_URL": COUNTER_URL}
+    c = Contenders.build(broker, url, run, with_dramatiq=with_dramatiq)
+    c.track(janitor)
     results: list[dict[str, Any]] = []
     try:
         for pool in pools:
             concurrency = POOLS[pool]
             setting = f"{pool} c={concurrency}"
-            if split:
-                # Each product on its own worker: eventbus's on eventbus's Redis
-                # transport (celeryconfig's default), raw Celery's and
-                # celery-pubsub's on kombu's own, as each is deployed.
-                plan = [
-                    ("eb", [bench.queues["eventbus"]], env),
-                    (
-                        "stock",
-                        [bench.queues["raw"], bench.queues["pubsub"]],
-                        {**env, "BENCH_STOCK_TRANSPORT": "1"},
-                    ),
-                ]
-            else:
-                plan = [("all", bench.consume_queues, env)]
-            workers = [
-                Worker(
-                    "bench.apps:app",
-                    queues=queues,
-                    pool=pool,
-                    concurrency=concurrency,
-                    name=f"{run}-{pool}-{tag}",
-                    env=worker_env,
-                )
-                for tag, queues, worker_env in plan
-            ]
-            for worker, (_, _, worker_env) in zip(workers, plan, strict=True):
-                stock = bool(worker_env.get("BENCH_STOCK_TRANSPORT"))
-                transport = "eventbus's" if broker == "redis" and not stock else "kombu's"
-                events = "Celery's" if stock else "eventbus's batched"
+            served = plan(c, split)
+            workers: list[Worker] = []
+            for group in served:
+                worker = c.worker(group, pool, concurrency, f"{run}-{pool}-{group[0]}")
+                workers.append(worker)
                 print(
                     f"{broker} {setting}: $ {' '.join(worker.argv[1:])}  "
-                    f"({transport} transport, {events} task events)",
+                    f"({', '.join(group)}: {c.describe(group[0])})",
                     flush=True,
                 )
-            rates: dict[str, list[float]] = {c: [] for c in CONTENDERS}
-            pub_rates: dict[str, list[float]] = {c: [] for c in CONTENDERS}
+            rates: dict[str, list[float]] = {name: [] for name in c.names}
+            pub_rates: dict[str, list[float]] = {name: [] for name in c.names}
             with contextlib.ExitStack() as stack:
                 for worker in workers:
                     stack.enter_context(worker)
-                for worker in workers:
-                    waited = worker.wait_ready(bench.app)
+                for worker, group in zip(workers, served, strict=True):
+                    if group[0] == "dramatiq":
+                        continue  # no ping: its warm-up run below waits for it
+                    waited = worker.wait_ready(c.app_of(group[0]))
                     print(
                         f"{broker} {setting}: worker {worker.nodename} ready in {waited:.1f}s",
                         flush=True,
                     )
-                for contender in CONTENDERS:
+                for contender in c.names:
                     run_once(
-                        bench,
-                        counter,
-                        contender,
-                        WARMUP_EVENTS,
-                        counter.key(pool, contender, "warmup"),
+                        c, counter, contender, WARMUP_EVENTS, counter.key(pool, contender, "w")
                     )
                 keys = []
                 for rep in range(reps):
-                    for contender in rotate(CONTENDERS, rep):
+                    for contender in rotate(c.names, rep):
                         key = counter.key(pool, contender, rep)
                         keys.append(key)
-                        rate, pub = run_once(bench, counter, contender, n, key)
+                        rate, pub = run_once(c, counter, contender, n, key)
                         rates[contender].append(rate)
                         pub_rates[contender].append(pub)
+                    print(
+                        f"{broker} {setting} rep {rep + 1}/{reps}: "
+                        + ", ".join(f"{name} {fmt_num(rates[name][-1])}" for name in c.names),
+                        flush=True,
+                    )
                 extra = {k: counter.get(k) - n * apps.FANOUT for k in keys}
                 extra = {k: v for k, v in extra.items() if v}
                 if extra:
                     print(f"{broker} {setting}: duplicate executions: {extra}", flush=True)
-            for contender in CONTENDERS:
+            for contender in c.names:
                 results.append(
                     {
                         "bench": "e2e",
@@ -159,37 +155,95 @@ def bench_broker(
                         "setting": setting,
                         "contender": contender,
                         "unit": "events/s",
-                        "best": best(rates[contender]),
                         "median": median(rates[contender]),
                         "runs": rates[contender],
-                        "publish_best": best(pub_rates[contender]),
+                        "publish_median": median(pub_rates[contender]),
+                        "publish_runs": pub_rates[contender],
                     }
                 )
     finally:
-        bench.app.pool.force_close_all()
+        c.close()
         counter.cleanup()
         janitor.cleanup()
     return results
 
 
+def report(results: list[dict[str, Any]], reps: int) -> list[dict[str, Any]]:
+    """Print the table; return the ratios' JSON records."""
+    rows, ratios = [], []
+    keys = list(dict.fromkeys((r["broker"], r["setting"]) for r in results if "contender" in r))
+    for broker, setting in keys:
+        by = {
+            r["contender"]: r
+            for r in results
+            if "contender" in r and r["broker"] == broker and r["setting"] == setting
+        }
+        eb = by["eventbus"]["runs"]
+        row = [broker, setting]
+        for name in ["eventbus", *AGAINST]:
+            if name not in by:
+                row.append("n/a")
+                continue
+            handled, published = by[name]["median"], by[name]["publish_median"]
+            row.append(f"{fmt_num(handled)} (pub {fmt_num(published)})")
+        for name in AGAINST:
+            value = paired(eb, by[name]["runs"]) if name in by else None
+            row.append(fmt_paired(value))
+            ratios.append(
+                paired_result("e2e", broker, setting, f"eventbus/{name}", value, TARGETS.get(name))
+            )
+        rows.append(row)
+    print()
+    print(
+        f"end to end (concurrent), events fully handled/s (1 event = 5 executions; pub: events "
+        f"published/s), median of {reps} interleaved reps; eventbus/X = ratio of medians "
+        "[paired min-max]"
+    )
+    print(
+        table(
+            [
+                "broker",
+                "worker",
+                "eventbus",
+                "raw defaults",
+                "raw (same guarantees)",
+                "celery-pubsub",
+                "dramatiq 2x8",
+                "eb/raw defaults (>=1.0)",
+                "eb/raw (>=1.0)",
+                "eb/pubsub (>=1.2)",
+                "eb/dramatiq",
+            ],
+            rows,
+        ),
+        flush=True,
+    )
+    return ratios
+
+
 def main() -> int:
-    p = parser(__doc__.splitlines()[0], events=250, reps=4)
+    p = parser(__doc__.splitlines()[0], events=250, reps=5)
     p.add_argument(
         "--pool",
         choices=("prefork", "threads", "both"),
         default="both",
-        help="prefork --concurrency=2, threads --concurrency=4",
+        help="prefork --concurrency=2, threads --concurrency=4 (dramatiq: 2 x 8 either way)",
     )
     p.add_argument(
         "--workers",
         choices=("split", "shared"),
         default="split",
-        help="split (default): eventbus's worker on eventbus's Redis transport, raw Celery's "
-        "and celery-pubsub's on kombu's own; shared: one worker for all three",
+        help="split (default): each contender on its own worker, as deployed; shared: "
+        "eventbus, raw and celery-pubsub on one worker (raw-defaults and dramatiq on their own)",
     )
+    p.add_argument("--no-dramatiq", action="store_true", help="leave dramatiq out")
     args = p.parse_args()
     install_signal_handlers()
     pools = ["prefork", "threads"] if args.pool == "both" else [args.pool]
+    with_dramatiq = not args.no_dramatiq
+    if with_dramatiq and (why := dramatiq_available()):
+        print(f"dramatiq: SKIPPED, not installed ({why}): pip install 'dramatiq[redis,rabbitmq]'")
+        with_dramatiq = False
     print_header(
         f"end to end: {args.events} events x 5 no-op handlers, "
         f"{args.reps} interleaved reps, pools {', '.join(pools)}"
@@ -201,73 +255,14 @@ def main() -> int:
             print(f"{broker}: SKIPPED, broker unavailable ({why})", flush=True)
             continue
         results += bench_broker(
-            broker, pools, args.events, args.reps, split=args.workers == "split"
+            broker,
+            pools,
+            args.events,
+            args.reps,
+            split=args.workers == "split",
+            with_dramatiq=with_dramatiq,
         )
-
-    rows = []
-    ratios = []
-    for broker in brokers(args.broker):
-        for pool in pools:
-            setting = f"{pool} c={POOLS[pool]}"
-            by = {
-                r["contender"]: r
-                for r in results
-                if r["broker"] == broker and r["setting"] == setting
-            }
-            if not by:
-                continue
-            eb, raw, ps = by["eventbus"]["best"], by["raw"]["best"], by["celery-pubsub"]["best"]
-            r_raw, r_ps = ratio(eb, raw), ratio(eb, ps)
-            rows.append(
-                [
-                    broker,
-                    setting,
-                    f"{fmt_num(eb)} (med {fmt_num(by['eventbus']['median'])})",
-                    f"{fmt_num(raw)} (med {fmt_num(by['raw']['median'])})",
-                    f"{fmt_num(ps)} (med {fmt_num(by['celery-pubsub']['median'])})",
-                    f"{fmt_ratio(r_raw)} {verdict(r_raw, 1.0)}",
-                    f"{fmt_ratio(r_ps)} {verdict(r_ps, 1.2)}",
-                ]
-            )
-            ratios += [
-                {
-                    "bench": "e2e",
-                    "broker": broker,
-                    "setting": setting,
-                    "ratio": "eventbus/raw",
-                    "value": r_raw,
-                    "target": ">= 1.0",
-                    "ok": verdict(r_raw, 1.0),
-                },
-                {
-                    "bench": "e2e",
-                    "broker": broker,
-                    "setting": setting,
-                    "ratio": "eventbus/celery-pubsub",
-                    "value": r_ps,
-                    "target": ">= 1.2",
-                    "ok": verdict(r_ps, 1.2),
-                },
-            ]
-    print()
-    print(
-        f"end to end, events fully handled/s (1 event = 5 executions), best of {args.reps} (median)"
-    )
-    print(
-        table(
-            [
-                "broker",
-                "worker",
-                "eventbus",
-                "raw",
-                "celery-pubsub",
-                "eventbus/raw (>=1.0)",
-                "eventbus/pubsub (>=1.2)",
-            ],
-            rows,
-        ),
-        flush=True,
-    )
+    ratios = report(results, args.reps)
     write_json(args.json, results + ratios)
     return 0
 

@@ -29,6 +29,8 @@ import psutil
 import redis
 from kombu import Connection
 
+from bench.counting import FIRST
+
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
@@ -284,6 +286,8 @@ class Worker:
 
     ``launcher="cli"`` runs ``celery -A APP worker ...``; ``"direct"`` runs
     ``bench.direct_worker`` (same worker, without the celery CLI's plugins).
+    ``command`` runs that instead (another product's worker: dramatiq), with
+    the same start, logs and stop; :meth:`wait_ready` (a Celery ping) does not apply.
     """
 
     def __init__(
@@ -299,8 +303,10 @@ class Worker:
         sample_rss: bool = False,
         launcher: str = "cli",
         flags: Sequence[str] = WORKER_FLAGS,
+        command: Sequence[str] | None = None,
     ) -> None:
         self.app_spec = app_spec
+        self.command = list(command) if command else None
         self.flags = list(flags)
         self.launcher = launcher
         self.queues = list(queues)
@@ -318,6 +324,8 @@ class Worker:
 
     @property
     def argv(self) -> list[str]:
+        if self.command is not None:  # another worker than Celery's (dramatiq)
+            return self.command
         if self.launcher == "direct":  # no celery CLI, so no celery.commands plugins
             head = [PYTHON, "-m", "bench.direct_worker", self.app_spec]
         else:
@@ -452,15 +460,30 @@ class ExecutionCounter:
     def get(self, key: str) -> int:
         return int(self.redis.get(key) or 0)
 
-    def wait(self, key: str, target: int, timeout: float, poll: float = 0.005) -> float:
-        """Poll until ``key`` reaches ``target``; return ``perf_counter()`` at that moment."""
+    def first(self, key: str) -> float | None:
+        """Wall-clock time of the first execution counted on ``key`` (``bench.counting``)."""
+        value = self.redis.get(key + FIRST)
+        return float(value) if value is not None else None
+
+    def wait(
+        self,
+        key: str,
+        target: int,
+        timeout: float,
+        poll: float = 0.005,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> float:
+        """Poll until ``key`` reaches ``target``; return ``clock()`` at that moment.
+
+        ``clock=time.time`` to compare with :meth:`first` (another process's clock).
+        """
         deadline = time.perf_counter() + timeout
         while True:
-            now = time.perf_counter()
+            now = clock()
             value = self.get(key)
             if value >= target:
-                return now if value == target else time.perf_counter()
-            if now > deadline:
+                return now if value == target else clock()
+            if time.perf_counter() > deadline:
                 raise TimeoutError(f"{key}: {value}/{target} executions after {timeout:.0f}s")
             time.sleep(poll)
 
@@ -547,6 +570,50 @@ def median(values: Sequence[float]) -> float:
 
 def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a and b else None
+
+
+def paired(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float] | None:
+    """A against B over interleaved reps: (ratio of medians, min, max of the paired ratios).
+
+    Rep i of A and rep i of B ran next to each other (same rotation), so
+    ``a[i] / b[i]`` is one paired ratio; its spread says how much of the
+    median ratio is the machine's noise. None without reps on both sides.
+    """
+    pairs = [x / y for x, y in zip(a, b, strict=False) if x and y]
+    if not pairs or not median(a) or not median(b):
+        return None
+    return median(a) / median(b), min(pairs), max(pairs)
+
+
+def fmt_paired(value: tuple[float, float, float] | None) -> str:
+    """``1.23 [0.90-1.40]``: ratio of medians [paired min-max]."""
+    if value is None:
+        return "n/a"
+    mid, lo, hi = value
+    return f"{mid:.2f} [{lo:.2f}-{hi:.2f}]"
+
+
+def paired_result(
+    bench: str,
+    broker: str,
+    setting: str,
+    name: str,
+    value: tuple[float, float, float] | None,
+    target: float | None = None,
+) -> dict[str, Any]:
+    """A ratio's JSON record (run.py's summary): ratio of medians, paired min-max, verdict."""
+    mid = value[0] if value else None
+    return {
+        "bench": bench,
+        "broker": broker,
+        "setting": setting,
+        "ratio": name,
+        "value": mid,
+        "paired_min": value[1] if value else None,
+        "paired_max": value[2] if value else None,
+        "target": f">= {target}" if target is not None else "-",
+        "ok": verdict(mid, target) if target is not None else "-",
+    }
 
 
 def fmt_ratio(value: float | None) -> str:

@@ -1,4 +1,4 @@
-"""Run the benchmarks (publish, end to end, worker RSS, guarantees; DLQ, broker cost on request).
+"""Run the benchmarks (publish, e2e, worker RSS, guarantees; drain, DLQ, broker cost on request).
 
 Each benchmark runs as its own subprocess (``bench/bench_*.py``, whose exact
 command is printed) and hands its figures back as JSON. ``--broker``,
@@ -6,7 +6,9 @@ command is printed) and hands its figures back as JSON. ``--broker``,
 otherwise each uses its own defaults (sized so the whole suite takes a few
 minutes on 2 cores). The DLQ benchmark (100,000 dead letters per broker, 7-8
 minutes on 2 cores) and the broker's cost per event (servers of its own, ~8
-minutes) are not in the default set: run them with ``--only dlq`` / ``--only cost``.
+minutes) are not in the default set, nor is the drain measure (a fresh worker
+per contender and rep, ~3 minutes per broker and pool): run them with
+``--only dlq`` / ``--only cost`` / ``--only drain``.
 """
 
 from __future__ import annotations
@@ -36,16 +38,19 @@ from bench.common import (
 BENCHMARKS = {
     "publish": "bench/bench_publish.py",
     "e2e": "bench/bench_e2e.py",
+    "drain": "bench/bench_drain.py",
     "rss": "bench/bench_rss.py",
     "guarantees": "bench/bench_guarantees.py",
     "dlq": "bench/bench_dlq.py",
     "cost": "bench/bench_broker_cost.py",
 }
-#: What runs without --only: dlq takes 7-8 minutes and cost starts servers of its
-#: own (a RabbitMQ node among them) and a worker per run, so both are opt-in.
+#: What runs without --only: dlq takes 7-8 minutes, cost starts servers of its
+#: own (a RabbitMQ node among them) and a worker per run, and drain starts a
+#: fresh worker per contender and rep (~3 minutes per broker and pool), so they
+#: are opt-in.
 DEFAULT = ["publish", "e2e", "rss", "guarantees"]
 TIMEOUT = 900  # seconds per benchmark; then SIGTERM (the benchmark cleans up)
-TIMEOUTS = {"dlq": 3600, "cost": 1800}
+TIMEOUTS = {"dlq": 3600, "cost": 1800, "drain": 1800}
 
 
 def run_benchmark(name: str, args: argparse.Namespace, out: Path) -> tuple[int, float]:
@@ -93,16 +98,17 @@ def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
                 return f"{found['median']:,.0f} us" if found else "n/a"
 
             eb, raw, ps = cpu("eventbus"), cpu("raw"), cpu("celery-pubsub")
-        else:
+        else:  # "A/B": the medians of A and B (never a best-of)
 
-            def best(contender: str, key: tuple[str, str, str] = key) -> str:
+            def med(contender: str, key: tuple[str, str, str] = key) -> str:
                 found = values.get((*key, contender))
-                return fmt_num(found["best"]) if found else "n/a"
+                return fmt_num(found["median"]) if found else "n/a"
 
-            if r["bench"] == "guarantees":  # "idempotent/plain": the option vs plain handlers
-                eb, raw, ps = best(r["ratio"].split("/")[0]), best("plain"), "-"
-            else:
-                eb, raw, ps = best("eventbus"), best("raw"), best("celery-pubsub")
+            a, b = r["ratio"].split("/", 1)
+            eb, raw, ps = med(a), med(b), "-"
+        value = fmt_ratio(r["value"])
+        if r.get("paired_min") is not None:
+            value += f" [{r['paired_min']:.2f}-{r['paired_max']:.2f}]"
         rows.append(
             [
                 r["bench"],
@@ -112,7 +118,7 @@ def summary_rows(results: list[dict[str, Any]]) -> list[list[str]]:
                 raw,
                 ps,
                 r["ratio"],
-                fmt_ratio(r["value"]),
+                value,
                 r["target"],
                 r["ok"],
             ]
@@ -130,7 +136,8 @@ def main() -> int:
         nargs="+",
         choices=sorted(BENCHMARKS),
         default=DEFAULT,
-        help=f"benchmarks to run (default: {' '.join(DEFAULT)}; dlq and cost only when named)",
+        help=f"benchmarks to run (default: {' '.join(DEFAULT)}; "
+        "drain, dlq and cost only when named)",
     )
     p.add_argument("--records", type=int, help="dead letters per broker for dlq (default 100000)")
     args = p.parse_args()
@@ -155,8 +162,9 @@ def main() -> int:
     rows = summary_rows(results)
     if rows:
         print(
-            "SUMMARY (events/s, best run; 1 event = 5 handler messages/executions; "
-            "rss: peak MiB, median; cost: broker CPU per handled event, median)"
+            "SUMMARY (medians; A/B: ratio of medians [paired min-max]; publish, e2e: "
+            "events/s, 1 event = 5 handler messages; drain: handler runs/s; "
+            "rss: peak MiB; cost: broker CPU per handled event)"
         )
         print(
             table(
@@ -164,8 +172,8 @@ def main() -> int:
                     "bench",
                     "broker",
                     "setting",
-                    "eventbus",
-                    "raw",
+                    "A (eventbus)",
+                    "B (raw)",
                     "celery-pubsub",
                     "ratio",
                     "value",

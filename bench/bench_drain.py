@@ -1,0 +1,230 @@
+"""Drain: handler runs per second of a fresh worker on a pre-filled queue.
+
+Per (broker, pool) and repetition, for each contender in turn (the order
+rotates every repetition): N events (400) x 5 handlers are published to the
+contender's queue while no worker consumes it, then a fresh worker is started
+on that queue alone and stopped once it has run all N x 5. The clock runs from
+the first handler execution (noted by the handler itself, wall clock:
+``bench.counting``) to the moment the execution counter reaches N x 5 (polled
+every 2 ms), so the worker's start-up is left out and nothing else runs
+meanwhile: this is the worker's own throughput, which the concurrent end-to-end
+measure (``bench_e2e.py``) mostly hides behind the publisher's.
+
+Contenders (``bench/contenders.py``): eventbus, raw (celeryconfig's
+guarantees), raw-defaults (Celery's defaults), celery-pubsub, and dramatiq as a
+reference (its ``dramatiq`` command, 2 processes x 8 threads, whatever the
+Celery pool). Celery workers: ``--pool=prefork --concurrency=2`` and
+``--pool=threads --concurrency=4``, no gossip, mingle or heartbeat.
+
+Medians of the reps; ratios are ratios of medians, with the min-max of the
+paired ratios (rep i against rep i) in brackets.
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import apps
+from bench.common import (
+    BROKER_URLS,
+    POOLS,
+    ExecutionCounter,
+    Janitor,
+    broker_available,
+    brokers,
+    fmt_num,
+    fmt_paired,
+    install_signal_handlers,
+    median,
+    new_run_id,
+    paired,
+    paired_result,
+    parser,
+    print_header,
+    rotate,
+    table,
+    write_json,
+)
+from bench.contenders import Contenders, dramatiq_available
+
+WARMUP_EVENTS = 10
+#: eventbus against each of these, in the table's order.
+AGAINST = ["raw-defaults", "raw", "celery-pubsub", "dramatiq"]
+TARGETS = {"raw-defaults": 1.0, "celery-pubsub": 1.2, "dramatiq": 0.75}
+
+
+def drain_once(
+    c: Contenders,
+    counter: ExecutionCounter,
+    contender: str,
+    pool: str,
+    n: int,
+    key: str,
+    tag: str,
+    *,
+    show: bool = False,
+) -> tuple[float, float]:
+    """(handler runs per second, seconds from the worker's spawn to its first run)."""
+    events = apps.make_events(n, key)
+    payloads = apps.wire_payloads(events)
+    c.publish(contender, events, payloads)  # no worker consumes the queue yet
+    target = n * apps.FANOUT
+    worker = c.worker([contender], pool, POOLS[pool], f"{c.run}-{pool}-{contender}-{tag}")
+    if show:
+        print(f"{c.broker} {pool}: {contender}: $ {' '.join(worker.argv[1:])}", flush=True)
+    gc.collect()
+    spawned = time.time()
+    with worker:
+        end = counter.wait(key, target, 60 + target / 50, poll=0.002, clock=time.time)
+    first = counter.first(key)
+    extra = counter.get(key) - target
+    if extra:
+        print(f"  {contender}: {extra} duplicate execution(s)", flush=True)
+    assert first is not None
+    return target / (end - first), first - spawned
+
+
+def bench_broker(
+    broker: str, pools: list[str], n: int, reps: int, *, with_dramatiq: bool
+) -> list[dict[str, Any]]:
+    url = BROKER_URLS[broker]
+    run = new_run_id("drain")
+    janitor = Janitor(broker, url)
+    counter = ExecutionCounter(run)
+    c = Contenders.build(broker, url, run, with_dramatiq=with_dramatiq)
+    c.track(janitor)
+    results: list[dict[str, Any]] = []
+    try:
+        for contender in c.names:
+            print(f"{broker}: {contender}: {c.describe(contender)}", flush=True)
+            # Declares the queues, opens the publishers' connections, pays first calls.
+            key = counter.key("warm", contender)
+            drain_once(c, counter, contender, pools[0], WARMUP_EVENTS, key, "warm")
+        for pool in pools:
+            setting = f"{pool} c={POOLS[pool]}"
+            rates: dict[str, list[float]] = {name: [] for name in c.names}
+            startup: dict[str, list[float]] = {name: [] for name in c.names}
+            for rep in range(reps):
+                for contender in rotate(c.names, rep):
+                    key = counter.key(pool, contender, f"r{rep}")
+                    rate, took = drain_once(
+                        c, counter, contender, pool, n, key, f"r{rep}", show=rep == 0
+                    )
+                    rates[contender].append(rate)
+                    startup[contender].append(took)
+                print(
+                    f"{broker} {setting} rep {rep + 1}/{reps}: "
+                    + ", ".join(f"{name} {fmt_num(rates[name][-1])}" for name in c.names),
+                    flush=True,
+                )
+            for contender in c.names:
+                results.append(
+                    {
+                        "bench": "drain",
+                        "broker": broker,
+                        "setting": setting,
+                        "contender": contender,
+                        "unit": "handler runs/s",
+                        "median": median(rates[contender]),
+                        "runs": rates[contender],
+                        "startup_median_s": median(startup[contender]),
+                    }
+                )
+    finally:
+        c.close()
+        counter.cleanup()
+        janitor.cleanup()
+    return results
+
+
+def report(results: list[dict[str, Any]], n: int, reps: int) -> list[dict[str, Any]]:
+    """Print the table; return the ratios' JSON records."""
+    rows, ratios = [], []
+    keys = list(dict.fromkeys((r["broker"], r["setting"]) for r in results if "contender" in r))
+    for broker, setting in keys:
+        by = {
+            r["contender"]: r
+            for r in results
+            if "contender" in r and r["broker"] == broker and r["setting"] == setting
+        }
+        eb = by["eventbus"]["runs"]
+        row = [broker, setting]
+        row += [
+            fmt_num(by[name]["median"]) if name in by else "n/a" for name in ["eventbus", *AGAINST]
+        ]
+        for name in AGAINST:
+            value = paired(eb, by[name]["runs"]) if name in by else None
+            row.append(fmt_paired(value))
+            ratios.append(
+                paired_result(
+                    "drain", broker, setting, f"eventbus/{name}", value, TARGETS.get(name)
+                )
+            )
+        rows.append(row)
+    print()
+    print(
+        f"drain, handler runs/s ({n} events x 5 handlers pre-filled, fresh worker, first to last "
+        f"run), median of {reps} interleaved reps; eventbus/X = ratio of medians [paired min-max]"
+    )
+    print(
+        table(
+            [
+                "broker",
+                "worker",
+                "eventbus",
+                "raw defaults",
+                "raw (same guarantees)",
+                "celery-pubsub",
+                "dramatiq 2x8",
+                "eb/raw defaults (>=1.0)",
+                "eb/raw",
+                "eb/pubsub (>=1.2)",
+                "eb/dramatiq (>=0.75)",
+            ],
+            rows,
+        ),
+        flush=True,
+    )
+    return ratios
+
+
+def main() -> int:
+    p = parser(__doc__.splitlines()[0], events=400, reps=5)
+    p.add_argument(
+        "--pool",
+        choices=("prefork", "threads", "both"),
+        default="both",
+        help="prefork --concurrency=2, threads --concurrency=4 (dramatiq: 2 x 8 either way)",
+    )
+    p.add_argument("--no-dramatiq", action="store_true", help="leave dramatiq out")
+    args = p.parse_args()
+    install_signal_handlers()
+    pools = ["prefork", "threads"] if args.pool == "both" else [args.pool]
+    with_dramatiq = not args.no_dramatiq
+    if with_dramatiq and (why := dramatiq_available()):
+        print(f"dramatiq: SKIPPED, not installed ({why}): pip install 'dramatiq[redis,rabbitmq]'")
+        with_dramatiq = False
+    print_header(
+        f"drain: {args.events} events x 5 no-op handlers pre-filled, fresh worker, "
+        f"{args.reps} interleaved reps, pools {', '.join(pools)}"
+    )
+    results: list[dict[str, Any]] = []
+    for broker in brokers(args.broker):
+        why = broker_available(BROKER_URLS[broker])
+        if why:
+            print(f"{broker}: SKIPPED, broker unavailable ({why})", flush=True)
+            continue
+        results += bench_broker(broker, pools, args.events, args.reps, with_dramatiq=with_dramatiq)
+    ratios = report(results, args.events, args.reps)
+    write_json(args.json, results + ratios)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

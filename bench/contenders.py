@@ -1,0 +1,152 @@
+"""The end-to-end contenders on one broker: how each publishes and how its worker runs.
+
+* ``eventbus``: ``bus.publish(event)``; its handlers on a worker of
+  ``bench.apps`` with eventbus's settings (``celeryconfig``; eventbus's Redis
+  transport on Redis, its batched task events).
+* ``raw``: raw Celery with the same guarantees: 5 ``apply_async`` per event,
+  ``celeryconfig``'s settings (late acks, task events, task-sent events),
+  kombu's own transport on the worker.
+* ``raw-defaults``: raw Celery with Celery's defaults (``bench.defaults_app``):
+  what a team runs before adopting eventbus.
+* ``celery-pubsub``: ``publish(topic, payload)``, a group of 5; worker as raw's.
+* ``dramatiq``: a reference, not an equal (``bench.dramatiq_app``): 5 messages
+  per event, the ``dramatiq`` command with its defaults (2 processes x 8 threads,
+  whatever the Celery pool being measured).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bench import apps, defaults_app
+from bench.common import COUNTER_URL, PYTHON, Janitor, Worker
+
+CELERY = ["eventbus", "raw", "raw-defaults", "celery-pubsub"]
+ALL = [*CELERY, "dramatiq"]
+
+
+def dramatiq_available() -> str | None:
+    """None when dramatiq can be imported, else why not."""
+    try:
+        import dramatiq  # noqa: F401
+        import pika  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+@dataclass
+class Contenders:
+    broker: str
+    url: str
+    run: str
+    bench: apps.BenchApp
+    defaults: defaults_app.DefaultsApp
+    dramatiq: Any  # bench.dramatiq_app.DramatiqApp, or None without dramatiq
+
+    @classmethod
+    def build(cls, broker: str, url: str, run: str, *, with_dramatiq: bool) -> Contenders:
+        dq = None
+        if with_dramatiq:
+            from bench import dramatiq_app
+
+            dq = dramatiq_app.build(url, run)
+        return cls(
+            broker=broker,
+            url=url,
+            run=run,
+            bench=apps.build(url, run),
+            defaults=defaults_app.build(url, run),
+            dramatiq=dq,
+        )
+
+    @property
+    def names(self) -> list[str]:
+        return ALL if self.dramatiq is not None else CELERY
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "BENCH_BROKER_URL": self.url,
+            "BENCH_RUN": self.run,
+            "BENCH_COUNTER_URL": COUNTER_URL,
+        }
+
+    def track(self, janitor: Janitor) -> None:
+        janitor.track(*self.bench.queues.values(), self.defaults.queue)
+        janitor.track_exchanges(*apps.created_exchanges(self.run))
+        if self.dramatiq is not None and self.broker == "rabbitmq":
+            from bench import dramatiq_app
+
+            janitor.track(*dramatiq_app.amqp_queues(self.run))
+        # (on Redis the janitor deletes every key the run created in the broker's
+        # db: dramatiq's, under its namespace of the run's, too)
+
+    def queue(self, contender: str) -> str:
+        if contender == "raw-defaults":
+            return self.defaults.queue
+        if contender == "dramatiq":
+            return str(self.dramatiq.queue)
+        return self.bench.queues[apps.QUEUE_OF[contender]]
+
+    def publish(
+        self, contender: str, events: list[apps.BenchHappened], payloads: list[dict[str, Any]]
+    ) -> None:
+        if contender == "raw-defaults":
+            defaults_app.publish(self.defaults, payloads)
+        elif contender == "dramatiq":
+            from bench import dramatiq_app
+
+            dramatiq_app.publish(self.dramatiq, payloads)
+        else:
+            apps.PUBLISHERS[contender](self.bench, events, payloads)
+
+    def app_of(self, contender: str) -> Any:
+        """The Celery app whose control pings the contender's worker."""
+        return self.defaults.app if contender == "raw-defaults" else self.bench.app
+
+    def worker(self, contenders: Sequence[str], pool: str, concurrency: int, name: str) -> Worker:
+        """One worker serving ``contenders`` (a list of one, but raw's and
+        celery-pubsub's can share one: both are stock Celery with celeryconfig)."""
+        first = contenders[0]
+        queues = [self.queue(c) for c in contenders]
+        if first == "dramatiq":
+            from bench import dramatiq_app
+
+            return Worker(
+                "bench.dramatiq_app",
+                queues=queues,
+                pool="dramatiq",
+                concurrency=dramatiq_app.PROCESSES * dramatiq_app.THREADS,
+                name=name,
+                env=self.env,
+                command=dramatiq_app.argv(PYTHON),
+            )
+        if first == "raw-defaults":
+            spec, env = "bench.defaults_app:app", self.env
+        elif first == "eventbus":
+            spec, env = "bench.apps:app", self.env
+        else:  # raw Celery as deployed: kombu's own transport, Celery's task events
+            spec, env = "bench.apps:app", {**self.env, "BENCH_STOCK_TRANSPORT": "1"}
+        return Worker(spec, queues=queues, pool=pool, concurrency=concurrency, name=name, env=env)
+
+    def describe(self, contender: str) -> str:
+        return {
+            "eventbus": (
+                "eventbus's settings, "
+                + ("eventbus's" if self.broker == "redis" else "kombu's")
+                + " transport, eventbus's batched task events"
+            ),
+            "raw": "celeryconfig's guarantees (late acks, task + sent events), kombu's transport",
+            "celery-pubsub": "as raw",
+            "raw-defaults": "Celery's default settings, kombu's transport",
+            "dramatiq": "dramatiq's defaults, 2 processes x 8 threads",
+        }[contender]
+
+    def close(self) -> None:
+        self.bench.app.pool.force_close_all()
+        self.defaults.app.pool.force_close_all()
+        if self.dramatiq is not None:
+            self.dramatiq.broker.close()
