@@ -14,8 +14,12 @@
               ``store.summaries()`` (lean where a record's plain shape
               allows: eventbus/celery/deadletter/summaries.py), the floor of
               the console's snapshot;
-            - the groups page, cold (it reads the queue into the console's
-              snapshot) and warm (from the snapshot);
+            - the groups page, cold (the first after start: it waits for the
+              read of the queue into the console's snapshot up to 1.5 s,
+              then shows what was read so far, marked partial: the figure
+              says which, and how many records it showed), the time of that
+              first read (it goes on in the background), and the groups page
+              warm (from the whole snapshot);
             - the records page: the first page, a page at the end (cursor at
               record N-50), a text-filtered page (matches 1 in 3), warm;
             all through Flask's test client (routing, auth, templates: the
@@ -43,6 +47,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -127,10 +132,15 @@ def measure(url: str, dlq: str, handler_queue: str) -> dict[str, float]:
             text = response.text
         return statistics.median(times), text
 
-    cold, _ = timed("/groups", runs=1)
-    warm, _ = timed("/groups")
-    snapshot = app.extensions["eventbus_console"].cache.get()
+    cache = app.extensions["eventbus_console"].cache
+    cold, text = timed("/groups", runs=1)
+    shown = re.search(r"only the (\d+) record\(s\) read so far", " ".join(text.split()))
+    partial = shown is not None
+    while cache.get().partial:  # (each waits for the read up to its first_wait)
+        pass
+    snapshot = cache.get()
     assert len(snapshot) == count, (len(snapshot), count)
+    warm, _ = timed("/groups")
     first, _ = timed("/records")
     cursor = cursor_of(len(snapshot) - 51, snapshot.rows[-51])
     last, text = timed(f"/records?cursor={cursor}")
@@ -138,7 +148,6 @@ def measure(url: str, dlq: str, handler_queue: str) -> dict[str, float]:
     filtered, _ = timed("/records?text=did+not+answer")
     rss = process.memory_info().rss
     # A background refresh holds the old snapshot while it reads the new one
-    cache = app.extensions["eventbus_console"].cache
     cache.refresh()
     while cache.refreshing:
         time.sleep(0.05)
@@ -149,6 +158,9 @@ def measure(url: str, dlq: str, handler_queue: str) -> dict[str, float]:
         "baseline_read_s": baseline,
         "rows_read_s": rows_read,
         "groups_cold_s": cold,
+        "groups_cold_partial": partial,
+        "groups_cold_rows": int(shown.group(1)) if shown else count,
+        "first_read_s": snapshot.took,
         "groups_warm_s": warm,
         "records_first_s": first,
         "records_last_s": last,
@@ -276,9 +288,19 @@ def main() -> None:
             f"x{f['rows_read_s'] / base:.2f} the baseline",
         ),
         (
-            "groups page, cold (reads the queue)",
+            "groups page, cold (the first after start)",
             f"{f['groups_cold_s']:8.2f} s",
-            f"< 2 s; x{f['groups_cold_s'] / base:.2f} the baseline",
+            "< 2 s; "
+            + (
+                f"PARTIAL: {f['groups_cold_rows']:.0f} of {f['records']:.0f} records read"
+                if f["groups_cold_partial"]
+                else "complete"
+            ),
+        ),
+        (
+            "the first read into the snapshot (background)",
+            f"{f['first_read_s']:8.2f} s",
+            f"x{f['first_read_s'] / base:.2f} the baseline",
         ),
         ("groups page, warm (from the snapshot)", f"{f['groups_warm_s'] * 1000:8.1f} ms", "< 2 s"),
         ("records page, first", f"{f['records_first_s'] * 1000:8.1f} ms", "< 300 ms"),

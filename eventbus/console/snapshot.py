@@ -153,6 +153,10 @@ class Snapshot:
     #: Another reader held messages of the queue while it was read (RabbitMQ: a
     #: browse sees only what no other browse holds): records may be missing.
     incomplete: bool = False
+    #: The read is still under way: these are the rows read so far, not the queue.
+    partial: bool = False
+    #: Messages the queue held when the read began (copies included), if known.
+    expected: int | None = None
     _positions: dict[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -161,6 +165,7 @@ class Snapshot:
         store: DeadLetterStore,
         readers: Readers | None = None,
         previous: Snapshot | None = None,
+        into: list[Row] | None = None,
     ) -> Snapshot:
         """Read every record of ``store`` once (each record once, copies folded).
 
@@ -170,16 +175,25 @@ class Snapshot:
         it has (a record never changes): while a refresh runs the old
         snapshot is still served, and the two then share their rows instead
         of holding two copies (bench_console.py: 165 MB at 100,000 records
-        without it).
+        without it). ``into``: the list the rows are appended to as they are
+        read (what :meth:`so_far` shows meanwhile).
         """
         started = time.time()
         clock = time.perf_counter()
         before = readers() if readers is not None else 0
         known = {row.id: row for row in previous.rows} if previous is not None else {}
-        rows = [known.get(row.id) or row for row in store.summaries()]
+        rows = into if into is not None else []
+        append = rows.append
+        for row in store.summaries():
+            append(known.get(row.id) or row)
         del known
         after = readers() if readers is not None else 0
         return cls(rows, started, time.perf_counter() - clock, bool(before or after))
+
+    @classmethod
+    def so_far(cls, rows: list[Row], started: float, expected: int | None) -> Snapshot:
+        """What a read still under way has read: marked :attr:`partial`, never the whole queue."""
+        return cls(list(rows), started, time.time() - started, partial=True, expected=expected)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -257,7 +271,9 @@ class Snapshot:
         """This snapshot without these records (which this console removed), same time."""
         gone = set(record_ids)
         rows = [row for row in self.rows if row.id not in gone]
-        return Snapshot(rows, self.taken_at, self.took, self.incomplete)
+        return Snapshot(
+            rows, self.taken_at, self.took, self.incomplete, self.partial, self.expected
+        )
 
     def failures_since(self, since: float) -> Counter[str]:
         """Records per handler that failed at or after ``since`` (and are still in the queue)."""
