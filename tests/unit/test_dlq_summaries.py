@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -27,7 +28,6 @@ from kombu import Connection
 from eventbus.celery.deadletter.base import DEAD_LETTER_TASK, decode_record, unwrap
 from eventbus.celery.deadletter.redis import RedisDeadLetterStore
 from eventbus.celery.deadletter.summaries import (
-    LEAN,
     lean_summary,
     lean_summary_of_element,
     summary_of_element,
@@ -35,12 +35,6 @@ from eventbus.celery.deadletter.summaries import (
 from eventbus.deadletter.memory import InMemoryDeadLetterStore
 from eventbus.deadletter.record import MAX_ENVELOPE_DEPTH, DeadLetter
 from eventbus.deadletter.summary import Summary
-
-
-def test_the_lean_path_is_there() -> None:
-    """msgspec comes with eventbus[console] (and [test]): without it every row is a full decode."""
-    assert LEAN
-
 
 FAILED_AT = datetime(2026, 12, 1, 8, 30, 15, 123456, tzinfo=UTC)
 RECORD_ID = "0123456789abcdef0123456789abcdef"
@@ -234,6 +228,13 @@ def test_a_handler_message_the_broker_dead_lettered_gives_the_row_of_its_full_de
     assert comparable(summary_of_element(raw)) == comparable(full_row_of_element(raw)) == full
 
 
+def nested(depth: int) -> Any:
+    value: Any = "bottom"
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 def shapes() -> dict[str, bytes]:
     """Odd elements: every one must give the row of its full decode, whatever path reads it."""
     good = WRITTEN["a handler's failure"].model_dump(mode="json")
@@ -243,10 +244,13 @@ def shapes() -> dict[str, bytes]:
 
     no_id = {k: v for k, v in good.items() if k != "id"}
     no_time = {k: v for k, v in good.items() if k != "failed_at"}
-    deep: Any = "bottom"
-    for _ in range(MAX_ENVELOPE_DEPTH + 5):
-        deep = [deep]
+    deep = nested(MAX_ENVELOPE_DEPTH + 5)
     text = task_body(good).decode()
+    padded = base64.b64encode((text + " " * (-len(text) % 3 + 1)).encode())
+    assert padded.endswith(b"=")
+    odd = task_body({**good, "exception_message": "refused ???>>>???>>>???"})
+    url_safe = base64.urlsafe_b64encode(odd).decode()
+    assert "_" in url_safe or "-" in url_safe
     return {
         "garbage": b"\x00\x01 hand-pushed, not JSON",
         "JSON, not a message": b'{"hello": "world"}',
@@ -306,6 +310,26 @@ def shapes() -> dict[str, bytes]:
         "a lone surrogate escaped in the message": element(
             text.replace("refused", "ref\\ud800used").encode()
         ),
+        # Where pydantic-core's JSON parser (the lean path's) and json.loads differ
+        "a lone surrogate escaped in the event data": element(
+            text.replace('"sku": "A"', '"sku": "\\udc00"').encode()
+        ),
+        "invalid UTF-8 in the event data": element(
+            text.replace('"sku": "A"', '"sku": "\udcff"').encode("utf-8", "surrogateescape")
+        ),
+        "an integer of 5,000 digits in the event data": element(
+            text.replace('"qty": 1', '"qty": ' + "7" * 5000).encode()
+        ),
+        "an envelope nested 150 deep (the limit < 150 < pydantic-core's 200)": with_values(
+            envelope={"data": nested(150)}
+        ),
+        "a duplicated aggregate id": element(
+            text.replace(
+                '"aggregate_id": "ord-1"', '"aggregate_id": 5, "aggregate_id": "ord-1"'
+            ).encode()
+        ),
+        "a body in base64 without its padding": element(padded.decode().rstrip("=")),
+        "a body in the URL-safe base64 alphabet": element(url_safe),
     }
 
 
@@ -313,6 +337,20 @@ def shapes() -> dict[str, bytes]:
 def test_an_odd_element_gives_the_row_of_its_full_decode(name: str) -> None:
     raw = shapes()[name]
     assert comparable(summary_of_element(raw)) == comparable(full_row_of_element(raw))
+
+
+def test_an_integer_json_loads_refuses_gives_the_row_of_its_full_decode() -> None:
+    """An application lowered Python's limit of an integer's digits: json.loads refuses more."""
+    good = WRITTEN["a handler's failure"].model_dump(mode="json")
+    raw = element(task_body(good).decode().replace('"qty": 1', '"qty": ' + "7" * 2000).encode())
+    limit = sys.get_int_max_str_digits()
+    sys.set_int_max_str_digits(1000)
+    try:
+        assert full_row_of_element(raw).reason == "undecodable"
+        assert comparable(summary_of_element(raw)) == comparable(full_row_of_element(raw))
+    finally:
+        sys.set_int_max_str_digits(limit)
+    assert lean_summary_of_element(raw) is not None  # (at the default limit, lean)
 
 
 def test_a_snapshot_of_odd_and_plain_elements_counts_each_record_once(store_element: Any) -> None:
