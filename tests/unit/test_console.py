@@ -24,7 +24,7 @@ from eventbus.console.snapshot import Filters, Snapshot
 from eventbus.deadletter.memory import InMemoryDeadLetterStore
 from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.summary import Summary
-from eventbus.errors import ConfigurationError, DeadLetterQueueUnavailable
+from eventbus.errors import ConfigurationError, DeadLetterQueueBusy, DeadLetterQueueUnavailable
 
 USER, PASSWORD, TOKEN = "ops", "s3cret-password", "t0ken-" + "x" * 20
 AUTH_VARIABLES = ("EVENTBUS_CONSOLE_USER", "EVENTBUS_CONSOLE_PASSWORD", "EVENTBUS_CONSOLE_TOKEN")
@@ -313,3 +313,42 @@ def test_a_quick_first_read_is_shown_whole() -> None:
     store.append(record(1))
     snapshot = SnapshotCache(store, max_age=60, first_wait=10).get()
     assert not snapshot.partial and len(snapshot) == 1 and snapshot.expected == 1
+
+
+def test_the_live_depth_is_unknown_not_an_error_while_a_reader_holds_the_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a console whose snapshot was read, and a queue another reader now
+    # holds (RabbitMQ: the console's own read in the background browses it),
+    # so that its depth cannot be counted (the store raises DeadLetterQueueBusy)
+    bus = InMemoryEventBus()
+    for n in range(1, 4):
+        bus.dead_letter_store.append(record(n))
+    app = create_app(bus, credentials=Credentials(USER, PASSWORD))
+    client = app.test_client()
+    basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    auth = {"Authorization": f"Basic {basic}"}
+    assert "The queue holds 3 message(s) now" in " ".join(
+        client.get("/groups", headers=auth).text.split()
+    )
+
+    def busy() -> int:
+        raise DeadLetterQueueBusy(
+            "cannot count the dead-letter queue 'eventbus.dlq': another reader holds its messages"
+        )
+
+    monkeypatch.setattr(bus.dead_letter_store, "count", busy)
+
+    # When the list pages are shown
+    pages = {path: client.get(path, headers=auth) for path in ("/", "/groups", "/records")}
+
+    # Then each shows the snapshot's records with the depth unknown: not an error page
+    for path, page in pages.items():
+        text = " ".join(page.text.split())
+        assert page.status_code == 200, (path, page.status_code, text[text.find("<main") :][:300])
+        assert "could not be read" not in text and "message(s) now" not in text, path
+    overview = " ".join(pages["/"].text.split())
+    assert 'id="dlq-depth">?<' in overview
+    assert "queue depth: unknown while another reader holds them" in overview
+    assert all(f"/records/{record(n).id}" in pages["/records"].text for n in range(1, 4))
+    assert "h.ship" in pages["/groups"].text and "h.bill" in pages["/groups"].text
