@@ -2,13 +2,16 @@
 
 A dead-letter store can only be read front to back (Redis: ``LRANGE`` pages;
 RabbitMQ: a browse that holds every message it passes, because AMQP 0-9-1 has
-no peek), and each record is decoded on the way (JSON twice and a pydantic
-validation: about 0.1 ms a record, see ``bench/bench_console.py``). Reading
-the queue again for every page, at page 2,000 of a 100,000-record queue,
-would take seconds per click. So the console reads it into a
-:class:`Snapshot` of small rows (no envelope, no traceback: a few hundred
-bytes a record) and serves the groups, records and overview pages from it,
-with cursor paging by row position.
+no peek). Reading the queue again for every page, at page 2,000 of a
+100,000-record queue, would take seconds per click. So the console reads it
+into a :class:`Snapshot` of small rows (no envelope, no traceback: a few
+hundred bytes a record) and serves the groups, records and overview pages
+from it, with cursor paging by row position. The rows come from the
+store's :meth:`~eventbus.deadletter.store.DeadLetterStore.summaries`: on a
+broker, read from each message without building its record where its shape
+allows (:mod:`eventbus.celery.deadletter.summaries`; the same row the full
+decode gives), which makes the read several times cheaper than decoding
+every record (``bench/bench_console.py``).
 
 The cost is one full read per refresh.
 :class:`~eventbus.console.cache.SnapshotCache` reads the queue on the first
@@ -27,15 +30,14 @@ A single record (its page, its actions) is always read live from the store.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.store import DeadLetterStore
+from eventbus.deadletter.summary import MESSAGE_CHARS, Summary
 
 __all__ = [
     "DEFAULT_MAX_AGE",
@@ -53,56 +55,15 @@ __all__ = [
 Readers = Callable[[], int]
 
 DEFAULT_MAX_AGE = 5.0  #: seconds a snapshot is served before the queue is read again
-MESSAGE_CHARS = 200  #: characters of an exception message a row keeps (and text search sees)
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
-    """One record, as the list pages show it and filter it."""
-
-    id: str
-    handler: str
-    event_type: str
-    event_id: str
-    aggregate_id: str
-    reason: str
-    exception_type: str
-    message: str  #: the exception message, its first MESSAGE_CHARS characters
-    failed_at: float  #: POSIX seconds, UTC
-    attempts: int
-    replayable: bool
-
-    @property
-    def failed_at_utc(self) -> datetime:
-        return datetime.fromtimestamp(self.failed_at, UTC)
-
-    @property
-    def group_key(self) -> tuple[str, str, str]:
-        return (self.handler, self.exception_type, self.reason)
+#: One record, as the list pages show it and filter it (the store's summary row).
+Row = Summary
 
 
 def cursor_of(position: int, row: Row) -> str:
     """The cursor of the page after ``row``, at ``position`` in its snapshot."""
     return f"{position}.{row.id}.{int(row.failed_at * 1000)}"
-
-
-def _row(record: DeadLetter) -> Row:
-    intern = sys.intern  # the few distinct handler, type and reason names are shared
-    envelope = record.envelope or {}
-    aggregate = envelope.get("aggregate_id")
-    return Row(
-        id=record.id,
-        handler=intern(record.handler or "?"),
-        event_type=intern(record.event_type or "<undecodable>"),
-        event_id=record.event_id or "",
-        aggregate_id="" if aggregate is None else str(aggregate)[:100],
-        reason=intern(record.reason),
-        exception_type=intern(record.exception_type),
-        message=intern(record.exception_message[:MESSAGE_CHARS]),  # often the same text
-        failed_at=record.failed_at.timestamp(),
-        attempts=record.attempts,
-        replayable=record.replayable,
-    )
 
 
 @dataclass(frozen=True)
@@ -192,6 +153,10 @@ class Snapshot:
     #: Another reader held messages of the queue while it was read (RabbitMQ: a
     #: browse sees only what no other browse holds): records may be missing.
     incomplete: bool = False
+    #: The read is still under way: these are the rows read so far, not the queue.
+    partial: bool = False
+    #: Messages the queue held when the read began (copies included), if known.
+    expected: int | None = None
     _positions: dict[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -200,6 +165,7 @@ class Snapshot:
         store: DeadLetterStore,
         readers: Readers | None = None,
         previous: Snapshot | None = None,
+        into: list[Row] | None = None,
     ) -> Snapshot:
         """Read every record of ``store`` once (each record once, copies folded).
 
@@ -209,16 +175,25 @@ class Snapshot:
         it has (a record never changes): while a refresh runs the old
         snapshot is still served, and the two then share their rows instead
         of holding two copies (bench_console.py: 165 MB at 100,000 records
-        without it).
+        without it). ``into``: the list the rows are appended to as they are
+        read (what :meth:`so_far` shows meanwhile).
         """
         started = time.time()
         clock = time.perf_counter()
         before = readers() if readers is not None else 0
         known = {row.id: row for row in previous.rows} if previous is not None else {}
-        rows = [known.get(record.id) or _row(record) for record in store.records()]
+        rows = into if into is not None else []
+        append = rows.append
+        for row in store.summaries():
+            append(known.get(row.id) or row)
         del known
         after = readers() if readers is not None else 0
         return cls(rows, started, time.perf_counter() - clock, bool(before or after))
+
+    @classmethod
+    def so_far(cls, rows: list[Row], started: float, expected: int | None) -> Snapshot:
+        """What a read still under way has read: marked :attr:`partial`, never the whole queue."""
+        return cls(list(rows), started, time.time() - started, partial=True, expected=expected)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -296,7 +271,9 @@ class Snapshot:
         """This snapshot without these records (which this console removed), same time."""
         gone = set(record_ids)
         rows = [row for row in self.rows if row.id not in gone]
-        return Snapshot(rows, self.taken_at, self.took, self.incomplete)
+        return Snapshot(
+            rows, self.taken_at, self.took, self.incomplete, self.partial, self.expected
+        )
 
     def failures_since(self, since: float) -> Counter[str]:
         """Records per handler that failed at or after ``since`` (and are still in the queue)."""

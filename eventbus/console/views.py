@@ -27,6 +27,7 @@ from eventbus.deadletter.record import DeadLetter
 from eventbus.deadletter.upcast import current_data
 from eventbus.errors import (
     DeadLetterNotFound,
+    DeadLetterQueueBusy,
     DeadLetterQueueUnavailable,
     EventBusError,
     EventVersionError,
@@ -191,7 +192,7 @@ def logout() -> ResponseReturnValue:
 def overview() -> ResponseReturnValue:
     state = console_of()
     snapshot = state.cache.get(fresh=bool(request.args.get("refresh")))
-    depth = state.bus.dead_letter_store.count()
+    depth = live_depth(state)
     hour_ago = time.time() - 3600
     failures = sorted(snapshot.failures_since(hour_ago).items(), key=lambda kv: (-kv[1], kv[0]))
     return render_template(
@@ -206,6 +207,18 @@ def overview() -> ResponseReturnValue:
     )
 
 
+def live_depth(state: Any) -> int | None:
+    """The queue's depth now; None while another reader holds its messages (RabbitMQ).
+
+    The console's own read in the background is such a reader: its page is
+    shown without the depth then, not as an error.
+    """
+    try:
+        return int(state.bus.dead_letter_store.count())
+    except DeadLetterQueueBusy:
+        return None
+
+
 @console.route("/groups")
 def groups() -> ResponseReturnValue:
     state = console_of()
@@ -214,7 +227,7 @@ def groups() -> ResponseReturnValue:
         "groups.html",
         snapshot=snapshot,
         groups=snapshot.groups(),
-        depth=state.bus.dead_letter_store.count(),
+        depth=live_depth(state),
     )
 
 
@@ -251,7 +264,7 @@ def records() -> ResponseReturnValue:
         filters=filters,
         choices=snapshot.values(),
         following=following,
-        depth=state.bus.dead_letter_store.count(),
+        depth=live_depth(state),
     )
 
 

@@ -25,8 +25,10 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Protocol, TypeVar
 
 from eventbus.deadletter.record import DeadLetter
+from eventbus.deadletter.summary import Summary
 
 __all__ = [
     "DEFAULT_DEAD_LETTER_QUEUE",
@@ -102,6 +104,16 @@ class DeadLetterStore(ABC):
         with the number of records, but slowly.
         """
         return distinct(self)
+
+    def summaries(self) -> Iterator[Summary]:
+        """Every record once, oldest first, as its :class:`Summary` row: what a list shows.
+
+        The rows :meth:`records` gives, through :meth:`Summary.of`; a store
+        that can read a row for less than the whole record (a broker store,
+        :mod:`eventbus.celery.deadletter.summaries`) does, and gives the same
+        rows.
+        """
+        return (Summary.of(record) for record in self.records())
 
     def count_records(self) -> int:
         """How many records :meth:`records` shows (each record once, however many copies).
@@ -196,8 +208,16 @@ class DeadLetterStore(ABC):
         return None
 
 
-def distinct(records: Iterable[DeadLetter]) -> Iterator[DeadLetter]:
-    """``records`` with each id once: the first copy of each (the oldest, in a store's order)."""
+class _Identified(Protocol):
+    @property
+    def id(self) -> str: ...
+
+
+_Item = TypeVar("_Item", bound=_Identified)
+
+
+def distinct(records: Iterable[_Item]) -> Iterator[_Item]:
+    """``records`` (or their rows) with each id once: the first copy of each (the oldest)."""
     seen = IdSet()
     iterator = iter(records)
     try:

@@ -333,3 +333,35 @@ def test_records_held_by_another_reader_are_not_shown_as_absent(
     page = client.get("/records")
     assert 'id="incomplete"' not in page.text
     assert all(f"/records/{r.id}" in page.text for r in records)
+
+
+def test_the_depth_is_unknown_not_an_error_while_a_reader_holds_the_queue(
+    rabbitmq_env: Env,
+) -> None:
+    # Given a console that read its snapshot of three dead letters on RabbitMQ,
+    # then another reader in the middle of a listing (it holds what it passed,
+    # as the console's own read in the background does): the queue's depth
+    # cannot be counted meanwhile (count() raises DeadLetterQueueBusy)
+    env = rabbitmq_env
+    handler = subscribe(env, "ship")
+    env.bus.dead_letter_store.declare()
+    records = [dead_letter(env.bus, handler, order_id=f"o-{n}") for n in range(3)]
+    app = create_app(env.bus, credentials=Credentials(user=USER, password=PASSWORD), max_age=3600)
+    with app.test_client() as client:
+        log_in(client)
+        assert "The queue holds 3 message(s) now" in " ".join(client.get("/groups").text.split())
+        env.app.conf.eventbus_dlq_browse_wait = 0.5
+        other = iter(env.bus.dead_letter_store.records())
+        next(other)
+        try:
+            # When the list pages are shown
+            pages = {path: client.get(path) for path in ("/", "/groups", "/records")}
+        finally:
+            other.close()  # type: ignore[attr-defined]
+    # Then each shows the snapshot's records, the depth unknown: not an error page
+    for path, page in pages.items():
+        text = " ".join(page.text.split())
+        assert page.status_code == 200, (path, page.status_code, text[text.find("<main") :][:300])
+        assert "could not be read" not in text and "message(s) now" not in text, path
+    assert 'id="dlq-depth">?<' in pages["/"].text
+    assert all(f"/records/{r.id}" in pages["/records"].text for r in records)

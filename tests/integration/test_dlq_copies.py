@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -28,6 +29,7 @@ from click.testing import CliRunner, Result
 from eventbus import DeadLetter
 from eventbus.celery.deadletter.base import BrokerDeadLetterStore
 from eventbus.cli.main import main
+from eventbus.deadletter.summary import Summary
 
 from .conftest import Env
 from .helpers import OrderPlaced, wait_for
@@ -125,6 +127,34 @@ def test_copies_of_a_record_read_as_one(dup_env: tuple[Env, DeadLetter, DeadLett
     result = cli(env, "show", record.id[:8])
     assert result.exit_code == 0, result.output
     assert record.id in result.stdout
+
+
+def test_the_consoles_rows_are_the_rows_of_the_records_copies_and_garbage_alike(
+    dup_env: tuple[Env, DeadLetter, DeadLetter],
+) -> None:
+    """``summaries()`` (lean where it can be) gives each record once, as ``records()`` does."""
+    env, record, other = dup_env
+    store = env.bus.dead_letter_store
+    # Given a message pushed onto the DLQ by hand, no record at all, after the three
+    with env.connection() as conn:
+        conn.Producer().publish(
+            b"\x00\x01 hand-pushed, not JSON",
+            exchange=store.exchange,
+            routing_key=store.queue.routing_key,
+            declare=[store.queue],
+            content_type="application/octet-stream",
+            content_encoding="binary",
+            retry=True,
+        )
+    wait_for(lambda: dlq_messages(env) == 4, message="four messages in the DLQ")
+    # When the console reads its rows, and the operator's API its records
+    rows = list(store.summaries())
+    records = list(store.records())
+    # Then both show the two records once each (the oldest copy), and the garbage
+    assert [r.id for r in rows] == [r.id for r in records] == [record.id, other.id, rows[2].id]
+    assert rows[:2] == [Summary.of(r) for r in records[:2]]
+    assert rows[2].reason == "undecodable" and rows[2].event_type == "<undecodable>"
+    assert replace(rows[2], failed_at=0) == replace(Summary.of(records[2]), failed_at=0)
 
 
 def test_replay_all_publishes_a_copied_record_once_and_removes_every_copy(

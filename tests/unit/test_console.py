@@ -7,6 +7,8 @@ is in tests/integration/test_console.py (both brokers) and the browser test.
 from __future__ import annotations
 
 import base64
+import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -21,7 +23,8 @@ from eventbus.console import Credentials, create_app
 from eventbus.console.snapshot import Filters, Snapshot
 from eventbus.deadletter.memory import InMemoryDeadLetterStore
 from eventbus.deadletter.record import DeadLetter
-from eventbus.errors import ConfigurationError
+from eventbus.deadletter.summary import Summary
+from eventbus.errors import ConfigurationError, DeadLetterQueueBusy, DeadLetterQueueUnavailable
 
 USER, PASSWORD, TOKEN = "ops", "s3cret-password", "t0ken-" + "x" * 20
 AUTH_VARIABLES = ("EVENTBUS_CONSOLE_USER", "EVENTBUS_CONSOLE_PASSWORD", "EVENTBUS_CONSOLE_TOKEN")
@@ -234,3 +237,118 @@ def test_a_failed_read_is_raised_never_an_empty_snapshot() -> None:
         cache.get(fresh=True)
     with pytest.raises(DeadLetterQueueUnavailable):  # and on every page after, until a read works
         cache.get()
+
+
+class SlowStore(InMemoryDeadLetterStore):
+    """A store whose read gives ``before`` rows, then waits for ``go`` (a large queue, read)."""
+
+    def __init__(self, before: int) -> None:
+        super().__init__()
+        self.before = before
+        self.go = threading.Event()
+        self.fail = False
+
+    def summaries(self) -> Iterator[Summary]:
+        for n, row in enumerate(super().summaries()):
+            if n == self.before:
+                assert self.go.wait(30), "the test never let the read go on"
+                if self.fail:
+                    raise DeadLetterQueueUnavailable("cannot read the dead-letter queue: refused")
+            yield row
+
+
+def test_a_read_longer_than_the_first_wait_is_shown_as_far_as_it_got_marked_partial() -> None:
+    from eventbus.console.cache import SnapshotCache
+    from tests.support import wait_for
+
+    store = SlowStore(before=3)
+    for n in range(1, 6):
+        store.append(record(n))
+    app = create_app(InMemoryEventBus(), credentials=Credentials(USER, PASSWORD))
+    cache = SnapshotCache(store, max_age=60, first_wait=0.2)
+    app.extensions["eventbus_console"].cache = cache
+    client = app.test_client()
+    basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    auth = {"Authorization": f"Basic {basic}"}
+
+    partial = cache.get()
+    assert partial.partial and len(partial) == 3 and partial.expected == 5
+    page = client.get("/groups", headers=auth)
+    assert page.status_code == 200
+    text = " ".join(page.text.split())
+    assert "Partial: the dead-letter queue is still being read" in text
+    assert "only the 3 record(s) read so far, of the 5 message(s) the queue held" in text
+    assert "3 record(s) read, not yet all" in text
+    records_page = " ".join(client.get("/records", headers=auth).text.split())
+    assert "Partial: the dead-letter queue is still being read" in records_page
+
+    store.go.set()
+    wait_for(lambda: not cache.get().partial, message="the read to end")
+    whole = cache.get()
+    assert len(whole) == 5 and whole.expected == 5
+    text = " ".join(client.get("/groups", headers=auth).text.split())
+    assert "Partial" not in text and ": 5 record(s)." in text
+
+
+def test_a_read_that_fails_after_a_partial_page_is_raised_to_the_next() -> None:
+    from eventbus.console.cache import SnapshotCache
+    from tests.support import wait_for
+
+    store = SlowStore(before=1)
+    store.append(record(1))
+    store.append(record(2))
+    store.fail = True
+    cache = SnapshotCache(store, max_age=60, first_wait=0.1)
+    assert cache.get().partial
+    store.go.set()
+    wait_for(lambda: not cache.refreshing, message="the read to end")
+    with pytest.raises(DeadLetterQueueUnavailable):
+        cache.get()
+
+
+def test_a_quick_first_read_is_shown_whole() -> None:
+    from eventbus.console.cache import SnapshotCache
+
+    store = InMemoryDeadLetterStore()
+    store.append(record(1))
+    snapshot = SnapshotCache(store, max_age=60, first_wait=10).get()
+    assert not snapshot.partial and len(snapshot) == 1 and snapshot.expected == 1
+
+
+def test_the_live_depth_is_unknown_not_an_error_while_a_reader_holds_the_queue(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a console whose snapshot was read, and a queue another reader now
+    # holds (RabbitMQ: the console's own read in the background browses it),
+    # so that its depth cannot be counted (the store raises DeadLetterQueueBusy)
+    bus = InMemoryEventBus()
+    for n in range(1, 4):
+        bus.dead_letter_store.append(record(n))
+    app = create_app(bus, credentials=Credentials(USER, PASSWORD))
+    client = app.test_client()
+    basic = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    auth = {"Authorization": f"Basic {basic}"}
+    assert "The queue holds 3 message(s) now" in " ".join(
+        client.get("/groups", headers=auth).text.split()
+    )
+
+    def busy() -> int:
+        raise DeadLetterQueueBusy(
+            "cannot count the dead-letter queue 'eventbus.dlq': another reader holds its messages"
+        )
+
+    monkeypatch.setattr(bus.dead_letter_store, "count", busy)
+
+    # When the list pages are shown
+    pages = {path: client.get(path, headers=auth) for path in ("/", "/groups", "/records")}
+
+    # Then each shows the snapshot's records with the depth unknown: not an error page
+    for path, page in pages.items():
+        text = " ".join(page.text.split())
+        assert page.status_code == 200, (path, page.status_code, text[text.find("<main") :][:300])
+        assert "could not be read" not in text and "message(s) now" not in text, path
+    overview = " ".join(pages["/"].text.split())
+    assert 'id="dlq-depth">?<' in overview
+    assert "queue depth: unknown while another reader holds them" in overview
+    assert all(f"/records/{record(n).id}" in pages["/records"].text for n in range(1, 4))
+    assert "h.ship" in pages["/groups"].text and "h.bill" in pages["/groups"].text

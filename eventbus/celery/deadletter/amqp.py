@@ -49,6 +49,7 @@ from kombu.messaging import Consumer
 
 from eventbus.broker_errors import is_missing_queue
 from eventbus.celery.deadletter.base import BrokerDeadLetterStore, decode_record
+from eventbus.celery.deadletter.summaries import lean_summary
 from eventbus.celery.internals.amqp_headers import guard_deep_headers
 from eventbus.celery.queue_types import dead_letter_queue_arguments
 from eventbus.celery.refused import read_stand_in
@@ -60,7 +61,9 @@ from eventbus.deadletter.store import (
     Publish,
     Removed,
     Select,
+    distinct,
 )
+from eventbus.deadletter.summary import Summary
 from eventbus.errors import DeadLetterError, DeadLetterQueueBusy
 
 if TYPE_CHECKING:
@@ -97,6 +100,10 @@ class _Browse:
         self._walk = self._messages(conn, channel)
 
     def __iter__(self) -> Iterator[tuple[Message, DeadLetter]]:
+        return ((message, _record_of(message)) for message in self._walk)
+
+    def messages(self) -> Iterator[Message]:
+        """The messages alone, not decoded (iterate one way or the other, once)."""
         return self._walk
 
     @property
@@ -114,9 +121,7 @@ class _Browse:
         _, count, _ = self.bound.queue_declare(passive=True)
         return int(count)
 
-    def _messages(
-        self, conn: Any, channel: Any
-    ) -> Generator[tuple[Message, DeadLetter], None, None]:
+    def _messages(self, conn: Any, channel: Any) -> Generator[Message, None, None]:
         bound = self.bound
         bound.declare()
         # Bound the walk by the depth seen at the start, so records appended
@@ -141,7 +146,16 @@ class _Browse:
                     continue
                 message = arrived.popleft()
                 self.seen += 1
-                yield message, _record_of(message)
+                yield message
+
+
+def _summary_of(message: Message) -> Summary:
+    """The row of a DLQ message: lean where it can be read so (.summaries), else from its record."""
+    if read_stand_in(message.content_type, message.headers, message.body) is None:
+        row = lean_summary(message.body, message.headers)
+        if row is not None:
+            return row
+    return Summary.of(_record_of(message))
 
 
 def _record_of(message: Message) -> DeadLetter:
@@ -333,6 +347,14 @@ class AmqpDeadLetterStore(BrokerDeadLetterStore):
         with self._browsing() as browse:
             for _, record in browse:
                 yield record
+
+    def summaries(self) -> Iterator[Summary]:
+        return distinct(self._summaries())
+
+    def _summaries(self) -> Iterator[Summary]:
+        with self._browsing() as browse:
+            for message in browse.messages():
+                yield _summary_of(message)
 
     def remove(self, record_ids: Collection[str]) -> int:
         wanted = set(record_ids)

@@ -49,10 +49,12 @@ from kombu.utils.json import dumps as json_dumps
 from kombu.utils.uuid import uuid
 
 from eventbus.celery.deadletter.base import BrokerDeadLetterStore, decode_record, unwrap
+from eventbus.celery.deadletter.summaries import summary_of_element
 from eventbus.celery.internals.replication import DEFAULT_WAIT_TIMEOUT, check_replicas
 from eventbus.celery.internals.sent_events import SentEvents
 from eventbus.deadletter.record import DeadLetter
-from eventbus.deadletter.store import REPLAY_CHUNK, IdSet, Publish, Removed, Select
+from eventbus.deadletter.store import REPLAY_CHUNK, IdSet, Publish, Removed, Select, distinct
+from eventbus.deadletter.summary import Summary
 
 __all__ = ["RedisDeadLetterStore"]
 
@@ -268,6 +270,14 @@ class RedisDeadLetterStore(BrokerDeadLetterStore):
     def __iter__(self) -> Iterator[DeadLetter]:
         for raw in self._raw_elements():
             yield decode_record(*unwrap(raw))
+
+    def summaries(self) -> Iterator[Summary]:
+        # Each element's row without building its record, where it can be (.summaries).
+        return distinct(self._summaries())
+
+    def _summaries(self) -> Iterator[Summary]:
+        for raw in self._raw_elements():
+            yield summary_of_element(raw)
 
     def redeliver(self, select: Select, publish: Publish, *, limit: int | None = None) -> list[str]:
         # Page by page (a page is a replay chunk): claim the selected records
