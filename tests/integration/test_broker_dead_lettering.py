@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 from kombu import Queue
 
@@ -25,11 +27,16 @@ def test_a_message_the_broker_dead_letters_is_a_replayable_record(env: Env) -> N
     with env.connection() as conn:
         message = Queue(env.queue)(conn.default_channel).get(no_ack=False)
         assert message is not None
+        rejected_at = datetime.now(UTC)
         message.reject(requeue=False)
 
     # Then the broker routed it to the DLQ, where it reads as a record of that handler
     [record] = wait_for(lambda: env.bus.dead_letters.list(), message="the broker's dead letter")
     assert record.reason == "broker"
+    # that failed when the broker dead-lettered it (x-death's time, whole
+    # seconds), every time it is read
+    assert abs((record.failed_at - rejected_at).total_seconds()) < 2
+    assert [r.failed_at for r in env.bus.dead_letters.list()] == [record.failed_at]
     assert record.handler == name
     assert record.event_id == str(envelope.event_id)
     assert "rejected" in record.exception_message

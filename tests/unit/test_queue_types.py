@@ -6,6 +6,7 @@ No broker: an ``amqp://`` URL is only read, never connected to.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -168,3 +169,20 @@ def test_a_delivery_limit_dead_letter_reads_as_its_own_reason() -> None:
     assert "eventbus_delivery_limit" in record.exception_message
     rejected = {**headers, "x-death": [{"queue": "orders", "reason": "rejected"}]}
     assert decode_record(b"[[{}], {}, {}]", rejected).reason == "broker"
+
+
+def test_a_broker_dead_letter_failed_when_the_broker_says() -> None:
+    # Given a handler's message RabbitMQ dead-lettered at 12:00:05 UTC (x-death's
+    # "time": py-amqp reads an AMQP timestamp as a naive UTC datetime)
+    died = datetime(2026, 12, 6, 12, 0, 5)
+    headers = {
+        "task": "handlers.orders.ship",
+        "id": "task-1",
+        "x-death": [{"queue": "orders", "reason": "rejected", "count": 1, "time": died}],
+    }
+
+    # When the DLQ is read, now or later
+    record = decode_record(b'[[{"event_id": "e-1"}], {}, {}]', headers)
+
+    # Then the record failed then, not when it was read
+    assert record.failed_at == died.replace(tzinfo=UTC)

@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kombu.entity import Exchange, Queue
@@ -293,8 +294,13 @@ def _broker_dead_lettered(body: Any, headers: Mapping[str, Any]) -> DeadLetter:
         if why == "delivery_limit"
         else ""
     )
+    # When the broker dead-lettered it (an AMQP timestamp, which py-amqp reads
+    # as a naive UTC datetime): not when the queue is read.
+    died = death.get("time") if isinstance(death, dict) else None
+    when: dict[str, Any] = {"failed_at": _as_utc(died)} if isinstance(died, datetime) else {}
     return DeadLetter.from_exception(
         DeadLetterError(f"the broker dead-lettered the message ({why}) from {queue}{detail}"),
+        **when,
         id=f"broker-{task_id}",
         handler=str(headers["task"]),
         reason="delivery_limit" if why == "delivery_limit" else "broker",
@@ -303,6 +309,10 @@ def _broker_dead_lettered(body: Any, headers: Mapping[str, Any]) -> DeadLetter:
         task_id=task_id,
         queue=death.get("queue") if isinstance(death, dict) else None,
     )
+
+
+def _as_utc(moment: datetime) -> datetime:
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def unwrap(raw: bytes | dict[str, Any]) -> tuple[bytes | str | Any, dict[str, Any] | None]:
