@@ -165,6 +165,8 @@ def publish_forever(config: FaultConfig, ledger_prefix: str, rate: float) -> Non
         else:
             ledger.client.sadd(ledger.returned, event_id)
         next_at = max(next_at + interval, time.monotonic() - 1.0)
+        # Pacing, not a wait for a worker: the publisher is a web app's steady
+        # traffic at `rate` events a second, whatever the workers do.
         time.sleep(max(0.0, next_at - time.monotonic()))
 
 
@@ -374,6 +376,8 @@ class Soak:
             os.killpg(worker.pid, signal.SIGSTOP)
             self.stopped.add(worker.pid)
             try:
+                # The fault's duration (here and below): the chaos schedule holds
+                # it for `hold` seconds; nothing is being waited for.
                 time.sleep(fault.hold)
             finally:
                 os.killpg(worker.pid, signal.SIGCONT)

@@ -148,7 +148,7 @@ class Steady:
         self.sent_at: dict[str, float] = {}  #: event id -> when its publish started
 
     def __call__(self, envelope: Envelope[Any]) -> object:
-        time.sleep(max(0.0, self._next - time.monotonic()))
+        time.sleep(max(0.0, self._next - time.monotonic()))  # pacing the traffic, not a wait
         started = time.monotonic()
         self._next = started + 1 / RATE
         self.sent_at[str(envelope.event_id)] = started

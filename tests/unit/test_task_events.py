@@ -161,3 +161,23 @@ def test_the_loop_thread_that_fills_the_buffer_sends_it_at_once() -> None:
     # Then it is sent at once, without waiting for a turn of the loop
     assert published_in == [(threading.get_ident(), DEFAULT_BUFFER)]
     assert c.hub.soon == []
+
+
+def test_after_the_timer_sent_the_buffer_the_limit_counts_from_zero() -> None:
+    # Given a consumer whose timer sent the buffer while 60 events waited
+    c = consumer()
+    BatchedTaskEvents(c).start(c)
+    for _ in range(60):
+        c.event_dispatcher.on_send_buffered()
+    [(_, send, args)] = c.hub.timers
+    send(*args)
+    assert c.event_dispatcher.flushes == 1
+
+    # When 40 more are buffered: not a full buffer, no send
+    for _ in range(40):
+        c.event_dispatcher.on_send_buffered()
+    assert c.event_dispatcher.flushes == 1
+    # Then the limit's worth is sent at once
+    for _ in range(DEFAULT_BUFFER - 40):
+        c.event_dispatcher.on_send_buffered()
+    assert c.event_dispatcher.flushes == 2

@@ -58,6 +58,8 @@ class BatchedTaskEvents(bootsteps.StartStopStep):  # type: ignore[misc]
     def __init__(self, consumer: Any, **kwargs: Any) -> None:
         super().__init__(consumer, **kwargs)
         self._timer: Any = None
+        #: Task events buffered since the last send (the dispatcher's own count is private).
+        self._buffered = 0
 
     def start(self, consumer: Any) -> None:
         dispatcher = consumer.event_dispatcher
@@ -83,14 +85,12 @@ class BatchedTaskEvents(bootsteps.StartStopStep):  # type: ignore[misc]
         # Only the loop's thread sends; a full buffer in another thread asks
         # the loop to send it on its next turn.
         loop_thread = threading.get_ident()  # steps start in the thread that runs the loop
-        buffered = 0
 
         def on_buffered() -> None:
-            nonlocal buffered
-            buffered += 1  # (a count lost between threads only delays a send to the timer)
-            if buffered < limit:
+            self._buffered += 1  # (a count lost between threads only delays a send to the timer)
+            if self._buffered < limit:
                 return
-            buffered = 0
+            self._buffered = 0
             if threading.get_ident() == loop_thread:
                 self._send(consumer)
             else:
@@ -108,8 +108,8 @@ class BatchedTaskEvents(bootsteps.StartStopStep):  # type: ignore[misc]
 
     shutdown = stop
 
-    @staticmethod
-    def _send(consumer: Any) -> None:
+    def _send(self, consumer: Any) -> None:
+        self._buffered = 0  # (the timer's send counts too: the limit is of what waits)
         dispatcher = consumer.event_dispatcher
         if dispatcher is None:
             return
