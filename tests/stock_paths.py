@@ -73,6 +73,7 @@ ONCE: dict[str, str] = {
     "test_tls.py": "rediss:// to the state, the DLQ and the transport",
     "test_transport_selection.py": "the choice of transport itself",
     "test_worker_loop.py": "the worker loop, an optimisation (marked)",
+    "test_coalesced_acks.py": "coalesced acks, an optimisation (marked)",
 }
 
 

@@ -34,6 +34,8 @@
 * Celery's task events go out in batches, on a timer (:mod:`eventbus.celery.internals.task_events`).
 * The worker's event loop does not wait in its poll while callbacks (late
   acks) are queued (:mod:`eventbus.celery.internals.worker_loop`).
+* On RabbitMQ, a busy worker's acks go out together, a settled run of
+  delivery tags as one ``basic.ack`` (:mod:`eventbus.celery.internals.acks`).
 * At start: the worker also consumes the handler queues when started without
   ``-Q``, never consumes the dead-letter queue, declares it, and (RabbitMQ)
   uses the handler queues' dead-letter-exchange declaration.
@@ -58,6 +60,7 @@ from kombu.exceptions import ContentDisallowed, DecodeError
 from eventbus.celery.dead_letter_before_ack import reported_by_request, writer_step
 from eventbus.celery.dead_letter_signals import dead_letter_written
 from eventbus.celery.dead_letter_writer import DeadLetterWriter, delivery_record_id
+from eventbus.celery.internals.acks import CoalescedAcks
 from eventbus.celery.internals.amqp_headers import guard_deep_headers
 from eventbus.celery.internals.compat import check_worker
 from eventbus.celery.internals.compression import (
@@ -124,6 +127,8 @@ class WorkerHooks:
         bus.app.steps["consumer"].add(BatchedTaskEvents)
         # kombu's event loop waits up to 10 s with callbacks (late acks) queued.
         bus.app.steps["consumer"].add(ReadyCallbacksFirst)
+        # RabbitMQ: a busy worker's acks go out together.
+        bus.app.steps["consumer"].add(CoalescedAcks)
 
     # -- terminal failures of handler tasks -----------------------------------
 

@@ -34,6 +34,7 @@ when a name is missing):
 Optimisations (off, Celery's own path runs, one warning):
 
 * :mod:`.worker_loop`: no 10 s poll while late acks are queued (celery/celery#7718);
+* :mod:`.acks`: a busy RabbitMQ worker's acks go out together (``multiple``);
 * :mod:`.task_events`: Celery's task events sent on a timer;
 * :mod:`.sent_events`: one task-sent message per event;
 * :mod:`.bound_queues`: handler queues bound once per channel;
