@@ -296,3 +296,42 @@ def test_an_ordered_handler_runs_each_aggregate_in_sequence(
     wrong = {a: seen for a, seen in sequences.items() if seen != expected}
     assert not wrong, f"{len(wrong)} aggregates out of order: {dict(list(wrong.items())[:3])}"
     assert env.dead_letters() == 0
+
+
+def test_a_warm_shutdown_acks_every_run_it_finished(
+    fault_env: Callable[..., FaultEnv], figure: Figure
+) -> None:
+    # Given two prefork workers running a plain handler (no idempotency: a run
+    # whose ack was not sent runs again, and shows as a duplicate effect)
+    env = fault_env("count")
+    leaving, staying = env.start_workers(2, concurrency=2)
+    envelopes = probes(EVENTS)
+    event_ids = [str(envelope.event_id) for envelope in envelopes]
+    publisher = env.publisher(envelopes).start()
+
+    # When the first worker gets a warm shutdown (SIGTERM) while both are busy
+    wait_for(
+        lambda: len(env.effects.by_worker()) == 2 and env.effects.handled(PLAIN) >= EVENTS // 3,
+        timeout=60,
+        interval=0.01,
+        message=lambda: f"both workers busy: {env.effects.by_worker()}\n{env.logs()}",
+    )
+    stopped_at = env.effects.handled(PLAIN)
+    leaving.process.terminate()  # type: ignore[union-attr]
+    leaving.process.wait(timeout=60)  # type: ignore[union-attr]
+    publisher.join(timeout=60)
+    assert publisher.acknowledged == event_ids, publisher.first_error
+
+    # Then every event runs, and none twice: the leaving worker acked every
+    # run it finished before its connection closed (on RabbitMQ its held acks
+    # too: eventbus/celery/internals/acks.py)
+    wait_until_settled(env, [PLAIN], event_ids, timeout=90)
+    result = outcome(env, PLAIN, event_ids)
+    figure(
+        f"warm-shutdown[{env.label}] plain: {result.figures()} "
+        f"(stopped at {stopped_at}/{EVENTS} runs; exit code {leaving.process.returncode})"  # type: ignore[union-attr]
+    )
+    assert leaving.process.returncode == 0, leaving.log()  # type: ignore[union-attr]
+    assert staying.alive(), staying.log()
+    assert not result.lost
+    assert result.duplicate_effects == 0, leaving.log()
