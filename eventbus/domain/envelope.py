@@ -273,7 +273,8 @@ def wrap(
         metadata = {}
     elif isinstance(metadata, Mapping):
         metadata = dict(metadata)
-    # (else not a mapping: the envelope refuses it, naming the field)
+    else:  # (not a mapping: the envelope refuses it, naming the field)
+        metadata = metadata or {}
     fields = {
         "event_id": event_id,
         "event_type": event.event_type,

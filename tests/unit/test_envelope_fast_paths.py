@@ -15,8 +15,8 @@ from enum import StrEnum
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, field_serializer
-from pydantic_core import to_json
+from pydantic import BaseModel, ConfigDict, field_serializer
+from pydantic_core import PydanticSerializationError, to_json
 
 from eventbus import Envelope, Event, EventRegistry, EventValidationError
 from eventbus.domain.envelope import wrap
@@ -180,3 +180,39 @@ def test_a_record_value_is_the_wire_dicts_json_byte_for_byte(envelope: Envelope[
 
     assert record.value == to_json(envelope.to_wire())
     assert dict(record.headers)["eventbus-event-id"] == str(envelope.event_id).encode()
+
+
+def test_falsy_metadata_that_is_not_a_mapping_is_no_metadata_as_before() -> None:
+    for metadata in ([], "", 0):
+        assert wrap(placed(), metadata=metadata).metadata == {}  # type: ignore[arg-type]
+
+
+class Opaque:
+    """A value an event may hold (arbitrary types allowed) but JSON cannot."""
+
+
+class Holds(Event, registry=REGISTRY):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    event_type = "unit.fast.holds"
+
+    thing: Opaque
+
+
+def test_data_that_is_not_json_raises_what_the_wire_dict_raises() -> None:
+    pytest.importorskip("confluent_kafka")
+    from eventbus.kafka import encode_record
+
+    envelope = wrap(Holds(thing=Opaque()))
+    with pytest.raises(PydanticSerializationError) as wire_way:
+        envelope.to_wire()
+    with pytest.raises(PydanticSerializationError) as record_way:
+        encode_record(envelope)
+    assert str(record_way.value) == str(wire_way.value)
+
+
+def test_metadata_that_is_not_json_is_refused_naming_it() -> None:
+    pytest.importorskip("confluent_kafka")
+    from eventbus.kafka import encode_record
+
+    with pytest.raises(EventValidationError, match="metadata: not JSON"):
+        encode_record(wrap(placed(), metadata={"when": object()}))
