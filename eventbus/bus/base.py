@@ -84,6 +84,8 @@ class BaseEventBus(ABC):
         self._subscriptions: dict[str, Subscription] = {}
         self._by_type: dict[str, tuple[Subscription, ...]] = {}
         self._ordered_types: set[str] = set()  # types with an ordered handler: sequenced
+        # Event classes publish found to be events (that depends on the class alone).
+        self._event_classes: set[type[Event]] = set()
         self._lock = threading.RLock()
         #: Events published per type, including those that had no subscriber.
         self.published: Counter[str] = Counter()
@@ -262,7 +264,9 @@ class BaseEventBus(ABC):
                 )  # raises UnknownEventType
             check_ids(envelope)  # (an envelope may be built or copied by hand)
         elif isinstance(event, Event):
-            resolve_event_type(type(event), self.event_registry)
+            if type(event) not in self._event_classes:
+                resolve_event_type(type(event), self.event_registry)
+                self._event_classes.add(type(event))
             envelope = wrap(
                 event,
                 aggregate_id=aggregate_id,

@@ -110,7 +110,16 @@ def _close_before_fork() -> None:
         producer.close_before_fork()
 
 
-os.register_at_fork(before=_close_before_fork)
+#: Forks this process came through (a child's producers are its parent's: never used).
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(before=_close_before_fork, after_in_child=_count_fork)
 
 
 class KafkaProducer:
@@ -130,6 +139,7 @@ class KafkaProducer:
         self._confluent = confluent_kafka_module()
         self._client: Any = None
         self._pid = os.getpid()
+        self._forks = _forks
         self._lock = threading.Lock()
         # (A producer does not survive fork: a child process makes its own.)
         _PRODUCERS.add(self)
@@ -148,10 +158,12 @@ class KafkaProducer:
     def client(self) -> Any:
         """This process's ``confluent_kafka.Producer`` (made on first use, again after fork)."""
         client = self._client
-        if client is not None and self._pid == os.getpid():
+        # (A fork count, not os.getpid(): a system call per record, several
+        # microseconds under load.)
+        if client is not None and self._forks == _forks:
             return client
         with self._lock:
-            if self._client is None or self._pid != os.getpid():
+            if self._client is None or self._pid != os.getpid() or self._forks != _forks:
                 config = {**self.settings.producer_config(), "logger": librdkafka_logger}
                 try:
                     self._client = self._confluent.Producer(config)
@@ -161,6 +173,7 @@ class KafkaProducer:
                         f"({self.settings.describe()})"
                     ) from None
                 self._pid = os.getpid()
+                self._forks = _forks
             return self._client
 
     def _discard_client(self, client: Any) -> None:

@@ -99,28 +99,50 @@ def encode_record(
     whose topic name would be illegal: nothing is produced.
     """
     topic = (topics or _DEFAULT_TOPICS).topic_for(envelope)
-    wire = envelope.to_wire() if wire is None else wire
-    try:
-        # pydantic's serialiser (Rust): the same compact UTF-8 JSON as
-        # json.dumps(separators=(",", ":"), ensure_ascii=False), a fifth of the
-        # time; metadata datetimes, UUIDs and decimals become strings, as kombu's
-        # JSON makes them on the Celery bus.
-        value = to_json(wire)
-    except (TypeError, ValueError) as exc:
-        raise EventValidationError(
-            envelope.event_type,
-            [{"type": _KAFKA_TYPE, "loc": ("metadata",), "msg": f"not JSON: {exc}", "input": None}],
-        ) from None
+    whole = wire is None and type(envelope) is Envelope and envelope.occurred_at.tzinfo is UTC
+    # ``whole``: the envelope itself, serialised in one pass by pydantic: the
+    # same bytes as its wire dict's (fields in to_wire's order, the UUID and
+    # the UTC time as to_wire writes them, ``data`` by its own class), without
+    # building the dict first. (A parametrised Envelope[T] serialises its data
+    # as T, and only a UTC time is written alike by both, as "...Z" (a zone
+    # offset of seconds is not): those take the wire dict.)
+    if whole:
+        try:
+            value = to_json(envelope)
+        except (TypeError, ValueError):
+            # Said as the wire dict's way says it: the data's own error, or
+            # metadata that is not JSON.
+            whole = False
+    if not whole:
+        serialized = envelope.to_wire() if wire is None else wire
+        value = _wire_json(envelope, serialized)
+    # The event id as text: the value begins {"event_id":"<36 characters>" (no
+    # second str() of the UUID).
+    event_id = value[13:49] if whole else str(serialized["event_id"]).encode()
     event_type = envelope.event_type.encode()
     headers = [
         (HEADER_EVENT_TYPE, event_type),
         (HEADER_EVENT_VERSION, _VERSIONS.get(envelope.version) or str(envelope.version).encode()),
-        (HEADER_EVENT_ID, str(wire["event_id"]).encode()),
+        (HEADER_EVENT_ID, event_id),
     ]
     if envelope.correlation_id is not None:
         headers.append((HEADER_CORRELATION_ID, envelope.correlation_id.encode()))
     key = envelope.aggregate_id.encode() if envelope.aggregate_id is not None else None
     return KafkaRecord(topic=topic, key=key, value=value, headers=headers)
+
+
+def _wire_json(envelope: Envelope[Any], wire: Mapping[str, Any]) -> bytes:
+    try:
+        # pydantic's serialiser (Rust): the same compact UTF-8 JSON as
+        # json.dumps(separators=(",", ":"), ensure_ascii=False), a fifth of the
+        # time; metadata datetimes, UUIDs and decimals become strings, as kombu's
+        # JSON makes them on the Celery bus.
+        return to_json(wire)
+    except (TypeError, ValueError) as exc:
+        raise EventValidationError(
+            envelope.event_type,
+            [{"type": _KAFKA_TYPE, "loc": ("metadata",), "msg": f"not JSON: {exc}", "input": None}],
+        ) from None
 
 
 _VERSIONS = {n: str(n).encode() for n in range(1, 100)}
