@@ -16,6 +16,15 @@ reference (its ``dramatiq`` command, 2 processes x 8 threads, whatever the
 Celery pool). Celery workers: ``--pool=prefork --concurrency=2`` and
 ``--pool=threads --concurrency=4``, no gossip, mingle or heartbeat.
 
+``--contenders`` picks and orders them (default: the five above). Besides,
+raw-defaults' variants add one guarantee at a time to Celery's defaults,
+without eventbus (``bench.defaults_app.VARIANTS``): raw-late-acks (acks_late,
+reject_on_worker_lost), raw-events (the worker's task events, ``-E``) and
+raw-late-acks-events (both). What each guarantee costs in Celery itself:
+
+    python bench/bench_drain.py --broker rabbitmq --pool prefork \
+        --contenders eventbus,raw-defaults,raw-late-acks,raw-events,raw-late-acks-events,raw
+
 Medians of the reps; ratios are ratios of medians, with the min-max of the
 paired ratios (rep i against rep i) in brackets.
 """
@@ -51,12 +60,14 @@ from bench.common import (
     table,
     write_json,
 )
-from bench.contenders import Contenders, dramatiq_available
+from bench.contenders import KNOWN, Contenders, choose, dramatiq_available
 
 WARMUP_EVENTS = 10
 #: eventbus against each of these, in the table's order.
 AGAINST = ["raw-defaults", "raw", "celery-pubsub", "dramatiq"]
 TARGETS = {"raw-defaults": 1.0, "celery-pubsub": 1.2, "dramatiq": 0.75}
+#: Every contender against this one in the second table (what a guarantee costs).
+BASE = "raw-defaults"
 
 
 def drain_once(
@@ -91,13 +102,13 @@ def drain_once(
 
 
 def bench_broker(
-    broker: str, pools: list[str], n: int, reps: int, *, with_dramatiq: bool
+    broker: str, pools: list[str], n: int, reps: int, *, names: list[str]
 ) -> list[dict[str, Any]]:
     url = BROKER_URLS[broker]
     run = new_run_id("drain")
     janitor = Janitor(broker, url)
     counter = ExecutionCounter(run)
-    c = Contenders.build(broker, url, run, with_dramatiq=with_dramatiq)
+    c = Contenders.build(broker, url, run, with_dramatiq="dramatiq" in names, names=names)
     c.track(janitor)
     results: list[dict[str, Any]] = []
     try:
@@ -143,16 +154,63 @@ def bench_broker(
     return results
 
 
-def report(results: list[dict[str, Any]], n: int, reps: int) -> list[dict[str, Any]]:
-    """Print the table; return the ratios' JSON records."""
+def against_base(
+    by: dict[str, dict[str, Any]], base: str = BASE
+) -> list[tuple[str, float, tuple[float, float, float] | None]]:
+    """(contender, median, its ratio to ``base`` [paired min-max]) for every contender
+    of one (broker, setting) but ``base``, in ``by``'s order; empty without ``base``."""
+    if base not in by:
+        return []
+    runs = by[base]["runs"]
+    return [(name, r["median"], paired(r["runs"], runs)) for name, r in by.items() if name != base]
+
+
+def fmt_change(value: tuple[float, float, float] | None) -> str:
+    """A ratio of medians as a change in runs/s: ``-14%`` for 0.86."""
+    return "n/a" if value is None else f"{(value[0] - 1) * 100:+.0f}%"
+
+
+def report_against_base(
+    results: list[dict[str, Any]], n: int, reps: int, base: str = BASE
+) -> list[dict[str, Any]]:
+    """Print every contender against ``base``; return those ratios' JSON records
+    (eventbus/raw-defaults left out: :func:`report` has it)."""
     rows, ratios = [], []
-    keys = list(dict.fromkeys((r["broker"], r["setting"]) for r in results if "contender" in r))
-    for broker, setting in keys:
-        by = {
-            r["contender"]: r
-            for r in results
-            if "contender" in r and r["broker"] == broker and r["setting"] == setting
-        }
+    for (broker, setting), by in by_setting(results).items():
+        if base in by:
+            rows.append([broker, setting, base, fmt_num(by[base]["median"]), "(base)", "-"])
+        for name, mid, value in against_base(by, base):
+            rows.append([broker, setting, name, fmt_num(mid), fmt_paired(value), fmt_change(value)])
+            if name != "eventbus":
+                ratios.append(paired_result("drain", broker, setting, f"{name}/{base}", value))
+    if rows:
+        print()
+        print(
+            f"drain against {base}, handler runs/s, median of {reps} interleaved reps "
+            f"({n} events x 5); X/{base} = ratio of medians [paired min-max]"
+        )
+        print(
+            table(["broker", "worker", "contender", "runs/s", f"X/{base}", "runs/s change"], rows),
+            flush=True,
+        )
+    return ratios
+
+
+def by_setting(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """The contenders' records per (broker, setting), in the results' order."""
+    out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in results:
+        if "contender" in r:
+            out.setdefault((r["broker"], r["setting"]), {})[r["contender"]] = r
+    return out
+
+
+def report(results: list[dict[str, Any]], n: int, reps: int) -> list[dict[str, Any]]:
+    """Print the table of eventbus against the others; return the ratios' JSON records."""
+    rows, ratios = [], []
+    for (broker, setting), by in by_setting(results).items():
+        if "eventbus" not in by:
+            continue
         eb = by["eventbus"]["runs"]
         row = [broker, setting]
         row += [
@@ -167,6 +225,8 @@ def report(results: list[dict[str, Any]], n: int, reps: int) -> list[dict[str, A
                 )
             )
         rows.append(row)
+    if not rows:
+        return ratios
     print()
     print(
         f"drain, handler runs/s ({n} events x 5 handlers pre-filled, fresh worker, first to last "
@@ -203,16 +263,25 @@ def main() -> int:
         help="prefork --concurrency=2, threads --concurrency=4 (dramatiq: 2 x 8 either way)",
     )
     p.add_argument("--no-dramatiq", action="store_true", help="leave dramatiq out")
+    p.add_argument(
+        "--contenders",
+        metavar="A,B,...",
+        help=f"which contenders, in this order (default: {','.join(choose(None))}); "
+        f"known: {','.join(KNOWN)}",
+    )
     args = p.parse_args()
     install_signal_handlers()
     pools = ["prefork", "threads"] if args.pool == "both" else [args.pool]
-    with_dramatiq = not args.no_dramatiq
-    if with_dramatiq and (why := dramatiq_available()):
+    try:
+        names = choose(args.contenders, with_dramatiq=not args.no_dramatiq)
+    except ValueError as exc:
+        p.error(str(exc))
+    if "dramatiq" in names and (why := dramatiq_available()):
         print(f"dramatiq: SKIPPED, not installed ({why}): pip install 'dramatiq[redis,rabbitmq]'")
-        with_dramatiq = False
+        names.remove("dramatiq")
     print_header(
         f"drain: {args.events} events x 5 no-op handlers pre-filled, fresh worker, "
-        f"{args.reps} interleaved reps, pools {', '.join(pools)}"
+        f"{args.reps} interleaved reps, pools {', '.join(pools)}, contenders {', '.join(names)}"
     )
     results: list[dict[str, Any]] = []
     for broker in brokers(args.broker):
@@ -220,8 +289,9 @@ def main() -> int:
         if why:
             print(f"{broker}: SKIPPED, broker unavailable ({why})", flush=True)
             continue
-        results += bench_broker(broker, pools, args.events, args.reps, with_dramatiq=with_dramatiq)
+        results += bench_broker(broker, pools, args.events, args.reps, names=names)
     ratios = report(results, args.events, args.reps)
+    ratios += report_against_base(results, args.events, args.reps)
     write_json(args.json, results + ratios)
     return 0
 
