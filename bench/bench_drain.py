@@ -31,11 +31,14 @@ paired ratios (rep i against rep i) in brackets.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -70,6 +73,28 @@ TARGETS = {"raw-defaults": 1.0, "celery-pubsub": 1.2, "dramatiq": 0.75}
 BASE = "raw-defaults"
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants (the pool's)."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return total
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def cpu_per_run(cpu: tuple[float, float], runs: tuple[int, int]) -> float | None:
+    """Milliseconds of the worker's CPU per handler run between two samples of
+    (CPU seconds, runs counted); None when no run fell between them."""
+    done = runs[1] - runs[0]
+    return 1000 * (cpu[1] - cpu[0]) / done if done > 0 else None
+
+
 def drain_once(
     c: Contenders,
     counter: ExecutionCounter,
@@ -80,25 +105,38 @@ def drain_once(
     tag: str,
     *,
     show: bool = False,
-) -> tuple[float, float]:
-    """(handler runs per second, seconds from the worker's spawn to its first run)."""
+) -> tuple[float, float, float | None]:
+    """(handler runs per second, seconds from the worker's spawn to its first run,
+    the worker's CPU ms per handler run while it drained).
+
+    The CPU is the worker's process tree's (main process and pool), sampled
+    once the first handler ran and again when the last did: less sensitive to
+    a neighbour's load than the wall clock (waiting for a core is not counted).
+    """
     events = apps.make_events(n, key)
     payloads = apps.wire_payloads(events)
     c.publish(contender, events, payloads)  # no worker consumes the queue yet
     target = n * apps.FANOUT
+    timeout = 60 + target / 50
     worker = c.worker([contender], pool, POOLS[pool], f"{c.run}-{pool}-{contender}-{tag}")
     if show:
         print(f"{c.broker} {pool}: {contender}: $ {' '.join(worker.argv[1:])}", flush=True)
     gc.collect()
     spawned = time.time()
     with worker:
-        end = counter.wait(key, target, 60 + target / 50, poll=0.002, clock=time.time)
+        assert worker.proc is not None
+        deadline = time.monotonic() + timeout
+        while counter.first(key) is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        cpu0, runs0 = tree_cpu(worker.proc.pid), counter.get(key)
+        end = counter.wait(key, target, timeout, poll=0.002, clock=time.time)
+        cpu1, runs1 = tree_cpu(worker.proc.pid), counter.get(key)
     first = counter.first(key)
     extra = counter.get(key) - target
     if extra:
         print(f"  {contender}: {extra} duplicate execution(s)", flush=True)
     assert first is not None
-    return target / (end - first), first - spawned
+    return target / (end - first), first - spawned, cpu_per_run((cpu0, cpu1), (runs0, runs1))
 
 
 def bench_broker(
@@ -121,14 +159,16 @@ def bench_broker(
             setting = f"{pool} c={POOLS[pool]}"
             rates: dict[str, list[float]] = {name: [] for name in c.names}
             startup: dict[str, list[float]] = {name: [] for name in c.names}
+            cpu: dict[str, list[float]] = {name: [] for name in c.names}
             for rep in range(reps):
                 for contender in rotate(c.names, rep):
                     key = counter.key(pool, contender, f"r{rep}")
-                    rate, took = drain_once(
+                    rate, took, ms = drain_once(
                         c, counter, contender, pool, n, key, f"r{rep}", show=rep == 0
                     )
                     rates[contender].append(rate)
                     startup[contender].append(took)
+                    cpu[contender].append(ms or 0.0)  # (0: none measured, left out)
                 print(
                     f"{broker} {setting} rep {rep + 1}/{reps}: "
                     + ", ".join(f"{name} {fmt_num(rates[name][-1])}" for name in c.names),
@@ -145,6 +185,8 @@ def bench_broker(
                         "median": median(rates[contender]),
                         "runs": rates[contender],
                         "startup_median_s": median(startup[contender]),
+                        "cpu_ms_per_run": cpu[contender],
+                        "cpu_ms_per_run_median": median([v for v in cpu[contender] if v] or [0]),
                     }
                 )
     finally:
@@ -154,15 +196,28 @@ def bench_broker(
     return results
 
 
+Paired = tuple[float, float, float] | None
+
+
 def against_base(
-    by: dict[str, dict[str, Any]], base: str = BASE
-) -> list[tuple[str, float, tuple[float, float, float] | None]]:
+    by: dict[str, dict[str, Any]], base: str = BASE, field: str = "runs"
+) -> list[tuple[str, float, Paired]]:
     """(contender, median, its ratio to ``base`` [paired min-max]) for every contender
-    of one (broker, setting) but ``base``, in ``by``'s order; empty without ``base``."""
-    if base not in by:
+    of one (broker, setting) but ``base``, in ``by``'s order; empty without ``base``.
+
+    ``field``: the reps' figures (``runs``: runs/s; ``cpu_ms_per_run``)."""
+    if base not in by or field not in by[base]:
         return []
-    runs = by[base]["runs"]
-    return [(name, r["median"], paired(r["runs"], runs)) for name, r in by.items() if name != base]
+    runs = by[base][field]
+    return [
+        (name, median([v for v in r[field] if v] or [0]), paired(r[field], runs))
+        for name, r in by.items()
+        if name != base and field in r
+    ]
+
+
+def fmt_ms(value: float | None) -> str:
+    return "n/a" if not value else f"{value:.3f}"
 
 
 def fmt_change(value: tuple[float, float, float] | None) -> str:
@@ -177,22 +232,28 @@ def report_against_base(
     (eventbus/raw-defaults left out: :func:`report` has it)."""
     rows, ratios = [], []
     for (broker, setting), by in by_setting(results).items():
-        if base in by:
-            rows.append([broker, setting, base, fmt_num(by[base]["median"]), "(base)", "-"])
+        if base not in by:
+            continue
+        cpu = {name: (mid, value) for name, mid, value in against_base(by, base, "cpu_ms_per_run")}
+        base_cpu = median([v for v in by[base].get("cpu_ms_per_run", []) if v] or [0])
+        head = [broker, setting, base, fmt_num(by[base]["median"]), "(base)", "-"]
+        rows.append([*head, fmt_ms(base_cpu), "(base)"])
         for name, mid, value in against_base(by, base):
-            rows.append([broker, setting, name, fmt_num(mid), fmt_paired(value), fmt_change(value)])
+            cpu_mid, cpu_value = cpu.get(name, (None, None))
+            head = [broker, setting, name, fmt_num(mid), fmt_paired(value), fmt_change(value)]
+            rows.append([*head, fmt_ms(cpu_mid), fmt_paired(cpu_value)])
             if name != "eventbus":
                 ratios.append(paired_result("drain", broker, setting, f"{name}/{base}", value))
     if rows:
         print()
         print(
             f"drain against {base}, handler runs/s, median of {reps} interleaved reps "
-            f"({n} events x 5); X/{base} = ratio of medians [paired min-max]"
+            f"({n} events x 5); X/{base} = ratio of medians [paired min-max]; CPU: the "
+            "worker's (main + pool processes) per handler run, first to last run"
         )
-        print(
-            table(["broker", "worker", "contender", "runs/s", f"X/{base}", "runs/s change"], rows),
-            flush=True,
-        )
+        headers = ["broker", "worker", "contender", "runs/s", f"X/{base}", "runs/s change"]
+        headers += ["CPU ms/run", f"CPU X/{base}"]
+        print(table(headers, rows), flush=True)
     return ratios
 
 

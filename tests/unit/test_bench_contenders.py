@@ -4,10 +4,22 @@ and every contender's ratio to raw-defaults (what one guarantee costs in stock C
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import time
+
+import psutil
 import pytest
 
 from bench import defaults_app
-from bench.bench_drain import against_base, fmt_change, report_against_base
+from bench.bench_drain import (
+    against_base,
+    cpu_per_run,
+    fmt_change,
+    report_against_base,
+    tree_cpu,
+)
 from bench.contenders import ALL, KNOWN, STOCK, choose
 
 
@@ -85,8 +97,8 @@ def test_the_ratio_records_name_each_variant_and_leave_eventbus_to_its_table(
 ) -> None:
     results = [
         _record("eventbus", [900.0] * 5),
-        _record("raw-defaults", [1000.0] * 5),
-        _record("raw-events", [850.0] * 5),
+        {**_record("raw-defaults", [1000.0] * 5), "cpu_ms_per_run": [0.5] * 5},
+        {**_record("raw-events", [850.0] * 5), "cpu_ms_per_run": [0.6] * 5},
         _record("eventbus", [500.0] * 5, "threads c=4"),  # no base there: no rows
     ]
     records = report_against_base(results, 400, 5)
@@ -95,3 +107,36 @@ def test_the_ratio_records_name_each_variant_and_leave_eventbus_to_its_table(
     ]
     out = capsys.readouterr().out
     assert "| raw-events " in out and "-15%" in out and "threads" not in out
+    # the worker's CPU per run too, raw-events against raw-defaults' (eventbus had none)
+    assert "| 0.600 " in out and "1.20 [1.20-1.20]" in out and "| 0.500 " in out
+
+
+def test_cpu_per_run_is_the_cpu_between_two_samples_over_the_runs_between_them() -> None:
+    assert cpu_per_run((1.0, 1.5), (100, 1100)) == pytest.approx(0.5)  # ms
+    assert cpu_per_run((1.0, 1.5), (100, 100)) is None
+
+
+def test_tree_cpu_counts_a_process_and_its_children() -> None:
+    child = subprocess.Popen([sys.executable, "-c", BURN_THEN_SLEEP])
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until the child has burnt its 0.3 s
+            times = psutil.Process(child.pid).cpu_times()
+            if times.user + times.system >= 0.3:
+                break
+            time.sleep(0.02)
+        own = psutil.Process().cpu_times()
+        assert tree_cpu(os.getpid()) - (own.user + own.system) >= 0.3
+    finally:
+        child.kill()
+        child.wait()
+    assert tree_cpu(child.pid) == 0.0  # gone
+
+
+BURN_THEN_SLEEP = """
+import time
+start = time.process_time()
+while time.process_time() - start < 0.35:
+    pass
+time.sleep(30)
+"""
