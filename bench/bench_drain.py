@@ -16,17 +16,29 @@ reference (its ``dramatiq`` command, 2 processes x 8 threads, whatever the
 Celery pool). Celery workers: ``--pool=prefork --concurrency=2`` and
 ``--pool=threads --concurrency=4``, no gossip, mingle or heartbeat.
 
+``--contenders`` picks and orders them (default: the five above). Besides,
+raw-defaults' variants add one guarantee at a time to Celery's defaults,
+without eventbus (``bench.defaults_app.VARIANTS``): raw-late-acks (acks_late,
+reject_on_worker_lost), raw-events (the worker's task events, ``-E``) and
+raw-late-acks-events (both). What each guarantee costs in Celery itself:
+
+    python bench/bench_drain.py --broker rabbitmq --pool prefork \
+        --contenders eventbus,raw-defaults,raw-late-acks,raw-events,raw-late-acks-events,raw
+
 Medians of the reps; ratios are ratios of medians, with the min-max of the
 paired ratios (rep i against rep i) in brackets.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -51,12 +63,36 @@ from bench.common import (
     table,
     write_json,
 )
-from bench.contenders import Contenders, dramatiq_available
+from bench.contenders import KNOWN, Contenders, choose, dramatiq_available
 
 WARMUP_EVENTS = 10
 #: eventbus against each of these, in the table's order.
 AGAINST = ["raw-defaults", "raw", "celery-pubsub", "dramatiq"]
 TARGETS = {"raw-defaults": 1.0, "celery-pubsub": 1.2, "dramatiq": 0.75}
+#: Every contender against this one in the second table (what a guarantee costs).
+BASE = "raw-defaults"
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of a process and its live descendants (the pool's)."""
+    total = 0.0
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return total
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def cpu_per_run(cpu: tuple[float, float], runs: tuple[int, int]) -> float | None:
+    """Milliseconds of the worker's CPU per handler run between two samples of
+    (CPU seconds, runs counted); None when no run fell between them."""
+    done = runs[1] - runs[0]
+    return 1000 * (cpu[1] - cpu[0]) / done if done > 0 else None
 
 
 def drain_once(
@@ -69,35 +105,48 @@ def drain_once(
     tag: str,
     *,
     show: bool = False,
-) -> tuple[float, float]:
-    """(handler runs per second, seconds from the worker's spawn to its first run)."""
+) -> tuple[float, float, float | None]:
+    """(handler runs per second, seconds from the worker's spawn to its first run,
+    the worker's CPU ms per handler run while it drained).
+
+    The CPU is the worker's process tree's (main process and pool), sampled
+    once the first handler ran and again when the last did: less sensitive to
+    a neighbour's load than the wall clock (waiting for a core is not counted).
+    """
     events = apps.make_events(n, key)
     payloads = apps.wire_payloads(events)
     c.publish(contender, events, payloads)  # no worker consumes the queue yet
     target = n * apps.FANOUT
+    timeout = 60 + target / 50
     worker = c.worker([contender], pool, POOLS[pool], f"{c.run}-{pool}-{contender}-{tag}")
     if show:
         print(f"{c.broker} {pool}: {contender}: $ {' '.join(worker.argv[1:])}", flush=True)
     gc.collect()
     spawned = time.time()
     with worker:
-        end = counter.wait(key, target, 60 + target / 50, poll=0.002, clock=time.time)
+        assert worker.proc is not None
+        deadline = time.monotonic() + timeout
+        while counter.first(key) is None and time.monotonic() < deadline:
+            time.sleep(0.002)
+        cpu0, runs0 = tree_cpu(worker.proc.pid), counter.get(key)
+        end = counter.wait(key, target, timeout, poll=0.002, clock=time.time)
+        cpu1, runs1 = tree_cpu(worker.proc.pid), counter.get(key)
     first = counter.first(key)
     extra = counter.get(key) - target
     if extra:
         print(f"  {contender}: {extra} duplicate execution(s)", flush=True)
     assert first is not None
-    return target / (end - first), first - spawned
+    return target / (end - first), first - spawned, cpu_per_run((cpu0, cpu1), (runs0, runs1))
 
 
 def bench_broker(
-    broker: str, pools: list[str], n: int, reps: int, *, with_dramatiq: bool
+    broker: str, pools: list[str], n: int, reps: int, *, names: list[str]
 ) -> list[dict[str, Any]]:
     url = BROKER_URLS[broker]
     run = new_run_id("drain")
     janitor = Janitor(broker, url)
     counter = ExecutionCounter(run)
-    c = Contenders.build(broker, url, run, with_dramatiq=with_dramatiq)
+    c = Contenders.build(broker, url, run, with_dramatiq="dramatiq" in names, names=names)
     c.track(janitor)
     results: list[dict[str, Any]] = []
     try:
@@ -110,14 +159,16 @@ def bench_broker(
             setting = f"{pool} c={POOLS[pool]}"
             rates: dict[str, list[float]] = {name: [] for name in c.names}
             startup: dict[str, list[float]] = {name: [] for name in c.names}
+            cpu: dict[str, list[float]] = {name: [] for name in c.names}
             for rep in range(reps):
                 for contender in rotate(c.names, rep):
                     key = counter.key(pool, contender, f"r{rep}")
-                    rate, took = drain_once(
+                    rate, took, ms = drain_once(
                         c, counter, contender, pool, n, key, f"r{rep}", show=rep == 0
                     )
                     rates[contender].append(rate)
                     startup[contender].append(took)
+                    cpu[contender].append(ms or 0.0)  # (0: none measured, left out)
                 print(
                     f"{broker} {setting} rep {rep + 1}/{reps}: "
                     + ", ".join(f"{name} {fmt_num(rates[name][-1])}" for name in c.names),
@@ -134,6 +185,8 @@ def bench_broker(
                         "median": median(rates[contender]),
                         "runs": rates[contender],
                         "startup_median_s": median(startup[contender]),
+                        "cpu_ms_per_run": cpu[contender],
+                        "cpu_ms_per_run_median": median([v for v in cpu[contender] if v] or [0]),
                     }
                 )
     finally:
@@ -143,16 +196,82 @@ def bench_broker(
     return results
 
 
-def report(results: list[dict[str, Any]], n: int, reps: int) -> list[dict[str, Any]]:
-    """Print the table; return the ratios' JSON records."""
+Paired = tuple[float, float, float] | None
+
+
+def against_base(
+    by: dict[str, dict[str, Any]], base: str = BASE, field: str = "runs"
+) -> list[tuple[str, float, Paired]]:
+    """(contender, median, its ratio to ``base`` [paired min-max]) for every contender
+    of one (broker, setting) but ``base``, in ``by``'s order; empty without ``base``.
+
+    ``field``: the reps' figures (``runs``: runs/s; ``cpu_ms_per_run``)."""
+    if base not in by or field not in by[base]:
+        return []
+    runs = by[base][field]
+    return [
+        (name, median([v for v in r[field] if v] or [0]), paired(r[field], runs))
+        for name, r in by.items()
+        if name != base and field in r
+    ]
+
+
+def fmt_ms(value: float | None) -> str:
+    return "n/a" if not value else f"{value:.3f}"
+
+
+def fmt_change(value: tuple[float, float, float] | None) -> str:
+    """A ratio of medians as a change in runs/s: ``-14%`` for 0.86."""
+    return "n/a" if value is None else f"{(value[0] - 1) * 100:+.0f}%"
+
+
+def report_against_base(
+    results: list[dict[str, Any]], n: int, reps: int, base: str = BASE
+) -> list[dict[str, Any]]:
+    """Print every contender against ``base``; return those ratios' JSON records
+    (eventbus/raw-defaults left out: :func:`report` has it)."""
     rows, ratios = [], []
-    keys = list(dict.fromkeys((r["broker"], r["setting"]) for r in results if "contender" in r))
-    for broker, setting in keys:
-        by = {
-            r["contender"]: r
-            for r in results
-            if "contender" in r and r["broker"] == broker and r["setting"] == setting
-        }
+    for (broker, setting), by in by_setting(results).items():
+        if base not in by:
+            continue
+        cpu = {name: (mid, value) for name, mid, value in against_base(by, base, "cpu_ms_per_run")}
+        base_cpu = median([v for v in by[base].get("cpu_ms_per_run", []) if v] or [0])
+        head = [broker, setting, base, fmt_num(by[base]["median"]), "(base)", "-"]
+        rows.append([*head, fmt_ms(base_cpu), "(base)"])
+        for name, mid, value in against_base(by, base):
+            cpu_mid, cpu_value = cpu.get(name, (None, None))
+            head = [broker, setting, name, fmt_num(mid), fmt_paired(value), fmt_change(value)]
+            rows.append([*head, fmt_ms(cpu_mid), fmt_paired(cpu_value)])
+            if name != "eventbus":
+                ratios.append(paired_result("drain", broker, setting, f"{name}/{base}", value))
+    if rows:
+        print()
+        print(
+            f"drain against {base}, handler runs/s, median of {reps} interleaved reps "
+            f"({n} events x 5); X/{base} = ratio of medians [paired min-max]; CPU: the "
+            "worker's (main + pool processes) per handler run, first to last run"
+        )
+        headers = ["broker", "worker", "contender", "runs/s", f"X/{base}", "runs/s change"]
+        headers += ["CPU ms/run", f"CPU X/{base}"]
+        print(table(headers, rows), flush=True)
+    return ratios
+
+
+def by_setting(results: list[dict[str, Any]]) -> dict[tuple[str, str], dict[str, dict[str, Any]]]:
+    """The contenders' records per (broker, setting), in the results' order."""
+    out: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+    for r in results:
+        if "contender" in r:
+            out.setdefault((r["broker"], r["setting"]), {})[r["contender"]] = r
+    return out
+
+
+def report(results: list[dict[str, Any]], n: int, reps: int) -> list[dict[str, Any]]:
+    """Print the table of eventbus against the others; return the ratios' JSON records."""
+    rows, ratios = [], []
+    for (broker, setting), by in by_setting(results).items():
+        if "eventbus" not in by:
+            continue
         eb = by["eventbus"]["runs"]
         row = [broker, setting]
         row += [
@@ -167,6 +286,8 @@ def report(results: list[dict[str, Any]], n: int, reps: int) -> list[dict[str, A
                 )
             )
         rows.append(row)
+    if not rows:
+        return ratios
     print()
     print(
         f"drain, handler runs/s ({n} events x 5 handlers pre-filled, fresh worker, first to last "
@@ -203,16 +324,25 @@ def main() -> int:
         help="prefork --concurrency=2, threads --concurrency=4 (dramatiq: 2 x 8 either way)",
     )
     p.add_argument("--no-dramatiq", action="store_true", help="leave dramatiq out")
+    p.add_argument(
+        "--contenders",
+        metavar="A,B,...",
+        help=f"which contenders, in this order (default: {','.join(choose(None))}); "
+        f"known: {','.join(KNOWN)}",
+    )
     args = p.parse_args()
     install_signal_handlers()
     pools = ["prefork", "threads"] if args.pool == "both" else [args.pool]
-    with_dramatiq = not args.no_dramatiq
-    if with_dramatiq and (why := dramatiq_available()):
+    try:
+        names = choose(args.contenders, with_dramatiq=not args.no_dramatiq)
+    except ValueError as exc:
+        p.error(str(exc))
+    if "dramatiq" in names and (why := dramatiq_available()):
         print(f"dramatiq: SKIPPED, not installed ({why}): pip install 'dramatiq[redis,rabbitmq]'")
-        with_dramatiq = False
+        names.remove("dramatiq")
     print_header(
         f"drain: {args.events} events x 5 no-op handlers pre-filled, fresh worker, "
-        f"{args.reps} interleaved reps, pools {', '.join(pools)}"
+        f"{args.reps} interleaved reps, pools {', '.join(pools)}, contenders {', '.join(names)}"
     )
     results: list[dict[str, Any]] = []
     for broker in brokers(args.broker):
@@ -220,8 +350,9 @@ def main() -> int:
         if why:
             print(f"{broker}: SKIPPED, broker unavailable ({why})", flush=True)
             continue
-        results += bench_broker(broker, pools, args.events, args.reps, with_dramatiq=with_dramatiq)
+        results += bench_broker(broker, pools, args.events, args.reps, names=names)
     ratios = report(results, args.events, args.reps)
+    ratios += report_against_base(results, args.events, args.reps)
     write_json(args.json, results + ratios)
     return 0
 

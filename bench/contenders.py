@@ -8,6 +8,9 @@
   kombu's own transport on the worker.
 * ``raw-defaults``: raw Celery with Celery's defaults (``bench.defaults_app``):
   what a team runs before adopting eventbus.
+* ``raw-late-acks``, ``raw-events``, ``raw-late-acks-events`` (on request,
+  issue 16): raw-defaults plus one of celeryconfig's guarantees at a time
+  (``bench.defaults_app.VARIANTS``), then both, in stock Celery alone.
 * ``celery-pubsub``: ``publish(topic, payload)``, a group of 5; worker as raw's.
 * ``dramatiq``: a reference, not an equal (``bench.dramatiq_app``): 5 messages
   per event, the ``dramatiq`` command with its defaults (2 processes x 8 threads,
@@ -24,7 +27,31 @@ from bench import apps, defaults_app
 from bench.common import COUNTER_URL, PYTHON, Janitor, Worker
 
 CELERY = ["eventbus", "raw", "raw-defaults", "celery-pubsub"]
+#: The default set (dramatiq when it is installed).
 ALL = [*CELERY, "dramatiq"]
+#: raw-defaults' variants, by contender: ``raw-<variant>`` (``bench.defaults_app``).
+STOCK = {f"raw-{variant}": variant for variant in defaults_app.VARIANTS}
+#: Every contender a benchmark can be asked for.
+KNOWN = [*ALL, *(name for name in STOCK if name not in ALL)]
+
+
+def choose(spec: str | None, *, with_dramatiq: bool = True) -> list[str]:
+    """The contenders of a ``--contenders a,b,c`` option, in its order (None: the default set).
+
+    Unknown names are refused (ValueError, listing the known ones); a name
+    given twice counts once; ``with_dramatiq=False`` leaves dramatiq out.
+    """
+    if spec is None:
+        names = list(ALL)
+    else:
+        names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+        unknown = [n for n in names if n not in KNOWN]
+        if unknown or not names:
+            raise ValueError(
+                f"unknown contender(s) {', '.join(unknown) or '(none given)'}; "
+                f"known: {', '.join(KNOWN)}"
+            )
+    return [n for n in names if with_dramatiq or n != "dramatiq"]
 
 
 def dramatiq_available() -> str | None:
@@ -45,26 +72,44 @@ class Contenders:
     bench: apps.BenchApp
     defaults: defaults_app.DefaultsApp
     dramatiq: Any  # bench.dramatiq_app.DramatiqApp, or None without dramatiq
+    #: The contenders measured, in order (:func:`choose`).
+    names: list[str]
+    #: raw-defaults and its variants among them, by contender.
+    stock: dict[str, defaults_app.DefaultsApp]
 
     @classmethod
-    def build(cls, broker: str, url: str, run: str, *, with_dramatiq: bool) -> Contenders:
+    def build(
+        cls,
+        broker: str,
+        url: str,
+        run: str,
+        *,
+        with_dramatiq: bool,
+        names: Sequence[str] | None = None,
+    ) -> Contenders:
+        """``names``: the contenders (default: the default set, dramatiq with ``with_dramatiq``)."""
+        chosen = choose(None, with_dramatiq=with_dramatiq) if names is None else list(names)
         dq = None
-        if with_dramatiq:
+        if with_dramatiq and "dramatiq" in chosen:
             from bench import dramatiq_app
 
             dq = dramatiq_app.build(url, run)
+        chosen = [n for n in chosen if n != "dramatiq" or dq is not None]
+        defaults = defaults_app.build(url, run)
+        stock = {"raw-defaults": defaults}
+        for name in chosen:
+            if name in STOCK and name not in stock:
+                stock[name] = defaults_app.build(url, run, STOCK[name])
         return cls(
             broker=broker,
             url=url,
             run=run,
             bench=apps.build(url, run),
-            defaults=defaults_app.build(url, run),
+            defaults=defaults,
             dramatiq=dq,
+            names=chosen,
+            stock=stock,
         )
-
-    @property
-    def names(self) -> list[str]:
-        return ALL if self.dramatiq is not None else CELERY
 
     @property
     def env(self) -> dict[str, str]:
@@ -75,7 +120,7 @@ class Contenders:
         }
 
     def track(self, janitor: Janitor) -> None:
-        janitor.track(*self.bench.queues.values(), self.defaults.queue)
+        janitor.track(*self.bench.queues.values(), *(d.queue for d in self.stock.values()))
         janitor.track_exchanges(*apps.created_exchanges(self.run))
         if self.dramatiq is not None and self.broker == "rabbitmq":
             from bench import dramatiq_app
@@ -85,8 +130,8 @@ class Contenders:
         # db: dramatiq's, under its namespace of the run's, too)
 
     def queue(self, contender: str) -> str:
-        if contender == "raw-defaults":
-            return self.defaults.queue
+        if contender in STOCK:
+            return self.stock[contender].queue
         if contender == "dramatiq":
             return str(self.dramatiq.queue)
         return self.bench.queues[apps.QUEUE_OF[contender]]
@@ -94,8 +139,8 @@ class Contenders:
     def publish(
         self, contender: str, events: list[apps.BenchHappened], payloads: list[dict[str, Any]]
     ) -> None:
-        if contender == "raw-defaults":
-            defaults_app.publish(self.defaults, payloads)
+        if contender in STOCK:
+            defaults_app.publish(self.stock[contender], payloads)
         elif contender == "dramatiq":
             from bench import dramatiq_app
 
@@ -105,7 +150,7 @@ class Contenders:
 
     def app_of(self, contender: str) -> Any:
         """The Celery app whose control pings the contender's worker."""
-        return self.defaults.app if contender == "raw-defaults" else self.bench.app
+        return self.stock[contender].app if contender in STOCK else self.bench.app
 
     def worker(self, contenders: Sequence[str], pool: str, concurrency: int, name: str) -> Worker:
         """One worker serving ``contenders`` (a list of one, but raw's and
@@ -124,8 +169,9 @@ class Contenders:
                 env=self.env,
                 command=dramatiq_app.argv(PYTHON),
             )
-        if first == "raw-defaults":
-            spec, env = "bench.defaults_app:app", self.env
+        if first in STOCK:
+            spec = "bench.defaults_app:app"
+            env = {**self.env, "BENCH_DEFAULTS_VARIANT": STOCK[first]}
         elif first == "eventbus":
             spec, env = "bench.apps:app", self.env
         else:  # raw Celery as deployed: kombu's own transport, Celery's task events
@@ -142,11 +188,15 @@ class Contenders:
             "raw": "celeryconfig's guarantees (late acks, task + sent events), kombu's transport",
             "celery-pubsub": "as raw",
             "raw-defaults": "Celery's default settings, kombu's transport",
+            "raw-late-acks": "Celery's defaults + late acks (acks_late, reject_on_worker_lost)",
+            "raw-events": "Celery's defaults + the worker's task events (-E)",
+            "raw-late-acks-events": "Celery's defaults + late acks + task events, no eventbus",
             "dramatiq": "dramatiq's defaults, 2 processes x 8 threads",
         }[contender]
 
     def close(self) -> None:
         self.bench.app.pool.force_close_all()
-        self.defaults.app.pool.force_close_all()
+        for stock in self.stock.values():
+            stock.app.pool.force_close_all()
         if self.dramatiq is not None:
             self.dramatiq.broker.close()

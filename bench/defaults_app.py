@@ -11,9 +11,25 @@ the end) and, on RabbitMQ, a connection name of its own, so that in the
 benchmark's process kombu does not hand this app a channel that another app
 put in confirm mode (kombu pools connections per connection parameters).
 
+Variants (issue 16's decomposition): Celery's defaults plus one guarantee at a
+time, so that a drain shows what each costs in stock Celery itself
+(:data:`VARIANTS`; the contender ``raw-<variant>``, a queue of its own):
+
+* ``defaults``: nothing added (the contender ``raw-defaults``).
+* ``late-acks``: ``task_acks_late`` and ``task_reject_on_worker_lost``, as
+  ``celeryconfig`` sets them (acked after the task ran; a killed pool
+  process's message goes back to the queue).
+* ``events``: ``worker_send_task_events`` (the worker's ``-E``: task-received,
+  -started, -succeeded ... for Flower). Not ``task_send_sent_event``: that one
+  is the publisher's, and a drain publishes before its worker starts.
+* ``late-acks-events``: both, still without eventbus: what the contender
+  ``raw`` (``celeryconfig`` on ``bench.apps``, whose worker also carries an
+  EventBus's worker steps) would be in stock Celery alone.
+
 It imports neither eventbus nor ``celeryconfig``. A worker loads it with
 ``celery -A bench.defaults_app:app worker`` (``BENCH_BROKER_URL``,
-``BENCH_RUN``, ``BENCH_COUNTER_URL``); the benchmarks call :func:`build`.
+``BENCH_RUN``, ``BENCH_COUNTER_URL``, ``BENCH_DEFAULTS_VARIANT``); the
+benchmarks call :func:`build`.
 """
 
 from __future__ import annotations
@@ -29,9 +45,20 @@ from bench.counting import count
 FANOUT = 5
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/14"
 
+_LATE_ACKS = {"task_acks_late": True, "task_reject_on_worker_lost": True}
+_EVENTS = {"worker_send_task_events": True}
+#: The settings each variant adds to Celery's defaults.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "late-acks": _LATE_ACKS,
+    "events": _EVENTS,
+    "late-acks-events": {**_LATE_ACKS, **_EVENTS},
+}
 
-def queue_name(run: str) -> str:
-    return f"bench.{run}.defaults"
+
+def queue_name(run: str, variant: str = "defaults") -> str:
+    suffix = "" if variant == "defaults" else f".{variant}"
+    return f"bench.{run}.defaults{suffix}"
 
 
 @dataclass
@@ -41,19 +68,22 @@ class DefaultsApp:
     queue: str
 
 
-def build(broker_url: str, run: str) -> DefaultsApp:
-    queue = queue_name(run)
-    app = Celery(f"bench-defaults-{run}", set_as_current=False)
+def build(broker_url: str, run: str, variant: str = "defaults") -> DefaultsApp:
+    added = VARIANTS[variant]  # (a KeyError names an unknown variant)
+    queue = queue_name(run, variant)
+    tag = "defaults" if variant == "defaults" else f"defaults-{variant}"
+    app = Celery(f"bench-{tag}-{run}", set_as_current=False)
     # The same per-run exchange names as bench.apps (kept apart from this module
     # so that it imports no eventbus): names only.
     app.conf.update(
         broker_url=broker_url,
         event_exchange=f"bench.{run}.ev",
         control_exchange=f"bench.{run}.ctl",
+        **added,
     )
     if not broker_url.startswith("redis"):
         app.conf.broker_transport_options = {
-            "client_properties": {"connection_name": f"bench-{run}-defaults"}
+            "client_properties": {"connection_name": f"bench-{run}-{tag}"}
         }
 
     def plain_task(name: str) -> Any:
@@ -85,6 +115,7 @@ def from_env() -> DefaultsApp:
         _from_env = build(
             os.environ.get("BENCH_BROKER_URL", DEFAULT_BROKER_URL),
             os.environ.get("BENCH_RUN", "default"),
+            os.environ.get("BENCH_DEFAULTS_VARIANT") or "defaults",
         )
     return _from_env
 

@@ -14,6 +14,7 @@ handler runs per second during the profile; sampling slows the worker).
 
     python bench/profile_worker.py --broker rabbitmq --pool prefork
     python bench/profile_worker.py --broker rabbitmq --pool prefork --contender raw-defaults
+    python bench/profile_worker.py --broker rabbitmq --pool prefork --contender raw-late-acks
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from bench.common import (
     install_signal_handlers,
     new_run_id,
 )
-from bench.contenders import ALL, Contenders
+from bench.contenders import KNOWN, Contenders
 
 PROFILES = REPO / "bench" / "profiles"
 TOP = 30
@@ -100,7 +101,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--broker", choices=("redis", "rabbitmq"), default="rabbitmq")
     p.add_argument("--pool", choices=("prefork", "threads"), default="prefork")
-    p.add_argument("--contender", choices=ALL, default="eventbus")
+    p.add_argument("--contender", choices=KNOWN, default="eventbus")
     p.add_argument("--events", type=int, default=3000, help="pre-filled events (x 5 handlers)")
     p.add_argument("--duration", type=int, default=10, help="seconds of sampling")
     p.add_argument("--output", help="summary file (default bench/profiles/C-B-P.txt)")
@@ -112,7 +113,13 @@ def main() -> int:
     run = new_run_id("prof")
     janitor = Janitor(args.broker, url)
     counter = ExecutionCounter(run)
-    c = Contenders.build(args.broker, url, run, with_dramatiq=args.contender == "dramatiq")
+    c = Contenders.build(
+        args.broker,
+        url,
+        run,
+        with_dramatiq=args.contender == "dramatiq",
+        names=[args.contender],
+    )
     c.track(janitor)
     name = args.contender
     pool, concurrency = args.pool, POOLS[args.pool]

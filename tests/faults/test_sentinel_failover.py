@@ -237,8 +237,7 @@ def run(group: SentinelGroup, envs: list[SentinelEnv], fault: str, figure: Figur
     )
     wait_for(
         lambda: all(
-            len(s.publisher.acknowledged) - s.at_sync >= AFTER_SYNC
-            or s.publisher.error is not None
+            len(s.publisher.acknowledged) - s.at_sync >= AFTER_SYNC or s.publisher.error is not None
             for s in streams
         ),
         timeout=60,
