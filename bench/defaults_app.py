@@ -41,9 +41,13 @@ class DefaultsApp:
     queue: str
 
 
-def build(broker_url: str, run: str) -> DefaultsApp:
+def build(broker_url: str, run: str, *, confirm_publish: bool = False) -> DefaultsApp:
+    """The app; ``confirm_publish`` (RabbitMQ): kombu's own publisher confirms, Celery's
+    documented ``broker_transport_options={"confirm_publish": True}`` (each publish
+    waits for its confirm): the publish benchmark's "raw-confirm" reference."""
     queue = queue_name(run)
-    app = Celery(f"bench-defaults-{run}", set_as_current=False)
+    suffix = "-confirm" if confirm_publish else ""
+    app = Celery(f"bench-defaults{suffix}-{run}", set_as_current=False)
     # The same per-run exchange names as bench.apps (kept apart from this module
     # so that it imports no eventbus): names only.
     app.conf.update(
@@ -53,7 +57,8 @@ def build(broker_url: str, run: str) -> DefaultsApp:
     )
     if not broker_url.startswith("redis"):
         app.conf.broker_transport_options = {
-            "client_properties": {"connection_name": f"bench-{run}-defaults"}
+            "client_properties": {"connection_name": f"bench-{run}-defaults{suffix}"},
+            **({"confirm_publish": True} if confirm_publish else {}),
         }
 
     def plain_task(name: str) -> Any:

@@ -545,6 +545,7 @@ class EventBus(BaseEventBus):
             timeout=conf.get("eventbus_confirm_timeout"),
             enabled=conf.get("eventbus_publish_confirms", True),
             batched=optimising(conf, "batched_confirms"),
+            coalesce=optimising(conf, "coalesced_writes"),
         )
 
     def _replicated(self, producer: Any) -> AbstractContextManager[None]:

@@ -44,7 +44,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from amqp import Channel as AmqpChannel  # type: ignore[import-untyped]
@@ -53,6 +53,7 @@ from amqp import spec
 from amqp.exceptions import MessageNacked  # type: ignore[import-untyped]
 from kombu.exceptions import OperationalError
 
+from eventbus.celery.internals.coalesced_writes import Coalesced, coalesced
 from eventbus.celery.internals.compat import require
 from eventbus.errors import PublishError
 
@@ -176,7 +177,12 @@ def _connect_once(connection: Any) -> None:
 
 @contextmanager
 def confirmed(
-    producer: Any, *, timeout: float | None = None, enabled: bool = True, batched: bool = True
+    producer: Any,
+    *,
+    timeout: float | None = None,
+    enabled: bool = True,
+    batched: bool = True,
+    coalesce: bool = False,
 ) -> Iterator[None]:
     """Publish through ``producer`` in the block; on exit, wait until the broker confirmed all.
 
@@ -184,6 +190,8 @@ def confirmed(
     Raises :class:`PublishNotConfirmed` on a Nack or a timeout. A no-op
     unless the producer is on RabbitMQ (py-amqp) and ``enabled``. Not
     ``batched`` (the optimisation off): each publish waits for its own confirm.
+    ``coalesce`` (with ``batched``): the block's writes go out together
+    (:mod:`.coalesced_writes`).
     """
     channel = _confirming_channel(producer) if enabled else None
     if channel is None:
@@ -191,7 +199,7 @@ def confirmed(
             yield
         return
     if batched:
-        with confirmed_channel(channel, timeout=timeout):
+        with confirmed_channel(channel, timeout=timeout, coalesce=coalesce):
             yield
     else:
         with confirmed_each(channel, timeout=timeout):
@@ -203,7 +211,9 @@ def confirmed(
 
 
 @contextmanager
-def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator[None]:
+def confirmed_channel(
+    channel: Any, *, timeout: float | None = None, coalesce: bool = False
+) -> Iterator[None]:
     """:func:`confirmed` on a py-amqp channel."""
     limit = DEFAULT_CONFIRM_TIMEOUT if timeout is None else float(timeout)
     tags = _tags_of(channel)
@@ -241,7 +251,10 @@ def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator
             channel.basic_publish = publish
         tags.active = True
         try:
-            with _polls_deferred(channel, tags):
+            with (
+                _coalesced(channel, coalesce) as writes,
+                _polls_deferred(channel, tags, writes),
+            ):
                 yield
         finally:
             if not counting:
@@ -251,6 +264,10 @@ def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator
 
 
 _COUNTING = "_eventbus_counts_publishes"
+
+
+def _coalesced(channel: Any, coalesce: bool) -> AbstractContextManager[Coalesced | None]:
+    return coalesced(channel.connection) if coalesce else nullcontext()
 
 
 @contextmanager
@@ -318,7 +335,7 @@ def _count_every_publish(channel: Any, tags: _Tags) -> None:
 
 
 @contextmanager
-def _polls_deferred(channel: Any, tags: _Tags) -> Iterator[None]:
+def _polls_deferred(channel: Any, tags: _Tags, writes: Coalesced | None = None) -> Iterator[None]:
     """In the block, the polls of py-amqp's publishes read nothing; the block's wait reads.
 
     Before each message py-amqp polls the connection (``drain_events(timeout=0)``,
@@ -333,6 +350,8 @@ def _polls_deferred(channel: Any, tags: _Tags) -> Iterator[None]:
     per-message confirm) and other threads' reads are not touched. After
     :data:`DEFERRED_POLLS_MAX` publishes in one block (a batch) the polls read
     again, a frame each as py-amqp does: the unread confirms stop growing.
+    With the block's ``writes`` kept (:mod:`.coalesced_writes`), a read of the
+    block's thread that waits sends them first: it may wait for their answer.
     """
     connection = channel.connection
     if not isinstance(connection, AmqpConnection):
@@ -344,8 +363,12 @@ def _polls_deferred(channel: Any, tags: _Tags) -> Iterator[None]:
     mine = tags.mine
 
     def deferred(timeout: float | None = None) -> Any:
-        if timeout == 0 and len(mine) < DEFERRED_POLLS_MAX and threading.get_ident() == owner:
-            raise TimeoutError  # socket.timeout: nothing arrived yet
+        if threading.get_ident() == owner:
+            if timeout == 0:
+                if len(mine) < DEFERRED_POLLS_MAX:
+                    raise TimeoutError  # socket.timeout: nothing arrived yet
+            elif writes is not None:
+                writes.flush()
         return drain_events(timeout=timeout)
 
     connection.drain_events = deferred
