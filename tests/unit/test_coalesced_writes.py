@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import Any
 
@@ -9,7 +10,7 @@ import amqp
 import pytest
 from amqp.transport import TCPTransport
 
-from eventbus.celery.internals import coalesced_writes
+from eventbus.celery.internals import coalesced_writes, confirms
 from eventbus.celery.internals.coalesced_writes import coalesced
 from eventbus.celery.internals.confirms import confirmed_channel
 from tests.unit.test_confirms import FakeChannel
@@ -229,3 +230,30 @@ def test_without_coalescing_each_message_is_its_own_write(
         channel.confirm(2, multiple=True)
 
     assert channel.sock.writes == [b"m1", b"m2"]
+
+
+def test_a_long_blocks_polls_read_only_after_kept_writes_went_out(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Given a coalescing block allowed 3 publishes with polls that read nothing,
+    # whose kept writes go out every 4 bytes (every second 2-byte message)
+    monkeypatch.setattr(confirms, "DEFERRED_POLLS_MAX", 3)
+    monkeypatch.setattr(coalesced_writes, "FLUSH_BYTES", 4)
+    channel = WritingChannel(monkeypatch)
+
+    # When it publishes 7 messages, each after py-amqp's poll
+    with confirmed_channel(channel, timeout=1, coalesce=True):
+        for n in range(1, 8):
+            with contextlib.suppress(TimeoutError):
+                channel.connection.drain_events(timeout=0)
+            channel.basic_publish(f"m{n}")
+        channel.confirm(7, multiple=True)
+
+    # Then past the 3rd, a poll read what had arrived only when messages had
+    # gone out since the last read (before the 4th, 5th and 7th), not at every publish
+    polls = [sent for timeout, sent in channel.sent_at_reads if timeout == 0]
+    assert polls == [
+        [b"m1m2"],
+        [b"m1m2", b"m3m4"],
+        [b"m1m2", b"m3m4", b"m5m6"],
+    ]

@@ -46,14 +46,14 @@ _ACTIVE = "_eventbus_coalesced"  # attribute of the transport: its Coalesced, in
 class Coalesced:
     """Stands in for a py-amqp transport's ``_write``: keeps one thread's writes."""
 
-    __slots__ = ("_flushing", "_lock", "_parts", "_send", "_size", "owner", "transport")
+    __slots__ = ("_flushing", "_kept", "_lock", "_send", "flushes", "owner", "transport")
 
     def __init__(self, transport: Any) -> None:
         self.transport = transport
         self.owner = threading.get_ident()
         self._send = transport._write  # the socket's sendall (TCP), or SSL's own loop
-        self._parts: list[bytes] = []
-        self._size = 0
+        self._kept = bytearray()
+        self.flushes = 0  #: how many times kept writes went out
         # Kept bytes and any direct write never reach the socket at the same time.
         self._lock = threading.Lock()
         self._flushing = False
@@ -61,9 +61,8 @@ class Coalesced:
     def write(self, data: Any) -> None:
         if not self._flushing and threading.get_ident() == self.owner:
             # A copy: py-amqp hands a view of the frame buffer it reuses.
-            self._parts.append(bytes(data))
-            self._size += len(data)
-            if self._size >= FLUSH_BYTES:
+            self._kept += data
+            if len(self._kept) >= FLUSH_BYTES:
                 self.flush()
             return
         with self._lock:
@@ -71,14 +70,15 @@ class Coalesced:
 
     def flush(self) -> None:
         """Send what was kept, in one write (through py-amqp's, which notes a dead socket)."""
-        if not self._parts:
+        if not self._kept:
             return
-        parts, self._parts, self._size = self._parts, [], 0
+        kept, self._kept = self._kept, bytearray()
         self._flushing = True
         try:
-            self.transport.write(parts[0] if len(parts) == 1 else b"".join(parts))
+            self.transport.write(kept)
         finally:
             self._flushing = False
+            self.flushes += 1
 
 
 @contextmanager

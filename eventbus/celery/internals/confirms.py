@@ -351,7 +351,9 @@ def _polls_deferred(channel: Any, tags: _Tags, writes: Coalesced | None = None) 
     :data:`DEFERRED_POLLS_MAX` publishes in one block (a batch) the polls read
     again, a frame each as py-amqp does: the unread confirms stop growing.
     With the block's ``writes`` kept (:mod:`.coalesced_writes`), a read of the
-    block's thread that waits sends them first: it may wait for their answer.
+    block's thread that waits sends them first: it may wait for their answer;
+    and past that many publishes only the first poll after kept writes went
+    out reads, every frame that arrived (confirms answer what went out).
     """
     connection = channel.connection
     if not isinstance(connection, AmqpConnection):
@@ -362,11 +364,20 @@ def _polls_deferred(channel: Any, tags: _Tags, writes: Coalesced | None = None) 
     owner = threading.get_ident()
     mine = tags.mine
 
+    read_after = [0]  # the kept writes' flush count at the last read
+
     def deferred(timeout: float | None = None) -> Any:
         if threading.get_ident() == owner:
             if timeout == 0:
                 if len(mine) < DEFERRED_POLLS_MAX:
                     raise TimeoutError  # socket.timeout: nothing arrived yet
+                if writes is not None:
+                    # Confirms answer messages that went out: read once after each
+                    # flush of the kept writes, everything that arrived by then.
+                    if writes.flushes != read_after[0]:
+                        read_after[0] = writes.flushes
+                        _read_arrived(drain_events)
+                    raise TimeoutError
             elif writes is not None:
                 writes.flush()
         return drain_events(timeout=timeout)
@@ -379,6 +390,19 @@ def _polls_deferred(channel: Any, tags: _Tags, writes: Coalesced | None = None) 
             vars(connection).pop("drain_events", None)
         else:
             connection.drain_events = own
+
+
+def _read_arrived(drain_events: Any) -> None:
+    """Read every frame that has arrived on the connection, without waiting."""
+    for _ in range(_READ_ARRIVED_MAX):
+        try:
+            drain_events(timeout=0)
+        except TimeoutError:  # socket.timeout: nothing more
+            return
+
+
+#: Methods one read of what arrived takes at most (the broker may still be sending).
+_READ_ARRIVED_MAX = 10_000
 
 
 @contextmanager
