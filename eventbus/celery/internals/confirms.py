@@ -25,7 +25,9 @@ the broker's count.
 
 Inside a block, py-amqp's poll before each publish (a non-blocking read for a
 ``connection.blocked`` notice) reads nothing: the block's wait reads what
-arrived (see :func:`_polls_deferred`).
+arrived (see :func:`_polls_deferred`). With ``coalesce`` the block's messages
+are written to the socket together, before its wait
+(:mod:`.coalesced_writes`).
 
 The batched wait uses py-amqp's private ``_confirm_selected`` and
 ``_basic_publish`` and replaces ``basic_publish`` and ``drain_events`` on the
