@@ -147,7 +147,8 @@ FEATURES: tuple[Feature, ...] = (
         "sent_events",
         "optimisation",
         "eventbus.celery.internals.sent_events",
-        "the task-sent events of one event's K messages go out as one task.multi message",
+        "the task-sent events of one event's K messages go out as one task.multi message "
+        "(in a bus.batch(), up to 100 to a message)",
         "Celery's own: one task-sent publish per task message",
         "",
         "6 publishes per 5-handler event instead of 10 (bench/README.md)",
