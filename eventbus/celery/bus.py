@@ -432,11 +432,12 @@ class EventBus(BaseEventBus):
                     yield
                 finally:
                     self._batches.open = None
-                    # The task-sent events of what went out (Celery's dispatcher
-                    # buffers a failed send: this raises nothing of its own).
-                    state.sent_events.send(producer)
                 if state.failure is not None:
                     raise state.failure
+                # The task-sent events of the batch's messages not sent yet, with
+                # them (Celery's dispatcher buffers a failed send). A batch that
+                # raised sends none: its caller publishes its events again.
+                state.sent_events.send(producer)
         except self._retryable_publish_errors() as exc:
             mismatch = queue_types.declaration_mismatch(exc, self.app.conf)
             why = f"{type(exc).__name__}: {exc}; publish them again (some may have been delivered)"
