@@ -11,6 +11,13 @@ Per event with 5 subscribed handlers:
 * eventbus-batch: the same ``bus.publish`` calls inside one ``bus.batch()`` per run
                   (one pipeline per 500 messages on Redis, one confirm wait on RabbitMQ)
 * celery-pubsub:  ``publish(topic, payload)`` (a group of 5), for reference
+* raw-confirm:    RabbitMQ only: raw-defaults with kombu's own publisher confirms
+                  (``broker_transport_options={"confirm_publish": True}``: each
+                  ``apply_async`` waits for its confirm), what stock Celery pays for
+                  "publish returned => the broker has it"; for reference
+* confirm-floor:  RabbitMQ only: py-amqp alone, 6 persistent messages per event and
+                  one confirm wait (``bench/confirm_floor.py``): the floor of any
+                  publisher that confirms each event; for reference
 
 No worker runs; the queues are purged after every run. Contenders are
 interleaved (the order rotates every repetition). Medians of the reps; ratios
@@ -28,7 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import apps
+from bench import apps, confirm_floor, defaults_app
 from bench.common import (
     BROKER_URLS,
     Janitor,
@@ -70,17 +77,36 @@ def publish_batched(c: Contenders, events: list[apps.BenchHappened]) -> None:
             bus.publish(event)
 
 
-def run_once(c: Contenders, janitor: Janitor, contender: str, n: int, key: str) -> float:
+def run_once(
+    c: Contenders,
+    janitor: Janitor,
+    contender: str,
+    n: int,
+    key: str,
+    confirming: defaults_app.DefaultsApp | None = None,
+    floor: confirm_floor.ConfirmFloor | None = None,
+) -> float:
     events = apps.make_events(n, key)
     payloads = apps.wire_payloads(events)
     gc.collect()
     start = time.perf_counter()
     if contender == "eventbus-batch":
         publish_batched(c, events)
+    elif contender == "raw-confirm":
+        assert confirming is not None
+        defaults_app.publish(confirming, payloads)
+    elif contender == "confirm-floor":
+        assert floor is not None
+        floor.publish(payloads)
     else:
         c.publish(contender, events, payloads)
     elapsed = time.perf_counter() - start
-    janitor.purge([c.queue("eventbus" if contender == "eventbus-batch" else contender)])
+    queue_of = {
+        "eventbus-batch": "eventbus",
+        "raw-confirm": "raw-defaults",
+        "confirm-floor": "raw-defaults",
+    }
+    janitor.purge([c.queue(queue_of.get(contender, contender))])
     return n / elapsed
 
 
@@ -90,15 +116,28 @@ def bench_broker(broker: str, n: int, reps: int) -> list[dict[str, Any]]:
     janitor = Janitor(broker, url)
     c = Contenders.build(broker, url, run, with_dramatiq=False)
     c.track(janitor)
-    rates: dict[str, list[float]] = {name: [] for name in CONTENDERS}
+    names = contenders_of(broker)
+    # (The same queue as raw-defaults, purged after every run.)
+    confirming = (
+        defaults_app.build(url, run, confirm_publish=True) if "raw-confirm" in names else None
+    )
+    floor: confirm_floor.ConfirmFloor | None = None
+    rates: dict[str, list[float]] = {name: [] for name in names}
     try:
-        for contender in CONTENDERS:  # connections, queue declarations, first-call costs
-            run_once(c, janitor, contender, WARMUP_EVENTS, "warmup")
+        for contender in names:  # connections, queue declarations, first-call costs
+            if contender == "confirm-floor":  # (on the queue raw-defaults declared)
+                floor = confirm_floor.build(url, c.queue("raw-defaults"))
+            run_once(c, janitor, contender, WARMUP_EVENTS, "warmup", confirming, floor)
         for rep in range(reps):
-            for contender in rotate(CONTENDERS, rep):
-                rates[contender].append(run_once(c, janitor, contender, n, f"r{rep}"))
+            for contender in rotate(names, rep):
+                rate = run_once(c, janitor, contender, n, f"r{rep}", confirming, floor)
+                rates[contender].append(rate)
     finally:
         c.close()
+        if confirming is not None:
+            confirming.app.pool.force_close_all()
+        if floor is not None:
+            floor.close()
         janitor.cleanup()
 
     return [
@@ -111,8 +150,12 @@ def bench_broker(broker: str, n: int, reps: int) -> list[dict[str, Any]]:
             "median": median(rates[contender]),
             "runs": rates[contender],
         }
-        for contender in CONTENDERS
+        for contender in names
     ]
+
+
+def contenders_of(broker: str) -> list[str]:
+    return [*CONTENDERS, "raw-confirm", "confirm-floor"] if broker == "rabbitmq" else CONTENDERS
 
 
 def main() -> int:
@@ -175,6 +218,56 @@ def main() -> int:
         ),
         flush=True,
     )
+    confirm_rows = []
+    for broker in brokers(args.broker):
+        by = {r["contender"]: r for r in results if r["broker"] == broker}
+        if "raw-confirm" not in by:
+            continue
+        confirm_rows.append(
+            [
+                broker,
+                fmt_num(by["raw-confirm"]["median"]),
+                fmt_num(by["raw-defaults"]["median"]),
+                fmt_paired(paired(by["raw-confirm"]["runs"], by["raw-defaults"]["runs"])),
+                fmt_paired(paired(by["eventbus"]["runs"], by["raw-confirm"]["runs"])),
+                fmt_paired(paired(by["eventbus-batch"]["runs"], by["raw-confirm"]["runs"])),
+                fmt_num(by["confirm-floor"]["median"]),
+                fmt_paired(paired(by["confirm-floor"]["runs"], by["raw-defaults"]["runs"])),
+                fmt_paired(paired(by["eventbus"]["runs"], by["confirm-floor"]["runs"])),
+            ]
+        )
+        for a, b in (
+            ("raw-confirm", "raw-defaults"),
+            ("eventbus", "raw-confirm"),
+            ("confirm-floor", "raw-defaults"),
+            ("eventbus", "confirm-floor"),
+        ):
+            value = paired(by[a]["runs"], by[b]["runs"])
+            ratios.append(paired_result("publish", broker, "no worker", f"{a}/{b}", value, None))
+    if confirm_rows:
+        print()
+        print(
+            "stock Celery's own publisher confirms (raw defaults + broker_transport_options"
+            "={'confirm_publish': True}: one confirm wait per message), and the floor of "
+            "one confirm wait per event (py-amqp alone), events/s"
+        )
+        print(
+            table(
+                [
+                    "broker",
+                    "raw defaults + confirm_publish",
+                    "raw defaults",
+                    "raw-confirm/raw defaults",
+                    "eb/raw-confirm",
+                    "eb batch/raw-confirm",
+                    "confirm floor (py-amqp, 1 wait/event)",
+                    "floor/raw defaults",
+                    "eb/floor",
+                ],
+                confirm_rows,
+            ),
+            flush=True,
+        )
     write_json(args.json, results + ratios)
     return 0
 

@@ -68,10 +68,17 @@ class DefaultsApp:
     queue: str
 
 
-def build(broker_url: str, run: str, variant: str = "defaults") -> DefaultsApp:
+def build(
+    broker_url: str, run: str, variant: str = "defaults", *, confirm_publish: bool = False
+) -> DefaultsApp:
+    """The app of ``variant``; ``confirm_publish`` (RabbitMQ): kombu's own publisher confirms,
+    Celery's documented ``broker_transport_options={"confirm_publish": True}`` (each publish
+    waits for its confirm): the publish benchmark's "raw-confirm" reference."""
     added = VARIANTS[variant]  # (a KeyError names an unknown variant)
     queue = queue_name(run, variant)
     tag = "defaults" if variant == "defaults" else f"defaults-{variant}"
+    if confirm_publish:
+        tag += "-confirm"
     app = Celery(f"bench-{tag}-{run}", set_as_current=False)
     # The same per-run exchange names as bench.apps (kept apart from this module
     # so that it imports no eventbus): names only.
@@ -83,7 +90,8 @@ def build(broker_url: str, run: str, variant: str = "defaults") -> DefaultsApp:
     )
     if not broker_url.startswith("redis"):
         app.conf.broker_transport_options = {
-            "client_properties": {"connection_name": f"bench-{run}-{tag}"}
+            "client_properties": {"connection_name": f"bench-{run}-{tag}"},
+            **({"confirm_publish": True} if confirm_publish else {}),
         }
 
     def plain_task(name: str) -> Any:

@@ -33,6 +33,7 @@ from eventbus.celery.internals.bound_queues import bound_queues
 from eventbus.celery.internals.compat import optimising
 from eventbus.celery.internals.confirms import confirmed
 from eventbus.celery.internals.replication import replicated
+from eventbus.celery.internals.sent_events import BATCH_MAX as SENT_EVENTS_BATCH_MAX
 from eventbus.celery.internals.sent_events import SentEvents
 from eventbus.celery.internals.worker_queues import argsrepr_maxsize
 from eventbus.celery.queue_types import QueueType
@@ -425,6 +426,7 @@ class EventBus(BaseEventBus):
                 producer.batch(max_size),
             ):
                 state.producer = producer
+                state.sent_events = SentEvents(self.app)
                 self._batches.open = state
                 try:
                     yield
@@ -432,6 +434,10 @@ class EventBus(BaseEventBus):
                     self._batches.open = None
                 if state.failure is not None:
                     raise state.failure
+                # The task-sent events of the batch's messages not sent yet, with
+                # them (Celery's dispatcher buffers a failed send). A batch that
+                # raised sends none: its caller publishes its events again.
+                state.sent_events.send(producer)
         except self._retryable_publish_errors() as exc:
             mismatch = queue_types.declaration_mismatch(exc, self.app.conf)
             why = f"{type(exc).__name__}: {exc}; publish them again (some may have been delivered)"
@@ -514,10 +520,15 @@ class EventBus(BaseEventBus):
         argsrepr: str,
         subscriptions: Sequence[Subscription],
         sent: list[str],
+        batch_events: SentEvents | None = None,
     ) -> None:
         """One message per handler on ``producer`` (names appended to ``sent``), then
-        their task-sent events as one message (:mod:`eventbus.celery.internals.sent_events`)."""
-        sent_events = SentEvents(self.app)
+        their task-sent events as one message (:mod:`eventbus.celery.internals.sent_events`).
+
+        In a batch (``batch_events``, the batch's collector) the task-sent events
+        are kept for the batch: sent once :data:`SENT_EVENTS_BATCH_MAX` are kept.
+        """
+        sent_events = SentEvents(self.app) if batch_events is None else batch_events
         for sub, queue in bound_queues(self.app, producer, subscriptions):
             sub.task.apply_async(
                 args,
@@ -528,7 +539,8 @@ class EventBus(BaseEventBus):
                 **queue,
             )
             sent.append(sub.name)
-        sent_events.send(producer)
+        if batch_events is None or sent_events.kept >= SENT_EVENTS_BATCH_MAX:
+            sent_events.send(producer)
 
     def _producer(self) -> AbstractContextManager[Any]:
         """A producer from the app's pool, once the broker transport was found to fit its URL."""
@@ -545,6 +557,7 @@ class EventBus(BaseEventBus):
             timeout=conf.get("eventbus_confirm_timeout"),
             enabled=conf.get("eventbus_publish_confirms", True),
             batched=optimising(conf, "batched_confirms"),
+            coalesce=optimising(conf, "coalesced_writes"),
         )
 
     def _replicated(self, producer: Any) -> AbstractContextManager[None]:
@@ -573,7 +586,9 @@ class EventBus(BaseEventBus):
         batch.events += 1
         try:
             with channel_kept(batch.producer, self._retryable_publish_errors()):
-                self._send_messages(batch.producer, args, argsrepr, subscriptions, [])
+                self._send_messages(
+                    batch.producer, args, argsrepr, subscriptions, [], batch.sent_events
+                )
         except self._retryable_publish_errors() as exc:
             batch.failure = exc
             raise PublishError(
@@ -616,10 +631,11 @@ class EventBus(BaseEventBus):
 class _Batch:
     """The state of one thread's open :meth:`EventBus.batch`."""
 
-    __slots__ = ("events", "failure", "producer", "published")
+    __slots__ = ("events", "failure", "producer", "published", "sent_events")
 
     def __init__(self) -> None:
         self.producer: Any = None
+        self.sent_events: SentEvents | None = None  # the batch's task-sent events
         self.events = 0
         self.failure: BaseException | None = None
         #: Events of the block by type: published once the block was sent.

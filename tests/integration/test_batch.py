@@ -82,10 +82,10 @@ def test_a_rabbitmq_batch_waits_for_confirms_once(
         # Nothing waited for a confirm inside the block
         assert "wait" not in trace
 
-    # 60 task messages and 20 messages of task-sent events (one per event),
-    # then the wait for all confirms
-    assert trace[:80] == ["publish"] * 80
-    assert trace[80:] and set(trace[80:]) == {"wait"}
+    # 60 task messages and their 60 task-sent events in one message (the
+    # batch's, up to 100 in a message), then the wait for all confirms
+    assert trace[:61] == ["publish"] * 61
+    assert trace[61:] and set(trace[61:]) == {"wait"}
     wait_for(lambda: env.queue_length() == 60, message=lambda: f"{env.queue_length()} queued")
 
 

@@ -310,10 +310,11 @@ def test_a_rabbitmq_replay_waits_for_confirms_once_per_chunk(
     # When they are replayed
     assert env.bus.dead_letters.replay_all() == 40
 
-    # Then the 40 messages and their task-sent events went out before the one
-    # wait for their confirms (the monitor events of the replay follow it)
+    # Then the 40 messages and their task-sent events (one message: a batch
+    # sends them 100 to a message) went out before the one wait for their
+    # confirms (the monitor events of the replay follow it)
     first_wait = trace.index("wait")
-    assert trace[:first_wait] == ["publish"] * 80
+    assert trace[:first_wait] == ["publish"] * 41
     after = trace[first_wait:]
     waits = next((i for i, step in enumerate(after) if step != "wait"), len(after))
     assert "wait" not in after[waits:]

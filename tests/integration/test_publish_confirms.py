@@ -155,6 +155,35 @@ def test_an_events_polls_are_left_to_its_wait(
 
 
 @pytest.mark.rabbitmq
+def test_an_events_messages_go_out_in_one_socket_write(
+    rabbitmq_env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = rabbitmq_env
+    # Given three handlers, on a bus that has published (connected, queues declared)
+    subscribe_three(env)
+    env.bus.publish(OrderPlaced(order_id="o-1", quantity=1))
+    with env.app.producer_or_acquire() as producer:
+        transport = producer.connection.connection.transport
+    writes: list[int] = []
+    send = transport._write  # the socket's sendall
+
+    def counted(data: Any) -> Any:
+        writes.append(len(data))
+        return send(data)
+
+    monkeypatch.setattr(transport, "_write", counted)
+
+    # When an event is published
+    env.bus.publish(OrderPlaced(order_id="o-2", quantity=1))
+
+    # Then its 3 task messages and its task-sent events went out in one
+    # write (Celery's and py-amqp's own path: a write per message and per event)
+    assert len(writes) == (1 if compat.optimizations_on(env.app.conf) else 6), writes
+    # And the broker has all 6 handler messages
+    wait_for(lambda: env.queue_length() == 6, message=lambda: f"{env.queue_length()} queued")
+
+
+@pytest.mark.rabbitmq
 @pytest.mark.parametrize("batched", [None, False], ids=["as-set", "stock-path"])
 @pytest.mark.parametrize("connected", [False, True], ids=["new-connection", "connected"])
 def test_a_message_the_broker_nacks_is_a_publish_error(

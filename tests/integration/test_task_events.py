@@ -4,7 +4,8 @@ What Flower reads is Celery's event stream: a receiver on the app's event
 exchange, listening before the worker starts, must see ``task-sent`` for
 every handler message (one message per published event carries them), and
 ``task-received``, ``task-started`` and ``task-succeeded`` for every handler
-run, from ``task.multi`` messages that each carry many events.
+run, from ``task.multi`` messages that each carry many events (a batch's
+task-sent events too, up to 100 a message).
 """
 
 from __future__ import annotations
@@ -166,5 +167,29 @@ def test_each_handler_message_is_announced_once_per_event(
     assert {event["queue"] for event in recorder.sent} == {env.queue}
     assert len({event["uuid"] for event in recorder.sent}) == 30
     assert all(event["args"].startswith("(") for event in recorder.sent)
-    # And they came in one message per event, not one per handler message
-    assert recorder.sent_messages == 10
+    # And they came in one message per event published alone, and one for the
+    # batch, not one per handler message
+    assert recorder.sent_messages == 6 + 1
+
+
+def test_a_large_batch_announces_its_messages_in_messages_of_bounded_size(
+    env: Env, recorder: EventRecorder
+) -> None:
+    # Given three handlers (no worker: only the publisher's events)
+    names = [env.name(f"h{i}") for i in range(3)]
+    for name in names:
+        env.bus.subscribe(OrderPlaced, name=name, handler=lambda envelope: None)
+
+    # When 40 events (120 handler messages) are published in one batch
+    with env.bus.batch():
+        for i in range(40):
+            env.bus.publish(OrderPlaced(order_id=f"o-{i}", quantity=1))
+
+    # Then each message has its task-sent event, in two messages: the first
+    # sent once 100 were kept (34 events: 102), the rest when the batch ended
+    wait_for(
+        lambda: recorder.count("task-sent", names) == 120,
+        message=lambda: f"{recorder.count('task-sent', names)}/120 task-sent",
+    )
+    assert len({event["uuid"] for event in recorder.sent}) == 120
+    assert recorder.sent_messages == 2

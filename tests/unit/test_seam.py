@@ -77,6 +77,7 @@ COMMON = {
     "on_timeout",
     "register_with_event_loop",
     "reject",
+    "write",
 }
 
 REGISTRY_NAMES = {reach.target.rpartition(".")[2].rpartition(":")[2] for reach in REACHES}

@@ -25,7 +25,9 @@ the broker's count.
 
 Inside a block, py-amqp's poll before each publish (a non-blocking read for a
 ``connection.blocked`` notice) reads nothing: the block's wait reads what
-arrived (see :func:`_polls_deferred`).
+arrived (see :func:`_polls_deferred`). With ``coalesce`` the block's messages
+are written to the socket together, before its wait
+(:mod:`.coalesced_writes`).
 
 The batched wait uses py-amqp's private ``_confirm_selected`` and
 ``_basic_publish`` and replaces ``basic_publish`` and ``drain_events`` on the
@@ -44,7 +46,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from typing import Any
 
 from amqp import Channel as AmqpChannel  # type: ignore[import-untyped]
@@ -53,6 +55,7 @@ from amqp import spec
 from amqp.exceptions import MessageNacked  # type: ignore[import-untyped]
 from kombu.exceptions import OperationalError
 
+from eventbus.celery.internals.coalesced_writes import Coalesced, coalesced
 from eventbus.celery.internals.compat import require
 from eventbus.errors import PublishError
 
@@ -176,7 +179,12 @@ def _connect_once(connection: Any) -> None:
 
 @contextmanager
 def confirmed(
-    producer: Any, *, timeout: float | None = None, enabled: bool = True, batched: bool = True
+    producer: Any,
+    *,
+    timeout: float | None = None,
+    enabled: bool = True,
+    batched: bool = True,
+    coalesce: bool = False,
 ) -> Iterator[None]:
     """Publish through ``producer`` in the block; on exit, wait until the broker confirmed all.
 
@@ -184,6 +192,8 @@ def confirmed(
     Raises :class:`PublishNotConfirmed` on a Nack or a timeout. A no-op
     unless the producer is on RabbitMQ (py-amqp) and ``enabled``. Not
     ``batched`` (the optimisation off): each publish waits for its own confirm.
+    ``coalesce`` (with ``batched``): the block's writes go out together
+    (:mod:`.coalesced_writes`).
     """
     channel = _confirming_channel(producer) if enabled else None
     if channel is None:
@@ -191,7 +201,7 @@ def confirmed(
             yield
         return
     if batched:
-        with confirmed_channel(channel, timeout=timeout):
+        with confirmed_channel(channel, timeout=timeout, coalesce=coalesce):
             yield
     else:
         with confirmed_each(channel, timeout=timeout):
@@ -203,7 +213,9 @@ def confirmed(
 
 
 @contextmanager
-def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator[None]:
+def confirmed_channel(
+    channel: Any, *, timeout: float | None = None, coalesce: bool = False
+) -> Iterator[None]:
     """:func:`confirmed` on a py-amqp channel."""
     limit = DEFAULT_CONFIRM_TIMEOUT if timeout is None else float(timeout)
     tags = _tags_of(channel)
@@ -241,7 +253,10 @@ def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator
             channel.basic_publish = publish
         tags.active = True
         try:
-            with _polls_deferred(channel, tags):
+            with (
+                _coalesced(channel, coalesce) as writes,
+                _polls_deferred(channel, tags, writes),
+            ):
                 yield
         finally:
             if not counting:
@@ -251,6 +266,10 @@ def confirmed_channel(channel: Any, *, timeout: float | None = None) -> Iterator
 
 
 _COUNTING = "_eventbus_counts_publishes"
+
+
+def _coalesced(channel: Any, coalesce: bool) -> AbstractContextManager[Coalesced | None]:
+    return coalesced(channel.connection) if coalesce else nullcontext()
 
 
 @contextmanager
@@ -318,7 +337,7 @@ def _count_every_publish(channel: Any, tags: _Tags) -> None:
 
 
 @contextmanager
-def _polls_deferred(channel: Any, tags: _Tags) -> Iterator[None]:
+def _polls_deferred(channel: Any, tags: _Tags, writes: Coalesced | None = None) -> Iterator[None]:
     """In the block, the polls of py-amqp's publishes read nothing; the block's wait reads.
 
     Before each message py-amqp polls the connection (``drain_events(timeout=0)``,
@@ -333,6 +352,10 @@ def _polls_deferred(channel: Any, tags: _Tags) -> Iterator[None]:
     per-message confirm) and other threads' reads are not touched. After
     :data:`DEFERRED_POLLS_MAX` publishes in one block (a batch) the polls read
     again, a frame each as py-amqp does: the unread confirms stop growing.
+    With the block's ``writes`` kept (:mod:`.coalesced_writes`), a read of the
+    block's thread that waits sends them first: it may wait for their answer;
+    and past that many publishes only the first poll after kept writes went
+    out reads, every frame that arrived (confirms answer what went out).
     """
     connection = channel.connection
     if not isinstance(connection, AmqpConnection):
@@ -343,9 +366,22 @@ def _polls_deferred(channel: Any, tags: _Tags) -> Iterator[None]:
     owner = threading.get_ident()
     mine = tags.mine
 
+    read_after = [0]  # the kept writes' flush count at the last read
+
     def deferred(timeout: float | None = None) -> Any:
-        if timeout == 0 and len(mine) < DEFERRED_POLLS_MAX and threading.get_ident() == owner:
-            raise TimeoutError  # socket.timeout: nothing arrived yet
+        if threading.get_ident() == owner:
+            if timeout == 0:
+                if len(mine) < DEFERRED_POLLS_MAX:
+                    raise TimeoutError  # socket.timeout: nothing arrived yet
+                if writes is not None:
+                    # Confirms answer messages that went out: read once after each
+                    # flush of the kept writes, everything that arrived by then.
+                    if writes.flushes != read_after[0]:
+                        read_after[0] = writes.flushes
+                        _read_arrived(drain_events)
+                    raise TimeoutError
+            elif writes is not None:
+                writes.flush()
         return drain_events(timeout=timeout)
 
     connection.drain_events = deferred
@@ -356,6 +392,19 @@ def _polls_deferred(channel: Any, tags: _Tags) -> Iterator[None]:
             vars(connection).pop("drain_events", None)
         else:
             connection.drain_events = own
+
+
+def _read_arrived(drain_events: Any) -> None:
+    """Read every frame that has arrived on the connection, without waiting."""
+    for _ in range(_READ_ARRIVED_MAX):
+        try:
+            drain_events(timeout=0)
+        except TimeoutError:  # socket.timeout: nothing more
+            return
+
+
+#: Methods one read of what arrived takes at most (the broker may still be sending).
+_READ_ARRIVED_MAX = 10_000
 
 
 @contextmanager

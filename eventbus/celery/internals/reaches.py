@@ -159,7 +159,8 @@ FEATURES: tuple[Feature, ...] = (
         "sent_events",
         "optimisation",
         "eventbus.celery.internals.sent_events",
-        "the task-sent events of one event's K messages go out as one task.multi message",
+        "the task-sent events of one event's K messages go out as one task.multi message "
+        "(in a bus.batch(), up to 100 to a message)",
         "Celery's own: one task-sent publish per task message",
         "",
         "6 publishes per 5-handler event instead of 10 (bench/README.md)",
@@ -184,6 +185,16 @@ FEATURES: tuple[Feature, ...] = (
         "",
         "the confirm wait is ~1.0-1.3 ms of ~5-6 ms per event; publish 1.10x raw Celery "
         "with it (bench/README.md, README Performance)",
+    ),
+    Feature(
+        "coalesced_writes",
+        "optimisation",
+        "eventbus.celery.internals.coalesced_writes",
+        "the messages of one RabbitMQ confirm block (an event, a batch) go out in one "
+        "socket write, not one write per message",
+        "py-amqp's own writes: one sendall per message",
+        "",
+        "6 writes per 5-handler event became 1 (bench/README.md)",
     ),
     Feature(
         "publish_confirms",
@@ -361,6 +372,10 @@ batched_confirms | amqp.channel:Channel._confirm_selected | instance attribute |
 batched_confirms | amqp.channel:Channel._basic_publish | method | (self, msg, exchange, routing_key, mandatory, immediate, timeout, confirm_timeout, argsig) | a publish without py-amqp's per-message wait
 batched_confirms | amqp.channel:Channel.events | instance attribute | | hears basic_ack and basic_nack
 batched_confirms | amqp.connection:Connection.drain_events | method | (self, timeout) | replaced on the instance in a block: its polls read nothing
+coalesced_writes | amqp.transport:TCPTransport._setup_transport | method | uses _write | the socket's sendall, as the instance's _write: replaced in a block, keeps the writes
+coalesced_writes | amqp.transport:_AbstractTransport.write | method | uses _write | writes through _write, read at every call
+coalesced_writes | amqp.method_framing:frame_writer | method | uses write | writes each message through the transport's write
+coalesced_writes | amqp.connection:Connection.drain_events | method | (self, timeout) | replaced on the instance in a block: a read that waits sends the kept writes first
 publish_confirms | amqp.channel:Channel.confirm_select | method | (self, nowait) | puts the channel in confirm mode
 publish_confirms | amqp.channel:Channel.basic_publish_confirm | method | (self, args, kwargs) | py-amqp's per-message confirmed publish
 replicated_publish | kombu.transport.redis:Channel.conn_or_acquire | method | (self, client) | the client whose connection sent the publish: WAIT goes there

@@ -12,7 +12,9 @@ which Flower and every event receiver read as the events it holds. The
 message goes on the same producer, after the task messages, so it shares
 their Redis pipeline and their RabbitMQ confirm wait, and it is published as
 Celery publishes its events: a failure is buffered by Celery's dispatcher,
-not raised.
+not raised. In a ``bus.batch()`` one collector serves the batch's events:
+their task-sent events go out :data:`BATCH_MAX` at a time, and the rest when
+the batch ends.
 
 It uses Celery's private dispatcher of sent events (``AMQP._event_dispatcher``,
 its ``_publish``) and the undocumented ``event_dispatcher`` option: checked
@@ -32,10 +34,13 @@ from celery.utils.time import utcoffset
 
 from eventbus.celery.internals.compat import optimising
 
-__all__ = ["SentEvents"]
+__all__ = ["BATCH_MAX", "SentEvents"]
 
 #: The routing key of a list of task events (Celery: ``f"{group}.multi"``).
 ROUTING_KEY = "task.multi"
+#: Task-sent events a batch keeps before it sends them (a worker's own lists:
+#: Celery's buffer_limit; eventbus's eventbus_task_events_buffer, 100 too).
+BATCH_MAX = 100
 
 
 class SentEvents:
@@ -52,6 +57,14 @@ class SentEvents:
         self._events: list[dict[str, Any]] = []
         self._plain: list[tuple[str, dict[str, Any]]] = []  # kept without the optimisation
         self._publish_options: dict[str, Any] = {}
+
+    @property
+    def kept(self) -> int:
+        """How many events are kept, not sent yet.
+
+        (Not ``__len__``: Celery tests its ``event_dispatcher`` option for truth.)
+        """
+        return len(self._events) + len(self._plain)
 
     def options(self) -> dict[str, Any]:
         """``apply_async`` options: Celery hands its task-sent event here ({}: it sends it)."""
