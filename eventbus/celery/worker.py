@@ -78,6 +78,7 @@ from eventbus.celery.internals.consumer_hooks import (
 )
 from eventbus.celery.internals.taken import taken_from
 from eventbus.celery.internals.task_events import BatchedTaskEvents
+from eventbus.celery.internals.warm_shutdown import KeepStartedJobs
 from eventbus.celery.internals.worker_loop import ReadyCallbacksFirst
 from eventbus.celery.internals.worker_queues import consumes_every_queue, repr_allowance
 from eventbus.celery.refused import read_stand_in
@@ -129,6 +130,8 @@ class WorkerHooks:
         bus.app.steps["consumer"].add(ReadyCallbacksFirst)
         # RabbitMQ: a busy worker's acks go out together.
         bus.app.steps["consumer"].add(CoalescedAcks)
+        # A warm shutdown acks what the pool processes ran (Celery's flush drops it).
+        bus.app.steps["consumer"].add(KeepStartedJobs)
 
     # -- terminal failures of handler tasks -----------------------------------
 

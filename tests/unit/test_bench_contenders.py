@@ -130,7 +130,8 @@ def test_tree_cpu_counts_a_process_and_its_children() -> None:
                 break
             time.sleep(0.02)
         own = psutil.Process().cpu_times()
-        assert tree_cpu(os.getpid()) - (own.user + own.system) >= 0.3
+        # (1.22 - 0.92 is 0.29999999999999993 in floats: allow for it)
+        assert tree_cpu(os.getpid()) - (own.user + own.system) >= 0.3 - 1e-6
     finally:
         child.kill()
         child.wait()
