@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from eventbus.celery.internals import acks
+from eventbus.celery.internals import acks, compat
 from eventbus.celery.internals.acks import AckCoalescer, coalesce_acks
 
 
@@ -284,4 +284,4 @@ def test_the_setting_and_its_environment_variable_turn_it_off(
         monkeypatch.delenv(acks.ENV, raising=False)
     else:
         monkeypatch.setenv(acks.ENV, env)
-    assert acks._switched_on(setting) is on
+    assert compat.switched_on({acks.SETTING: setting}, acks.SETTING, acks.ENV) is on

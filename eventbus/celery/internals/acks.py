@@ -46,7 +46,6 @@ Celery's own acks run.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -54,7 +53,7 @@ from typing import Any
 
 from celery import bootsteps
 
-from eventbus.celery.internals.compat import optimising
+from eventbus.celery.internals.compat import optimising, switched_on
 
 __all__ = ["MAX_TRACKED", "AckCoalescer", "CoalescedAcks"]
 
@@ -201,7 +200,7 @@ class CoalescedAcks(bootsteps.StartStopStep):  # type: ignore[misc]
             return  # no event loop (gevent, eventlet, solo without a hub)
         channel = task_consumer.channel
         conf = consumer.app.conf
-        if not _switched_on(conf.get(SETTING)) or not _is_py_amqp(channel):
+        if not switched_on(conf, SETTING, ENV) or not _is_py_amqp(channel):
             return
         if not optimising(conf, "coalesced_acks"):
             return
@@ -265,14 +264,6 @@ def coalesce_acks(hub: Any, channel: Any, hold: int = 1) -> Callable[[], None]:
     poller.poll = poll_after_acks
     hub.on_close.add(on_close)
     return undo
-
-
-def _switched_on(value: Any) -> bool:
-    if value is None:
-        value = os.environ.get(ENV)
-    if isinstance(value, str):
-        return value.strip().lower() not in ("0", "false", "no", "off")
-    return value is None or bool(value)
 
 
 def _is_py_amqp(channel: Any) -> bool:

@@ -93,9 +93,18 @@ def version_problems(key: str) -> tuple[str, ...]:
 
 def optimizations_on(conf: Mapping[str, Any] | None) -> bool:
     """Whether ``conf`` (an app's configuration) leaves optimisations on (the default)."""
-    value = None if conf is None else conf.get(OPTIMIZATIONS_SETTING)
+    return switched_on(conf, OPTIMIZATIONS_SETTING, OPTIMIZATIONS_ENV)
+
+
+def switched_on(conf: Mapping[str, Any] | None, setting: str, env: str) -> bool:
+    """Whether on/off ``setting`` of ``conf`` (else environment variable ``env``) is on.
+
+    Unset is on; ``False`` or a string such as ``"0"``, ``"off"``, ``"no"``,
+    ``"false"`` is off.
+    """
+    value = None if conf is None else conf.get(setting)
     if value is None:
-        value = os.environ.get(OPTIMIZATIONS_ENV)
+        value = os.environ.get(env)
     if value is None:
         return True
     if isinstance(value, str):
