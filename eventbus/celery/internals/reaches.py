@@ -320,7 +320,7 @@ FEATURES: tuple[Feature, ...] = (
         "Celery's flush: a job whose start the parent had not read is dropped; if its "
         "process runs it, its message is not acked and runs again elsewhere, and the pool "
         "process waits 30 s for its result to be read",
-        "",
+        "celery/celery#3802 (open); the drop came with celery/celery#6863, for a lost connection",
         "warm shutdown of a busy prefork worker on RabbitMQ: duplicate_effects=1-2 in 2 of 3 "
         "runs before, with eventbus's optimisations on or off (tests/faults)",
     ),

@@ -3,7 +3,9 @@
 As a worker stops, Celery's consumer calls the pool's ``flush`` (in
 ``Consumer.on_close``), and the prefork pool's ``flush`` drops from its job
 table every job whose start the parent has not read yet ("they will be
-redelivered by the broker"). That holds after a lost connection. On a warm
+redelivered by the broker": celery/celery#6863, written for a lost
+connection; celery/celery#3802 is the open report of unacked runs at a warm
+shutdown). That holds after a lost connection. On a warm
 shutdown the connection stays open until the pool is joined, and a job
 already written to a pool process is one that process may run: it did, in
 the fault test, for the last message written before SIGTERM. Its result then
