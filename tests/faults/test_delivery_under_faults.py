@@ -26,6 +26,7 @@ Each test records its figure lines (see ``conftest.py``).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
@@ -317,8 +318,11 @@ def test_a_warm_shutdown_acks_every_run_it_finished(
         message=lambda: f"both workers busy: {env.effects.by_worker()}\n{env.logs()}",
     )
     stopped_at = env.effects.handled(PLAIN)
+    signalled = time.monotonic()
     leaving.process.terminate()  # type: ignore[union-attr]
     leaving.process.wait(timeout=60)  # type: ignore[union-attr]
+    # (a figure, not an assertion: Celery's flush made it 30 s when a run was forgotten)
+    took = time.monotonic() - signalled
     publisher.join(timeout=60)
     assert publisher.acknowledged == event_ids, publisher.first_error
 
@@ -329,7 +333,8 @@ def test_a_warm_shutdown_acks_every_run_it_finished(
     result = outcome(env, PLAIN, event_ids)
     figure(
         f"warm-shutdown[{env.label}] plain: {result.figures()} "
-        f"(stopped at {stopped_at}/{EVENTS} runs; exit code {leaving.process.returncode})"  # type: ignore[union-attr]
+        f"(stopped at {stopped_at}/{EVENTS} runs; exit code {leaving.process.returncode}"  # type: ignore[union-attr]
+        f" after {took:.1f}s)"
     )
     assert leaving.process.returncode == 0, leaving.log()  # type: ignore[union-attr]
     assert staying.alive(), staying.log()
