@@ -235,12 +235,6 @@ def check_ids(envelope: Envelope[Any]) -> None:
     Checked where envelopes are made (:func:`create_event`) and published,
     not where they are read: a message already sent is still handled.
     """
-    for name in _ID_FIELDS:
-        value = getattr(envelope, name)
-        if value is not None and len(value) > MAX_ID_LENGTH:
-            break
-    else:
-        return  # (the usual case: no list built)
     errors = [
         {
             "type": "string_too_long",
@@ -252,7 +246,8 @@ def check_ids(envelope: Envelope[Any]) -> None:
         for name in _ID_FIELDS
         if (value := getattr(envelope, name)) is not None and len(value) > MAX_ID_LENGTH
     ]
-    raise EventValidationError(envelope.event_type, errors)
+    if errors:
+        raise EventValidationError(envelope.event_type, errors)
 
 
 def wrap(

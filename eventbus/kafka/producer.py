@@ -138,7 +138,6 @@ class KafkaProducer:
         self.settings = settings
         self._confluent = confluent_kafka_module()
         self._client: Any = None
-        self._pid = os.getpid()
         self._forks = _forks
         self._lock = threading.Lock()
         # (A producer does not survive fork: a child process makes its own.)
@@ -158,12 +157,10 @@ class KafkaProducer:
     def client(self) -> Any:
         """This process's ``confluent_kafka.Producer`` (made on first use, again after fork)."""
         client = self._client
-        # (A fork count, not os.getpid(): a system call per record, several
-        # microseconds under load.)
-        if client is not None and self._forks == _forks:
+        if client is not None and self._made_here():
             return client
         with self._lock:
-            if self._client is None or self._pid != os.getpid() or self._forks != _forks:
+            if self._client is None or not self._made_here():
                 config = {**self.settings.producer_config(), "logger": librdkafka_logger}
                 try:
                     self._client = self._confluent.Producer(config)
@@ -172,9 +169,16 @@ class KafkaProducer:
                         f"Kafka producer settings refused: {self._masked(exc)} "
                         f"({self.settings.describe()})"
                     ) from None
-                self._pid = os.getpid()
                 self._forks = _forks
             return self._client
+
+    def _made_here(self) -> bool:
+        """Whether the client was made in this process (no fork since).
+
+        A fork count, not ``os.getpid()``: that is a system call per record,
+        several microseconds under load.
+        """
+        return self._forks == _forks
 
     def _discard_client(self, client: Any) -> None:
         """Drop a producer in a fatal state (idempotence lost): the next send makes a new one."""
@@ -283,7 +287,7 @@ class KafkaProducer:
         """
         with self._lock:
             client, self._client = self._client, None
-        if client is None or self._pid != os.getpid():
+        if client is None or not self._made_here():
             return 0
         return int(client.flush(self.settings.delivery_timeout if timeout is None else timeout))
 
@@ -294,7 +298,7 @@ class KafkaProducer:
         records in flight are delivered first (up to ``delivery_timeout``).
         A failure here must not stop the fork: it is logged.
         """
-        if self._client is None or self._pid != os.getpid():
+        if self._client is None or not self._made_here():
             return
         try:
             left = self.close()
