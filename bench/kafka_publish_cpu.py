@@ -31,7 +31,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.bench_kafka_produce import REGISTRY, built_wire, make_events, raw_payloads
+from bench.bench_kafka_produce import REGISTRY, built_record, make_events, raw_payloads
 from bench.common import median
 from eventbus.domain.envelope import wrap
 from eventbus.kafka import KafkaEventBus, KafkaSettings, TopicNaming, encode_record
@@ -86,15 +86,8 @@ def main() -> int:
 
     def raw_built_loop() -> None:
         for event, aggregate in events:
-            event_id, wire = built_wire(event, aggregate)
-            value = json.dumps(wire, separators=(",", ":"), ensure_ascii=False).encode()
-            headers = [
-                ("eventbus-event-type", event.event_type.encode()),
-                ("eventbus-event-version", str(event.event_version).encode()),
-                ("eventbus-event-id", event_id.encode()),
-                ("eventbus-correlation-id", event_id.encode()),
-            ]
-            client.produce("t", value=value, key=aggregate.encode(), headers=headers)
+            value, key, headers = built_record(event, aggregate)
+            client.produce("t", value=value, key=key, headers=headers)
             client.poll(0)
 
     stages: dict[str, Callable[[], None]] = {
