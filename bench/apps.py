@@ -101,6 +101,8 @@ def build(broker_url: str, run: str, *, stock_transport: bool = False) -> BenchA
         overrides["eventbus_task_events_interval"] = 0
     if os.environ.get("BENCH_COALESCED_ACKS") == "0":  # bench/bench_acks.py's B side
         overrides["eventbus_coalesced_acks"] = False
+    if os.environ.get("BENCH_TASK_EVENTS") == "0":  # what the worker's task events cost
+        overrides["worker_send_task_events"] = False
     app = make_app(f"bench-{run}", broker_url, stock_transport=stock_transport, **overrides)
     if stock_transport and not broker_url.startswith("redis"):
         # kombu pools connections (and their producers' channels) per connection

@@ -25,6 +25,9 @@ raw-late-acks-events (both). What each guarantee costs in Celery itself:
     python bench/bench_drain.py --broker rabbitmq --pool prefork \
         --contenders eventbus,raw-defaults,raw-late-acks,raw-events,raw-late-acks-events,raw
 
+and eventbus-no-task-events is eventbus with its worker's task events off
+(Flower sees no handler run): what those events cost eventbus's worker.
+
 Medians of the reps; ratios are ratios of medians, with the min-max of the
 paired ratios (rep i against rep i) in brackets.
 """

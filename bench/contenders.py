@@ -11,6 +11,9 @@
 * ``raw-late-acks``, ``raw-events``, ``raw-late-acks-events`` (on request,
   issue 16): raw-defaults plus one of celeryconfig's guarantees at a time
   (``bench.defaults_app.VARIANTS``), then both, in stock Celery alone.
+* ``eventbus-no-task-events`` (on request, issue 16): eventbus with the
+  worker's task events off (``worker_send_task_events = False``; Flower then
+  sees no handler run): what Flower's events cost eventbus's worker.
 * ``celery-pubsub``: ``publish(topic, payload)``, a group of 5; worker as raw's.
 * ``dramatiq``: a reference, not an equal (``bench.dramatiq_app``): 5 messages
   per event, the ``dramatiq`` command with its defaults (2 processes x 8 threads,
@@ -31,8 +34,15 @@ CELERY = ["eventbus", "raw", "raw-defaults", "celery-pubsub"]
 ALL = [*CELERY, "dramatiq"]
 #: raw-defaults' variants, by contender: ``raw-<variant>`` (``bench.defaults_app``).
 STOCK = {f"raw-{variant}": variant for variant in defaults_app.VARIANTS}
+#: eventbus's variants, by contender: the environment of their worker (``bench.apps``).
+VARIANTS = {"eventbus-no-task-events": {"BENCH_TASK_EVENTS": "0"}}
 #: Every contender a benchmark can be asked for.
-KNOWN = [*ALL, *(name for name in STOCK if name not in ALL)]
+KNOWN = [*ALL, *(name for name in STOCK if name not in ALL), *VARIANTS]
+
+
+def _base(contender: str) -> str:
+    """The contender whose app, queue and publisher a variant of eventbus's uses."""
+    return "eventbus" if contender in VARIANTS else contender
 
 
 def choose(spec: str | None, *, with_dramatiq: bool = True) -> list[str]:
@@ -134,7 +144,7 @@ class Contenders:
             return self.stock[contender].queue
         if contender == "dramatiq":
             return str(self.dramatiq.queue)
-        return self.bench.queues[apps.QUEUE_OF[contender]]
+        return self.bench.queues[apps.QUEUE_OF[_base(contender)]]
 
     def publish(
         self, contender: str, events: list[apps.BenchHappened], payloads: list[dict[str, Any]]
@@ -146,7 +156,7 @@ class Contenders:
 
             dramatiq_app.publish(self.dramatiq, payloads)
         else:
-            apps.PUBLISHERS[contender](self.bench, events, payloads)
+            apps.PUBLISHERS[_base(contender)](self.bench, events, payloads)
 
     def app_of(self, contender: str) -> Any:
         """The Celery app whose control pings the contender's worker."""
@@ -172,8 +182,8 @@ class Contenders:
         if first in STOCK:
             spec = "bench.defaults_app:app"
             env = {**self.env, "BENCH_DEFAULTS_VARIANT": STOCK[first]}
-        elif first == "eventbus":
-            spec, env = "bench.apps:app", self.env
+        elif _base(first) == "eventbus":
+            spec, env = "bench.apps:app", {**self.env, **VARIANTS.get(first, {})}
         else:  # raw Celery as deployed: kombu's own transport, Celery's task events
             spec, env = "bench.apps:app", {**self.env, "BENCH_STOCK_TRANSPORT": "1"}
         return Worker(spec, queues=queues, pool=pool, concurrency=concurrency, name=name, env=env)
@@ -185,6 +195,7 @@ class Contenders:
                 + ("eventbus's" if self.broker == "redis" else "kombu's")
                 + " transport, eventbus's batched task events"
             ),
+            "eventbus-no-task-events": "as eventbus, without the worker's task events",
             "raw": "celeryconfig's guarantees (late acks, task + sent events), kombu's transport",
             "celery-pubsub": "as raw",
             "raw-defaults": "Celery's default settings, kombu's transport",

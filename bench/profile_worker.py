@@ -60,7 +60,7 @@ def py_spy() -> str:
     return found
 
 
-def summarize(raw: Path) -> tuple[str, dict[str, int]]:
+def summarize(raw: Path, rate: int = 100) -> tuple[str, dict[str, int]]:
     """Top frames by own and total samples, per process role, from py-spy's raw output."""
     own: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     total: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
@@ -84,7 +84,9 @@ def summarize(raw: Path) -> tuple[str, dict[str, int]]:
     out = []
     for role in sorted(samples):
         n = samples[role]
-        out.append(f"== {role}: {n} samples (at 100 Hz: {n / 100:.1f} s of non-idle thread time)")
+        out.append(
+            f"== {role}: {n} samples (at {rate} Hz: {n / rate:.1f} s of non-idle thread time)"
+        )
         for title, counter in (("own", own[role]), ("total", total[role])):
             note = f", frames on >= {EVERYWHERE:.0%} of stacks left out" if title == "total" else ""
             out.append(f"-- top {TOP} by {title} time (% of the role's samples{note})")
@@ -105,7 +107,14 @@ def main() -> int:
     p.add_argument("--events", type=int, default=3000, help="pre-filled events (x 5 handlers)")
     p.add_argument("--duration", type=int, default=10, help="seconds of sampling")
     p.add_argument("--output", help="summary file (default bench/profiles/C-B-P.txt)")
+    p.add_argument("--rate", type=int, default=100, help="samples a second")
     p.add_argument("--raw", help="also keep py-spy's raw output (collapsed stacks) there")
+    p.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only the thread that holds the GIL (py-spy --gil): a threads "
+        "worker's Python CPU, which its throughput is bound by, without its I/O waits",
+    )
     args = p.parse_args()
     install_signal_handlers()
     spy = py_spy()
@@ -152,15 +161,16 @@ def main() -> int:
                 "--format",
                 "raw",
                 "--rate",
-                "100",
+                str(args.rate),
                 "--duration",
                 str(args.duration),
                 "--output",
                 str(raw),
+                *(["--gil"] if args.gil else []),
             ]
             subprocess.run(cmd, check=True, capture_output=True)
             after, t1 = counter.get(key), time.time()
-            summary, _ = summarize(raw)
+            summary, _ = summarize(raw, args.rate)
             if args.raw:
                 shutil.copy(raw, args.raw)
         done = after - before
@@ -169,7 +179,7 @@ def main() -> int:
             f"# py-spy profile: {name} worker ({c.describe(name)}), {args.broker}, "
             f"{pool} c={concurrency}, draining no-op handlers",
             f"# command: {command_line()}",
-            f"# py-spy: {' '.join(Path(a).name if a == spy else a for a in cmd[:-2])} ...",
+            f"# py-spy: {' '.join(Path(a).name if a == spy else a for a in cmd)}",
             f"# worker: {' '.join(worker.argv[1:])}",
             f"# during the profile: {done} handler runs in {t1 - t0:.1f}s "
             f"({done / (t1 - t0):,.0f}/s, sampled); {left} still queued at its end"
