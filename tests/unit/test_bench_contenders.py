@@ -145,3 +145,36 @@ while time.process_time() - start < 0.35:
     pass
 time.sleep(30)
 """
+
+
+def test_eventbus_without_task_events_drains_eventbus_queue_with_the_events_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from bench import apps
+    from bench.contenders import Contenders
+
+    assert choose("eventbus-no-task-events,raw-defaults") == [
+        "eventbus-no-task-events",
+        "raw-defaults",
+    ]
+    c = Contenders.build(
+        "redis",
+        "redis://127.0.0.1:6379/14",
+        "unit",
+        with_dramatiq=False,
+        names=["eventbus", "eventbus-no-task-events"],
+    )
+    try:
+        assert c.queue("eventbus-no-task-events") == c.queue("eventbus")
+        worker = c.worker(["eventbus-no-task-events"], "threads", 4, "unit")
+        assert worker.app_spec == "bench.apps:app"
+        assert worker.env["BENCH_TASK_EVENTS"] == "0"
+        assert "BENCH_TASK_EVENTS" not in c.worker(["eventbus"], "threads", 4, "unit").env
+        # what the variant's worker builds from that environment
+        url = "redis://127.0.0.1:6379/14"
+        monkeypatch.setenv("BENCH_TASK_EVENTS", "0")
+        assert apps.build(url, "unit2").app.conf.worker_send_task_events is False
+        monkeypatch.delenv("BENCH_TASK_EVENTS")
+        assert apps.build(url, "unit3").app.conf.worker_send_task_events is True
+    finally:
+        c.close()
