@@ -3,8 +3,8 @@
 The queue of one contender (``bench/contenders.py``: eventbus by default) is
 pre-filled with N events x 5 handlers, a fresh worker is started on it, and
 once its first handler ran, ``py-spy record`` samples the worker and its pool
-processes (``--subprocesses``, 100 Hz, idle threads left out, frames
-aggregated by function) for ``--duration`` seconds while it drains. The
+processes (``--subprocesses``, ``--rate`` 100 Hz, idle threads left out,
+frames aggregated by function) for ``--duration`` seconds while it drains. The
 samples are summarized per process role (the worker's main process, which
 receives and acks; the pool's processes, which run the tasks) as the top
 frames by own time (the frame on CPU) and by total time (the frame anywhere on
@@ -12,9 +12,16 @@ the stack), in percent of that role's samples, and written to
 ``bench/profiles/<contender>-<broker>-<pool>.txt`` (with the command and the
 handler runs per second during the profile; sampling slows the worker).
 
+``--gil`` samples only the thread that holds the GIL (py-spy's ``--gil``): a
+threads worker's Python CPU, which bounds its throughput, without the time its
+threads wait on sockets (which plain sampling counts as busy). The samples
+are then GIL-held time.
+
     python bench/profile_worker.py --broker rabbitmq --pool prefork
     python bench/profile_worker.py --broker rabbitmq --pool prefork --contender raw-defaults
     python bench/profile_worker.py --broker rabbitmq --pool prefork --contender raw-late-acks
+    python bench/profile_worker.py --broker rabbitmq --pool threads --gil --rate 250 \
+        --duration 25 --events 12000
 """
 
 from __future__ import annotations
@@ -184,7 +191,8 @@ def main() -> int:
             f"# during the profile: {done} handler runs in {t1 - t0:.1f}s "
             f"({done / (t1 - t0):,.0f}/s, sampled); {left} still queued at its end"
             + ("  (QUEUE RAN DRY: raise --events)" if left <= 0 else ""),
-            "# own: the frame on CPU; total: the frame anywhere on the stack (idle threads out)",
+            "# own: the frame on CPU; total: the frame anywhere on the stack (idle threads out)"
+            + ("; --gil: only the thread holding the GIL (GIL-held time)" if args.gil else ""),
             "",
         ]
         out.parent.mkdir(parents=True, exist_ok=True)
