@@ -83,11 +83,15 @@ def dlq_list(
 def _row(record: DeadLetter) -> str:
     exception = printable(record.exception_type.rsplit(".", 1)[-1])
     failed_at = record.failed_at
-    failed_at = failed_at.astimezone(UTC) if failed_at.tzinfo else failed_at
+    when = (
+        "unknown"  # a message that is no record says nothing of it
+        if failed_at is None
+        else f"{failed_at.astimezone(UTC) if failed_at.tzinfo else failed_at:%Y-%m-%d %H:%M:%S}"
+    )
     handler = printable(record.handler or "?")
     return (
         f"{printable(record.id):<32}  {handler[:34]:<34}  {_event_label(record):<22}  "
-        f"{exception[:24]:<24}  {record.attempts:>3}  {failed_at:%Y-%m-%d %H:%M:%S}"
+        f"{exception[:24]:<24}  {record.attempts:>3}  {when}"
     )
 
 
@@ -182,6 +186,8 @@ def dlq_show(ctx: click.Context, record_id: str, as_json: bool) -> None:
 
 def _field(record: DeadLetter, name: str) -> str:
     value = getattr(record, name)
+    if value is None and name == "failed_at":
+        return "unknown (the message does not say)"
     if value is None and name == "handler":
         return (
             "(unknown: the message could not be decoded)"

@@ -63,7 +63,8 @@ Row = Summary
 
 def cursor_of(position: int, row: Row) -> str:
     """The cursor of the page after ``row``, at ``position`` in its snapshot."""
-    return f"{position}.{row.id}.{int(row.failed_at * 1000)}"
+    failed_ms = -1 if row.failed_at is None else int(row.failed_at * 1000)
+    return f"{position}.{row.id}.{failed_ms}"
 
 
 @dataclass(frozen=True)
@@ -90,9 +91,12 @@ class Filters:
             row.exception_type.rsplit(".", 1)[-1],
         ):
             return False
-        if self.since is not None and row.failed_at < self.since.timestamp():
+        # A record whose time is unknown is not within any window of time.
+        if (self.since is not None or self.until is not None) and row.failed_at is None:
             return False
-        if self.until is not None and row.failed_at >= self.until.timestamp():
+        if self.since is not None and row.failed_at < self.since.timestamp():  # type: ignore[operator]
+            return False
+        if self.until is not None and row.failed_at >= self.until.timestamp():  # type: ignore[operator]
             return False
         if self.text:
             needle = self.text.casefold()
@@ -115,8 +119,9 @@ class Group:
     exception_type: str
     reason: str
     count: int = 0
-    first: float = float("inf")
-    last: float = 0.0
+    #: The earliest and latest known failure times (None: none of its records says).
+    first: float | None = None
+    last: float | None = None
     replayable: int = 0
     messages: Counter[str] = field(default_factory=Counter)
 
@@ -126,12 +131,12 @@ class Group:
         return self.messages.most_common(1)[0] if self.messages else ("", 0)
 
     @property
-    def first_utc(self) -> datetime:
-        return datetime.fromtimestamp(self.first, UTC)
+    def first_utc(self) -> datetime | None:
+        return None if self.first is None else datetime.fromtimestamp(self.first, UTC)
 
     @property
-    def last_utc(self) -> datetime:
-        return datetime.fromtimestamp(self.last, UTC)
+    def last_utc(self) -> datetime | None:
+        return None if self.last is None else datetime.fromtimestamp(self.last, UTC)
 
 
 @dataclass(frozen=True)
@@ -246,7 +251,7 @@ class Snapshot:
             return moved + 1, False
         after = failed_ms / 1000
         for n, row in enumerate(rows):
-            if row.failed_at > after:
+            if row.failed_at is not None and row.failed_at > after:
                 return n, True
         return len(rows), True
 
@@ -259,8 +264,10 @@ class Snapshot:
             if group is None:
                 group = groups[key] = Group(*key)
             group.count += 1
-            group.first = min(group.first, row.failed_at)
-            group.last = max(group.last, row.failed_at)
+            failed_at = row.failed_at
+            if failed_at is not None:
+                group.first = failed_at if group.first is None else min(group.first, failed_at)
+                group.last = failed_at if group.last is None else max(group.last, failed_at)
             group.replayable += row.replayable
             group.messages[row.message] += 1
         return sorted(
@@ -277,7 +284,9 @@ class Snapshot:
 
     def failures_since(self, since: float) -> Counter[str]:
         """Records per handler that failed at or after ``since`` (and are still in the queue)."""
-        return Counter(row.handler for row in self.rows if row.failed_at >= since)
+        return Counter(
+            row.handler for row in self.rows if row.failed_at is not None and row.failed_at >= since
+        )
 
     def values(self) -> dict[str, list[str]]:
         """The distinct handler, event type, reason and exception names: the filter choices."""

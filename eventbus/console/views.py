@@ -95,8 +95,8 @@ def pretty(value: Any) -> str:
 
 @console.app_template_filter("utc")
 def _utc(moment: datetime | float | None) -> str:
-    if moment is None:
-        return "-"
+    if moment is None:  # a failure time no record said
+        return "unknown"
     if isinstance(moment, (int, float)):
         moment = datetime.fromtimestamp(moment, UTC)
     return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

@@ -48,7 +48,8 @@ class Selection:
             record.exception_type, self.exception_type
         ):
             return False
-        return not (self.since and record.failed_at < self.since)
+        # A record whose time is unknown is not within any window of time.
+        return not (self.since and (record.failed_at is None or record.failed_at < self.since))
 
 
 #: Re-publishes a record's envelope to its handler, optionally with corrected data.

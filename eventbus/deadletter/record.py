@@ -72,7 +72,9 @@ class DeadLetter(BaseModel):
     task_id: str | None = None
     queue: str | None = None
     worker: str | None = None
-    failed_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    #: When it failed; None when unknown: a message read from the queue that says
+    #: nothing of it (not a record eventbus wrote), never the time of the read.
+    failed_at: datetime | None = Field(default_factory=lambda: datetime.now(UTC))
     event_id: str | None = None
     event_type: str | None = None
     envelope: dict[str, Any] | None = None

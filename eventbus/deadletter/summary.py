@@ -36,7 +36,7 @@ class Summary:
     reason: str
     exception_type: str
     message: str  #: the exception message, its first MESSAGE_CHARS characters
-    failed_at: float  #: POSIX seconds, UTC
+    failed_at: float | None  #: POSIX seconds, UTC; None: unknown (``DeadLetter.failed_at``)
     attempts: int
     replayable: bool
 
@@ -54,7 +54,7 @@ class Summary:
             reason=record.reason,
             exception_type=record.exception_type,
             message=record.exception_message,
-            failed_at=record.failed_at.timestamp(),
+            failed_at=None if record.failed_at is None else record.failed_at.timestamp(),
             attempts=record.attempts,
             replayable=record.replayable,
         )
@@ -71,7 +71,7 @@ class Summary:
         reason: str,
         exception_type: str,
         message: str,
-        failed_at: float,
+        failed_at: float | None,
         attempts: int,
         replayable: bool,
     ) -> Summary:
@@ -92,8 +92,8 @@ class Summary:
         )
 
     @property
-    def failed_at_utc(self) -> datetime:
-        return datetime.fromtimestamp(self.failed_at, UTC)
+    def failed_at_utc(self) -> datetime | None:
+        return None if self.failed_at is None else datetime.fromtimestamp(self.failed_at, UTC)
 
     @property
     def group_key(self) -> tuple[str, str, str]:

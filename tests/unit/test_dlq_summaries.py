@@ -15,7 +15,6 @@ import base64
 import json
 import re
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -165,13 +164,10 @@ def full_row_of_element(raw: bytes) -> Summary:
 def comparable(row: Summary) -> Summary:
     """The row, without what a decode invents for a message that does not say it.
 
-    A message without a time of its own (no record at all, a handler's
-    message the broker dead-lettered, a record without one) is given "now"
-    by each decode (``DeadLetter.failed_at``'s default), and a record without
-    an id a new one: two decodes invent them alike, not the same.
+    A record without an id is given a new one by each decode: two decodes
+    invent them alike, not the same. (A message without a time of its own
+    has none: ``failed_at`` None, the same in both.)
     """
-    if abs(row.failed_at - time.time()) < 60:
-        row = replace(row, failed_at=0.0)
     if re.fullmatch(r"[0-9a-f]{32}", row.id) and row.id != RECORD_ID:
         row = replace(row, id="invented")
     return row

@@ -259,6 +259,8 @@ def decode_record(body: bytes | str | Any, headers: Mapping[str, Any] | None = N
             return _broker_dead_lettered(data, headers)
         if isinstance(data, list) and len(data) == 3 and isinstance(data[0], list):
             data = data[0][0]  # a task message: [args, kwargs, embed]
+        if isinstance(data, dict) and "failed_at" not in data:
+            data = {**data, "failed_at": None}  # unknown: not the time of this read
         return DeadLetter.model_validate(data)
     except Exception as exc:  # a hand-pushed message must not break listing
         raw = body if isinstance(body, str) else bytes(body or b"").decode("utf-8", "replace")
@@ -271,6 +273,7 @@ def decode_record(body: bytes | str | Any, headers: Mapping[str, Any] | None = N
             exception_message=f"not a dead-letter record: {exc}"[:500],
             raw_body=raw[:MAX_RAW_BODY],
             raw_size=len(raw),
+            failed_at=None,  # nothing in it says when: not the time of this read
         )
 
 
@@ -297,10 +300,9 @@ def _broker_dead_lettered(body: Any, headers: Mapping[str, Any]) -> DeadLetter:
     # When the broker dead-lettered it (an AMQP timestamp, which py-amqp reads
     # as a naive UTC datetime): not when the queue is read.
     died = death.get("time") if isinstance(death, dict) else None
-    when: dict[str, Any] = {"failed_at": _as_utc(died)} if isinstance(died, datetime) else {}
     return DeadLetter.from_exception(
         DeadLetterError(f"the broker dead-lettered the message ({why}) from {queue}{detail}"),
-        **when,
+        failed_at=_as_utc(died) if isinstance(died, datetime) else None,
         id=f"broker-{task_id}",
         handler=str(headers["task"]),
         reason="delivery_limit" if why == "delivery_limit" else "broker",
