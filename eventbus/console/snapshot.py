@@ -91,13 +91,14 @@ class Filters:
             row.exception_type.rsplit(".", 1)[-1],
         ):
             return False
-        # A record whose time is unknown is not within any window of time.
-        if (self.since is not None or self.until is not None) and row.failed_at is None:
-            return False
-        if self.since is not None and row.failed_at < self.since.timestamp():  # type: ignore[operator]
-            return False
-        if self.until is not None and row.failed_at >= self.until.timestamp():  # type: ignore[operator]
-            return False
+        if self.since is not None or self.until is not None:
+            failed_at = row.failed_at
+            if failed_at is None:  # unknown: within no window of time
+                return False
+            if self.since is not None and failed_at < self.since.timestamp():
+                return False
+            if self.until is not None and failed_at >= self.until.timestamp():
+                return False
         if self.text:
             needle = self.text.casefold()
             fields = (row.id, row.event_id, row.aggregate_id, row.message, row.handler)
