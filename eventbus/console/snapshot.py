@@ -34,7 +34,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from eventbus.deadletter.store import DeadLetterStore
 from eventbus.deadletter.summary import MESSAGE_CHARS, Summary
@@ -130,14 +130,6 @@ class Group:
     def top_message(self) -> tuple[str, int]:
         """The most frequent exception message of the group, and how often it occurs."""
         return self.messages.most_common(1)[0] if self.messages else ("", 0)
-
-    @property
-    def first_utc(self) -> datetime | None:
-        return None if self.first is None else datetime.fromtimestamp(self.first, UTC)
-
-    @property
-    def last_utc(self) -> datetime | None:
-        return None if self.last is None else datetime.fromtimestamp(self.last, UTC)
 
 
 @dataclass(frozen=True)

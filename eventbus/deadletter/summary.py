@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from eventbus.deadletter.record import DeadLetter
 
@@ -90,10 +89,6 @@ class Summary:
             attempts,
             replayable,
         )
-
-    @property
-    def failed_at_utc(self) -> datetime | None:
-        return None if self.failed_at is None else datetime.fromtimestamp(self.failed_at, UTC)
 
     @property
     def group_key(self) -> tuple[str, str, str]:
